@@ -1,0 +1,141 @@
+/* kernels.h: the plain-C face of hisa's CUDA kernels. Host code (C11) includes only this.
+ *
+ * Every launcher takes an explicit cudaStream_t (as void *), a params struct passed by value to
+ * the kernel (so a launch captured in a CUDA graph replays the same arguments), returns 0 or a
+ * negative HISA_E* code, and rejects sizes over the caps of runtime/limits.h. Launchers never
+ * allocate and never synchronize. Every kernel has a C twin in runtime/cpu_backend.c that
+ * defines what it must compute (shared/SPEC.md).
+ *
+ * Device layout of the paged cache (one page = one HISA block of B tokens):
+ *   keys     [n_layers][n_pages][page_bytes]   fp8: B x 128 e4m3 codes, then B fp32 scales
+ *                                              bf16: B x 128 bf16
+ *   sums     [n_layers][n_pages][128] fp32      running sum of the written tokens' dequantized keys
+ *   means    [n_layers][n_pages][128] bf16      bf16(sum / popcount(mask))
+ *   masks    [n_layers][n_pages][B / 32] u32    bit i: offset i of the page was written
+ *   payload  [n_layers][n_pages * B][payload_bytes]
+ *   page_table [max_seqs][pages_per_seq] i32, seq_len [max_seqs] i32: device mirror of the
+ *   host's tables, updated only by hisa_k_seq_set / hisa_k_truncate in stream order. */
+#ifndef HISA_KERNELS_H
+#define HISA_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../runtime/limits.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct hisa_k_cache {
+    uint8_t *keys;         /* [n_layers, n_pages, page_bytes] */
+    float *sums;           /* [n_layers, n_pages, 128] */
+    uint16_t *means;       /* [n_layers, n_pages, 128] bf16 bits */
+    uint32_t *masks;       /* [n_layers, n_pages, B / 32] */
+    uint8_t *payload;      /* [n_layers, n_pages * B, payload_bytes] or NULL */
+    int32_t *page_table;   /* [max_seqs, pages_per_seq] */
+    int32_t *seq_len;      /* [max_seqs] */
+    int64_t page_bytes;
+    int32_t n_layers, n_pages, block_size, key_format; /* key_format: HISA_KEY_FP8 / _BF16 */
+    int32_t payload_bytes, max_seqs, pages_per_seq, n_heads;
+} hisa_k_cache;
+
+/* --- cache state --------------------------------------------------------------------------- */
+
+#define HISA_K_SEQ_SET_PAGES 512 /* page-table entries per hisa_k_seq_set launch */
+
+/* seq_len[seq] = len; page_table[seq][first_index + i] = pages[i] for i < n_pages_new; and
+ * the summaries of those fresh pages (all layers) reset: sums 0, means 0, masks 0. */
+typedef struct hisa_k_seq_set_params {
+    hisa_k_cache cache;
+    int32_t seq, len;
+    int32_t first_index, n_pages_new;       /* n_pages_new <= HISA_K_SEQ_SET_PAGES */
+    int32_t pages[HISA_K_SEQ_SET_PAGES];    /* [n_pages_new] */
+} hisa_k_seq_set_params;
+int hisa_k_seq_set(void *stream, const hisa_k_seq_set_params *p);
+
+/* Rollback to len: in page `page` (the block holding position len - 1, when len % B != 0),
+ * clear mask bits of offsets >= len % B and recompute sum (fp32, in offset order over the
+ * written tokens) and mean, for every layer; then seq_len[seq] = len. */
+typedef struct hisa_k_truncate_params {
+    hisa_k_cache cache;
+    int32_t seq, len;
+    int32_t page;          /* -1 when len % B == 0: no block to recompute */
+} hisa_k_truncate_params;
+int hisa_k_truncate(void *stream, const hisa_k_truncate_params *p);
+
+/* Write keys: quantize (or copy fp8 codes + scales), store, and update the block's sum, mask and
+ * mean. A token already written (mask bit set) is replaced: its old value leaves the sum.
+ * Two shapes: a batch of one token per distinct sequence (position -1 = seq_len - 1, read on the
+ * device, so a captured graph appends at the growing end), or a contiguous range of one sequence
+ * (one CTA per page touched; tokens summed in position order). */
+typedef struct hisa_k_write_params {
+    hisa_k_cache cache;
+    int32_t layer;
+    int32_t is_range;                  /* 0: batch, 1: range */
+    int32_t n_tokens;                  /* batch: <= HISA_BATCH_MAX; range: <= HISA_PREFILL_MAX */
+    int32_t range_seq, range_pos0;     /* range */
+    int32_t seq_ids[HISA_BATCH_MAX];   /* batch: [n_tokens] */
+    int32_t positions[HISA_BATCH_MAX]; /* batch: [n_tokens], -1 = last */
+    const float *keys;                 /* [n_tokens, 128] fp32, or NULL */
+    const uint8_t *codes;              /* [n_tokens, 128], or NULL */
+    const float *scales;               /* [n_tokens] */
+    const uint8_t *payload;            /* [n_tokens, payload_bytes], or NULL */
+} hisa_k_write_params;
+int hisa_k_write(void *stream, const hisa_k_write_params *p);
+
+/* --- selection ----------------------------------------------------------------------------- */
+
+/* Scratch carved from the arena at open, sized by hisa_k_scratch_bytes for rows queries at once
+ * (rows = max(max_batch, max_prefill_queries)). Plain C so the plan needs no nvcc. */
+typedef struct hisa_k_scratch {
+    float *scores;         /* [rows, max_context]  token scores (flat) or candidate scores (hisa) */
+    float *block_scores;   /* [rows, pages_per_seq] */
+    int32_t *blocks;       /* [rows, top_blocks] kept block indices */
+    uint32_t *work;        /* [work_words] top-k histograms, counters, partial results */
+    int64_t work_words;
+} hisa_k_scratch;
+
+typedef struct hisa_k_scratch_sizes {
+    uint64_t scores_bytes, block_scores_bytes, blocks_bytes, work_bytes;
+} hisa_k_scratch_sizes;
+
+static inline hisa_k_scratch_sizes hisa_k_scratch_bytes(int64_t rows, int64_t max_context,
+                                                        int64_t pages_per_seq, int64_t top_blocks,
+                                                        int64_t topk) {
+    hisa_k_scratch_sizes s;
+    s.scores_bytes = (uint64_t)(rows * max_context * 4);
+    s.block_scores_bytes = (uint64_t)(rows * pages_per_seq * 4);
+    s.blocks_bytes = (uint64_t)(rows * top_blocks * 4);
+    /* per row: a 2048-bin histogram for each of 4 radix passes of up to 64 CTAs, plus k
+     * candidate (score, index) pairs, plus counters. Generous; the kernels check it. */
+    s.work_bytes = (uint64_t)(rows * (4 * 2048 * 4 + 2 * topk * 8 + 1024) + 4096);
+    (void)max_context;
+    return s;
+}
+
+typedef struct hisa_k_select_params {
+    hisa_k_cache cache;
+    hisa_k_scratch scratch;
+    int32_t layer;
+    int32_t mode;                     /* HISA_MODE_HISA / HISA_MODE_FLAT */
+    int32_t top_blocks, topk;         /* m, k */
+    int32_t out_slots;                /* 1: page * B + offset */
+    int32_t n_rows;                   /* queries */
+    /* decode: one query per sequence at t = seq_len[seq] - 1 (read on the device) */
+    int32_t is_prefill;
+    int32_t seq_ids[HISA_BATCH_MAX];  /* decode: [n_rows] */
+    /* prefill: queries at t0 .. t0 + n_rows - 1 of prefill_seq */
+    int32_t prefill_seq, t0;
+    const float *q;                   /* [n_rows, H, 128] fp32 */
+    const float *w;                   /* [n_rows, H] fp32 */
+    int32_t *out;                     /* [n_rows, topk] */
+    int32_t max_context;              /* scratch row stride of scores */
+    int32_t sm_count;                 /* read once at open */
+} hisa_k_select_params;
+int hisa_k_select(void *stream, const hisa_k_select_params *p);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* HISA_KERNELS_H */

@@ -1,0 +1,38 @@
+/* common.h: what several test files share: the SPEC's agreement rule, data generators, and an
+ * independent brute-force selection (double precision, written from the SPEC, not from the
+ * backend's code) to hold the CPU reference itself to account. */
+#ifndef HISA_TEST_COMMON_H
+#define HISA_TEST_COMMON_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../runtime/hisa.h"
+
+/* SPEC "When two backends agree". ids live in [0, n_ids); score[id] is the reference score;
+ * is_cand (NULL: all) marks the candidates; ref and got hold k entries, -1 padded at the end.
+ * eps = 1e-4 * max |score| over the candidates. Returns 1 when got agrees with ref; otherwise 0
+ * and a reason in why. */
+int hisa_agree(const float *score, int32_t n_ids, const uint8_t *is_cand, const int32_t *ref,
+               const int32_t *got, int32_t k, char *why, size_t why_len);
+
+/* Keys for positions [pos0, pos0 + n) of a structured context: topic segments (length 16..400)
+ * of a topic vector plus noise, a few large sink tokens at positions 0..3. Same seed, same
+ * positions: same keys, whatever the chunking. */
+void hisa_tgen_keys(uint64_t seed, int64_t pos0, int32_t n, float *keys /* [n,128] */);
+/* A query aligned with the topic at position `near` (or random when near < 0), weights mostly
+ * positive. q [H,128], w [H]. */
+void hisa_tgen_query(uint64_t seed, int32_t H, int64_t near, float *q, float *w);
+
+/* Independent brute force, from the SPEC, in double precision over the keys as the cache
+ * stores them (dequantized by the caller into deq [n,128], block means into means [nb,128]).
+ * out [k] ascending, -1 padded; scores I [n] (double, stored as float) for the agreement rule. */
+void hisa_brute_select(const float *deq, const float *means, int32_t n, int32_t B, int32_t m,
+                       int32_t k, int32_t H, const float *q, const float *w, int flat,
+                       int32_t *out, float *I, float *J);
+
+/* Open a small runtime or fail the test. */
+hisa_config hisa_tconfig(int32_t H, int32_t B, int32_t m, int32_t k, int32_t key_format,
+                         int32_t max_context, int32_t max_seqs);
+
+#endif
