@@ -1,0 +1,810 @@
+/* test_tools.c: tests of the hisa command line: the .npy reader and writer, the synthetic
+ * generator, select / eval / niah / mem / stream, called directly and end to end through the
+ * built binary (env HISA_TOOL, set by `make test`), exit codes checked. Small sizes: the whole
+ * file runs in seconds on two CPU cores. */
+#include <dirent.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "../tools/npy.h"
+#include "../tools/synth.h"
+#include "../tools/tools.h"
+#include "test.h"
+
+#define D HISA_HEAD_DIM
+
+/* --- helpers ------------------------------------------------------------------------------ */
+typedef struct tmpdir {
+    char path[128];
+} tmpdir;
+
+static int tmp_make(tmpdir *t) {
+    const char *base = getenv("TMPDIR");
+    snprintf(t->path, sizeof t->path, "%s/hisa_tools_XXXXXX", base && *base ? base : "/tmp");
+    return mkdtemp(t->path) ? 0 : -1;
+}
+
+static const char *tmp_file(const tmpdir *t, const char *name, char *buf, size_t n) {
+    snprintf(buf, n, "%s/%s", t->path, name);
+    return buf;
+}
+
+static void tmp_remove(tmpdir *t) {
+    /* Only the plain files the tests wrote, then the directory itself. */
+    DIR *dir = opendir(t->path);
+    if (dir) {
+        struct dirent *ent;
+        while ((ent = readdir(dir)) != NULL) {
+            if (strcmp(ent->d_name, ".") == 0 || strcmp(ent->d_name, "..") == 0) continue;
+            char p[600];
+            snprintf(p, sizeof p, "%s/%s", t->path, ent->d_name);
+            unlink(p);
+        }
+        closedir(dir);
+    }
+    if (rmdir(t->path) != 0) fprintf(stderr, "warning: could not remove %s\n", t->path);
+}
+
+static int write_bytes(const char *path, const void *data, size_t n) {
+    FILE *f = fopen(path, "wb");
+    if (!f) return -1;
+    int ok = fwrite(data, 1, n, f) == n;
+    return fclose(f) == 0 && ok ? 0 : -1;
+}
+
+static char *read_text(const char *path) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    char *buf = malloc(1 << 20);
+    size_t n = buf ? fread(buf, 1, (1 << 20) - 1, f) : 0;
+    fclose(f);
+    if (buf) buf[n] = 0;
+    return buf;
+}
+
+/* Runs "$HISA_TOOL args" with stdout and stderr captured under t; returns the exit code, or
+ * -1 when the tool did not run. *out / *err (may be NULL) get the texts (caller frees). */
+static int run_tool(const tmpdir *t, const char *args, char **out, char **err) {
+    const char *tool = getenv("HISA_TOOL");
+    char o[300], e[300], cmd[4096];
+    tmp_file(t, "stdout.txt", o, sizeof o);
+    tmp_file(t, "stderr.txt", e, sizeof e);
+    snprintf(cmd, sizeof cmd, "%s %s >'%s' 2>'%s'", tool, args, o, e);
+    int st = system(cmd);
+    if (out) *out = read_text(o);
+    if (err) *err = read_text(e);
+    if (st == -1 || !WIFEXITED(st)) return -1;
+    return WEXITSTATUS(st);
+}
+
+/* An npy file image built by hand, for the malformed cases. */
+static size_t npy_image(uint8_t *buf, uint8_t major, const char *dict, const void *data,
+                        size_t data_len) {
+    size_t pre = major == 1 ? 10 : 12, n = strlen(dict);
+    size_t total = (pre + n + 1 + 63) / 64 * 64, hl = total - pre;
+    memcpy(buf, "\x93NUMPY", 6);
+    buf[6] = major;
+    buf[7] = 0;
+    buf[8] = (uint8_t)(hl & 0xff);
+    buf[9] = (uint8_t)(hl >> 8);
+    if (major != 1) buf[10] = buf[11] = 0;
+    memcpy(buf + pre, dict, n);
+    memset(buf + pre + n, ' ', hl - n - 1);
+    buf[total - 1] = '\n';
+    memcpy(buf + total, data, data_len);
+    return total + data_len;
+}
+
+/* --- the planted selection case ------------------------------------------------------------
+ * L = 256 tokens, B = 32 (8 blocks), m = 3, k = 7, H = 2 heads both equal to e0, w = 1.
+ * Every key is 0 except ten planted tokens mag * e0, so I(s) = 2 * mag(s) exactly.
+ *   block 0: 3 (7.0), 5 (6.5)          block 1: 40 (9.0)
+ *   block 3: 100 (5.0), 101 (5.5), 102 (6.0)
+ *   block 5: 170 (8.5)   block 6: 200 (8.0)   block 7: 250 (4.0), 251 (4.5)
+ * Flat: the 7 largest = {3, 5, 40, 101, 102, 170, 200}.
+ * HISA: blocks 0 and 7 always; the one other slot goes to the largest block mean, block 3
+ * (16.5 / 32 against 9 / 32 for block 1), so the candidates' positive tokens are exactly
+ * {3, 5, 100, 101, 102, 250, 251}. IoU = |{3,5,101,102}| / 10 = 0.4. */
+#define PL_L 256
+static const int32_t k_pl_pos[10] = {3, 5, 40, 100, 101, 102, 170, 200, 250, 251};
+static const float k_pl_mag[10] = {7.0f, 6.5f, 9.0f, 5.0f, 5.5f, 6.0f, 8.5f, 8.0f, 4.0f, 4.5f};
+static const int32_t k_pl_flat[7] = {3, 5, 40, 101, 102, 170, 200};
+static const int32_t k_pl_hisa[7] = {3, 5, 100, 101, 102, 250, 251};
+#define PL_GEOM "--block-size 32 --top-blocks 3 --topk 7"
+#define PL_ARGS PL_GEOM " --device cpu"
+
+/* Writes K.npy, Q.npy (n_q queries), W.npy into t. */
+static int write_planted(const tmpdir *t, int32_t n_q) {
+    static float keys[PL_L * D];
+    memset(keys, 0, sizeof keys);
+    for (int i = 0; i < 10; i++) keys[(size_t)k_pl_pos[i] * D] = k_pl_mag[i];
+    float q[4 * 2 * D], w[4 * 2];
+    memset(q, 0, sizeof q);
+    for (int i = 0; i < n_q * 2; i++) {
+        q[(size_t)i * D] = 1.0f;
+        w[i] = 1.0f;
+    }
+    char p[300], err[NPY_ERR_MAX];
+    int64_t ks[2] = {PL_L, D}, qs[3] = {n_q, 2, D}, wsh[2] = {n_q, 2};
+    if (npy_write(tmp_file(t, "K.npy", p, sizeof p), NPY_F4, 2, ks, keys, err, sizeof err))
+        return -1;
+    if (npy_write(tmp_file(t, "Q.npy", p, sizeof p), NPY_F4, 3, qs, q, err, sizeof err))
+        return -1;
+    if (npy_write(tmp_file(t, "W.npy", p, sizeof p), NPY_F4, 2, wsh, w, err, sizeof err))
+        return -1;
+    return 0;
+}
+
+/* npy_write into the temp dir; 0 on success. */
+static int put_npy(const tmpdir *t, const char *name, npy_dtype dt, int32_t ndim,
+                   const int64_t *shape, const void *data) {
+    char p[300], err[NPY_ERR_MAX];
+    return npy_write(tmp_file(t, name, p, sizeof p), dt, ndim, shape, data, err, sizeof err);
+}
+
+static int same_set(const int32_t *row, const int32_t *want, int32_t k) {
+    for (int32_t i = 0; i < k; i++)
+        if (!tool_selected(row, k, want[i])) return 0;
+    return 1;
+}
+
+/* --- npy ---------------------------------------------------------------------------------- */
+HISA_TEST(tools_npy_roundtrip) {
+    tmpdir t;
+    REQUIRE(tmp_make(&t) == 0);
+    char p[300], err[NPY_ERR_MAX];
+    float f[6] = {1.5f, -2.0f, 0.0f, 3.25f, 1e-3f, -7.0f};
+    int32_t i4[3] = {-1, 0, 2147483647};
+    uint8_t u1[5] = {0, 1, 127, 128, 255};
+    int64_t s23[2] = {2, 3}, s3[1] = {3}, s5x1[2] = {5, 1};
+    CHECK(npy_write(tmp_file(&t, "f.npy", p, sizeof p), NPY_F4, 2, s23, f, err, sizeof err) == 0);
+    CHECK(npy_write(tmp_file(&t, "i.npy", p, sizeof p), NPY_I4, 1, s3, i4, err, sizeof err) == 0);
+    CHECK(npy_write(tmp_file(&t, "u.npy", p, sizeof p), NPY_U1, 2, s5x1, u1, err, sizeof err) == 0);
+    npy_array a;
+    REQUIRE(npy_read(tmp_file(&t, "f.npy", p, sizeof p), &a, err, sizeof err) == 0);
+    CHECK(a.dtype == NPY_F4 && a.ndim == 2 && a.shape[0] == 2 && a.shape[1] == 3 && a.count == 6);
+    CHECK(memcmp(a.data, f, sizeof f) == 0);
+    npy_free(&a);
+    REQUIRE(npy_read(tmp_file(&t, "i.npy", p, sizeof p), &a, err, sizeof err) == 0);
+    CHECK(a.dtype == NPY_I4 && a.ndim == 1 && a.shape[0] == 3);
+    CHECK(memcmp(a.data, i4, sizeof i4) == 0);
+    npy_free(&a);
+    REQUIRE(npy_read(tmp_file(&t, "u.npy", p, sizeof p), &a, err, sizeof err) == 0);
+    CHECK(a.dtype == NPY_U1 && a.ndim == 2 && a.shape[0] == 5 && a.shape[1] == 1);
+    CHECK(memcmp(a.data, u1, sizeof u1) == 0);
+    npy_free(&a);
+    /* The header numpy writes: text dict, data on a 64-byte boundary. */
+    char *txt = read_text(tmp_file(&t, "f.npy", p, sizeof p));
+    REQUIRE(txt);
+    CHECK(strstr(txt + 10, "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }") ==
+          txt + 10);
+    CHECK(strchr(txt + 10, '\n') == txt + 127); /* 10 + 60-byte dict + padding = 128 */
+    free(txt);
+    tmp_remove(&t);
+}
+
+HISA_TEST(tools_npy_v2_and_variants) {
+    uint8_t buf[512];
+    float data[4] = {1, 2, 3, 4};
+    char err[NPY_ERR_MAX];
+    npy_array a;
+    /* version 2.0 header, double quotes, no trailing comma, extra spaces, 1-d shape */
+    size_t n = npy_image(buf, 2,
+                         "{\"shape\": ( 4, ), \"fortran_order\": False, \"descr\": \"<f4\"}",
+                         data, sizeof data);
+    REQUIRE(npy_parse("v2.npy", buf, n, &a, err, sizeof err) == 0);
+    CHECK(a.ndim == 1 && a.shape[0] == 4 && ((float *)a.data)[3] == 4.0f);
+    npy_free(&a);
+    /* 0-d array: shape () holds one element */
+    n = npy_image(buf, 1, "{'descr': '<i4', 'fortran_order': False, 'shape': (), }", data, 4);
+    REQUIRE(npy_parse("scalar.npy", buf, n, &a, err, sizeof err) == 0);
+    CHECK(a.ndim == 0 && a.count == 1);
+    npy_free(&a);
+    /* an empty array: shape (0, 128) */
+    n = npy_image(buf, 1, "{'descr': '|u1', 'fortran_order': False, 'shape': (0, 128), }", data, 0);
+    REQUIRE(npy_parse("empty.npy", buf, n, &a, err, sizeof err) == 0);
+    CHECK(a.count == 0 && a.shape[1] == 128);
+    npy_free(&a);
+}
+
+/* Each malformed file: the parser's message, then `hisa select` with it as --keys (or the
+ * named input) must exit 2 and name the file. */
+HISA_TEST(tools_npy_malformed_table) {
+    float data[8 * D];
+    memset(data, 0, sizeof data);
+    static const struct {
+        const char *name;
+        int major;
+        const char *dict; /* NULL: raw bytes below */
+        size_t data_len;
+        const char *raw;
+        size_t raw_len;
+        const char *message; /* substring of the error */
+    } cases[] = {
+        {"f8.npy", 1, "{'descr': '<f8', 'fortran_order': False, 'shape': (4, 128), }", 4 * D * 8,
+         NULL, 0, "dtype '<f8' (float64) is not supported"},
+        {"fortran.npy", 1, "{'descr': '<f4', 'fortran_order': True, 'shape': (4, 128), }",
+         4 * D * 4, NULL, 0, "fortran_order is True; expected C order"},
+        {"truncated.npy", 1, "{'descr': '<f4', 'fortran_order': False, 'shape': (8, 128), }",
+         4 * D * 4, NULL, 0, "truncated: shape [8,128] float32 needs 4096 data bytes"},
+        {"trailing.npy", 1, "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 128), }",
+         4 * D * 4, NULL, 0, "bytes after the data"},
+        {"bigendian.npy", 1, "{'descr': '>f4', 'fortran_order': False, 'shape': (4, 128), }",
+         4 * D * 4, NULL, 0, "big-endian float32"},
+        {"v3.npy", 3, "{'descr': '<f4', 'fortran_order': False, 'shape': (4, 128), }", 4 * D * 4,
+         NULL, 0, "format version 3.0 is not supported; expected 1.0 or 2.0"},
+        {"badkey.npy", 1, "{'descr': '<f4', 'fortran_order': False, 'shape': (4, 128), 'x': 1}",
+         4 * D * 4, NULL, 0, "unexpected key 'x'"},
+        {"badshape.npy", 1, "{'descr': '<f4', 'fortran_order': False, 'shape': (4, -1), }", 0,
+         NULL, 0, "shape entries must be non-negative integers"},
+        {"magic.npy", 0, NULL, 0, "PK\x03\x04 this is a zip, not an npy file", 35,
+         "bad magic; expected the bytes \\x93NUMPY"},
+        {"short.npy", 0, NULL, 0, "\x93NUM", 4, "truncated"},
+        {"header.npy", 0, NULL, 0, "\x93NUMPY\x01\x00\x40\x00{'descr'", 18,
+         "truncated: the header says 64 header bytes"},
+        {"wrongshape.npy", 1, "{'descr': '<f4', 'fortran_order': False, 'shape': (4, 64), }",
+         4 * 64 * 4, NULL, 0, "expected keys [L,128] (or uint8 fp8 codes): float32 [*,128]; got "
+                              "float32 [4,64]"},
+        {"int_keys.npy", 1, "{'descr': '<i4', 'fortran_order': False, 'shape': (4, 128), }",
+         4 * D * 4, NULL, 0, "got int32 [4,128]"},
+    };
+    tmpdir t;
+    REQUIRE(tmp_make(&t) == 0);
+    REQUIRE(write_planted(&t, 1) == 0);
+    const char *tool = getenv("HISA_TOOL");
+    static uint8_t buf[8 * D * 8 + 256];
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        size_t n;
+        if (cases[c].dict) {
+            n = npy_image(buf, (uint8_t)cases[c].major, cases[c].dict, data, cases[c].data_len);
+        } else {
+            memcpy(buf, cases[c].raw, cases[c].raw_len);
+            n = cases[c].raw_len;
+        }
+        char p[300], err[NPY_ERR_MAX] = "";
+        tmp_file(&t, cases[c].name, p, sizeof p);
+        REQUIRE(write_bytes(p, buf, n) == 0);
+        /* the parser alone (shape checks come from the command) */
+        npy_array a;
+        int parsed = npy_read(p, &a, err, sizeof err) == 0;
+        if (parsed) npy_free(&a);
+        int shape_case = strcmp(cases[c].name, "wrongshape.npy") == 0 ||
+                         strcmp(cases[c].name, "int_keys.npy") == 0;
+        CHECKF(parsed == shape_case, "%s: parse result %d", cases[c].name, parsed);
+        if (!shape_case)
+            CHECKF(strstr(err, cases[c].message) && strstr(err, p) == err,
+                   "%s: message '%s' lacks '%s'", cases[c].name, err, cases[c].message);
+        if (!tool) continue;
+        char args[1200], Q[300], W[300];
+        snprintf(args, sizeof args, "select --keys '%s' --queries '%s' --weights '%s' " PL_ARGS,
+                 p, tmp_file(&t, "Q.npy", Q, sizeof Q), tmp_file(&t, "W.npy", W, sizeof W));
+        char *e = NULL;
+        int rc = run_tool(&t, args, NULL, &e);
+        CHECKF(rc == 2, "%s: exit %d, expected 2", cases[c].name, rc);
+        CHECKF(e && strstr(e, cases[c].message) && strstr(e, cases[c].name),
+               "%s: stderr '%s' lacks '%s'", cases[c].name, e ? e : "", cases[c].message);
+        free(e);
+    }
+    if (!tool) {
+        tmp_remove(&t);
+        SKIP("HISA_TOOL not set: end-to-end half not run");
+    }
+    tmp_remove(&t);
+}
+
+/* Inputs that parse but do not fit together: each exits 2 naming the file. */
+HISA_TEST(tools_select_mismatched_inputs) {
+    if (!getenv("HISA_TOOL")) SKIP("HISA_TOOL not set");
+    tmpdir t;
+    REQUIRE(tmp_make(&t) == 0);
+    REQUIRE(write_planted(&t, 2) == 0);
+    float w3[3 * 2] = {0}, sc[PL_L];
+    uint8_t codes[PL_L * D];
+    memset(codes, 0, sizeof codes);
+    for (int i = 0; i < PL_L; i++) sc[i] = 1;
+    int64_t s32[2] = {3, 2}, cs[2] = {PL_L, D}, ss[1] = {PL_L}, ss_bad[1] = {PL_L - 1};
+    int32_t needles[2] = {3, PL_L + 5};
+    int64_t ns[1] = {2};
+    REQUIRE(put_npy(&t, "W3.npy", NPY_F4, 2, s32, w3) == 0);
+    REQUIRE(put_npy(&t, "C.npy", NPY_U1, 2, cs, codes) == 0);
+    REQUIRE(put_npy(&t, "S.npy", NPY_F4, 1, ss, sc) == 0);
+    REQUIRE(put_npy(&t, "Sbad.npy", NPY_F4, 1, ss_bad, sc) == 0);
+    REQUIRE(put_npy(&t, "N.npy", NPY_I4, 1, ns, needles) == 0);
+    const char *d = t.path;
+    static const struct {
+        const char *args, *message;
+    } cases[] = {
+        {"select --keys %s/K.npy --queries %s/Q.npy --weights %s/W3.npy",
+         "W3.npy: expected weights [n_q,H] with n_q=2, H=2"},
+        {"select --keys %s/C.npy --queries %s/Q.npy --weights %s/W.npy",
+         "C.npy: uint8 keys are fp8 e4m3 codes and need --scales"},
+        {"select --keys %s/C.npy --scales %s/Sbad.npy --queries %s/Q.npy --weights %s/W.npy",
+         "Sbad.npy: expected fp8 scales [L] with L=256"},
+        {"select --keys %s/K.npy --scales %s/S.npy --queries %s/Q.npy --weights %s/W.npy",
+         "S.npy: --scales goes with uint8 fp8 codes"},
+        {"select --keys %s/C.npy --scales %s/S.npy --queries %s/Q.npy --weights %s/W.npy "
+         "--key-format bf16",
+         "holds fp8 codes"},
+        {"select --keys %s/Q.npy --queries %s/Q.npy --weights %s/W.npy", "Q.npy: expected keys"},
+        {"select --keys %s/K.npy --queries %s/K.npy --weights %s/W.npy",
+         "K.npy: expected queries [n_q,H,128]"},
+        {"select --keys %s/missing.npy --queries %s/Q.npy --weights %s/W.npy",
+         "missing.npy: cannot open"},
+        {"select --queries %s/Q.npy --weights %s/W.npy", "--keys FILE.npy is required"},
+        {"eval --keys %s/K.npy --queries %s/Q.npy --weights %s/W.npy --needles %s/N.npy",
+         "N.npy: needle position 261 out of range"},
+        {"select --keys %s/K.npy --queries %s/Q.npy --weights %s/W.npy --mode fast",
+         "--mode: 'fast'"},
+        {"select --keys %s/K.npy --queries %s/Q.npy --weights %s/W.npy --topk 4096",
+         "invalid configuration (field "},
+        {"select --keys %s/K.npy --queries %s/Q.npy --weights %s/W.npy --bogus 1",
+         "unknown option '--bogus'"},
+        {"select --keys %s/K.npy --queries %s/Q.npy --weights %s/W.npy --heads 4",
+         "--heads 4, but"},
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        char args[1600], full[1700];
+        snprintf(args, sizeof args, cases[c].args, d, d, d, d);
+        snprintf(full, sizeof full, "%s %s", args,
+                 strstr(args, "--topk") ? "--block-size 32 --top-blocks 3 --device cpu" : PL_ARGS);
+        char *e = NULL;
+        int rc = run_tool(&t, full, NULL, &e);
+        CHECKF(rc == 2, "case %zu (%s): exit %d, expected 2", c, args, rc);
+        CHECKF(e && strstr(e, cases[c].message), "case %zu: stderr '%s' lacks '%s'", c,
+               e ? e : "", cases[c].message);
+        free(e);
+    }
+    tmp_remove(&t);
+}
+
+/* --- select -------------------------------------------------------------------------------- */
+HISA_TEST(tools_select_planted_direct) {
+    tmpdir t;
+    REQUIRE(tmp_make(&t) == 0);
+    REQUIRE(write_planted(&t, 2) == 0);
+    char K[300], Q[300], W[300];
+    tool_inputs in = {.keys_path = tmp_file(&t, "K.npy", K, sizeof K),
+                      .queries_path = tmp_file(&t, "Q.npy", Q, sizeof Q),
+                      .weights_path = tmp_file(&t, "W.npy", W, sizeof W)};
+    REQUIRE(tool_inputs_load("test", &in) == 0);
+    CHECK(in.L == PL_L && in.n_q == 2 && in.H == 2 && !in.fp8_codes);
+    /* The CPU reference, and the CUDA backend through HISA_HOST_IO when a GPU is here. */
+    const char *devices[2] = {"cpu", "cuda"};
+    int n_dev = tool_cuda_available() ? 2 : 1;
+    for (int dv = 0; dv < n_dev; dv++) {
+        tool_cfg_opts c = {.device = devices[dv], .block_size = 32, .top_blocks = 3, .topk = 7};
+        hisa_runtime *rt = NULL;
+        int32_t seq;
+        REQUIRE(tool_inputs_open("test", &in, &c, &rt, &seq) == 0);
+        int32_t out[2 * 7];
+        double s;
+        /* two queries (prefill path) at positions 254 and 255: both see every planted token */
+        CHECK(tool_inputs_select(rt, seq, &in, HISA_MODE_FLAT, out, &s) == 0);
+        CHECKF(same_set(out, k_pl_flat, 7) && same_set(out + 7, k_pl_flat, 7), "%s flat",
+               devices[dv]);
+        CHECK(tool_inputs_select(rt, seq, &in, HISA_MODE_HISA, out, &s) == 0);
+        CHECKF(same_set(out, k_pl_hisa, 7) && same_set(out + 7, k_pl_hisa, 7), "%s hisa",
+               devices[dv]);
+        int32_t scratch[14];
+        CHECK(tool_iou(out, out + 7, 7, scratch) == 1.0);
+        hisa_close(rt);
+    }
+    tool_inputs_free(&in);
+    tmp_remove(&t);
+}
+
+HISA_TEST(tools_select_planted_end_to_end) {
+    if (!getenv("HISA_TOOL")) SKIP("HISA_TOOL not set");
+    tmpdir t;
+    REQUIRE(tmp_make(&t) == 0);
+    REQUIRE(write_planted(&t, 1) == 0);
+    const char *modes[2] = {"hisa", "flat"};
+    const int32_t *want[2] = {k_pl_hisa, k_pl_flat};
+    /* m = 2, 3: the decode path on CUDA when a GPU is here (same answers by construction) */
+    for (int m = 0; m < (tool_cuda_available() ? 4 : 2); m++) {
+        char args[1200], I[300], err[NPY_ERR_MAX];
+        const char *device = m < 2 ? "cpu" : "cuda";
+        snprintf(args, sizeof args,
+                 "select --keys %s/K.npy --queries %s/Q.npy --weights %s/W.npy --mode %s "
+                 "--out %s/I.npy --device %s " PL_GEOM,
+                 t.path, t.path, t.path, modes[m % 2], t.path, device);
+        char *o = NULL;
+        int rc = run_tool(&t, args, &o, NULL);
+        CHECKF(rc == 0, "select --mode %s --device %s: exit %d", modes[m % 2], device, rc);
+        CHECK(o && strstr(o, m < 2 ? "device cpu" : "device cuda:0"));
+        free(o);
+        npy_array a;
+        REQUIRE(npy_read(tmp_file(&t, "I.npy", I, sizeof I), &a, err, sizeof err) == 0);
+        CHECK(a.dtype == NPY_I4 && a.ndim == 2 && a.shape[0] == 1 && a.shape[1] == 7);
+        /* rows come out sorted ascending */
+        CHECKF(memcmp(a.data, want[m % 2], sizeof(int32_t) * 7) == 0, "%s %s", modes[m % 2],
+               device);
+        npy_free(&a);
+    }
+    /* fp8 codes + scales give the same answer: code 0x7e is 448, scale mag / 448 */
+    static uint8_t codes[PL_L * D];
+    float scales[PL_L];
+    memset(codes, 0, sizeof codes);
+    for (int i = 0; i < PL_L; i++) scales[i] = 1;
+    for (int i = 0; i < 10; i++) {
+        codes[(size_t)k_pl_pos[i] * D] = 0x7e;
+        scales[k_pl_pos[i]] = k_pl_mag[i] / 448.0f;
+    }
+    char p[300], err[NPY_ERR_MAX];
+    int64_t cs[2] = {PL_L, D}, ss[1] = {PL_L};
+    REQUIRE(put_npy(&t, "C.npy", NPY_U1, 2, cs, codes) == 0);
+    REQUIRE(put_npy(&t, "S.npy", NPY_F4, 1, ss, scales) == 0);
+    char args[1200];
+    snprintf(args, sizeof args,
+             "select --keys %s/C.npy --scales %s/S.npy --queries %s/Q.npy --weights %s/W.npy "
+             "--out %s/I.npy " PL_ARGS,
+             t.path, t.path, t.path, t.path, t.path);
+    CHECK(run_tool(&t, args, NULL, NULL) == 0);
+    npy_array a;
+    REQUIRE(npy_read(tmp_file(&t, "I.npy", p, sizeof p), &a, err, sizeof err) == 0);
+    CHECK(a.count == 7 && memcmp(a.data, k_pl_hisa, sizeof(int32_t) * 7) == 0);
+    npy_free(&a);
+    /* without --out the selection is printed: "255: 3 5 100 101 102 250 251" */
+    snprintf(args, sizeof args,
+             "select --keys %s/K.npy --queries %s/Q.npy --weights %s/W.npy " PL_ARGS, t.path,
+             t.path, t.path);
+    char *o = NULL;
+    CHECK(run_tool(&t, args, &o, NULL) == 0);
+    CHECK(o && strcmp(o, "255: 3 5 100 101 102 250 251\n") == 0);
+    free(o);
+    tmp_remove(&t);
+}
+
+/* Fewer visible tokens than k: every position, then -1 padding. */
+HISA_TEST(tools_select_short_context_pads) {
+    tmpdir t;
+    REQUIRE(tmp_make(&t) == 0);
+    float keys[5 * D], q[2 * 2 * D], w[2 * 2];
+    for (int i = 0; i < 5 * D; i++) keys[i] = (float)((i * 37) % 11) - 5.0f;
+    for (int i = 0; i < 2 * 2 * D; i++) q[i] = (float)((i * 13) % 7) - 3.0f;
+    for (int i = 0; i < 4; i++) w[i] = 1.0f;
+    int64_t ks[2] = {5, D}, qs[3] = {2, 2, D}, wsh[2] = {2, 2};
+    REQUIRE(put_npy(&t, "K.npy", NPY_F4, 2, ks, keys) == 0);
+    REQUIRE(put_npy(&t, "Q.npy", NPY_F4, 3, qs, q) == 0);
+    REQUIRE(put_npy(&t, "W.npy", NPY_F4, 2, wsh, w) == 0);
+    char K[300], Q[300], W[300];
+    tool_inputs in = {.keys_path = tmp_file(&t, "K.npy", K, sizeof K),
+                      .queries_path = tmp_file(&t, "Q.npy", Q, sizeof Q),
+                      .weights_path = tmp_file(&t, "W.npy", W, sizeof W)};
+    REQUIRE(tool_inputs_load("test", &in) == 0);
+    tool_cfg_opts c = {.device = "cpu", .block_size = 32, .top_blocks = 3, .topk = 7};
+    hisa_runtime *rt = NULL;
+    int32_t seq;
+    REQUIRE(tool_inputs_open("test", &in, &c, &rt, &seq) == 0);
+    int32_t out[2 * 7];
+    double s;
+    REQUIRE(tool_inputs_select(rt, seq, &in, HISA_MODE_HISA, out, &s) == 0);
+    tool_sort_rows(out, 2, 7);
+    /* query 0 at position 3 sees 0..3; query 1 at position 4 sees 0..4 */
+    const int32_t want0[7] = {0, 1, 2, 3, -1, -1, -1}, want1[7] = {0, 1, 2, 3, 4, -1, -1};
+    CHECK(memcmp(out, want0, sizeof want0) == 0);
+    CHECK(memcmp(out + 7, want1, sizeof want1) == 0);
+    hisa_close(rt);
+    tool_inputs_free(&in);
+    tmp_remove(&t);
+}
+
+/* --- eval ---------------------------------------------------------------------------------- */
+HISA_TEST(tools_iou_helper) {
+    int32_t a[6] = {5, 1, 9, -1, 3, -1}, b[6] = {3, 9, 1, 5, -1, -1}, scratch[12];
+    CHECK(tool_iou(a, b, 6, scratch) == 1.0);
+    int32_t c[6] = {5, 1, 7, 8, -1, -1};
+    CHECK(tool_iou(a, c, 6, scratch) == 2.0 / 6.0); /* {1,5} of {1,3,5,7,8,9} */
+    int32_t e[3] = {-1, -1, -1};
+    CHECK(tool_iou(e, e, 3, scratch) == 1.0);
+    int32_t d[3] = {2, 2, 4}; /* duplicates count once */
+    int32_t d2[3] = {2, 4, -1};
+    CHECK(tool_iou(d, d2, 3, scratch) == 1.0);
+}
+
+static double json_number(const char *json, const char *key) {
+    char pat[64];
+    snprintf(pat, sizeof pat, "\"%s\": ", key);
+    const char *p = json ? strstr(json, pat) : NULL;
+    return p ? atof(p + strlen(pat)) : -1.0;
+}
+
+HISA_TEST(tools_eval_planted) {
+    if (!getenv("HISA_TOOL")) SKIP("HISA_TOOL not set");
+    tmpdir t;
+    REQUIRE(tmp_make(&t) == 0);
+    REQUIRE(write_planted(&t, 2) == 0);
+    int32_t needles[2] = {40, 3};
+    int64_t ns[1] = {2};
+    REQUIRE(put_npy(&t, "N.npy", NPY_I4, 1, ns, needles) == 0);
+    char args[1200];
+    /* m = 3 of 8 blocks: IoU 0.4 by construction; needle 40 only in flat, 3 in both */
+    snprintf(args, sizeof args,
+             "eval --keys %s/K.npy --queries %s/Q.npy --weights %s/W.npy --needles %s/N.npy "
+             "--json " PL_ARGS,
+             t.path, t.path, t.path, t.path);
+    char *o = NULL;
+    CHECK(run_tool(&t, args, &o, NULL) == 0);
+    CHECKF(o && json_number(o, "iou_mean") > 0.3999 && json_number(o, "iou_mean") < 0.4001,
+           "eval json: %s", o ? o : "");
+    CHECK(json_number(o, "recall_flat") == 1.0);
+    CHECK(json_number(o, "recall_hisa") == 0.5);
+    CHECK(json_number(o, "needles_visible") == 4.0); /* 2 needles x 2 queries */
+    CHECK(o && strstr(o, "\"device\": \"cpu\""));
+    free(o);
+    /* m = 8 covers every block: HISA is flat (SPEC rule 3), identical selections, IoU 1 */
+    snprintf(args, sizeof args,
+             "eval --keys %s/K.npy --queries %s/Q.npy --weights %s/W.npy --needles %s/N.npy "
+             "--json --block-size 32 --top-blocks 8 --topk 7 --device cpu",
+             t.path, t.path, t.path, t.path);
+    CHECK(run_tool(&t, args, &o, NULL) == 0);
+    CHECKF(json_number(o, "iou_mean") == 1.0 && json_number(o, "iou_min") == 1.0,
+           "eval json: %s", o ? o : "");
+    CHECK(json_number(o, "recall_hisa") == 1.0);
+    free(o);
+    /* the text report */
+    snprintf(args, sizeof args,
+             "eval --keys %s/K.npy --queries %s/Q.npy --weights %s/W.npy " PL_ARGS, t.path,
+             t.path, t.path);
+    CHECK(run_tool(&t, args, &o, NULL) == 0);
+    CHECK(o && strstr(o, "IoU HISA vs flat: mean 0.4000, min 0.4000 over 2 queries"));
+    free(o);
+    tmp_remove(&t);
+}
+
+/* --- synthetic data -------------------------------------------------------------------------- */
+HISA_TEST(tools_synth_reproducible) {
+    synth_params sp;
+    synth_params_default(&sp);
+    sp.n_heads = 4;
+    sp.n_layers = 2;
+    sp.seed = 42;
+    sp.n_needles = 1;
+    sp.needle_pos[0] = 700;
+    enum { N = 1000 };
+    float *a = malloc(sizeof(float) * 2 * N * D), *b = malloc(sizeof(float) * 2 * N * D);
+    REQUIRE(a && b);
+    synth_gen g1, g2;
+    REQUIRE(synth_init(&g1, &sp) == 0 && synth_init(&g2, &sp) == 0);
+    synth_keys(&g1, N, a, (int64_t)N * D);
+    /* the same tokens in uneven chunks: identical numbers */
+    float chunk[2 * 333 * D];
+    for (int32_t p0 = 0; p0 < N; p0 += 333) {
+        int32_t n = N - p0 < 333 ? N - p0 : 333;
+        synth_keys(&g2, n, chunk, (int64_t)n * D);
+        for (int l = 0; l < 2; l++)
+            memcpy(b + ((size_t)l * N + p0) * D, chunk + (size_t)l * n * D, sizeof(float) * n * D);
+    }
+    CHECK(memcmp(a, b, sizeof(float) * 2 * N * D) == 0);
+    float q1[4 * D], q2[4 * D], w1[4], w2[4];
+    synth_query(&g1, 1, 1, q1, w1);
+    synth_query(&g2, 1, 1, q2, w2);
+    CHECK(memcmp(q1, q2, sizeof q1) == 0 && memcmp(w1, w2, sizeof w1) == 0);
+    /* structure: the needle key is far larger than its neighbours; layers differ */
+    double nn = 0, nb = 0;
+    for (int d = 0; d < D; d++) {
+        nn += (double)a[700 * D + d] * a[700 * D + d];
+        nb += (double)a[699 * D + d] * a[699 * D + d];
+    }
+    CHECK(nn > 100 * nb);
+    CHECK(memcmp(a, a + (size_t)N * D, sizeof(float) * D) != 0);
+    synth_free(&g1);
+    synth_free(&g2);
+    /* another seed, other numbers */
+    sp.seed = 43;
+    REQUIRE(synth_init(&g1, &sp) == 0);
+    synth_keys(&g1, N, b, (int64_t)N * D);
+    CHECK(memcmp(a, b, sizeof(float) * N * D) != 0);
+    synth_free(&g1);
+    /* invalid parameters are refused */
+    sp.seg_min = 10;
+    sp.seg_max = 5;
+    CHECK(synth_init(&g1, &sp) != 0);
+    free(a);
+    free(b);
+}
+
+/* --- niah ---------------------------------------------------------------------------------- */
+HISA_TEST(tools_niah_flat_finds_planted_needle) {
+    hisa_config cfg = {.n_layers = 1, .n_heads = 8, .block_size = 32, .top_blocks = 16,
+                       .topk = 256, .max_seqs = 1, .max_batch = 1, .max_context = 4096,
+                       .max_prefill_queries = 1024, .device = HISA_DEVICE_CPU};
+    hisa_runtime *rt = NULL;
+    REQUIRE(hisa_open(&rt, &cfg, NULL) == HISA_OK);
+    synth_params sp;
+    synth_params_default(&sp);
+    sp.n_heads = 8;
+    const double depths[4] = {0, 33, 71, 100};
+    for (int i = 0; i < 4; i++) {
+        sp.seed = 100 + (uint64_t)i;
+        tool_niah_result r;
+        REQUIRE(tool_niah_cell(rt, &sp, 4096, depths[i], &r) == HISA_OK);
+        CHECKF(r.found_flat == 1, "depth %g: flat missed the needle at %d", depths[i],
+               r.needle_pos);
+        CHECK(r.iou > 0 && r.iou <= 1);
+    }
+    /* positions: after the 4 sinks at 0%, before the query's own token at 100% */
+    CHECK_EQ_INT(tool_niah_position(4096, 0, 4), 4);
+    CHECK_EQ_INT(tool_niah_position(4096, 100, 4), 4094);
+    CHECK_EQ_INT(tool_niah_position(4096, 50, 4), 2049);
+    /* the sequence was closed again: the pool is empty */
+    hisa_memory_report mr;
+    REQUIRE(hisa_memory_report_get(rt, &mr) == HISA_OK);
+    CHECK_EQ_INT(mr.seqs_open, 0);
+    CHECK_EQ_INT(mr.pages_used, 0);
+    hisa_close(rt);
+}
+
+HISA_TEST(tools_niah_end_to_end) {
+    if (!getenv("HISA_TOOL")) SKIP("HISA_TOOL not set");
+    tmpdir t;
+    REQUIRE(tmp_make(&t) == 0);
+    char args[1200];
+    snprintf(args, sizeof args,
+             "niah --device cpu --contexts 2K,4K --depths 0,50,100 --heads 8 --block-size 32 "
+             "--top-blocks 16 --topk 256 --csv %s/n.csv --svg %s/n.svg",
+             t.path, t.path);
+    char *o = NULL;
+    CHECK(run_tool(&t, args, &o, NULL) == 0);
+    CHECK(o && strstr(o, "needle recall, flat DSA") && strstr(o, "needle recall, HISA"));
+    free(o);
+    char p[300];
+    char *csv = read_text(tmp_file(&t, "n.csv", p, sizeof p));
+    REQUIRE(csv);
+    CHECK(strncmp(csv, "context,depth_percent,needle_position,trials,recall_flat,recall_hisa,iou\n",
+                  72) == 0);
+    int rows = 0, flat_ones = 0;
+    for (char *line = strchr(csv, '\n'); line && line[1]; line = strchr(line + 1, '\n')) {
+        int ctx, pos, trials;
+        double depth, rf, rh, iou;
+        if (sscanf(line + 1, "%d,%lf,%d,%d,%lf,%lf,%lf", &ctx, &depth, &pos, &trials, &rf, &rh,
+                   &iou) == 7) {
+            rows++;
+            flat_ones += rf == 1.0;
+        }
+    }
+    CHECK_EQ_INT(rows, 6);
+    CHECK_EQ_INT(flat_ones, 6);
+    free(csv);
+    char *svg = read_text(tmp_file(&t, "n.svg", p, sizeof p));
+    CHECK(svg && strncmp(svg, "<svg", 4) == 0 && strstr(svg, "</svg>") && strstr(svg, "HISA"));
+    free(svg);
+    snprintf(args, sizeof args, "niah --device cpu --depths 0,150 --csv %s/x.csv", t.path);
+    CHECK(run_tool(&t, args, NULL, NULL) == 2);
+    tmp_remove(&t);
+}
+
+/* --- mem, stream, the command line ----------------------------------------------------------- */
+HISA_TEST(tools_mem_fit_is_exact) {
+    if (!getenv("HISA_TOOL")) SKIP("HISA_TOOL not set");
+    tmpdir t;
+    REQUIRE(tmp_make(&t) == 0);
+    char *o = NULL;
+    REQUIRE(run_tool(&t, "mem --device cpu --context 64K --layers 4 --gpu-mem 2G --json", &o,
+                     NULL) == 0);
+    /* the first "max_seqs" is the config's; the fit's follows "fit" */
+    const char *f = o ? strstr(o, "\"fit\"") : NULL;
+    REQUIRE(f);
+    double fit = json_number(f, "max_seqs");
+    CHECK(fit >= 1);
+    /* fit sequences fit in 2 GiB, one more does not */
+    for (int extra = 0; extra < 2; extra++) {
+        hisa_config c = {.n_layers = 4, .max_context = 65536, .max_seqs = (int32_t)fit + extra,
+                         .device = HISA_DEVICE_CPU};
+        c.max_batch = c.max_seqs < 256 ? c.max_seqs : 256;
+        hisa_plan plan;
+        REQUIRE(hisa_plan_compute(&c, &plan) == HISA_OK);
+        if (extra == 0) CHECK(plan.device_bytes <= (2ull << 30));
+        else CHECK(plan.device_bytes > (2ull << 30));
+    }
+    free(o);
+    REQUIRE(run_tool(&t, "mem --device cpu", &o, NULL) == 0);
+    CHECK(o && strstr(o, "keys") && strstr(o, "total: device"));
+    free(o);
+    CHECK(run_tool(&t, "mem --gpu-mem 80X", NULL, NULL) == 2);
+    CHECK(run_tool(&t, "mem --device cpu --block-size 48", NULL, NULL) == 2);
+    tmp_remove(&t);
+}
+
+HISA_TEST(tools_stream_small) {
+    if (!getenv("HISA_TOOL")) SKIP("HISA_TOOL not set");
+    tmpdir t;
+    REQUIRE(tmp_make(&t) == 0);
+    char *o = NULL, *e = NULL;
+    int rc = run_tool(&t,
+                      "stream --device cpu --context 2K --steps 8 --batch 2 --layers 2 --heads 8 "
+                      "--block-size 32 --top-blocks 16 --topk 256 --check-every 4 --profile",
+                      &o, &e);
+    CHECKF(rc == 0, "stream exit %d: %s", rc, e ? e : "");
+    CHECK(o && strstr(o, "device cpu"));
+    CHECK(o && strstr(o, "IoU HISA vs flat: mean"));
+    CHECK(o && strstr(o, "(2 checks x 2 layers x 2 streams)"));
+    CHECK(o && strstr(o, "layer 1: p50"));
+    CHECK(o && strstr(o, "pool (profile): pages total"));
+    /* stderr is not a terminal here: plain progress lines, the last one at step 8 */
+    CHECK(e && strstr(e, "step 8/8  context 2056"));
+    free(o);
+    free(e);
+    tmp_remove(&t);
+}
+
+HISA_TEST(tools_cli_help_and_usage) {
+    if (!getenv("HISA_TOOL")) SKIP("HISA_TOOL not set");
+    tmpdir t;
+    REQUIRE(tmp_make(&t) == 0);
+    const char *cmds[] = {"stream", "mem", "select", "eval", "niah"};
+    for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++) {
+        char args[64];
+        char *o = NULL;
+        snprintf(args, sizeof args, "%s --help", cmds[i]);
+        CHECKF(run_tool(&t, args, &o, NULL) == 0, "%s --help", cmds[i]);
+        CHECKF(o && strstr(o, "usage: hisa") && strstr(o, "--device"), "%s --help text", cmds[i]);
+        free(o);
+        snprintf(args, sizeof args, "%s --no-such-option", cmds[i]);
+        CHECKF(run_tool(&t, args, NULL, NULL) == 2, "%s bad option", cmds[i]);
+    }
+    char *o = NULL;
+    CHECK(run_tool(&t, "--help", &o, NULL) == 0);
+    CHECK(o && strstr(o, "stream") && strstr(o, "bench"));
+    free(o);
+    CHECK(run_tool(&t, "frobnicate", NULL, NULL) == 2);
+    CHECK(run_tool(&t, "", NULL, NULL) == 2);
+    CHECK(run_tool(&t, "stream --device tpu", NULL, NULL) == 2);
+    CHECK(run_tool(&t, "stream --steps many", NULL, NULL) == 2);
+    if (!tool_cuda_available()) {
+        /* asking for a GPU that is not there is a runtime failure, not a usage error */
+        char *e = NULL;
+        CHECK(run_tool(&t, "stream --device cuda --context 1K --steps 1", NULL, &e) == 1);
+        CHECK(e && strstr(e, "cuda:0"));
+        free(e);
+    }
+    tmp_remove(&t);
+}
+
+HISA_TEST(tools_option_parsing) {
+    int64_t v;
+    CHECK(tool_parse_i64("64K", &v) == 0 && v == 65536);
+    CHECK(tool_parse_i64("2M", &v) == 0 && v == 2097152);
+    CHECK(tool_parse_i64("12", &v) == 0 && v == 12);
+    CHECK(tool_parse_i64("12Q", &v) != 0);
+    CHECK(tool_parse_i64("", &v) != 0);
+    CHECK(tool_parse_i64("99999999999G", &v) != 0);
+    uint64_t b;
+    CHECK(tool_parse_size("80G", &b) == 0 && b == 80ull << 30);
+    CHECK(tool_parse_size("80GiB", &b) == 0 && b == 80ull << 30);
+    CHECK(tool_parse_size("1.5T", &b) == 0 && b == 3ull << 39);
+    CHECK(tool_parse_size("512", &b) == 0 && b == 512);
+    CHECK(tool_parse_size("-1G", &b) != 0);
+    CHECK(tool_parse_size("80X", &b) != 0);
+    int32_t n = 0;
+    int flag = 0;
+    const char *s = NULL;
+    tool_opt opts[3] = {{"n", TOOL_OPT_INT, &n}, {"flag", TOOL_OPT_FLAG, &flag},
+                        {"s", TOOL_OPT_STR, &s}};
+    char *argv1[] = {"x", "--n=8K", "--flag", "--s", "hello"};
+    CHECK(tool_parse_opts("t", 5, argv1, opts, 3) == 0);
+    CHECK(n == 8192 && flag && strcmp(s, "hello") == 0);
+    /* The refusals below print their messages; keep the test log clean. */
+    fflush(stderr);
+    int saved_stderr = dup(2), devnull = open("/dev/null", O_WRONLY);
+    if (devnull >= 0) dup2(devnull, 2);
+    char *argv2[] = {"x", "--n"};
+    CHECK(tool_parse_opts("t", 2, argv2, opts, 3) == TOOL_EXIT_USAGE);
+    char *argv3[] = {"x", "--help"};
+    CHECK(tool_parse_opts("t", 2, argv3, opts, 3) == -1);
+    char *argv4[] = {"x", "positional"};
+    CHECK(tool_parse_opts("t", 2, argv4, opts, 3) == TOOL_EXIT_USAGE);
+    char *argv5[] = {"x", "--n", "3000000000"};
+    CHECK(tool_parse_opts("t", 3, argv5, opts, 3) == TOOL_EXIT_USAGE);
+    fflush(stderr);
+    if (saved_stderr >= 0) dup2(saved_stderr, 2);
+    if (saved_stderr >= 0) close(saved_stderr);
+    if (devnull >= 0) close(devnull);
+    double pv[5] = {5, 1, 4, 2, 3};
+    CHECK(tool_percentile(pv, 5, 50) == 3);
+    CHECK(tool_percentile(pv, 5, 99) == 5);
+}

@@ -1,0 +1,337 @@
+/* common.c: option parsing, device choice, error reporting and small helpers shared by the
+ * subcommands of the hisa tool (declared in tools.h). */
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "tools.h"
+
+/* --- numbers ------------------------------------------------------------------------------ */
+int tool_parse_i64(const char *s, int64_t *out) {
+    if (!s || !*s) return -1;
+    errno = 0;
+    char *end;
+    long long v = strtoll(s, &end, 10);
+    if (errno || end == s) return -1;
+    int64_t mul = 1;
+    if (*end == 'K' || *end == 'k') mul = 1ll << 10, end++;
+    else if (*end == 'M' || *end == 'm') mul = 1ll << 20, end++;
+    else if (*end == 'G' || *end == 'g') mul = 1ll << 30, end++;
+    if (*end) return -1;
+    if (v > 0 && v > INT64_MAX / mul) return -1;
+    if (v < 0 && v < INT64_MIN / mul) return -1;
+    *out = (int64_t)v * mul;
+    return 0;
+}
+
+int tool_parse_size(const char *s, uint64_t *out) {
+    if (!s || !*s || *s == '-') return -1;
+    errno = 0;
+    char *end;
+    double v = strtod(s, &end);
+    if (errno || end == s || !(v >= 0)) return -1;
+    double mul = 1;
+    switch (*end) {
+    case 'K': case 'k': mul = 1024.0; end++; break;
+    case 'M': case 'm': mul = 1024.0 * 1024; end++; break;
+    case 'G': case 'g': mul = 1024.0 * 1024 * 1024; end++; break;
+    case 'T': case 't': mul = 1024.0 * 1024 * 1024 * 1024; end++; break;
+    default: break;
+    }
+    /* "80G", "80GB" and "80GiB" all mean 80 * 2^30: GPU memory is quoted in binary units. */
+    if (mul > 1 && (strcmp(end, "iB") == 0 || strcmp(end, "B") == 0)) end += strlen(end);
+    else if (mul == 1 && strcmp(end, "B") == 0) end++;
+    if (*end) return -1;
+    double bytes = v * mul;
+    if (bytes >= 18446744073709551615.0) return -1;
+    *out = (uint64_t)bytes;
+    return 0;
+}
+
+const char *tool_fmt_bytes(uint64_t bytes, char *buf, size_t buf_len) {
+    static const char *units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+    double v = (double)bytes;
+    int u = 0;
+    while (v >= 1024 && u < 4) v /= 1024, u++;
+    if (u == 0) snprintf(buf, buf_len, "%llu B", (unsigned long long)bytes);
+    else snprintf(buf, buf_len, "%.*f %s", v < 10 ? 2 : v < 100 ? 1 : 0, v, units[u]);
+    return buf;
+}
+
+/* --- options ------------------------------------------------------------------------------ */
+int tool_parse_opts(const char *cmd, int argc, char **argv, const tool_opt *opts, int n_opts) {
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) return -1;
+        if (strncmp(a, "--", 2) != 0) {
+            fprintf(stderr, "hisa %s: unexpected argument '%s' (see hisa %s --help)\n", cmd, a,
+                    cmd);
+            return TOOL_EXIT_USAGE;
+        }
+        const char *name = a + 2, *eq = strchr(name, '=');
+        size_t name_len = eq ? (size_t)(eq - name) : strlen(name);
+        const tool_opt *o = NULL;
+        for (int k = 0; k < n_opts; k++)
+            if (strlen(opts[k].name) == name_len && strncmp(opts[k].name, name, name_len) == 0)
+                o = &opts[k];
+        if (!o) {
+            fprintf(stderr, "hisa %s: unknown option '--%.*s' (see hisa %s --help)\n", cmd,
+                    (int)name_len, name, cmd);
+            return TOOL_EXIT_USAGE;
+        }
+        if (o->kind == TOOL_OPT_FLAG) {
+            if (eq) {
+                fprintf(stderr, "hisa %s: option --%s takes no value\n", cmd, o->name);
+                return TOOL_EXIT_USAGE;
+            }
+            *(int *)o->dest = 1;
+            continue;
+        }
+        const char *val;
+        if (eq) {
+            val = eq + 1;
+        } else {
+            if (i + 1 >= argc) {
+                fprintf(stderr, "hisa %s: option --%s needs a value\n", cmd, o->name);
+                return TOOL_EXIT_USAGE;
+            }
+            val = argv[++i];
+        }
+        int64_t iv;
+        switch (o->kind) {
+        case TOOL_OPT_INT:
+            if (tool_parse_i64(val, &iv) != 0 || iv < INT32_MIN || iv > INT32_MAX) {
+                fprintf(stderr, "hisa %s: --%s: '%s' is not an integer (suffixes K, M, G)\n",
+                        cmd, o->name, val);
+                return TOOL_EXIT_USAGE;
+            }
+            *(int32_t *)o->dest = (int32_t)iv;
+            break;
+        case TOOL_OPT_I64:
+            if (tool_parse_i64(val, &iv) != 0) {
+                fprintf(stderr, "hisa %s: --%s: '%s' is not an integer (suffixes K, M, G)\n",
+                        cmd, o->name, val);
+                return TOOL_EXIT_USAGE;
+            }
+            *(int64_t *)o->dest = iv;
+            break;
+        case TOOL_OPT_SIZE:
+            if (tool_parse_size(val, (uint64_t *)o->dest) != 0) {
+                fprintf(stderr, "hisa %s: --%s: '%s' is not a size (e.g. 80G, 512M, 1.5T)\n",
+                        cmd, o->name, val);
+                return TOOL_EXIT_USAGE;
+            }
+            break;
+        case TOOL_OPT_DOUBLE: {
+            char *end;
+            errno = 0;
+            double d = strtod(val, &end);
+            if (errno || end == val || *end || !isfinite(d)) {
+                fprintf(stderr, "hisa %s: --%s: '%s' is not a number\n", cmd, o->name, val);
+                return TOOL_EXIT_USAGE;
+            }
+            *(double *)o->dest = d;
+            break;
+        }
+        case TOOL_OPT_STR: *(const char **)o->dest = val; break;
+        case TOOL_OPT_FLAG: break;
+        }
+    }
+    return 0;
+}
+
+void tool_cfg_opts_add(tool_opt *opts, int *n, tool_cfg_opts *c) {
+    opts[(*n)++] = (tool_opt){"device", TOOL_OPT_STR, &c->device};
+    opts[(*n)++] = (tool_opt){"key-format", TOOL_OPT_STR, &c->key_format};
+    opts[(*n)++] = (tool_opt){"heads", TOOL_OPT_INT, &c->heads};
+    opts[(*n)++] = (tool_opt){"block-size", TOOL_OPT_INT, &c->block_size};
+    opts[(*n)++] = (tool_opt){"top-blocks", TOOL_OPT_INT, &c->top_blocks};
+    opts[(*n)++] = (tool_opt){"topk", TOOL_OPT_INT, &c->topk};
+}
+
+int tool_cfg_apply(const char *cmd, const tool_cfg_opts *c, hisa_config *cfg) {
+    if (c->key_format) {
+        if (strcmp(c->key_format, "fp8") == 0) cfg->key_format = HISA_KEY_FP8;
+        else if (strcmp(c->key_format, "bf16") == 0) cfg->key_format = HISA_KEY_BF16;
+        else {
+            fprintf(stderr, "hisa %s: --key-format: '%s'; expected bf16 or fp8\n", cmd,
+                    c->key_format);
+            return TOOL_EXIT_USAGE;
+        }
+    }
+    /* Negative values would silently mean "default" to nobody; 0 does mean default. */
+    const struct {
+        const char *name;
+        int32_t v;
+    } ints[] = {{"heads", c->heads},   {"block-size", c->block_size}, {"top-blocks", c->top_blocks},
+                {"topk", c->topk},     {"layers", c->layers}};
+    for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++)
+        if (ints[i].v < 0) {
+            fprintf(stderr, "hisa %s: --%s must be positive, got %d\n", cmd, ints[i].name,
+                    ints[i].v);
+            return TOOL_EXIT_USAGE;
+        }
+    if (c->heads) cfg->n_heads = c->heads;
+    if (c->block_size) cfg->block_size = c->block_size;
+    if (c->top_blocks) cfg->top_blocks = c->top_blocks;
+    if (c->topk) cfg->topk = c->topk;
+    if (c->layers) cfg->n_layers = c->layers;
+    return 0;
+}
+
+/* --- devices ------------------------------------------------------------------------------ */
+static int g_cuda_probed, g_cuda_ok, g_cuda_err;
+
+int tool_cuda_available(void) {
+    if (!g_cuda_probed) {
+        /* The smallest valid configuration: the probe only asks whether a runtime opens. */
+        hisa_config cfg = {.n_layers = 1, .n_heads = 1, .block_size = 32, .top_blocks = 2,
+                           .topk = 32, .max_seqs = 1, .max_context = 64, .max_batch = 1,
+                           .max_prefill_queries = 1, .device = HISA_DEVICE_CUDA(0)};
+        hisa_runtime *rt = NULL;
+        g_cuda_err = hisa_open(&rt, &cfg, NULL);
+        g_cuda_ok = g_cuda_err == HISA_OK;
+        hisa_close(rt);
+        g_cuda_probed = 1;
+    }
+    return g_cuda_ok;
+}
+
+const char *tool_device_name(int32_t device, char *buf, size_t buf_len) {
+    if (device == HISA_DEVICE_CPU) snprintf(buf, buf_len, "cpu");
+    else snprintf(buf, buf_len, "cuda:%d", device - 1);
+    return buf;
+}
+
+int tool_pick_device(const char *cmd, const char *name, int32_t *device_out,
+                     const char **why_out) {
+    if (why_out) *why_out = "";
+    if (!name || strcmp(name, "auto") == 0) {
+        if (tool_cuda_available()) {
+            *device_out = HISA_DEVICE_CUDA(0);
+        } else {
+            *device_out = HISA_DEVICE_CPU;
+            if (why_out)
+                *why_out = g_cuda_err == HISA_ENODEVICE
+                               ? "no CUDA device, or hisa built without CUDA"
+                               : "the CUDA runtime failed to open";
+        }
+        return 0;
+    }
+    if (strcmp(name, "cpu") == 0) {
+        *device_out = HISA_DEVICE_CPU;
+        return 0;
+    }
+    int64_t ordinal = 0;
+    if (strcmp(name, "cuda") == 0) ordinal = 0;
+    else if (strncmp(name, "cuda:", 5) != 0 || tool_parse_i64(name + 5, &ordinal) != 0 ||
+             ordinal < 0 || ordinal > 1023) {
+        fprintf(stderr, "hisa %s: --device: '%s'; expected cpu, cuda or cuda:N\n", cmd, name);
+        return TOOL_EXIT_USAGE;
+    }
+    *device_out = HISA_DEVICE_CUDA((int32_t)ordinal);
+    return 0;
+}
+
+/* --- errors ------------------------------------------------------------------------------- */
+int tool_lib_error(const char *cmd, const char *what, int err, const hisa_plan *plan) {
+    if ((err == HISA_ECONFIG || err == HISA_EOVERFLOW) && plan && plan->invalid_field)
+        fprintf(stderr, "hisa %s: %s: %s (field %s)\n", cmd, what, hisa_strerror(err),
+                plan->invalid_field);
+    else
+        fprintf(stderr, "hisa %s: %s: %s\n", cmd, what, hisa_strerror(err));
+    return err == HISA_ECONFIG || err == HISA_EOVERFLOW || err == HISA_ELIMIT
+               ? TOOL_EXIT_USAGE
+               : TOOL_EXIT_FAIL;
+}
+
+int tool_open(const char *cmd, const hisa_config *cfg, hisa_runtime **rt_out) {
+    hisa_plan plan;
+    int err = hisa_plan_compute(cfg, &plan);
+    if (err != HISA_OK) return tool_lib_error(cmd, "configuration", err, &plan);
+    err = hisa_open(rt_out, cfg, NULL);
+    if (err != HISA_OK) {
+        char dev[32], b_dev[32], b_host[32];
+        tool_device_name(cfg->device, dev, sizeof dev);
+        fprintf(stderr, "hisa %s: opening the runtime on %s (%s device, %s host): %s\n", cmd,
+                dev, tool_fmt_bytes(plan.device_bytes, b_dev, sizeof b_dev),
+                tool_fmt_bytes(plan.host_bytes, b_host, sizeof b_host), hisa_strerror(err));
+        return err == HISA_ECONFIG ? TOOL_EXIT_USAGE : TOOL_EXIT_FAIL;
+    }
+    return 0;
+}
+
+/* --- helpers ------------------------------------------------------------------------------ */
+double tool_now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+double tool_percentile(double *v, int64_t n, double p) {
+    if (n <= 0) return 0;
+    qsort(v, (size_t)n, sizeof *v, cmp_double);
+    /* nearest rank: the smallest value with at least p% of the samples at or below it */
+    int64_t rank = (int64_t)ceil(p / 100.0 * (double)n);
+    if (rank < 1) rank = 1;
+    if (rank > n) rank = n;
+    return v[rank - 1];
+}
+
+static int cmp_i32(const void *a, const void *b) {
+    int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* Sorted distinct non-negative entries of sel into out; returns how many. */
+static int32_t distinct_sorted(const int32_t *sel, int32_t k, int32_t *out) {
+    int32_t n = 0;
+    for (int32_t i = 0; i < k; i++)
+        if (sel[i] >= 0) out[n++] = sel[i];
+    qsort(out, (size_t)n, sizeof *out, cmp_i32);
+    int32_t m = 0;
+    for (int32_t i = 0; i < n; i++)
+        if (m == 0 || out[m - 1] != out[i]) out[m++] = out[i];
+    return m;
+}
+
+double tool_iou(const int32_t *a, const int32_t *b, int32_t k, int32_t *scratch) {
+    int32_t *sa = scratch, *sb = scratch + k;
+    int32_t na = distinct_sorted(a, k, sa), nb = distinct_sorted(b, k, sb);
+    int32_t i = 0, j = 0, inter = 0;
+    while (i < na && j < nb) {
+        if (sa[i] == sb[j]) inter++, i++, j++;
+        else if (sa[i] < sb[j]) i++;
+        else j++;
+    }
+    int32_t uni = na + nb - inter;
+    return uni == 0 ? 1.0 : (double)inter / (double)uni;
+}
+
+int tool_selected(const int32_t *sel, int32_t k, int32_t pos) {
+    for (int32_t i = 0; i < k; i++)
+        if (sel[i] == pos) return 1;
+    return 0;
+}
+
+void tool_json_string(FILE *f, const char *s) {
+    fputc('"', f);
+    for (; s && *s; s++) {
+        unsigned char ch = (unsigned char)*s;
+        if (ch == '"' || ch == '\\') fprintf(f, "\\%c", ch);
+        else if (ch < 0x20) fprintf(f, "\\u%04x", ch);
+        else fputc(ch, f);
+    }
+    fputc('"', f);
+}
+
+const char *tool_key_format_name(int32_t key_format) {
+    return key_format == HISA_KEY_BF16 ? "bf16" : "fp8";
+}

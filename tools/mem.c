@@ -1,0 +1,227 @@
+/* mem.c: `hisa mem`, the memory plan of a configuration region by region, and how many
+ * sequences of a context fit in a GPU. Nothing is reserved: it is hisa_plan_compute alone, the
+ * same arithmetic hisa_open uses, so the numbers are exact. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "tools.h"
+
+static void mem_help(void) {
+    printf(
+        "usage: hisa mem [options] [--gpu-mem SIZE] [--json]\n"
+        "\n"
+        "The memory plan of a configuration (hisa_plan_compute: what hisa_open reserves, in\n"
+        "two reservations, device and host), region by region with offsets and totals. Unset\n"
+        "options take the library's defaults. The live figures of a running pool (pages used /\n"
+        "free / high-water) come from `hisa stream --profile`.\n"
+        "\n"
+        "options:\n"
+        "  --context N          max_context, tokens per sequence (default 131072); K, M ok\n"
+        "  --seqs N             max_seqs, sequences open at once (default 8)\n"
+        "  --layers N           indexer layers sharing one page table (default 1)\n"
+        "  --heads H            indexer heads (default 64)\n"
+        "  --key-format F       fp8 (default) or bf16\n"
+        "  --block-size B       32, 64, 128 (default), 256\n"
+        "  --top-blocks M       (default 64)\n"
+        "  --topk K             (default 2048)\n"
+        "  --payload-bytes N    opaque bytes per token per layer, e.g. a latent KV (default 0)\n"
+        "  --pages N            pages in the pool (default seqs * ceil(context / B))\n"
+        "  --max-batch N        sequences per decode call (default seqs)\n"
+        "  --prefill-queries N  tokens per write_range / queries per prefill (default 1024)\n"
+        "  --gpu-mem SIZE       e.g. 80G: how many sequences of --context fit in SIZE bytes of\n"
+        "                       device memory (plans for CUDA unless --device cpu is given;\n"
+        "                       --seqs and --pages are then what is searched)\n"
+        "  --json               one JSON object instead of the table\n"
+        "  --device D           plan for cpu, cuda or cuda:N (default: cuda:0 when available,\n"
+        "                       else cpu; regions differ by backend)\n");
+}
+
+typedef struct mem_opts {
+    int32_t context, seqs, payload_bytes, pages, max_batch, prefill_queries;
+    uint64_t gpu_mem;
+    int json;
+    tool_cfg_opts c;
+} mem_opts;
+
+static void print_config_json(const hisa_config *c, const char *dev) {
+    printf("\"device\": \"%s\", \"config\": {\"n_layers\": %d, \"n_heads\": %d, \"head_dim\": %d, "
+           "\"block_size\": %d, \"top_blocks\": %d, \"topk\": %d, \"key_format\": \"%s\", "
+           "\"payload_bytes\": %d, \"max_seqs\": %d, \"max_context\": %d, \"n_pages\": %d, "
+           "\"max_batch\": %d, \"max_prefill_queries\": %d}",
+           dev, c->n_layers, c->n_heads, c->head_dim, c->block_size, c->top_blocks, c->topk,
+           tool_key_format_name(c->key_format), c->payload_bytes, c->max_seqs, c->max_context,
+           c->n_pages, c->max_batch, c->max_prefill_queries);
+}
+
+/* The largest max_seqs whose plan fits in gpu_mem device bytes (0 if none), with its plan.
+ * When the caller did not pin --max-batch, a decode call takes min(seqs, 256) sequences:
+ * an engine splits larger batches, and the library caps a call there. */
+static int32_t fit_seqs(hisa_config base, const mem_opts *o, hisa_plan *best,
+                        const char **limit_out) {
+    int32_t lo = 0, hi = 1;
+    *limit_out = NULL;
+    base.n_pages = 0; /* the pool follows the number of sequences */
+    for (;;) {
+        hisa_config c = base;
+        c.max_seqs = hi;
+        if (!o->max_batch) c.max_batch = hi < 256 ? hi : 256;
+        hisa_plan p;
+        int err = hisa_plan_compute(&c, &p);
+        if (err || p.device_bytes > o->gpu_mem) {
+            if (err) *limit_out = p.invalid_field ? p.invalid_field : hisa_strerror(err);
+            break;
+        }
+        lo = hi;
+        *best = p;
+        if (hi > (1 << 29)) break;
+        hi *= 2;
+    }
+    /* lo fits (or is 0); hi does not: bisect */
+    while (hi - lo > 1) {
+        int32_t mid = lo + (hi - lo) / 2;
+        hisa_config c = base;
+        c.max_seqs = mid;
+        if (!o->max_batch) c.max_batch = mid < 256 ? mid : 256;
+        hisa_plan p;
+        int err = hisa_plan_compute(&c, &p);
+        if (!err && p.device_bytes <= o->gpu_mem) {
+            lo = mid;
+            *best = p;
+        } else {
+            hi = mid;
+        }
+    }
+    return lo;
+}
+
+int hisa_cmd_mem(int argc, char **argv) {
+    const char *cmd = "mem";
+    mem_opts o = {0};
+    tool_opt opts[24];
+    int n = 0;
+    opts[n++] = (tool_opt){"context", TOOL_OPT_INT, &o.context};
+    opts[n++] = (tool_opt){"seqs", TOOL_OPT_INT, &o.seqs};
+    opts[n++] = (tool_opt){"layers", TOOL_OPT_INT, &o.c.layers};
+    opts[n++] = (tool_opt){"payload-bytes", TOOL_OPT_INT, &o.payload_bytes};
+    opts[n++] = (tool_opt){"pages", TOOL_OPT_INT, &o.pages};
+    opts[n++] = (tool_opt){"max-batch", TOOL_OPT_INT, &o.max_batch};
+    opts[n++] = (tool_opt){"prefill-queries", TOOL_OPT_INT, &o.prefill_queries};
+    opts[n++] = (tool_opt){"gpu-mem", TOOL_OPT_SIZE, &o.gpu_mem};
+    opts[n++] = (tool_opt){"json", TOOL_OPT_FLAG, &o.json};
+    tool_cfg_opts_add(opts, &n, &o.c);
+    int rc = tool_parse_opts(cmd, argc, argv, opts, n);
+    if (rc < 0) {
+        mem_help();
+        return TOOL_EXIT_OK;
+    }
+    if (rc) return rc;
+    if (o.context < 0 || o.seqs < 0 || o.payload_bytes < 0 || o.pages < 0 || o.max_batch < 0 ||
+        o.prefill_queries < 0) {
+        fprintf(stderr, "hisa mem: sizes must not be negative\n");
+        return TOOL_EXIT_USAGE;
+    }
+    hisa_config cfg = {0};
+    rc = tool_cfg_apply(cmd, &o.c, &cfg);
+    if (rc) return rc;
+    cfg.max_context = o.context;
+    cfg.max_seqs = o.seqs;
+    cfg.payload_bytes = o.payload_bytes;
+    cfg.n_pages = o.pages;
+    cfg.max_batch = o.max_batch;
+    cfg.max_prefill_queries = o.prefill_queries;
+    if (o.gpu_mem && !o.c.device) {
+        cfg.device = HISA_DEVICE_CUDA(0); /* sizing a GPU: plan for the CUDA backend */
+    } else {
+        rc = tool_pick_device(cmd, o.c.device, &cfg.device, NULL);
+        if (rc) return rc;
+    }
+    hisa_plan plan;
+    int err = hisa_plan_compute(&cfg, &plan);
+    if (err) return tool_lib_error(cmd, "configuration", err, &plan);
+    const hisa_config *rcfg = &plan.config;
+    char dev[32], b1[32], b2[32];
+    tool_device_name(rcfg->device, dev, sizeof dev);
+
+    hisa_plan fit_plan = {0};
+    int32_t fit = 0;
+    const char *fit_limit = NULL;
+    if (o.gpu_mem) fit = fit_seqs(cfg, &o, &fit_plan, &fit_limit);
+
+    if (o.json) {
+        printf("{");
+        print_config_json(rcfg, dev);
+        printf(", \"regions\": [");
+        for (int32_t i = 0; i < plan.n_regions; i++) {
+            const hisa_region *r = &plan.regions[i];
+            printf("%s{\"name\": ", i ? ", " : "");
+            tool_json_string(stdout, r->name);
+            printf(", \"arena\": \"%s\", \"offset\": %llu, \"bytes\": %llu, \"align\": %u}",
+                   r->on_device ? "device" : "host", (unsigned long long)r->offset,
+                   (unsigned long long)r->bytes, r->align);
+        }
+        printf("], \"device_bytes\": %llu, \"host_bytes\": %llu",
+               (unsigned long long)plan.device_bytes, (unsigned long long)plan.host_bytes);
+        if (o.gpu_mem) {
+            printf(", \"fit\": {\"gpu_mem_bytes\": %llu, \"context\": %d, \"max_seqs\": %d",
+                   (unsigned long long)o.gpu_mem, rcfg->max_context, fit);
+            if (fit)
+                printf(", \"device_bytes\": %llu, \"host_bytes\": %llu",
+                       (unsigned long long)fit_plan.device_bytes,
+                       (unsigned long long)fit_plan.host_bytes);
+            if (fit_limit) {
+                printf(", \"limited_by\": ");
+                tool_json_string(stdout, fit_limit);
+            }
+            printf("}");
+        }
+        printf("}\n");
+        return TOOL_EXIT_OK;
+    }
+
+    printf("hisa mem: plan for %s (nothing reserved)\n", dev);
+    printf("config: %d layer%s, H=%d, B=%d, m=%d, k=%d, keys %s, payload %d B/token/layer,\n"
+           "        %d sequences x %d tokens, %d pages, decode batch %d, prefill chunk %d\n",
+           rcfg->n_layers, rcfg->n_layers == 1 ? "" : "s", rcfg->n_heads, rcfg->block_size,
+           rcfg->top_blocks, rcfg->topk, tool_key_format_name(rcfg->key_format),
+           rcfg->payload_bytes, rcfg->max_seqs, rcfg->max_context, rcfg->n_pages,
+           rcfg->max_batch, rcfg->max_prefill_queries);
+    printf("\n%-24s %-6s %14s %16s %12s %6s\n", "region", "arena", "offset", "bytes", "", "align");
+    int32_t n_empty = 0;
+    for (int pass = 0; pass < 2; pass++) {
+        int on_device = pass == 0;
+        for (int32_t i = 0; i < plan.n_regions; i++) {
+            const hisa_region *r = &plan.regions[i];
+            if (r->on_device != on_device) continue;
+            /* Regions of the other backend (or of unused features) are planned empty. */
+            if (r->bytes == 0) {
+                n_empty++;
+                continue;
+            }
+            printf("%-24s %-6s %14llu %16llu %12s %6u\n", r->name, on_device ? "device" : "host",
+                   (unsigned long long)r->offset, (unsigned long long)r->bytes,
+                   tool_fmt_bytes(r->bytes, b1, sizeof b1), r->align);
+        }
+    }
+    if (n_empty)
+        printf("(%d empty regions, of the other backend or unused features, not shown)\n",
+               n_empty);
+    printf("\ntotal: device %llu bytes (%s), host %llu bytes (%s)\n",
+           (unsigned long long)plan.device_bytes, tool_fmt_bytes(plan.device_bytes, b1, sizeof b1),
+           (unsigned long long)plan.host_bytes, tool_fmt_bytes(plan.host_bytes, b2, sizeof b2));
+    if (rcfg->max_seqs > 0)
+        printf("per sequence slot: %s device (total / %d sequences)\n",
+               tool_fmt_bytes(plan.device_bytes / (uint64_t)rcfg->max_seqs, b1, sizeof b1),
+               rcfg->max_seqs);
+    if (o.gpu_mem) {
+        printf("\n%s of device memory holds %d sequence%s of %d tokens", 
+               tool_fmt_bytes(o.gpu_mem, b1, sizeof b1), fit, fit == 1 ? "" : "s",
+               rcfg->max_context);
+        if (fit)
+            printf(" (device %s, host %s)", tool_fmt_bytes(fit_plan.device_bytes, b1, sizeof b1),
+                   tool_fmt_bytes(fit_plan.host_bytes, b2, sizeof b2));
+        printf("\n");
+        if (fit_limit) printf("  (bounded by the configuration limit on %s)\n", fit_limit);
+        if (!fit) printf("  not even one sequence fits: shorten --context or raise --gpu-mem\n");
+    }
+    return TOOL_EXIT_OK;
+}

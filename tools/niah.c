@@ -1,0 +1,410 @@
+/* niah.c: `hisa niah`, needle in a haystack for the indexer. For each context length and
+ * needle depth it plants one needle token in a structured synthetic haystack, asks a decode
+ * query aligned with it, and records whether flat DSA and HISA select the needle. Output: the
+ * grid as text, a CSV, and an SVG heatmap in the style of the HISA paper's NIAH figure. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "synth.h"
+#include "tools.h"
+
+#define D HISA_HEAD_DIM
+#define NIAH_MAX_CONTEXTS 32
+#define NIAH_MAX_DEPTHS 64
+
+int32_t tool_niah_position(int32_t context, double depth_pct, int32_t n_sinks) {
+    int32_t last = context - 2; /* context - 1 is the query's own token */
+    if (last < 0) return 0;
+    int32_t first = n_sinks < last ? n_sinks : last;
+    double f = depth_pct / 100.0;
+    if (f < 0) f = 0;
+    if (f > 1) f = 1;
+    return first + (int32_t)lround(f * (double)(last - first));
+}
+
+int tool_niah_cell(hisa_runtime *rt, const synth_params *sp_in, int32_t context, double depth_pct,
+                   tool_niah_result *res) {
+    const hisa_config *cfg = hisa_get_config(rt);
+    const int32_t chunk = cfg->max_prefill_queries, k = cfg->topk, H = cfg->n_heads;
+    synth_params sp = *sp_in;
+    sp.n_layers = 1;
+    sp.n_heads = H;
+    memset(res, 0, sizeof *res);
+    res->needle_pos = tool_niah_position(context, depth_pct, sp.n_sinks);
+    sp.n_needles = 1;
+    sp.needle_pos[0] = res->needle_pos;
+    synth_gen g;
+    if (synth_init(&g, &sp) != 0) return HISA_EINVAL;
+    float *keys = malloc(sizeof(float) * (size_t)chunk * D);
+    float *q = malloc(sizeof(float) * (size_t)H * D);
+    float *w = malloc(sizeof(float) * (size_t)H);
+    int32_t *flat = malloc(sizeof(int32_t) * (size_t)k);
+    int32_t *hisa = malloc(sizeof(int32_t) * (size_t)k);
+    int32_t *scratch = malloc(sizeof(int32_t) * 2 * (size_t)k);
+    int32_t seq = -1;
+    int err = HISA_ENOMEM;
+    if (!keys || !q || !w || !flat || !hisa || !scratch) goto done;
+    err = hisa_seq_open(rt, &seq);
+    if (err) {
+        seq = -1;
+        goto done;
+    }
+    err = hisa_seq_extend(rt, seq, context);
+    for (int32_t p0 = 0; !err && p0 < context; p0 += chunk) {
+        int32_t n = context - p0 < chunk ? context - p0 : chunk;
+        synth_keys(&g, n, keys, (int64_t)n * D);
+        hisa_write req = {.layer = 0, .n_tokens = n, .keys = keys, .flags = HISA_HOST_IO};
+        err = hisa_write_range(rt, seq, p0, &req);
+    }
+    if (err) goto done;
+    synth_query(&g, 0, 1, q, w);
+    hisa_decode req = {.layer = 0, .mode = HISA_MODE_FLAT, .n_seqs = 1, .seq_ids = &seq,
+                       .q = q, .w = w, .out = flat, .flags = HISA_HOST_IO};
+    err = hisa_select_decode(rt, &req);
+    if (err) goto done;
+    req.mode = HISA_MODE_HISA;
+    req.out = hisa;
+    err = hisa_select_decode(rt, &req);
+    if (err) goto done;
+    res->found_flat = tool_selected(flat, k, res->needle_pos);
+    res->found_hisa = tool_selected(hisa, k, res->needle_pos);
+    res->iou = tool_iou(flat, hisa, k, scratch);
+done:
+    if (seq >= 0) hisa_seq_close(rt, seq);
+    synth_free(&g);
+    free(keys);
+    free(q);
+    free(w);
+    free(flat);
+    free(hisa);
+    free(scratch);
+    return err;
+}
+
+static void niah_help(void) {
+    printf(
+        "usage: hisa niah [--contexts LIST] [--depths LIST] [--trials N] [--csv F] [--svg F]\n"
+        "                 [options]\n"
+        "\n"
+        "Needle in a haystack for the indexer. For every context length x needle depth it\n"
+        "builds a structured synthetic haystack (topic segments, attention sinks; see hisa\n"
+        "stream --help), plants one needle token at the depth, and makes a decode query at\n"
+        "the last position aligned with the needle. The recall is the fraction of trials in\n"
+        "which the selection holds the needle, for flat DSA and for HISA. The grid is printed\n"
+        "as text and written as CSV and as an SVG heatmap (red 0 .. green 1, like the HISA\n"
+        "paper's NIAH figure).\n"
+        "\n"
+        "The needle's key is needle-gain times a fixed random direction n (plus the usual\n"
+        "noise) and the query adds n to every head, so flat DSA ranks it first. HISA finds it\n"
+        "only if the coarse stage keeps its block: one token moves its block's mean by about\n"
+        "gain / B of its own score, so a small gain probes the block filter hard.\n"
+        "Depth d puts the needle at position 4 + round(d/100 * (L - 6)): just after the 4\n"
+        "sinks at 0%%, just before the query's own token at 100%%.\n"
+        "\n"
+        "options:\n"
+        "  --contexts LIST    context lengths, comma-separated (default 8K,16K,32K,64K,128K on\n"
+        "                     a GPU; 8K,16K,32K on the CPU: about 10 s on two cores)\n"
+        "  --depths LIST      needle depths in %%, comma-separated (default 0,10,...,100)\n"
+        "  --trials N         haystacks per cell, each with its own seed (default 1)\n"
+        "  --needle-gain G    needle key scale relative to a topic key (default 48)\n"
+        "  --seed S           base seed (default 1)\n"
+        "  --csv FILE         CSV output (default niah.csv)\n"
+        "  --svg FILE         SVG heatmap output (default niah.svg)\n"
+        "  --key-format F     fp8 (default) or bf16\n"
+        "  --heads H          indexer heads (default 64)\n"
+        "  --block-size B     32, 64, 128 (default), 256\n"
+        "  --top-blocks M     (default 64)\n"
+        "  --topk K           (default 2048)\n"
+        "  --device D         cpu, cuda or cuda:N (default: cuda:0 when available, else cpu)\n");
+}
+
+static int parse_list(const char *cmd, const char *opt, const char *s, double *out, int max,
+                      int integer) {
+    int n = 0;
+    char buf[512];
+    if (strlen(s) >= sizeof buf) goto bad;
+    strcpy(buf, s);
+    for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok;
+         tok = strtok_r(NULL, ",", &save)) {
+        if (n >= max) {
+            fprintf(stderr, "hisa %s: --%s: more than %d entries\n", cmd, opt, max);
+            return -1;
+        }
+        if (integer) {
+            int64_t v;
+            if (tool_parse_i64(tok, &v) != 0 || v < 1 || v > INT32_MAX) goto bad;
+            out[n++] = (double)v;
+        } else {
+            char *end;
+            double v = strtod(tok, &end);
+            if (end == tok || *end || !(v >= 0 && v <= 100)) goto bad;
+            out[n++] = v;
+        }
+    }
+    if (n == 0) goto bad;
+    return n;
+bad:
+    fprintf(stderr, "hisa %s: --%s: '%s'; expected a comma-separated list of %s\n", cmd, opt, s,
+            integer ? "positive token counts (e.g. 8K,16K)" : "percentages 0..100");
+    return -1;
+}
+
+static const char *ctx_label(int32_t c, char *buf, size_t n) {
+    if (c % (1 << 20) == 0) snprintf(buf, n, "%dM", c >> 20);
+    else if (c % 1024 == 0) snprintf(buf, n, "%dK", c >> 10);
+    else snprintf(buf, n, "%d", c);
+    return buf;
+}
+
+/* Red (0) through yellow (0.5) to green (1). */
+static void recall_color(double v, char *buf, size_t n) {
+    if (v < 0) v = 0;
+    if (v > 1) v = 1;
+    int r, g;
+    if (v < 0.5) {
+        r = 215;
+        g = (int)(48 + (217 - 48) * (v / 0.5));
+    } else {
+        r = (int)(215 - (215 - 26) * ((v - 0.5) / 0.5));
+        g = (int)(217 - (217 - 150) * ((v - 0.5) / 0.5));
+    }
+    snprintf(buf, n, "#%02x%02x%02x", r, g, 65);
+}
+
+static int write_svg(const char *path, const int32_t *ctx, int nc, const double *dep, int nd,
+                     const double *rec_flat, const double *rec_hisa, const char *subtitle) {
+    FILE *f = fopen(path, "w");
+    if (!f) return -1;
+    const int cw = 58, ch = 26, left = 64, top = 66, gap = 60;
+    const int panel_w = nc * cw, panel_h = nd * ch;
+    const int width = left + 2 * panel_w + gap + 90, height = top + panel_h + 64;
+    fprintf(f,
+            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" height=\"%d\" "
+            "font-family=\"sans-serif\" font-size=\"11\">\n"
+            "<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n"
+            "<text x=\"%d\" y=\"20\" font-size=\"15\" font-weight=\"bold\">Needle in a haystack: "
+            "recall of the needle in the top-k selection</text>\n"
+            "<text x=\"%d\" y=\"38\" fill=\"#555\">%s</text>\n",
+            width, height, left, left, subtitle);
+    for (int p = 0; p < 2; p++) {
+        const double *rec = p == 0 ? rec_flat : rec_hisa;
+        int x0 = left + p * (panel_w + gap);
+        fprintf(f, "<text x=\"%d\" y=\"%d\" font-size=\"13\" font-weight=\"bold\">%s</text>\n",
+                x0, top - 8, p == 0 ? "Flat DSA" : "HISA");
+        for (int di = 0; di < nd; di++) {
+            for (int ci = 0; ci < nc; ci++) {
+                double v = rec[di * nc + ci];
+                char col[16];
+                recall_color(v, col, sizeof col);
+                int x = x0 + ci * cw, y = top + di * ch;
+                fprintf(f,
+                        "<rect x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" fill=\"%s\" "
+                        "stroke=\"white\"/>\n"
+                        "<text x=\"%d\" y=\"%d\" text-anchor=\"middle\">%.2f</text>\n",
+                        x, y, cw, ch, col, x + cw / 2, y + ch / 2 + 4, v);
+            }
+            if (p == 0)
+                fprintf(f, "<text x=\"%d\" y=\"%d\" text-anchor=\"end\">%g%%</text>\n", x0 - 6,
+                        top + di * ch + ch / 2 + 4, dep[di]);
+        }
+        for (int ci = 0; ci < nc; ci++) {
+            char lab[16];
+            fprintf(f, "<text x=\"%d\" y=\"%d\" text-anchor=\"middle\">%s</text>\n",
+                    x0 + ci * cw + cw / 2, top + panel_h + 16, ctx_label(ctx[ci], lab, sizeof lab));
+        }
+        fprintf(f,
+                "<text x=\"%d\" y=\"%d\" text-anchor=\"middle\">context length (tokens)"
+                "</text>\n",
+                x0 + panel_w / 2, top + panel_h + 36);
+    }
+    fprintf(f,
+            "<text x=\"14\" y=\"%d\" transform=\"rotate(-90 14 %d)\" text-anchor=\"middle\">"
+            "needle depth</text>\n",
+            top + panel_h / 2, top + panel_h / 2);
+    /* legend */
+    int lx = left + 2 * panel_w + gap + 24;
+    for (int i = 0; i <= 10; i++) {
+        char col[16];
+        recall_color(1.0 - i / 10.0, col, sizeof col);
+        fprintf(f, "<rect x=\"%d\" y=\"%d\" width=\"16\" height=\"%d\" fill=\"%s\"/>\n", lx,
+                top + i * panel_h / 11, panel_h / 11 + 1, col);
+    }
+    fprintf(f,
+            "<text x=\"%d\" y=\"%d\">1.0</text>\n<text x=\"%d\" y=\"%d\">0.0</text>\n"
+            "<text x=\"%d\" y=\"%d\">recall</text>\n</svg>\n",
+            lx + 20, top + 10, lx + 20, top + panel_h, lx - 4, top - 8);
+    return fclose(f) == 0 ? 0 : -1;
+}
+
+static void print_grid(const char *title, const int32_t *ctx, int nc, const double *dep, int nd,
+                       const double *rec) {
+    char lab[16];
+    printf("%s\n%8s", title, "depth");
+    for (int ci = 0; ci < nc; ci++) printf(" %7s", ctx_label(ctx[ci], lab, sizeof lab));
+    printf("\n");
+    for (int di = 0; di < nd; di++) {
+        printf("%7g%%", dep[di]);
+        for (int ci = 0; ci < nc; ci++) printf(" %7.2f", rec[di * nc + ci]);
+        printf("\n");
+    }
+}
+
+int hisa_cmd_niah(int argc, char **argv) {
+    const char *cmd = "niah";
+    tool_cfg_opts c = {0};
+    const char *contexts_s = NULL, *depths_s = "0,10,20,30,40,50,60,70,80,90,100";
+    const char *csv_path = "niah.csv", *svg_path = "niah.svg";
+    int32_t trials = 1;
+    int64_t seed = 1;
+    double gain = 0;
+    tool_opt opts[20];
+    int n = 0;
+    opts[n++] = (tool_opt){"contexts", TOOL_OPT_STR, &contexts_s};
+    opts[n++] = (tool_opt){"depths", TOOL_OPT_STR, &depths_s};
+    opts[n++] = (tool_opt){"trials", TOOL_OPT_INT, &trials};
+    opts[n++] = (tool_opt){"needle-gain", TOOL_OPT_DOUBLE, &gain};
+    opts[n++] = (tool_opt){"seed", TOOL_OPT_I64, &seed};
+    opts[n++] = (tool_opt){"csv", TOOL_OPT_STR, &csv_path};
+    opts[n++] = (tool_opt){"svg", TOOL_OPT_STR, &svg_path};
+    tool_cfg_opts_add(opts, &n, &c);
+    int rc = tool_parse_opts(cmd, argc, argv, opts, n);
+    if (rc < 0) {
+        niah_help();
+        return TOOL_EXIT_OK;
+    }
+    if (rc) return rc;
+    if (trials < 1) {
+        fprintf(stderr, "hisa niah: --trials must be >= 1\n");
+        return TOOL_EXIT_USAGE;
+    }
+    if (gain < 0) {
+        fprintf(stderr, "hisa niah: --needle-gain must be positive\n");
+        return TOOL_EXIT_USAGE;
+    }
+    hisa_config cfg = {0};
+    rc = tool_cfg_apply(cmd, &c, &cfg);
+    if (rc) return rc;
+    const char *why;
+    rc = tool_pick_device(cmd, c.device, &cfg.device, &why);
+    if (rc) return rc;
+    int gpu = cfg.device != HISA_DEVICE_CPU;
+    if (!contexts_s) contexts_s = gpu ? "8K,16K,32K,64K,128K" : "8K,16K,32K";
+    double ctx_d[NIAH_MAX_CONTEXTS], dep[NIAH_MAX_DEPTHS];
+    int nc = parse_list(cmd, "contexts", contexts_s, ctx_d, NIAH_MAX_CONTEXTS, 1);
+    if (nc < 0) return TOOL_EXIT_USAGE;
+    int nd = parse_list(cmd, "depths", depths_s, dep, NIAH_MAX_DEPTHS, 0);
+    if (nd < 0) return TOOL_EXIT_USAGE;
+    int32_t ctx[NIAH_MAX_CONTEXTS], max_ctx = 0;
+    for (int i = 0; i < nc; i++) {
+        ctx[i] = (int32_t)ctx_d[i];
+        if (ctx[i] > max_ctx) max_ctx = ctx[i];
+    }
+    cfg.n_layers = 1;
+    cfg.max_seqs = 1;
+    cfg.max_batch = 1;
+    cfg.max_context = max_ctx;
+    cfg.max_prefill_queries = 1024;
+    hisa_runtime *rt = NULL;
+    rc = tool_open(cmd, &cfg, &rt);
+    if (rc) return rc;
+    const hisa_config *rcfg = hisa_get_config(rt);
+    char dev[32];
+    tool_device_name(rcfg->device, dev, sizeof dev);
+
+    synth_params sp;
+    synth_params_default(&sp);
+    sp.n_heads = rcfg->n_heads;
+    if (gain > 0) sp.needle_gain = (float)gain;
+    printf("hisa niah: device %s%s%s%s; H=%d, B=%d, m=%d, k=%d, keys %s; needle gain %g, "
+           "%d trial%s per cell\n",
+           dev, *why ? " (" : "", why, *why ? ")" : "", rcfg->n_heads, rcfg->block_size,
+           rcfg->top_blocks, rcfg->topk, tool_key_format_name(rcfg->key_format),
+           (double)sp.needle_gain, trials, trials == 1 ? "" : "s");
+    fflush(stdout);
+
+    size_t cells = (size_t)nc * (size_t)nd;
+    double *rec_flat = calloc(cells, sizeof(double)), *rec_hisa = calloc(cells, sizeof(double));
+    double *iou = calloc(cells, sizeof(double));
+    int32_t *pos = calloc(cells, sizeof(int32_t));
+    FILE *csv = NULL;
+    if (!rec_flat || !rec_hisa || !iou || !pos) {
+        fprintf(stderr, "hisa niah: out of memory\n");
+        rc = TOOL_EXIT_FAIL;
+        goto done;
+    }
+    double t0 = tool_now_s();
+    for (int ci = 0; ci < nc; ci++) {
+        for (int di = 0; di < nd; di++) {
+            size_t cell = (size_t)di * nc + ci;
+            for (int32_t t = 0; t < trials; t++) {
+                tool_niah_result r;
+                sp.seed = (uint64_t)seed * 0x100000001b3ull + (uint64_t)ci * 7919u +
+                          (uint64_t)di * 104729u + (uint64_t)t * 1299709u;
+                int err = tool_niah_cell(rt, &sp, ctx[ci], dep[di], &r);
+                if (err) {
+                    rc = tool_lib_error(cmd, "running a cell", err, NULL);
+                    goto done;
+                }
+                rec_flat[cell] += r.found_flat;
+                rec_hisa[cell] += r.found_hisa;
+                iou[cell] += r.iou;
+                pos[cell] = r.needle_pos;
+            }
+            rec_flat[cell] /= trials;
+            rec_hisa[cell] /= trials;
+            iou[cell] /= trials;
+        }
+        fprintf(stderr, "  context %d done (%.1f s)\n", ctx[ci], tool_now_s() - t0);
+    }
+
+    print_grid("needle recall, flat DSA (rows: depth, columns: context length)", ctx, nc, dep, nd,
+               rec_flat);
+    print_grid("needle recall, HISA", ctx, nc, dep, nd, rec_hisa);
+    double sum_f = 0, sum_h = 0, sum_i = 0;
+    for (size_t i = 0; i < cells; i++) sum_f += rec_flat[i], sum_h += rec_hisa[i], sum_i += iou[i];
+    printf("mean recall: flat %.3f, HISA %.3f; mean IoU HISA vs flat %.3f; %.1f s\n",
+           sum_f / (double)cells, sum_h / (double)cells, sum_i / (double)cells, tool_now_s() - t0);
+
+    csv = fopen(csv_path, "w");
+    if (!csv) {
+        fprintf(stderr, "hisa niah: %s: cannot create\n", csv_path);
+        rc = TOOL_EXIT_FAIL;
+        goto done;
+    }
+    fprintf(csv, "context,depth_percent,needle_position,trials,recall_flat,recall_hisa,iou\n");
+    for (int ci = 0; ci < nc; ci++)
+        for (int di = 0; di < nd; di++) {
+            size_t cell = (size_t)di * nc + ci;
+            fprintf(csv, "%d,%g,%d,%d,%.4f,%.4f,%.4f\n", ctx[ci], dep[di], pos[cell], trials,
+                    rec_flat[cell], rec_hisa[cell], iou[cell]);
+        }
+    if (fclose(csv) != 0) {
+        csv = NULL;
+        fprintf(stderr, "hisa niah: %s: write error\n", csv_path);
+        rc = TOOL_EXIT_FAIL;
+        goto done;
+    }
+    csv = NULL;
+    char subtitle[256];
+    snprintf(subtitle, sizeof subtitle,
+             "%s, H=%d, B=%d, m=%d, k=%d, keys %s, needle gain %g, %d trial%s per cell", dev,
+             rcfg->n_heads, rcfg->block_size, rcfg->top_blocks, rcfg->topk,
+             tool_key_format_name(rcfg->key_format), (double)sp.needle_gain, trials,
+             trials == 1 ? "" : "s");
+    if (write_svg(svg_path, ctx, nc, dep, nd, rec_flat, rec_hisa, subtitle) != 0) {
+        fprintf(stderr, "hisa niah: %s: cannot write\n", svg_path);
+        rc = TOOL_EXIT_FAIL;
+        goto done;
+    }
+    printf("wrote %s and %s\n", csv_path, svg_path);
+    rc = TOOL_EXIT_OK;
+done:
+    if (csv) fclose(csv);
+    free(rec_flat);
+    free(rec_hisa);
+    free(iou);
+    free(pos);
+    hisa_close(rt);
+    return rc;
+}

@@ -1,0 +1,379 @@
+/* npy.c: .npy reader and writer (see npy.h for what is supported and why).
+ *
+ * The format: 6 magic bytes "\x93NUMPY", a major and minor version byte, the header length
+ * (uint16 LE for 1.0, uint32 LE for 2.0), then an ASCII Python dict literal such as
+ * {'descr': '<f4', 'fortran_order': False, 'shape': (3, 4), } padded with spaces and a newline,
+ * then the raw data. We parse the dict strictly: the three keys and nothing else, since a file
+ * we half-understand would feed garbage keys to the indexer. */
+#include "npy.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char k_magic[6] = {(char)0x93, 'N', 'U', 'M', 'P', 'Y'};
+
+const char *npy_dtype_descr(npy_dtype dt) {
+    switch (dt) {
+    case NPY_F4: return "<f4";
+    case NPY_I4: return "<i4";
+    case NPY_U1: return "|u1";
+    }
+    return "?";
+}
+
+const char *npy_dtype_name(npy_dtype dt) {
+    switch (dt) {
+    case NPY_F4: return "float32";
+    case NPY_I4: return "int32";
+    case NPY_U1: return "uint8";
+    }
+    return "?";
+}
+
+size_t npy_dtype_size(npy_dtype dt) { return dt == NPY_U1 ? 1 : 4; }
+
+static int fail(char *err, size_t err_len, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static int fail(char *err, size_t err_len, const char *fmt, ...) {
+    if (err && err_len) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err, err_len, fmt, ap);
+        va_end(ap);
+    }
+    return -1;
+}
+
+const char *npy_shape_str(const int64_t *shape, int32_t ndim, char *buf, size_t buf_len) {
+    size_t used = 0;
+    if (buf_len == 0) return buf;
+    buf[0] = 0;
+    used += (size_t)snprintf(buf + used, buf_len - used, "[");
+    for (int32_t i = 0; i < ndim && used < buf_len; i++) {
+        if (shape[i] < 0)
+            used += (size_t)snprintf(buf + used, buf_len - used, "%s*", i ? "," : "");
+        else
+            used += (size_t)snprintf(buf + used, buf_len - used, "%s%lld", i ? "," : "",
+                                     (long long)shape[i]);
+    }
+    if (used < buf_len) snprintf(buf + used, buf_len - used, "]");
+    return buf;
+}
+
+/* --- header dict parsing ---------------------------------------------------------------- */
+typedef struct {
+    const char *p, *end;
+} cursor;
+
+static void skip_ws(cursor *c) {
+    while (c->p < c->end && (*c->p == ' ' || *c->p == '\t' || *c->p == '\n' || *c->p == '\r'))
+        c->p++;
+}
+
+static int eat(cursor *c, char ch) {
+    skip_ws(c);
+    if (c->p < c->end && *c->p == ch) {
+        c->p++;
+        return 1;
+    }
+    return 0;
+}
+
+/* A quoted Python string ('...' or "...") without escapes (none appear in npy headers). */
+static int parse_str(cursor *c, char *out, size_t out_len) {
+    skip_ws(c);
+    if (c->p >= c->end || (*c->p != '\'' && *c->p != '"')) return -1;
+    char q = *c->p++;
+    size_t n = 0;
+    while (c->p < c->end && *c->p != q) {
+        if (n + 1 >= out_len) return -1;
+        out[n++] = *c->p++;
+    }
+    if (c->p >= c->end) return -1;
+    c->p++;
+    out[n] = 0;
+    return 0;
+}
+
+static int parse_int(cursor *c, int64_t *out) {
+    skip_ws(c);
+    int64_t v = 0;
+    int digits = 0;
+    while (c->p < c->end && *c->p >= '0' && *c->p <= '9') {
+        if (v > (INT64_MAX - 9) / 10) return -1;
+        v = v * 10 + (*c->p - '0');
+        c->p++;
+        digits++;
+    }
+    if (!digits) return -1;
+    if (c->p < c->end && *c->p == 'L') c->p++; /* Python 2 longs */
+    *out = v;
+    return 0;
+}
+
+static int parse_word(cursor *c, const char *word) {
+    skip_ws(c);
+    size_t n = strlen(word);
+    if ((size_t)(c->end - c->p) >= n && memcmp(c->p, word, n) == 0) {
+        c->p += n;
+        return 1;
+    }
+    return 0;
+}
+
+/* Names for the dtypes people most often dump by mistake, to make the message useful. */
+static const char *descr_hint(const char *d) {
+    static const struct {
+        const char *descr, *name;
+    } k[] = {{"<f8", "float64"}, {"<f2", "float16"}, {"<i8", "int64"},  {"<i2", "int16"},
+             {"|i1", "int8"},    {"<u2", "uint16"},  {"<u4", "uint32"}, {"<u8", "uint64"},
+             {"|b1", "bool"},    {">f4", "big-endian float32"}, {">i4", "big-endian int32"},
+             {"<V2", "void16 (bfloat16 saved as raw bytes?)"}};
+    for (size_t i = 0; i < sizeof k / sizeof k[0]; i++)
+        if (strcmp(d, k[i].descr) == 0) return k[i].name;
+    return "unsupported";
+}
+
+static int parse_descr(const char *d, npy_dtype *dt) {
+    if (strcmp(d, "<f4") == 0) *dt = NPY_F4;
+    else if (strcmp(d, "<i4") == 0) *dt = NPY_I4;
+    /* byte order is meaningless for one-byte types; numpy writes '|u1' */
+    else if (strcmp(d, "|u1") == 0 || strcmp(d, "<u1") == 0 || strcmp(d, "u1") == 0) *dt = NPY_U1;
+    else return -1;
+    return 0;
+}
+
+int npy_parse(const char *name, const uint8_t *buf, size_t len, npy_array *out, char *err,
+              size_t err_len) {
+    memset(out, 0, sizeof *out);
+    if (len < 8 || memcmp(buf, k_magic, 6) != 0) {
+        if (len < 6 && memcmp(buf, k_magic, len) == 0)
+            return fail(err, err_len, "%s: truncated: %zu bytes, shorter than the .npy magic",
+                        name, len);
+        return fail(err, err_len,
+                    "%s: not a .npy file (bad magic; expected the bytes \\x93NUMPY at the start)",
+                    name);
+    }
+    uint8_t major = buf[6], minor = buf[7];
+    size_t header_len, header_off;
+    if (major == 1 && minor == 0) {
+        if (len < 10) return fail(err, err_len, "%s: truncated in the header length", name);
+        header_len = (size_t)buf[8] | (size_t)buf[9] << 8;
+        header_off = 10;
+    } else if (major == 2 && minor == 0) {
+        if (len < 12) return fail(err, err_len, "%s: truncated in the header length", name);
+        header_len = (size_t)buf[8] | (size_t)buf[9] << 8 | (size_t)buf[10] << 16 |
+                     (size_t)buf[11] << 24;
+        header_off = 12;
+    } else {
+        return fail(err, err_len,
+                    "%s: .npy format version %u.%u is not supported; expected 1.0 or 2.0", name,
+                    major, minor);
+    }
+    if (header_len > len - header_off)
+        return fail(err, err_len,
+                    "%s: truncated: the header says %zu header bytes, the file has %zu after "
+                    "the length field",
+                    name, header_len, len - header_off);
+
+    cursor c = {(const char *)buf + header_off, (const char *)buf + header_off + header_len};
+    char descr[64] = "";
+    int have_descr = 0, have_fortran = 0, have_shape = 0, fortran = 0;
+    int64_t shape[NPY_DIMS_MAX];
+    int32_t ndim = 0;
+    if (!eat(&c, '{'))
+        return fail(err, err_len, "%s: malformed .npy header: expected a '{' dict", name);
+    for (;;) {
+        if (eat(&c, '}')) break;
+        char key[32];
+        if (parse_str(&c, key, sizeof key) != 0 || !eat(&c, ':'))
+            return fail(err, err_len, "%s: malformed .npy header: expected 'key': value", name);
+        if (strcmp(key, "descr") == 0) {
+            if (parse_str(&c, descr, sizeof descr) != 0)
+                return fail(err, err_len,
+                            "%s: .npy header: 'descr' is not a simple dtype string (structured "
+                            "dtypes are not supported)",
+                            name);
+            have_descr = 1;
+        } else if (strcmp(key, "fortran_order") == 0) {
+            if (parse_word(&c, "True")) fortran = 1;
+            else if (parse_word(&c, "False")) fortran = 0;
+            else
+                return fail(err, err_len,
+                            "%s: malformed .npy header: fortran_order must be True or False",
+                            name);
+            have_fortran = 1;
+        } else if (strcmp(key, "shape") == 0) {
+            if (!eat(&c, '('))
+                return fail(err, err_len, "%s: malformed .npy header: shape must be a tuple",
+                            name);
+            while (!eat(&c, ')')) {
+                if (ndim >= NPY_DIMS_MAX)
+                    return fail(err, err_len, "%s: more than %d dimensions", name, NPY_DIMS_MAX);
+                if (parse_int(&c, &shape[ndim]) != 0)
+                    return fail(err, err_len,
+                                "%s: malformed .npy header: shape entries must be non-negative "
+                                "integers",
+                                name);
+                ndim++;
+                if (!eat(&c, ',')) {
+                    if (!eat(&c, ')'))
+                        return fail(err, err_len, "%s: malformed .npy header: bad shape tuple",
+                                    name);
+                    break;
+                }
+            }
+            have_shape = 1;
+        } else {
+            return fail(err, err_len, "%s: .npy header has an unexpected key '%s'", name, key);
+        }
+        if (!eat(&c, ',')) {
+            if (!eat(&c, '}'))
+                return fail(err, err_len, "%s: malformed .npy header: expected ',' or '}'",
+                            name);
+            break;
+        }
+    }
+    if (!have_descr || !have_fortran || !have_shape)
+        return fail(err, err_len, "%s: .npy header lacks '%s'", name,
+                    !have_descr ? "descr" : !have_fortran ? "fortran_order" : "shape");
+    skip_ws(&c);
+    if (c.p != c.end)
+        return fail(err, err_len, "%s: malformed .npy header: text after the dict", name);
+
+    npy_dtype dt;
+    if (parse_descr(descr, &dt) != 0)
+        return fail(err, err_len,
+                    "%s: dtype '%s' (%s) is not supported; expected little-endian float32 "
+                    "'<f4', int32 '<i4' or uint8 '|u1'",
+                    name, descr, descr_hint(descr));
+    if (fortran)
+        return fail(err, err_len,
+                    "%s: fortran_order is True; expected C order (save with "
+                    "np.ascontiguousarray)",
+                    name);
+
+    size_t item = npy_dtype_size(dt);
+    int64_t count = 1;
+    for (int32_t i = 0; i < ndim; i++) {
+        if (shape[i] != 0 && count > (INT64_MAX / (int64_t)item) / shape[i])
+            return fail(err, err_len, "%s: shape too large", name);
+        count *= shape[i];
+    }
+    size_t data_off = header_off + header_len;
+    size_t need = (size_t)count * item, have = len - data_off;
+    char sbuf[160];
+    if (have < need)
+        return fail(err, err_len,
+                    "%s: truncated: shape %s %s needs %zu data bytes, the file has %zu", name,
+                    npy_shape_str(shape, ndim, sbuf, sizeof sbuf), npy_dtype_name(dt), need,
+                    have);
+    if (have > need)
+        return fail(err, err_len,
+                    "%s: %zu bytes after the data of shape %s %s (%zu bytes); expected none",
+                    name, have - need, npy_shape_str(shape, ndim, sbuf, sizeof sbuf),
+                    npy_dtype_name(dt), need);
+    void *data = malloc(need ? need : 1);
+    if (!data) return fail(err, err_len, "%s: out of memory for %zu bytes", name, need);
+    memcpy(data, buf + data_off, need);
+    out->dtype = dt;
+    out->ndim = ndim;
+    memcpy(out->shape, shape, sizeof(int64_t) * (size_t)ndim);
+    out->count = count;
+    out->data = data;
+    return 0;
+}
+
+int npy_read(const char *path, npy_array *out, char *err, size_t err_len) {
+    memset(out, 0, sizeof *out);
+    FILE *f = fopen(path, "rb");
+    if (!f) return fail(err, err_len, "%s: cannot open: %s", path, strerror(errno));
+    if (fseek(f, 0, SEEK_END) != 0) {
+        fclose(f);
+        return fail(err, err_len, "%s: cannot seek (not a regular file?)", path);
+    }
+    long end = ftell(f);
+    if (end < 0 || fseek(f, 0, SEEK_SET) != 0) {
+        fclose(f);
+        return fail(err, err_len, "%s: cannot determine the file size", path);
+    }
+    size_t len = (size_t)end;
+    uint8_t *buf = malloc(len ? len : 1);
+    if (!buf) {
+        fclose(f);
+        return fail(err, err_len, "%s: out of memory reading %zu bytes", path, len);
+    }
+    size_t got = fread(buf, 1, len, f);
+    fclose(f);
+    if (got != len) {
+        free(buf);
+        return fail(err, err_len, "%s: read error", path);
+    }
+    int rc = npy_parse(path, buf, len, out, err, err_len);
+    free(buf);
+    return rc;
+}
+
+int npy_write(const char *path, npy_dtype dt, int32_t ndim, const int64_t *shape,
+              const void *data, char *err, size_t err_len) {
+    if (ndim < 0 || ndim > NPY_DIMS_MAX)
+        return fail(err, err_len, "%s: cannot write %d dimensions", path, ndim);
+    char dict[512];
+    size_t n = (size_t)snprintf(dict, sizeof dict,
+                                "{'descr': '%s', 'fortran_order': False, 'shape': (",
+                                npy_dtype_descr(dt));
+    int64_t count = 1;
+    for (int32_t i = 0; i < ndim; i++) {
+        n += (size_t)snprintf(dict + n, sizeof dict - n, "%lld,%s", (long long)shape[i],
+                              i + 1 < ndim ? " " : "");
+        count *= shape[i];
+    }
+    /* numpy writes "(5,)" for one dimension and "(3, 4)" for more: drop the trailing comma
+     * after the last of several dimensions, as it does. */
+    if (ndim > 1 && dict[n - 1] == ',') n--;
+    n += (size_t)snprintf(dict + n, sizeof dict - n, "), }");
+    /* Pad so the data starts on a 64-byte boundary, header ending in '\n' (numpy >= 1.9).
+     * The dict is at most 512 bytes, so version 1.0 (a 16-bit header length) always fits. */
+    size_t pre = 10, total = pre + n + 1;
+    size_t padded = (total + 63) / 64 * 64;
+    size_t header_len = padded - pre;
+    uint8_t head[640];
+    memcpy(head, k_magic, 6);
+    head[6] = 1;
+    head[7] = 0;
+    head[8] = (uint8_t)(header_len & 0xff);
+    head[9] = (uint8_t)(header_len >> 8 & 0xff);
+    memcpy(head + pre, dict, n);
+    memset(head + pre + n, ' ', header_len - n - 1);
+    head[padded - 1] = '\n';
+    FILE *f = fopen(path, "wb");
+    if (!f) return fail(err, err_len, "%s: cannot create: %s", path, strerror(errno));
+    size_t bytes = (size_t)count * npy_dtype_size(dt);
+    int ok = fwrite(head, 1, padded, f) == padded &&
+             (bytes == 0 || fwrite(data, 1, bytes, f) == bytes);
+    if (fclose(f) != 0) ok = 0;
+    if (!ok) return fail(err, err_len, "%s: write error: %s", path, strerror(errno));
+    return 0;
+}
+
+void npy_free(npy_array *a) {
+    if (!a) return;
+    free(a->data);
+    memset(a, 0, sizeof *a);
+}
+
+int npy_expect(const npy_array *a, const char *path, const char *what, npy_dtype dt,
+               int32_t ndim, const int64_t *shape, char *err, size_t err_len) {
+    int ok = a->dtype == dt && a->ndim == ndim;
+    for (int32_t i = 0; ok && i < ndim; i++)
+        if (shape[i] >= 0 && a->shape[i] != shape[i]) ok = 0;
+    if (ok) return 0;
+    char want[160], got[160];
+    npy_shape_str(shape, ndim, want, sizeof want);
+    npy_shape_str(a->shape, a->ndim, got, sizeof got);
+    return fail(err, err_len, "%s: expected %s: %s %s; got %s %s", path, what,
+                npy_dtype_name(dt), want, npy_dtype_name(a->dtype), got);
+}

@@ -1,0 +1,319 @@
+/* select.c: `hisa select`, top-k selection on tensors a user dumped from their own model, and
+ * the .npy input machinery that `hisa eval` shares. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "tools.h"
+
+#define D HISA_HEAD_DIM
+
+/* --- inputs ------------------------------------------------------------------------------- */
+void tool_inputs_free(tool_inputs *in) {
+    npy_free(&in->keys);
+    npy_free(&in->scales);
+    npy_free(&in->queries);
+    npy_free(&in->weights);
+}
+
+static int input_error(const char *cmd, const char *msg) {
+    fprintf(stderr, "hisa %s: %s\n", cmd, msg);
+    return TOOL_EXIT_USAGE;
+}
+
+int tool_inputs_load(const char *cmd, tool_inputs *in) {
+    char err[NPY_ERR_MAX];
+    const struct {
+        const char *opt, *path;
+    } need[] = {{"--keys", in->keys_path}, {"--queries", in->queries_path},
+                {"--weights", in->weights_path}};
+    for (size_t i = 0; i < sizeof need / sizeof need[0]; i++)
+        if (!need[i].path) {
+            fprintf(stderr, "hisa %s: %s FILE.npy is required (see hisa %s --help)\n", cmd,
+                    need[i].opt, cmd);
+            return TOOL_EXIT_USAGE;
+        }
+    if (npy_read(in->keys_path, &in->keys, err, sizeof err) != 0) goto fail;
+    if (in->keys.dtype == NPY_U1) {
+        in->fp8_codes = 1;
+        int64_t shape[2] = {-1, D};
+        if (npy_expect(&in->keys, in->keys_path, "fp8 key codes [L,128]", NPY_U1, 2, shape, err,
+                       sizeof err) != 0)
+            goto fail;
+        if (!in->scales_path) {
+            snprintf(err, sizeof err,
+                     "%s: uint8 keys are fp8 e4m3 codes and need --scales S.npy [L] float32",
+                     in->keys_path);
+            goto fail;
+        }
+    } else {
+        int64_t shape[2] = {-1, D};
+        if (npy_expect(&in->keys, in->keys_path, "keys [L,128] (or uint8 fp8 codes)", NPY_F4,
+                       2, shape, err, sizeof err) != 0)
+            goto fail;
+        if (in->scales_path) {
+            snprintf(err, sizeof err,
+                     "%s: --scales goes with uint8 fp8 codes, but %s holds float32 keys",
+                     in->scales_path, in->keys_path);
+            goto fail;
+        }
+    }
+    if (in->keys.shape[0] < 1 || in->keys.shape[0] > INT32_MAX) {
+        snprintf(err, sizeof err, "%s: expected at least one key row (L >= 1), got L=%lld",
+                 in->keys_path, (long long)in->keys.shape[0]);
+        goto fail;
+    }
+    in->L = (int32_t)in->keys.shape[0];
+    if (in->fp8_codes) {
+        if (npy_read(in->scales_path, &in->scales, err, sizeof err) != 0) goto fail;
+        int64_t shape[1] = {in->L};
+        char what[96];
+        snprintf(what, sizeof what, "fp8 scales [L] with L=%d rows of %s", in->L,
+                 in->keys_path);
+        if (npy_expect(&in->scales, in->scales_path, what, NPY_F4, 1, shape, err, sizeof err))
+            goto fail;
+    }
+    if (npy_read(in->queries_path, &in->queries, err, sizeof err) != 0) goto fail;
+    {
+        int64_t shape[3] = {-1, -1, D};
+        if (npy_expect(&in->queries, in->queries_path, "queries [n_q,H,128]", NPY_F4, 3, shape,
+                       err, sizeof err) != 0)
+            goto fail;
+    }
+    if (in->queries.shape[0] < 1 || in->queries.shape[0] > in->L) {
+        snprintf(err, sizeof err,
+                 "%s: expected 1 <= n_q <= L=%d queries (they stand at the last n_q positions "
+                 "of %s), got n_q=%lld",
+                 in->queries_path, in->L, in->keys_path, (long long)in->queries.shape[0]);
+        goto fail;
+    }
+    if (in->queries.shape[1] < 1 || in->queries.shape[1] > 128) {
+        snprintf(err, sizeof err, "%s: expected 1..128 heads, got H=%lld", in->queries_path,
+                 (long long)in->queries.shape[1]);
+        goto fail;
+    }
+    in->n_q = (int32_t)in->queries.shape[0];
+    in->H = (int32_t)in->queries.shape[1];
+    if (npy_read(in->weights_path, &in->weights, err, sizeof err) != 0) goto fail;
+    {
+        int64_t shape[2] = {in->n_q, in->H};
+        char what[96];
+        snprintf(what, sizeof what, "weights [n_q,H] with n_q=%d, H=%d from %s", in->n_q, in->H,
+                 in->queries_path);
+        if (npy_expect(&in->weights, in->weights_path, what, NPY_F4, 2, shape, err, sizeof err))
+            goto fail;
+    }
+    return 0;
+fail:
+    tool_inputs_free(in);
+    return input_error(cmd, err);
+}
+
+int tool_inputs_open(const char *cmd, const tool_inputs *in, const tool_cfg_opts *c,
+                     hisa_runtime **rt_out, int32_t *seq_out) {
+    hisa_config cfg = {0};
+    int rc = tool_cfg_apply(cmd, c, &cfg);
+    if (rc) return rc;
+    if (cfg.n_heads && cfg.n_heads != in->H) {
+        fprintf(stderr, "hisa %s: --heads %d, but %s holds H=%d heads\n", cmd, cfg.n_heads,
+                in->queries_path, in->H);
+        return TOOL_EXIT_USAGE;
+    }
+    if (in->fp8_codes && cfg.key_format == HISA_KEY_BF16) {
+        fprintf(stderr,
+                "hisa %s: --key-format bf16, but %s holds fp8 codes; use --key-format fp8 or "
+                "float32 keys\n",
+                cmd, in->keys_path);
+        return TOOL_EXIT_USAGE;
+    }
+    cfg.n_layers = 1;
+    cfg.n_heads = in->H;
+    cfg.max_seqs = 1;
+    cfg.max_batch = 1;
+    cfg.max_context = in->L;
+    /* Chunks of up to 1024 tokens / queries: large enough to amortize calls, small enough to
+     * keep the scratch regions modest. */
+    cfg.max_prefill_queries = in->L < 1024 ? in->L : 1024;
+    const char *why;
+    rc = tool_pick_device(cmd, c->device, &cfg.device, &why);
+    if (rc) return rc;
+    rc = tool_open(cmd, &cfg, rt_out);
+    if (rc) return rc;
+    hisa_runtime *rt = *rt_out;
+    int err = hisa_seq_open(rt, seq_out);
+    if (!err) err = hisa_seq_extend(rt, *seq_out, in->L);
+    int32_t chunk = hisa_get_config(rt)->max_prefill_queries;
+    for (int32_t p0 = 0; !err && p0 < in->L; p0 += chunk) {
+        int32_t n = in->L - p0 < chunk ? in->L - p0 : chunk;
+        hisa_write req = {.layer = 0, .n_tokens = n, .flags = HISA_HOST_IO};
+        if (in->fp8_codes) {
+            req.codes = (const uint8_t *)in->keys.data + (size_t)p0 * D;
+            req.scales = (const float *)in->scales.data + p0;
+        } else {
+            req.keys = (const float *)in->keys.data + (size_t)p0 * D;
+        }
+        err = hisa_write_range(rt, *seq_out, p0, &req);
+    }
+    if (err) {
+        rc = tool_lib_error(cmd, "writing the keys", err, NULL);
+        hisa_close(rt);
+        *rt_out = NULL;
+        return rc;
+    }
+    return 0;
+}
+
+int tool_inputs_select(hisa_runtime *rt, int32_t seq, const tool_inputs *in, hisa_mode mode,
+                       int32_t *out, double *seconds_out) {
+    const hisa_config *cfg = hisa_get_config(rt);
+    int32_t k = cfg->topk, H = in->H;
+    const float *q = in->queries.data, *w = in->weights.data;
+    double t_start = tool_now_s();
+    int err = 0;
+    if (in->n_q == 1) {
+        /* One query at the last position is exactly a decode step. */
+        hisa_decode req = {.layer = 0, .mode = mode, .n_seqs = 1, .seq_ids = &seq, .q = q,
+                           .w = w, .out = out, .flags = HISA_HOST_IO};
+        err = hisa_select_decode(rt, &req);
+    } else {
+        int32_t chunk = cfg->max_prefill_queries;
+        for (int32_t i0 = 0; !err && i0 < in->n_q; i0 += chunk) {
+            int32_t n = in->n_q - i0 < chunk ? in->n_q - i0 : chunk;
+            hisa_prefill req = {.layer = 0, .mode = mode, .seq = seq,
+                                .t0 = in->L - in->n_q + i0, .n_q = n,
+                                .q = q + (size_t)i0 * H * D, .w = w + (size_t)i0 * H,
+                                .out = out + (size_t)i0 * k, .flags = HISA_HOST_IO};
+            err = hisa_select_prefill(rt, &req);
+        }
+    }
+    *seconds_out = tool_now_s() - t_start;
+    return err;
+}
+
+static int cmp_sel(const void *a, const void *b) {
+    int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+    /* -1 padding sorts last */
+    if (x < 0 || y < 0) return (x < 0) - (y < 0);
+    return (x > y) - (x < y);
+}
+
+void tool_sort_rows(int32_t *sel, int64_t n_rows, int32_t k) {
+    for (int64_t r = 0; r < n_rows; r++) qsort(sel + r * k, (size_t)k, sizeof *sel, cmp_sel);
+}
+
+/* --- hisa select -------------------------------------------------------------------------- */
+static void select_help(void) {
+    printf(
+        "usage: hisa select --keys K.npy [--scales S.npy] --queries Q.npy --weights W.npy\n"
+        "                   [--mode hisa|flat] [--out I.npy] [options]\n"
+        "\n"
+        "Top-k selection for queries on tensors dumped from your own model, exactly as\n"
+        "SPEC.md defines it. The queries stand at the last n_q positions of the context:\n"
+        "query i at position L - n_q + i, causal (it sees positions 0..L-n_q+i); n_q = 1 is a\n"
+        "decode step. The runtime is sized from the inputs (one sequence, max_context L).\n"
+        "\n"
+        "inputs (.npy, little-endian, C order, version 1.0 or 2.0):\n"
+        "  --keys K.npy       [L,128] float32 indexer keys, or [L,128] uint8 fp8 e4m3 codes\n"
+        "  --scales S.npy     [L] float32 per-token scales (only with uint8 codes)\n"
+        "  --queries Q.npy    [n_q,H,128] float32 (rounded to bf16 before use)\n"
+        "  --weights W.npy    [n_q,H] float32 head weights\n"
+        "options:\n"
+        "  --mode M           hisa (default) or flat (DSA: the exact top-k of all tokens)\n"
+        "  --out I.npy        write [n_q,k] int32 positions, each row ascending, -1 padded;\n"
+        "                     without --out the selections are printed, one query per line\n"
+        "  --key-format F     fp8 (default) or bf16: how keys are stored (float32 keys are\n"
+        "                     quantized on write; uint8 codes need fp8)\n"
+        "  --block-size B     tokens per block / page: 32, 64, 128 (default), 256\n"
+        "  --top-blocks M     blocks kept by the coarse stage (default 64)\n"
+        "  --topk K           tokens selected per query (default 2048); (M-1)*B >= K\n"
+        "  --heads H          optional check: must equal H of Q.npy\n"
+        "  --device D         cpu, cuda or cuda:N (default: cuda:0 when available, else cpu)\n"
+        "\n"
+        "Exit status: 0 ok, 2 usage or input error (the message names the file and what was\n"
+        "expected), 1 runtime failure.\n");
+}
+
+int hisa_cmd_select(int argc, char **argv) {
+    const char *cmd = "select";
+    tool_inputs in = {0};
+    tool_cfg_opts c = {0};
+    const char *mode_s = "hisa", *out_path = NULL;
+    tool_opt opts[16];
+    int n = 0;
+    opts[n++] = (tool_opt){"keys", TOOL_OPT_STR, &in.keys_path};
+    opts[n++] = (tool_opt){"scales", TOOL_OPT_STR, &in.scales_path};
+    opts[n++] = (tool_opt){"queries", TOOL_OPT_STR, &in.queries_path};
+    opts[n++] = (tool_opt){"weights", TOOL_OPT_STR, &in.weights_path};
+    opts[n++] = (tool_opt){"mode", TOOL_OPT_STR, &mode_s};
+    opts[n++] = (tool_opt){"out", TOOL_OPT_STR, &out_path};
+    tool_cfg_opts_add(opts, &n, &c);
+    int rc = tool_parse_opts(cmd, argc, argv, opts, n);
+    if (rc < 0) {
+        select_help();
+        return TOOL_EXIT_OK;
+    }
+    if (rc) return rc;
+    hisa_mode mode;
+    if (strcmp(mode_s, "hisa") == 0) mode = HISA_MODE_HISA;
+    else if (strcmp(mode_s, "flat") == 0) mode = HISA_MODE_FLAT;
+    else {
+        fprintf(stderr, "hisa select: --mode: '%s'; expected hisa or flat\n", mode_s);
+        return TOOL_EXIT_USAGE;
+    }
+    rc = tool_inputs_load(cmd, &in);
+    if (rc) return rc;
+    hisa_runtime *rt = NULL;
+    int32_t seq;
+    rc = tool_inputs_open(cmd, &in, &c, &rt, &seq);
+    if (rc) {
+        tool_inputs_free(&in);
+        return rc;
+    }
+    const hisa_config *cfg = hisa_get_config(rt);
+    int32_t k = cfg->topk;
+    int32_t *out = malloc(sizeof(int32_t) * (size_t)in.n_q * (size_t)k);
+    if (!out) {
+        fprintf(stderr, "hisa select: out of memory for the output\n");
+        rc = TOOL_EXIT_FAIL;
+        goto done;
+    }
+    double seconds;
+    int err = tool_inputs_select(rt, seq, &in, mode, out, &seconds);
+    if (err) {
+        rc = tool_lib_error(cmd, "selecting", err, NULL);
+        goto done;
+    }
+    tool_sort_rows(out, in.n_q, k);
+    char dev[32];
+    /* The summary goes to stderr when the selections themselves go to stdout, so that
+     * stdout stays machine-readable. */
+    FILE *info = out_path ? stdout : stderr;
+    fprintf(info,
+            "hisa select: device %s, mode %s, L=%d, n_q=%d, H=%d, B=%d, m=%d, k=%d, keys %s%s: "
+            "%.3f ms\n",
+            tool_device_name(cfg->device, dev, sizeof dev), mode_s, in.L, in.n_q, in.H,
+            cfg->block_size, cfg->top_blocks, k, tool_key_format_name(cfg->key_format),
+            in.fp8_codes ? " (fp8 codes given)" : "", seconds * 1e3);
+    if (out_path) {
+        char nerr[NPY_ERR_MAX];
+        int64_t shape[2] = {in.n_q, k};
+        if (npy_write(out_path, NPY_I4, 2, shape, out, nerr, sizeof nerr) != 0) {
+            fprintf(stderr, "hisa select: %s\n", nerr);
+            rc = TOOL_EXIT_FAIL;
+            goto done;
+        }
+        printf("wrote %s [%d,%d] int32\n", out_path, in.n_q, k);
+    } else {
+        for (int32_t i = 0; i < in.n_q; i++) {
+            printf("%d:", in.L - in.n_q + i);
+            for (int32_t j = 0; j < k && out[(size_t)i * k + j] >= 0; j++)
+                printf(" %d", out[(size_t)i * k + j]);
+            printf("\n");
+        }
+    }
+    rc = TOOL_EXIT_OK;
+done:
+    free(out);
+    hisa_close(rt);
+    tool_inputs_free(&in);
+    return rc;
+}

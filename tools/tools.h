@@ -1,0 +1,151 @@
+/* tools.h: declarations shared by the files of the `hisa` command line (the files in tools/).
+ *
+ * The tools use only the public header hisa.h. Each subcommand is one function
+ * `int hisa_cmd_NAME(int argc, char **argv)` that returns the process exit code:
+ * 0 success, 2 usage or input error (the message names the option or file and what was
+ * expected), 1 runtime failure. argv[0] is the subcommand name. The test binary links every
+ * file in tools/ except main.c, so the commands and helpers here are callable from tests. */
+#ifndef HISA_TOOLS_H
+#define HISA_TOOLS_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "../runtime/hisa.h"
+#include "npy.h"
+
+enum { TOOL_EXIT_OK = 0, TOOL_EXIT_FAIL = 1, TOOL_EXIT_USAGE = 2 };
+
+/* Subcommands. hisa_cmd_bench lives in tools/bench.c (decode and prefill benchmarks). */
+int hisa_cmd_stream(int argc, char **argv);
+int hisa_cmd_mem(int argc, char **argv);
+int hisa_cmd_select(int argc, char **argv);
+int hisa_cmd_eval(int argc, char **argv);
+int hisa_cmd_niah(int argc, char **argv);
+int hisa_cmd_bench(int argc, char **argv);
+
+/* --- option parsing (tools/common.c) ----------------------------------------------------
+ * A command lists its options in a table; "--name value" and "--name=value" both work.
+ * Integers take K/M/G suffixes (binary: 8K = 8192); sizes take K/M/G/T with optional "B"/"iB"
+ * (binary, bytes). Anything malformed is a usage error naming the option. */
+typedef enum {
+    TOOL_OPT_INT,    /* int32_t *, with K/M/G suffixes */
+    TOOL_OPT_I64,    /* int64_t *, with K/M/G suffixes */
+    TOOL_OPT_SIZE,   /* uint64_t * bytes, e.g. 80G */
+    TOOL_OPT_DOUBLE, /* double * */
+    TOOL_OPT_STR,    /* const char ** */
+    TOOL_OPT_FLAG    /* int *, set to 1; takes no value */
+} tool_opt_kind;
+
+typedef struct tool_opt {
+    const char *name; /* without the leading "--" */
+    tool_opt_kind kind;
+    void *dest;
+} tool_opt;
+
+/* Parses argv[1..argc) against opts. Returns 0 on success, TOOL_EXIT_USAGE after printing
+ * "hisa CMD: ..." to stderr, or -1 when --help / -h was given (the caller prints its help and
+ * exits 0). Positional arguments are refused. */
+int tool_parse_opts(const char *cmd, int argc, char **argv, const tool_opt *opts, int n_opts);
+
+/* "64K" -> 65536 into *out; 0 on success, -1 on a malformed or out-of-range number. */
+int tool_parse_i64(const char *s, int64_t *out);
+/* "80G", "80GiB", "80GB", "1.5T", "123456" -> bytes; 0 on success, -1 otherwise. */
+int tool_parse_size(const char *s, uint64_t *out);
+/* Formats bytes as "12.3 MiB" into buf. Returns buf. */
+const char *tool_fmt_bytes(uint64_t bytes, char *buf, size_t buf_len);
+
+/* --- the configuration options every command shares -------------------------------------- */
+typedef struct tool_cfg_opts {
+    const char *device;     /* "cpu", "cuda", "cuda:N" or NULL: probe */
+    const char *key_format; /* "fp8", "bf16" or NULL: the library default (fp8) */
+    int32_t heads, block_size, top_blocks, topk, layers;
+} tool_cfg_opts;
+
+/* Appends the shared options (--device --key-format --heads --block-size --top-blocks --topk)
+ * to opts[*n]; opts must have room for 6 more. Commands with layers add --layers themselves. */
+void tool_cfg_opts_add(tool_opt *opts, int *n, tool_cfg_opts *c);
+/* Fills device, key_format, n_heads, block_size, top_blocks, topk, n_layers of cfg from c
+ * (0 / NULL fields stay 0 = library default). Returns 0 or TOOL_EXIT_USAGE with a message. */
+int tool_cfg_apply(const char *cmd, const tool_cfg_opts *c, hisa_config *cfg);
+
+/* Device choice. NULL or "auto": CUDA device 0 when a runtime opens on it, else the CPU.
+ * "cpu", "cuda" (= cuda:0), "cuda:N". Returns 0 with *device_out set, TOOL_EXIT_USAGE for a
+ * malformed name, TOOL_EXIT_FAIL when CUDA was asked for and is not there. *why_out, when not
+ * NULL, gets a static phrase on why the CPU was picked ("" otherwise). */
+int tool_pick_device(const char *cmd, const char *name, int32_t *device_out, const char **why_out);
+/* "cpu" or "cuda:N" into buf. */
+const char *tool_device_name(int32_t device, char *buf, size_t buf_len);
+/* 1 when the CUDA probe succeeds (cached after the first call). */
+int tool_cuda_available(void);
+
+/* Maps a library error to an exit code and prints "hisa CMD: WHAT: strerror" (plus the plan's
+ * invalid field for configuration errors). HISA_ECONFIG and HISA_ELIMIT (the user's sizes)
+ * map to 2, everything else to 1. */
+int tool_lib_error(const char *cmd, const char *what, int err, const hisa_plan *plan);
+
+/* Open a runtime for cfg; on failure prints why (with the invalid field) and returns the exit
+ * code; 0 on success. */
+int tool_open(const char *cmd, const hisa_config *cfg, hisa_runtime **rt_out);
+
+/* --- .npy inputs of select and eval (tools/select.c) -----------------------------------------
+ * keys [L,128] float32, or fp8 e4m3 codes [L,128] uint8 with scales [L] float32; queries
+ * [n_q,H,128] float32; weights [n_q,H] float32. Query i stands at position L - n_q + i. */
+typedef struct tool_inputs {
+    const char *keys_path, *scales_path, *queries_path, *weights_path;
+    npy_array keys, scales, queries, weights;
+    int32_t L, n_q, H;
+    int fp8_codes; /* keys are uint8 codes with scales */
+} tool_inputs;
+
+/* Loads and cross-checks the four files; prints "hisa CMD: FILE: ..." and returns
+ * TOOL_EXIT_USAGE on any problem, 0 on success. */
+int tool_inputs_load(const char *cmd, tool_inputs *in);
+void tool_inputs_free(tool_inputs *in);
+/* Builds the configuration sized from the inputs (one layer, one sequence, max_context L,
+ * H heads) and the shared options, opens the runtime, writes every key. */
+int tool_inputs_open(const char *cmd, const tool_inputs *in, const tool_cfg_opts *c,
+                     hisa_runtime **rt_out, int32_t *seq_out);
+/* Selects for every query in mode; out [n_q, k]. *seconds_out gets the time of the selection
+ * calls alone. Returns 0 or a library error code. */
+int tool_inputs_select(hisa_runtime *rt, int32_t seq, const tool_inputs *in, hisa_mode mode,
+                       int32_t *out, double *seconds_out);
+/* Sorts each row of sel [n_rows, k] ascending with the -1 padding at the end. */
+void tool_sort_rows(int32_t *sel, int64_t n_rows, int32_t k);
+
+/* --- needle in a haystack (tools/niah.c) ---------------------------------------------------- */
+struct synth_params;
+typedef struct tool_niah_result {
+    int32_t needle_pos;
+    int found_flat, found_hisa; /* 1 when the needle is in the selection */
+    double iou;                 /* HISA vs flat on the same query */
+} tool_niah_result;
+
+/* Needle position for a context of `context` tokens at depth_pct (0..100) of the haystack:
+ * between the attention sinks and the query's own position, n_sinks + round(depth * (context -
+ * 2 - n_sinks)) clamped into [0, context - 2] (a 1-token context puts it at 0). */
+int32_t tool_niah_position(int32_t context, double depth_pct, int32_t n_sinks);
+/* One cell: a fresh sequence of `context` synthetic tokens (layer 0 of rt; sp sets the
+ * generator, its needle list is replaced by the one needle), a decode query at the last
+ * position aligned with the needle, flat and HISA selections. The sequence is closed again.
+ * Returns 0 or a library error; rt's config must have one sequence free and max_context >=
+ * context, and H of rt equal to sp->n_heads. */
+int tool_niah_cell(hisa_runtime *rt, const struct synth_params *sp, int32_t context,
+                   double depth_pct, tool_niah_result *res);
+
+/* --- small shared helpers ------------------------------------------------------------------ */
+double tool_now_s(void); /* monotonic seconds */
+/* p-th percentile (0..100) of v[n] (sorted in place, nearest-rank). 0 when n is 0. */
+double tool_percentile(double *v, int64_t n, double p);
+/* IoU of two k-entry selections (-1 entries ignored, duplicates counted once); 1 when both are
+ * empty. scratch must hold 2 * k int32. */
+double tool_iou(const int32_t *a, const int32_t *b, int32_t k, int32_t *scratch);
+/* 1 when position pos is among the k entries of sel. */
+int tool_selected(const int32_t *sel, int32_t k, int32_t pos);
+/* Writes a JSON string literal (quoted, escaped) of s to f. */
+void tool_json_string(FILE *f, const char *s);
+/* "bf16" / "fp8". */
+const char *tool_key_format_name(int32_t key_format);
+
+#endif /* HISA_TOOLS_H */
