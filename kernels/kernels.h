@@ -87,12 +87,34 @@ int hisa_k_write(void *stream, const hisa_k_write_params *p);
 /* --- selection ----------------------------------------------------------------------------- */
 
 /* Scratch carved from the arena at open, sized by hisa_k_scratch_bytes for rows queries at once
- * (rows = max(max_batch, max_prefill_queries)). Plain C so the plan needs no nvcc. */
+ * (rows = max(max_batch, max_prefill_queries)). Plain C so the plan needs no nvcc; this function
+ * is the single source of truth for the layout the kernels assume.
+ *
+ * work, per row (hisa_k_work_row_words(max_context) u32): a histogram of the top HISA_K_HIST_BITS
+ * bits of the order-preserving score keys (filled by the scoring kernels), a header of counters,
+ * a second histogram (the next 11 bits, of the entries in the threshold bin), then up to
+ * hisa_k_cand_cap(max_context) (key, index) candidate pairs. The top-k's last CTA of a row zeroes
+ * the histograms and counters again, so they are all zero between calls. */
+#define HISA_K_HIST_BITS 11
+#define HISA_K_HIST_BINS (1 << HISA_K_HIST_BITS)
+#define HISA_K_WORK_HDR_WORDS 64
+#define HISA_K_ROWS_PER_LAUNCH 256 /* rows per launch group (a decode batch is one group) */
+
+/* Candidates kept per row (entries in the threshold bin); more than this and the top-k rescans
+ * the row's scores instead (correct, slower). */
+static inline int64_t hisa_k_cand_cap(int64_t max_context) {
+    int64_t c = max_context / 2; /* scores cluster: a quarter-octave bin can hold a third of a row */
+    return c < 4096 ? 4096 : (c > 65536 ? 65536 : c);
+}
+static inline int64_t hisa_k_work_row_words(int64_t max_context) {
+    return 2 * HISA_K_HIST_BINS + HISA_K_WORK_HDR_WORDS + 2 * hisa_k_cand_cap(max_context);
+}
+
 typedef struct hisa_k_scratch {
     float *scores;         /* [rows, max_context]  token scores (flat) or candidate scores (hisa) */
     float *block_scores;   /* [rows, pages_per_seq] */
-    int32_t *blocks;       /* [rows, top_blocks] kept block indices */
-    uint32_t *work;        /* [work_words] top-k histograms, counters, partial results */
+    int32_t *blocks;       /* [rows, top_blocks] kept block indices, ascending */
+    uint32_t *work;        /* [rows, hisa_k_work_row_words(max_context)], zero between calls */
     int64_t work_words;
 } hisa_k_scratch;
 
@@ -107,33 +129,82 @@ static inline hisa_k_scratch_sizes hisa_k_scratch_bytes(int64_t rows, int64_t ma
     s.scores_bytes = (uint64_t)(rows * max_context * 4);
     s.block_scores_bytes = (uint64_t)(rows * pages_per_seq * 4);
     s.blocks_bytes = (uint64_t)(rows * top_blocks * 4);
-    /* per row: a 2048-bin histogram for each of 4 radix passes of up to 64 CTAs, plus k
-     * candidate (score, index) pairs, plus counters. Generous; the kernels check it. */
-    s.work_bytes = (uint64_t)(rows * (4 * 2048 * 4 + 2 * topk * 8 + 1024) + 4096);
-    (void)max_context;
+    s.work_bytes = (uint64_t)(rows * hisa_k_work_row_words(max_context) * 4);
+    (void)topk;
     return s;
 }
 
+/* One-time setup (raises kernels' dynamic shared-memory limits). Call once per process/device
+ * before any launch; not a stream operation. */
+int hisa_k_init(void);
+
+/* Decode selection for n_rows queries: row r is the query of seq_ids[r] at t = seq_len - 1, read
+ * on the device (so a captured graph follows growing sequences); prefill chunks go to
+ * hisa_k_prefill below. Rows with n <= k get 0..n-1; flat rows and HISA rows with nb <= m score
+ * every token; HISA rows with nb > m score block means, keep blocks 0, last and the best m-2,
+ * then score only the kept blocks' tokens. Output [n_rows, topk], -1 padded. 4 launches (HISA)
+ * or 2 (flat) per 256 rows, no allocation, no host sync; the kept blocks of row r are left in
+ * scratch.blocks[r] (tests read them). */
 typedef struct hisa_k_select_params {
     hisa_k_cache cache;
     hisa_k_scratch scratch;
     int32_t layer;
-    int32_t mode;                     /* HISA_MODE_HISA / HISA_MODE_FLAT */
+    int32_t mode;                     /* HISA_MODE_HISA (0) / HISA_MODE_FLAT (1) */
     int32_t top_blocks, topk;         /* m, k */
     int32_t out_slots;                /* 1: page * B + offset */
-    int32_t n_rows;                   /* queries */
-    /* decode: one query per sequence at t = seq_len[seq] - 1 (read on the device) */
-    int32_t is_prefill;
+    int32_t n_rows;                   /* queries: decode <= HISA_BATCH_MAX, prefill <= HISA_PREFILL_MAX */
     int32_t seq_ids[HISA_BATCH_MAX];  /* decode: [n_rows] */
-    /* prefill: queries at t0 .. t0 + n_rows - 1 of prefill_seq */
-    int32_t prefill_seq, t0;
     const float *q;                   /* [n_rows, H, 128] fp32 */
     const float *w;                   /* [n_rows, H] fp32 */
     int32_t *out;                     /* [n_rows, topk] */
     int32_t max_context;              /* scratch row stride of scores */
     int32_t sm_count;                 /* read once at open */
+    int32_t scratch_rows;             /* rows the scratch holds (>= n_rows) */
 } hisa_k_select_params;
 int hisa_k_select(void *stream, const hisa_k_select_params *p);
+
+/* The top-k alone (benchmarks, tests): for each of n_rows rows of scores (row stride `stride`
+ * floats, n entries each), the k largest by the SPEC order (NaN lowest, ties to the lower
+ * index), written as indices into out [n_rows, k] (-1 padded when n < k). work as above. */
+typedef struct hisa_k_topk_params {
+    const float *scores;
+    int64_t stride;
+    int32_t n, k, n_rows;
+    uint32_t *work;                   /* [n_rows, hisa_k_work_row_words(n)], zero between calls */
+    int32_t *out;
+    int32_t sm_count;
+} hisa_k_topk_params;
+int hisa_k_topk(void *stream, const hisa_k_topk_params *p);
+
+/* --- prefill: chunked causal selection on tensor cores (kernels/prefill.cu, issue 4) ------- */
+
+/* Selection for the n_q queries at t0 .. t0+n_q-1 of one sequence, each seeing positions <= its
+ * own t (SPEC). Rows are partitioned by t: n <= k (all positions), flat (FLAT mode, or HISA
+ * with nb <= m: every visible token scored) and HISA (nb > m: block means scored, m blocks
+ * kept per row into scratch.blocks ascending, their tokens scored). Scoring is a wgmma GEMM with
+ * tokens (or blocks, or candidates) as M, query-heads as N and the 128 dims as K; top-k per row.
+ * Scratch used: scores [n_q rows, stride max_context], block_scores [n_q, pages_per_seq],
+ * blocks [n_q, top_blocks]; work is not touched. Up to 5 launches, no allocation, no sync.
+ * Requires sm_90a. stop_after_scoring (benchmarks, tests) skips the final top-k: out untouched,
+ * scores and blocks left in scratch. */
+typedef struct hisa_k_prefill_params {
+    hisa_k_cache cache;
+    hisa_k_scratch scratch;
+    int32_t layer;
+    int32_t mode;                     /* HISA_MODE_HISA (0) / HISA_MODE_FLAT (1) */
+    int32_t top_blocks, topk;         /* m, k; (m - 1) * B >= k */
+    int32_t out_slots;                /* 1: page * B + offset */
+    int32_t seq, t0, n_q;             /* n_q <= HISA_PREFILL_MAX, <= scratch_rows; t0 + n_q <= max_context */
+    const float *q;                   /* [n_q, H, 128] fp32, device */
+    const float *w;                   /* [n_q, H] fp32, device */
+    int32_t *out;                     /* [n_q, topk] int32, device */
+    int32_t max_context;              /* row stride of scratch.scores */
+    int32_t scratch_rows;             /* rows the scratch holds */
+    int32_t stop_after_scoring;       /* 0 normally */
+    int32_t sm_count;                 /* sizes the flat grid; 0: assume 132 */
+    int32_t variant;                  /* fp8 keys: 0 fp16 operands (default), 1 bf16 operands */
+} hisa_k_prefill_params;
+int hisa_k_prefill(void *stream, const hisa_k_prefill_params *p);
 
 #ifdef __cplusplus
 }

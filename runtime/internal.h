@@ -84,9 +84,10 @@ int hisa__cuda_truncate(hisa_runtime *rt, int32_t seq, int32_t len, int32_t page
 int hisa__cuda_poison_page(hisa_runtime *rt, int32_t page);
 int hisa__cuda_write(hisa_runtime *rt, const hisa_write *req, int32_t range_seq, int32_t range_pos0,
                      int is_range);
+/* Decode selection (prefill goes to hisa__cuda_prefill, runtime/cuda_prefill.h). */
 int hisa__cuda_select(hisa_runtime *rt, int32_t layer, hisa_mode mode, int32_t n_rows,
-                      const int32_t *seq_ids, int32_t prefill_seq, int32_t t0, const float *q,
-                      const float *w, int32_t *out, uint32_t flags);
+                      const int32_t *seq_ids, const float *q, const float *w, int32_t *out,
+                      uint32_t flags);
 int hisa__cuda_sync(hisa_runtime *rt);
 /* Record a failed CUDA call and poison the runtime; returns HISA_EDEVICE. */
 int hisa__device_failed(hisa_runtime *rt, const char *stmt, const char *file, int line,

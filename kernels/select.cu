@@ -1,0 +1,1000 @@
+/* select.cu: flat DSA and HISA selection for a batch of queries: scoring on tensor cores and a
+ * radix top-k, all launched on the caller's stream with no allocation and no host sync.
+ *
+ * Why this shape. A decode step reads every key of every sequence (flat) or every block mean
+ * plus m pages (HISA); that is memory traffic, so the scoring kernel streams pages once (each
+ * warp through its own two-stage cp.async ring in shared memory) and does the H x 128 x tokens
+ * products on tensor cores (mma.sync m16n8k16, fp32 accumulate, k-step outermost so 16
+ * accumulator chains are in flight). The lengths live on the device (a captured graph replays
+ * while sequences grow), so every kernel derives its work from seq_len itself: grids are sized
+ * from the configuration and the device lengths are split into per-row chunks, contiguous
+ * ranges of chunks per CTA, so one long row spreads over every SM at batch 1.
+ *
+ * Pipeline (one row = one query; HISA rows with nb > m take the coarse stage, every other row
+ * scores all of its tokens, SPEC 3). HISA mode: 4 launches; flat: 2.
+ *   score<MEANS>   J(b) of blocks 1..last-1 into block_scores, plus a histogram of the top 11
+ *                  bits of the order-preserving keys (NaN lowest)
+ *   select         per (slice, row): the threshold bin b1 of that histogram; entries above it are
+ *                  emitted, entries in it counted into a second histogram (next 11 bits) and kept
+ *                  as candidates (key, index). The last slice of a row to finish (fence + ticket,
+ *                  no waiting) finishes the row: level-2 bin from the second histogram, one pass
+ *                  over the candidates, then 10 key bits and 12 + 12 index bits for ties (the
+ *                  lower index wins). Blocks stage: order the kept blocks, force 0 and last.
+ *                  It zeroes the row's histograms again.
+ *   score<KEYS>    I(s) of every token (flat) or of the kept blocks' tokens (candidate array of
+ *                  m*B: index i is token i % B of kept block i / B; blocks ascending, so index
+ *                  order is position order and tie-breaking by index is by position)
+ *   select         as above, writing positions or slots.
+ * Kernels after the first use programmatic dependent launch: their prologue (plan, query
+ * fragments) overlaps the previous kernel, and they wait where they first read its results.
+ *
+ * Exactness. fp8 keys: e4m3 codes convert exactly to fp16; q (already rounded to bf16) is scaled
+ * per head by a power of two so its largest element lies in [2^14, 2^15) and converted to fp16,
+ * exact except for elements below 2^-24 of the head's largest (their products are below fp32
+ * resolution of the head's dot anyway); the factor is folded into w (w * 2^-e), and the per-token
+ * fp8 scale multiplies the ReLU-weighted sum (scale > 0). bf16 keys and block means use bf16 mma
+ * with q in bf16, exact products. Accumulation order differs from the CPU: SPEC's agreement rule.
+ *
+ * Invariants: the per-row histograms and counters in scratch.work are zero between calls; the
+ * candidate index of a token fits 24 bits (HISA_CONTEXT_MAX); a row selects exactly k (flat:
+ * n > k; HISA: (m-1)*B >= k candidates are valid, padding candidates score NaN = key 0 and sit
+ * after every valid one). */
+#include <assert.h>
+#include <string.h>
+#include <cub/block/block_scan.cuh>
+
+#include "common.cuh"
+
+namespace {
+
+constexpr int kScoreThreads = 128;  /* 4 warps */
+constexpr int kScoreWarps = kScoreThreads / 32;
+constexpr int kUnit = 32;           /* tokens per warp work unit (B is a multiple of 32) */
+constexpr int kChunkMinUnits = 4;
+constexpr int kChunkMaxUnitsKeys = 512;
+constexpr int kChunkMaxUnitsMeans = 16;
+constexpr int kPageSlots = 520;     /* >= 512 * 32 / 32 + 1 and >= 16 * 32 */
+constexpr int kMaxMTiles = HISA_HEADS_MAX / 16;
+constexpr int kSplitThreads = 256;
+constexpr int kFinishThreads = 512;
+constexpr int kHistBins = HISA_K_HIST_BINS;
+constexpr int kHistShift = 32 - HISA_K_HIST_BITS; /* 21 */
+constexpr int kOutCounter = kHistBins, kCandCounter = kHistBins + 1, kDoneCounter = kHistBins + 2;
+constexpr int kHist2Offset = kHistBins + HISA_K_WORK_HDR_WORDS;
+constexpr int kCandOffset = 2 * kHistBins + HISA_K_WORK_HDR_WORDS;
+constexpr int kSmemCand = 6144; /* level-2 candidates the finishing CTA holds in shared memory
+                                   (48 KB: three 512-thread CTAs per SM) */
+
+enum { SRC_FP8 = 0, SRC_BF16 = 1, SRC_MEANS = 2 };
+enum { STAGE_BLOCKS = 0, STAGE_TOKENS = 1, STAGE_RAW = 2 };
+enum { PATH_TRIVIAL = 0, PATH_FLAT = 1, PATH_HISA = 2 };
+
+static_assert(HISA_K_HIST_BITS == 11, "finish's passes assume 11 + 11 + 10 key bits");
+static_assert(HISA_CONTEXT_MAX <= (1 << 24), "tie passes cover 24 index bits");
+
+/* Everything a kernel of the pipeline needs, by value (graph-replayable). */
+struct sel_args {
+    hisa_k_select_params p;
+    int stage;
+    int row0, n_rows;                 /* this launch's rows: call rows row0 .. row0 + n_rows - 1 */
+    const float *raw_scores;          /* STAGE_RAW */
+    int64_t raw_stride;
+    int raw_n;
+    int64_t work_row_words;           /* hisa_k_work_row_words(max length) */
+    int cand_cap;                     /* hisa_k_cand_cap(max length) */
+};
+
+struct row_desc {
+    int active, trivial;
+    int seq, n, nb, last, path;
+    int L, valid, ksel;               /* entries scored, entries real, entries to select */
+    const float *scores;
+    uint32_t *work;
+    int crow;                         /* call row */
+};
+
+__device__ __forceinline__ row_desc describe(const sel_args &a, int r) {
+    const hisa_k_select_params &p = a.p;
+    row_desc d;
+    d.crow = a.row0 + r;
+    d.work = p.scratch.work + (int64_t)d.crow * a.work_row_words;
+    d.trivial = 0;
+    if (a.stage == STAGE_RAW) {
+        d.seq = d.n = d.nb = d.last = 0;
+        d.path = PATH_FLAT;
+        d.L = d.valid = a.raw_n;
+        d.ksel = p.topk;
+        d.trivial = a.raw_n <= p.topk;
+        d.active = 1;
+        d.scores = a.raw_scores + (int64_t)d.crow * a.raw_stride;
+        return d;
+    }
+    const int B = p.cache.block_size, m = p.top_blocks, k = p.topk;
+    d.seq = p.seq_ids[d.crow];
+    d.n = p.cache.seq_len[d.seq]; /* read on the device: graph replays follow growing sequences */
+    d.n = max(d.n, 0);
+    d.nb = (d.n + B - 1) / B;
+    d.last = d.nb - 1;
+    d.path = d.n <= k ? PATH_TRIVIAL : ((p.mode == HISA_MODE_FLAT || d.nb <= m) ? PATH_FLAT : PATH_HISA);
+    if (a.stage == STAGE_BLOCKS) {
+        d.active = d.path == PATH_HISA;
+        d.L = d.valid = d.active ? d.last - 1 : 0;
+        d.ksel = m - 2;
+        d.scores = p.scratch.block_scores + (int64_t)d.crow * p.cache.pages_per_seq;
+    } else {
+        d.active = 1;
+        d.trivial = d.path == PATH_TRIVIAL;
+        if (d.path == PATH_HISA) {
+            d.L = m * B;
+            d.valid = (m - 1) * B + (d.n - d.last * B);
+        } else {
+            d.L = d.valid = d.trivial ? 0 : d.n;
+        }
+        d.ksel = k;
+        d.scores = p.scratch.scores + (int64_t)d.crow * p.max_context;
+    }
+    return d;
+}
+
+/* Output value of entry idx of a row's score array (tokens stage: position or slot). */
+__device__ __forceinline__ int32_t token_value(const sel_args &a, const row_desc &d, int idx) {
+    const hisa_k_select_params &p = a.p;
+    if (a.stage == STAGE_RAW) return idx;
+    const int B = p.cache.block_size;
+    int pos = idx;
+    if (d.path == PATH_HISA) pos = p.scratch.blocks[(int64_t)d.crow * p.top_blocks + idx / B] * B + idx % B;
+    if (p.out_slots) pos = p.cache.page_table[(int64_t)d.seq * p.cache.pages_per_seq + pos / B] * B + pos % B;
+    return pos;
+}
+
+__device__ __forceinline__ void emit(const sel_args &a, const row_desc &d, int slot, int idx) {
+    if (slot < 0 || slot >= d.ksel) return; /* never past the row: a counting bug shows as unwritten entries */
+    if (a.stage == STAGE_BLOCKS)
+        a.p.scratch.blocks[(int64_t)d.crow * a.p.top_blocks + 1 + slot] = idx + 1;
+    else
+        a.p.out[(int64_t)d.crow * a.p.topk + slot] = token_value(a, d, idx);
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* scoring                                                                                     */
+
+__device__ __forceinline__ void mma_f16(float (&c)[4], const uint4 &a, uint32_t b0, uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a.x), "r"(a.y), "r"(a.z), "r"(a.w), "r"(b0), "r"(b1));
+}
+__device__ __forceinline__ void mma_bf16(float (&c)[4], const uint4 &a, uint32_t b0, uint32_t b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a.x), "r"(a.y), "r"(a.z), "r"(a.w), "r"(b0), "r"(b1));
+}
+__device__ __forceinline__ uint32_t e4m3x2_to_f16x2(uint32_t two_codes) {
+    __half2_raw h = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)two_codes, __NV_E4M3);
+    return (uint32_t)h.x | ((uint32_t)h.y << 16);
+}
+
+/* The physical dimension of element t (0..3) of k-step j for lane column c: the reduction over
+ * K may use any permutation as long as q and keys agree; these make each lane's key loads two
+ * (fp8) or four (bf16) 16-byte pieces that together cover whole 32-byte sectors. Elements t = 0,1
+ * are fragment k = 2c, 2c+1 and t = 2,3 are k = 2c+8, 2c+9. */
+template <bool F16>
+__device__ __forceinline__ int frag_dim(int j, int c) {
+    return F16 ? 64 * (j >> 2) + 16 * c + 4 * (j & 3) : 32 * (j >> 1) + 8 * c + 4 * (j & 1);
+}
+
+/* Programmatic dependent launch: a kernel lets its successor start early (launch_dependents) and
+ * waits for its predecessor's results (wait) only where it first touches them; before that it
+ * reads only the call's inputs (q, w, seq_len), which no kernel of the chain writes. Both are
+ * no-ops when the launch carries no programmatic dependency. */
+__device__ __forceinline__ void pdl_trigger() { asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory"); }
+__device__ __forceinline__ void pdl_wait() { asm volatile("griddepcontrol.wait;\n" ::: "memory"); }
+
+/* 2^e exactly, for |e| <= 126 (the per-head q scaling keeps e in [-120, 120]). */
+__device__ __forceinline__ float pow2(int e) { return __int_as_float((127 + e) << 23); }
+
+/* Slot for each lane of the calling (possibly partial) warp whose pred holds: one shared atomic
+ * per warp instead of one per lane (a single counter would serialize every lane). */
+__device__ __forceinline__ uint32_t warp_slot(bool pred, uint32_t *counter) {
+    const uint32_t active = __activemask();
+    const uint32_t ball = __ballot_sync(active, pred);
+    const int lane = threadIdx.x & 31, leader = __ffs(active) - 1;
+    uint32_t base = 0;
+    if (lane == leader && ball) base = atomicAdd(counter, (uint32_t)__popc(ball));
+    base = __shfl_sync(active, base, leader);
+    return base + __popc(ball & ((1u << lane) - 1u));
+}
+
+/* Per-warp staging of one 32-token step: rows of 128 (fp8 codes) or 256 bytes (bf16), 16-byte
+ * chunks of odd rows XOR-swizzled by 4 so the fragment reads are free of bank conflicts, then the
+ * step's 32 fp8 scales. */
+constexpr int kScoreStages = 2;
+__host__ __device__ constexpr int score_row_bytes(int src) { return src == SRC_FP8 ? 128 : 256; }
+__host__ __device__ constexpr int score_stage_bytes(int src) { return 32 * score_row_bytes(src) + (src == SRC_FP8 ? 128 : 0); }
+
+__device__ __forceinline__ void cp_async16(void *smem, const void *gmem) {
+    unsigned s = (unsigned)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
+
+template <int SRC>
+__global__ void __launch_bounds__(kScoreThreads, 3) score_kernel(const sel_args a) {
+    constexpr bool F16 = SRC == SRC_FP8;
+    constexpr bool MEANS = SRC == SRC_MEANS;
+    constexpr int CMAX = MEANS ? kChunkMaxUnitsMeans : kChunkMaxUnitsKeys;
+    constexpr int kRowBytes = score_row_bytes(SRC);
+    constexpr int kStageBytes = score_stage_bytes(SRC);
+    constexpr int kStages = kScoreStages;
+
+    extern __shared__ uint4 qfrag[]; /* [n_mt * 8][32] A fragments, then the warps' rings (which
+                                        also stage q as bf16 [n_mt * 16][32] uint2 between chunks) */
+    __shared__ float wsm[kMaxMTiles * 16];
+    __shared__ uint32_t amax_s[kMaxMTiles * 16];
+    __shared__ int esm[kMaxMTiles * 16];
+    __shared__ uint32_t hist[kHistBins];
+    __shared__ int prefix[HISA_K_ROWS_PER_LAUNCH + 1];
+    __shared__ int pg[kPageSlots];
+    __shared__ int s_chunk_units;
+    using scan_t = cub::BlockScan<int, kScoreThreads>;
+    __shared__ typename scan_t::TempStorage scan_tmp;
+
+    pdl_trigger();
+    const hisa_k_select_params &p = a.p;
+    const hisa_k_cache &cache = p.cache;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, c = lane & 3;
+    const int H = cache.n_heads, n_mt = (H + 15) / 16, B = cache.block_size;
+    bool waited = false;
+    uint2 *qb = reinterpret_cast<uint2 *>(qfrag + n_mt * 8 * 32);
+
+    /* work plan: every CTA derives the same chunking from the device lengths */
+    int units[2], pre[2], total;
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        int r = 2 * tid + i;
+        units[i] = 0;
+        if (r < a.n_rows) {
+            row_desc d = describe(a, r);
+            units[i] = d.active && !d.trivial && d.ksel > 0 ? (d.L + kUnit - 1) / kUnit : 0;
+        }
+    }
+    scan_t(scan_tmp).ExclusiveSum(units, pre, total);
+    if (tid == 0) {
+        long long want = ((long long)total + (long long)gridDim.x * 4 - 1) / ((long long)gridDim.x * 4);
+        if (want < kChunkMinUnits) want = kChunkMinUnits;
+        if (want > CMAX) want = CMAX;
+        s_chunk_units = (int)want;
+    }
+    for (int b = tid; b < kHistBins; b += kScoreThreads) hist[b] = 0;
+    __syncthreads();
+    const int C = s_chunk_units;
+    int chunks[2], cpre[2], n_chunks;
+#pragma unroll
+    for (int i = 0; i < 2; i++) chunks[i] = (units[i] + C - 1) / C;
+    __syncthreads();
+    scan_t(scan_tmp).ExclusiveSum(chunks, cpre, n_chunks);
+#pragma unroll
+    for (int i = 0; i < 2; i++)
+        if (2 * tid + i < a.n_rows) prefix[2 * tid + i] = cpre[i];
+    if (tid == 0) prefix[a.n_rows] = n_chunks;
+    __syncthreads();
+
+    int cur_row = -1;
+    row_desc d;
+    d.work = nullptr;
+    /* a contiguous range of chunks per CTA: consecutive chunks are mostly of one row, so the
+     * query fragments are rebuilt only when the row changes */
+    const int c_begin = (int)((int64_t)n_chunks * blockIdx.x / gridDim.x);
+    const int c_end = (int)((int64_t)n_chunks * (blockIdx.x + 1) / gridDim.x);
+    for (int chunk = c_begin; chunk < c_end; chunk++) {
+        /* the row holding this chunk: the last r with prefix[r] <= chunk */
+        int lo = 0, hi = a.n_rows - 1;
+        while (lo < hi) {
+            int mid = (lo + hi + 1) >> 1;
+            if (prefix[mid] <= chunk) lo = mid; else hi = mid - 1;
+        }
+        const int r = lo;
+        __syncthreads(); /* the previous chunk is done with pg, qfrag, hist */
+        if (r != cur_row) {
+            if (cur_row >= 0)
+                for (int b = tid; b < kHistBins; b += kScoreThreads) {
+                    uint32_t v = hist[b];
+                    if (v) {
+                        atomicAdd(d.work + b, v);
+                        hist[b] = 0;
+                    }
+                }
+            d = describe(a, r);
+            cur_row = r;
+            /* query fragments for this row: stage q as bf16 (all loads in flight at once), the
+             * per-head amax by shared atomics (non-negative floats order like their bits) */
+            const float *q = p.q + (int64_t)d.crow * H * HISA_D;
+            const float *w = p.w + (int64_t)d.crow * H;
+            for (int h = tid; h < n_mt * 16; h += kScoreThreads) amax_s[h] = 0u;
+            __syncthreads();
+            const int n_vec = H * (HISA_D / 4);
+            for (int base = tid; base < n_vec; base += kScoreThreads * 8) {
+                float4 v[8];
+#pragma unroll
+                for (int i = 0; i < 8; i++) {
+                    int idx = base + i * kScoreThreads;
+                    v[i] = idx < n_vec ? __ldg(reinterpret_cast<const float4 *>(q) + idx) : make_float4(0.f, 0.f, 0.f, 0.f);
+                }
+#pragma unroll
+                for (int i = 0; i < 8; i++) {
+                    int idx = base + i * kScoreThreads;
+                    if (base - tid + i * kScoreThreads >= n_vec) break; /* warp-uniform: n_vec is a multiple of 32 */
+                    uint16_t b0 = hisa__k_bf16_from_f32(v[i].x), b1 = hisa__k_bf16_from_f32(v[i].y);
+                    uint16_t b2 = hisa__k_bf16_from_f32(v[i].z), b3 = hisa__k_bf16_from_f32(v[i].w);
+                    qb[idx] = make_uint2((uint32_t)b0 | ((uint32_t)b1 << 16), (uint32_t)b2 | ((uint32_t)b3 << 16));
+                    if (F16) { /* a warp's 32 float4 are one head's 128 dims: reduce, then one atomic */
+                        float mx = fmaxf(fmaxf(fabsf(hisa__k_bf16_to_f32(b0)), fabsf(hisa__k_bf16_to_f32(b1))),
+                                         fmaxf(fabsf(hisa__k_bf16_to_f32(b2)), fabsf(hisa__k_bf16_to_f32(b3))));
+#pragma unroll
+                        for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+                        if (lane == 0 && mx > 0.0f) atomicMax(&amax_s[idx / (HISA_D / 4)], __float_as_uint(mx));
+                    }
+                }
+            }
+            for (int idx = n_vec + tid; idx < n_mt * 16 * (HISA_D / 4); idx += kScoreThreads) qb[idx] = make_uint2(0u, 0u);
+            __syncthreads();
+            for (int h = tid; h < n_mt * 16; h += kScoreThreads) {
+                int e = 0;
+                float mx = __uint_as_float(amax_s[h]);
+                if (F16 && h < H && mx > 0.0f && isfinite(mx)) {
+                    int ex;
+                    frexpf(mx, &ex); /* mx < 2^ex */
+                    e = min(max(15 - ex, -120), 120);
+                }
+                esm[h] = e;
+                wsm[h] = h < H ? w[h] * pow2(-e) : 0.0f;
+            }
+            __syncthreads();
+            for (int i = tid; i < n_mt * 8 * 32; i += kScoreThreads) {
+                int mt = i >> 8, j = (i >> 5) & 7, ln = i & 31, gg = ln >> 2, cc = ln & 3;
+                int dim = frag_dim<F16>(j, cc);
+                uint32_t v[4];
+#pragma unroll
+                for (int half = 0; half < 2; half++) { /* rows gg and gg + 8 */
+                    int h = mt * 16 + gg + 8 * half;
+                    uint2 x = qb[h * (HISA_D / 4) + dim / 4];
+                    if (F16) {
+                        uint16_t o[4] = {(uint16_t)(x.x & 0xffffu), (uint16_t)(x.x >> 16), (uint16_t)(x.y & 0xffffu),
+                                         (uint16_t)(x.y >> 16)};
+#pragma unroll
+                        for (int t = 0; t < 4; t++) {
+                            __half hv = __float2half_rn(hisa__k_bf16_to_f32(o[t]) * pow2(esm[h]));
+                            o[t] = *reinterpret_cast<uint16_t *>(&hv);
+                        }
+                        x.x = (uint32_t)o[0] | ((uint32_t)o[1] << 16);
+                        x.y = (uint32_t)o[2] | ((uint32_t)o[3] << 16);
+                    }
+                    v[half] = x.x;     /* a0 / a1: dims dim, dim + 1 */
+                    v[2 + half] = x.y; /* a2 / a3: dims dim + 2, dim + 3 */
+                }
+                qfrag[i] = make_uint4(v[0], v[1], v[2], v[3]);
+            }
+        }
+        const int u0 = (chunk - prefix[r]) * C;
+        const int u1 = min(u0 + C, (d.L + kUnit - 1) / kUnit);
+        if (!waited) { /* from here on: kept blocks, the histogram, the scores (predecessor's) */
+            pdl_wait();
+            waited = true;
+        }
+        /* page ids of the chunk */
+        const int slot_size = MEANS ? 1 : B;
+        const int e_first = u0 * kUnit, e_end = min(u1 * kUnit, d.L);
+        const int s0 = e_first / slot_size, s1 = (e_end - 1) / slot_size;
+        const int32_t *pt = cache.page_table + (int64_t)d.seq * cache.pages_per_seq;
+        for (int s = s0 + tid; s <= s1; s += kScoreThreads) {
+            int blk = MEANS ? s + 1
+                            : (d.path == PATH_HISA ? p.scratch.blocks[(int64_t)d.crow * p.top_blocks + s] : s);
+            pg[s - s0] = pt[blk];
+        }
+        __syncthreads();
+
+        /* each warp: units u0 + warp, u0 + warp + 4, ...; one 32-token step per unit, streamed
+         * through the warp's own ring of kStages shared-memory stages by cp.async */
+        const int n_steps = u1 - u0 > warp ? (u1 - u0 - warp + kScoreWarps - 1) / kScoreWarps : 0;
+        const int64_t layer_pages = (int64_t)p.layer * cache.n_pages;
+        uint8_t *ring = reinterpret_cast<uint8_t *>(qfrag + n_mt * 8 * 32) + warp * kStages * kStageBytes;
+        auto step_base = [&](int i) { return (u0 + warp + kScoreWarps * i) * kUnit; };
+        auto issue = [&](int i) {
+            if (i < n_steps) {
+                const int e0 = step_base(i);
+                uint8_t *dst = ring + (i % kStages) * kStageBytes;
+                if (MEANS) {
+#pragma unroll
+                    for (int k = 0; k < 16; k++) {
+                        int q = lane + 32 * k, t = q >> 4, ch = q & 15;
+                        int e = min(e0 + t, d.L - 1);
+                        const uint8_t *src = reinterpret_cast<const uint8_t *>(cache.means + (layer_pages + pg[e - s0]) * HISA_D) + 16 * ch;
+                        cp_async16(dst + t * kRowBytes + 16 * (ch ^ ((t & 1) << 2)), src);
+                    }
+                } else {
+                    const int page = pg[e0 / B - s0], off0 = e0 % B;
+                    const uint8_t *pbase = cache.keys + (layer_pages + page) * cache.page_bytes;
+                    const uint8_t *src = pbase + (int64_t)off0 * kRowBytes;
+                    constexpr int CHUNKS = kRowBytes / 16;
+#pragma unroll
+                    for (int k = 0; k < 32 * CHUNKS / 32; k++) {
+                        int q = lane + 32 * k, t = q / CHUNKS, ch = q % CHUNKS;
+                        cp_async16(dst + t * kRowBytes + 16 * (ch ^ ((t & 1) << 2)), src + 16 * q);
+                    }
+                    if (F16 && lane < 8) cp_async16(dst + 32 * kRowBytes + 16 * lane, pbase + (int64_t)B * 128 + off0 * 4 + 16 * lane);
+                }
+            }
+            cp_async_commit(); /* possibly empty: keeps the group count uniform */
+        };
+        const int n_hg = (n_mt + 3) / 4;
+        auto compute = [&](int i) {
+            const int e0 = step_base(i);
+            const uint8_t *stage = ring + (i % kStages) * kStageBytes;
+            const int swz = (g & 1) << 2; /* tokens 8u + g: odd rows have their halves swapped */
+            float part[4][2];
+#pragma unroll
+            for (int u = 0; u < 4; u++) part[u][0] = part[u][1] = 0.0f;
+            for (int hg = 0; hg < n_hg; hg++) {
+                const int mts = min(4, n_mt - 4 * hg);
+                float acc[4][4][4];
+#pragma unroll
+                for (int mt = 0; mt < 4; mt++)
+#pragma unroll
+                    for (int u = 0; u < 4; u++) acc[mt][u][0] = acc[mt][u][1] = acc[mt][u][2] = acc[mt][u][3] = 0.0f;
+#pragma unroll
+                for (int piece = 0; piece < (F16 ? 2 : 4); piece++) {
+                    uint4 raw[4];
+#pragma unroll
+                    for (int u = 0; u < 4; u++)
+                        raw[u] = *reinterpret_cast<const uint4 *>(stage + (8 * u + g) * kRowBytes + 16 * ((4 * piece + c) ^ swz));
+#pragma unroll
+                    for (int jj = 0; jj < (F16 ? 4 : 2); jj++) {
+                        const int j = F16 ? 4 * piece + jj : 2 * piece + jj;
+                        uint32_t bf[4][2];
+#pragma unroll
+                        for (int u = 0; u < 4; u++) {
+                            if (F16) {
+                                uint32_t wd = jj == 0 ? raw[u].x : jj == 1 ? raw[u].y : jj == 2 ? raw[u].z : raw[u].w;
+                                bf[u][0] = e4m3x2_to_f16x2(wd & 0xffffu);
+                                bf[u][1] = e4m3x2_to_f16x2(wd >> 16);
+                            } else {
+                                bf[u][0] = jj ? raw[u].z : raw[u].x;
+                                bf[u][1] = jj ? raw[u].w : raw[u].y;
+                            }
+                        }
+#pragma unroll
+                        for (int mt = 0; mt < 4; mt++) {
+                            if (mt < mts) {
+                                uint4 af = qfrag[((4 * hg + mt) * 8 + j) * 32 + lane];
+#pragma unroll
+                                for (int u = 0; u < 4; u++) {
+                                    if (F16) mma_f16(acc[mt][u], af, bf[u][0], bf[u][1]);
+                                    else mma_bf16(acc[mt][u], af, bf[u][0], bf[u][1]);
+                                }
+                            }
+                        }
+                    }
+                }
+#pragma unroll
+                for (int mt = 0; mt < 4; mt++) {
+                    if (mt < mts) {
+                        float w0 = wsm[(4 * hg + mt) * 16 + g], w1 = wsm[(4 * hg + mt) * 16 + g + 8];
+#pragma unroll
+                        for (int u = 0; u < 4; u++) {
+                            part[u][0] = fmaf(w1, fmaxf(acc[mt][u][2], 0.0f), fmaf(w0, fmaxf(acc[mt][u][0], 0.0f), part[u][0]));
+                            part[u][1] = fmaf(w1, fmaxf(acc[mt][u][3], 0.0f), fmaf(w0, fmaxf(acc[mt][u][1], 0.0f), part[u][1]));
+                        }
+                    }
+                }
+            }
+            float v0 = 0.0f, v1 = 0.0f;
+#pragma unroll
+            for (int u = 0; u < 4; u++) {
+#pragma unroll
+                for (int t = 0; t < 2; t++) {
+                    float v = part[u][t];
+                    v += __shfl_xor_sync(0xffffffffu, v, 4);
+                    v += __shfl_xor_sync(0xffffffffu, v, 8);
+                    v += __shfl_xor_sync(0xffffffffu, v, 16);
+                    part[u][t] = v;
+                }
+                if (u == g) {
+                    v0 = part[u][0];
+                    v1 = part[u][1];
+                }
+            }
+            if (g < 4) {
+                if (F16) {
+                    float2 sc = *reinterpret_cast<const float2 *>(stage + 32 * kRowBytes + 4 * (8 * g + 2 * c));
+                    v0 *= sc.x;
+                    v1 *= sc.y;
+                }
+                const int e = e0 + 8 * g + 2 * c;
+                float *dst = const_cast<float *>(d.scores);
+                if (e < d.L) {
+                    float sv = e < d.valid ? v0 : HISA_K_NAN_SCORE;
+                    dst[e] = sv;
+                    atomicAdd(&hist[hisa__k_order_key(sv) >> kHistShift], 1u);
+                }
+                if (e + 1 < d.L) {
+                    float sv = e + 1 < d.valid ? v1 : HISA_K_NAN_SCORE;
+                    dst[e + 1] = sv;
+                    atomicAdd(&hist[hisa__k_order_key(sv) >> kHistShift], 1u);
+                }
+            }
+        };
+#pragma unroll
+        for (int i = 0; i < kStages - 1; i++) issue(i);
+        for (int i = 0; i < n_steps; i++) {
+            issue(i + kStages - 1);
+            cp_async_wait<kStages - 1>(); /* step i has landed (for this lane) */
+            __syncwarp();                 /* ... and for every lane of the warp */
+            compute(i);
+            __syncwarp(); /* everyone is done with this stage before it is refilled */
+        }
+        cp_async_wait<0>();
+        __syncwarp();
+    }
+    __syncthreads();
+    if (cur_row >= 0)
+        for (int b = tid; b < kHistBins; b += kScoreThreads) {
+            uint32_t v = hist[b];
+            if (v) atomicAdd(d.work + b, v);
+        }
+}
+
+/* Standalone histogram (STAGE_RAW: scores written by someone else). */
+__global__ void __launch_bounds__(kSplitThreads) hist_kernel(const sel_args a, int X) {
+    __shared__ uint32_t hist[kHistBins];
+    const int r = blockIdx.y, x = blockIdx.x, tid = threadIdx.x;
+    row_desc d = describe(a, r);
+    if (d.trivial) return;
+    for (int b = tid; b < kHistBins; b += kSplitThreads) hist[b] = 0;
+    __syncthreads();
+    int64_t lo = (int64_t)d.L * x / X, hi = (int64_t)d.L * (x + 1) / X;
+    constexpr int U = 8;
+    for (int64_t base = lo + tid; base < hi; base += kSplitThreads * U) {
+        float v[U];
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            int64_t i = base + u * kSplitThreads;
+            v[u] = i < hi ? __ldg(d.scores + i) : 0.0f;
+        }
+#pragma unroll
+        for (int u = 0; u < U; u++)
+            if (base + u * kSplitThreads < hi) atomicAdd(&hist[hisa__k_order_key(v[u]) >> kHistShift], 1u);
+    }
+    __syncthreads();
+    for (int b = tid; b < kHistBins; b += kSplitThreads) {
+        uint32_t v = hist[b];
+        if (v) atomicAdd(d.work + b, v);
+    }
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* top-k                                                                                       */
+
+/* In a histogram of nbins (shared memory), walking bins from the top (desc) or the bottom, find
+ * the bin where the running count reaches need (1 <= need <= total). Returns the bin and the
+ * count strictly before it through shared slots; every thread gets them after the barrier. */
+template <int NT, int NBINS>
+__device__ void find_bin(const uint32_t *hist, uint32_t need, bool desc, int *out_bin, uint32_t *out_before) {
+    using scan_t = cub::BlockScan<uint32_t, NT>;
+    __shared__ typename scan_t::TempStorage tmp;
+    constexpr int PER = NBINS / NT;
+    static_assert(NBINS % NT == 0, "bins per thread");
+    const int tid = threadIdx.x;
+    uint32_t local = 0;
+#pragma unroll
+    for (int i = 0; i < PER; i++) {
+        int rank = tid * PER + i, bin = desc ? NBINS - 1 - rank : rank;
+        local += hist[bin];
+    }
+    uint32_t excl;
+    scan_t(tmp).ExclusiveSum(local, excl);
+    if (excl < need && need <= excl + local) {
+        uint32_t run = excl;
+        for (int i = 0; i < PER; i++) {
+            int rank = tid * PER + i, bin = desc ? NBINS - 1 - rank : rank;
+            if (run + hist[bin] >= need) {
+                *out_bin = bin;
+                *out_before = run;
+                break;
+            }
+            run += hist[bin];
+        }
+    }
+    __syncthreads();
+}
+
+/* The second half of a row's top-k, run by one CTA (the last slice of the row to arrive). Level 1
+ * (top 11 key bits, hist1) and level 2 (next 11 bits of the level-1 bin, hist2) are known from the
+ * histograms; one pass over the level-1 candidates emits those above the level-2 bin and keeps
+ * those in it (shared memory); then key bits 9..0, then index bits for ties (the lowest indices
+ * win). Blocks stage: sort the kept blocks, force 0 and last. Leaves the row's histograms and
+ * counters zero. */
+__device__ void finish_row(const sel_args &a, const row_desc &d, uint32_t *cand_s, uint32_t *hist, int *s_bin,
+                           uint32_t *s_before, uint32_t *s_count, int known_b1, uint32_t known_above) {
+    const int tid = threadIdx.x;
+    const hisa_k_select_params &p = a.p;
+    if (d.trivial) { /* n <= k: everything, in order, then -1 */
+        for (int i = tid; i < p.topk; i += kFinishThreads)
+            p.out[(int64_t)d.crow * p.topk + i] = i < d.L || (a.stage != STAGE_RAW && i < d.n)
+                                                      ? (a.stage == STAGE_RAW ? i : token_value(a, d, i))
+                                                      : -1;
+        return;
+    }
+    uint32_t need = (uint32_t)max(d.ksel, 0);
+    if (need > 0) {
+        const uint32_t b1 = (uint32_t)known_b1, above = known_above; /* level 1, from the main phase */
+        need -= above;
+        __syncthreads();
+#pragma unroll
+        for (int k = 0; k < kHistBins / kFinishThreads; k++)
+            hist[tid + k * kFinishThreads] = __ldcg(d.work + kHist2Offset + tid + k * kFinishThreads);
+        __syncthreads();
+        find_bin<kFinishThreads, kHistBins>(hist, need, true, s_bin, s_before);
+        const uint32_t d2 = (uint32_t)*s_bin, pre2 = (b1 << 11) | d2;
+        need -= *s_before;
+        const uint32_t eq2 = hist[d2];
+        const uint32_t n_cand = __ldcg(d.work + kCandCounter);
+        const bool from_buffer = n_cand <= (uint32_t)a.cand_cap;
+        const bool l2_smem = eq2 <= (uint32_t)kSmemCand;
+        if (tid == 0) *s_count = 0;
+        __syncthreads();
+        /* pass 1 over the level-1 candidates: emit above pre2, keep pre2 */
+        auto level1 = [&](uint32_t key, uint32_t idx) {
+            uint32_t k2 = key >> 10;
+            uint32_t at = warp_slot(k2 > pre2, s_count);
+            if (k2 > pre2) emit(a, d, (int)(above + at), (int)idx);
+            uint32_t at2 = warp_slot(k2 == pre2 && l2_smem, s_count + 1);
+            if (k2 == pre2 && l2_smem) {
+                cand_s[at2] = key;
+                cand_s[kSmemCand + at2] = idx;
+            }
+        };
+        if (tid == 0) s_count[1] = 0;
+        __syncthreads();
+        if (from_buffer) {
+            const uint2 *cb = reinterpret_cast<const uint2 *>(d.work + kCandOffset);
+            constexpr int U = 8;
+            for (uint32_t base = tid; base < n_cand; base += kFinishThreads * U) {
+                uint2 kv[U];
+#pragma unroll
+                for (int u = 0; u < U; u++) {
+                    uint32_t i = base + u * kFinishThreads;
+                    kv[u] = i < n_cand ? __ldcg(cb + i) : make_uint2(0u, 0u);
+                }
+#pragma unroll
+                for (int u = 0; u < U; u++)
+                    if (base + u * kFinishThreads < n_cand) level1(kv[u].x, kv[u].y);
+            }
+        } else {
+            for (int i = tid; i < d.L; i += kFinishThreads) {
+                uint32_t key = hisa__k_order_key(d.scores[i]);
+                if ((key >> kHistShift) == b1) level1(key, (uint32_t)i);
+            }
+        }
+        __syncthreads();
+        const uint32_t above2 = above + *s_count; /* emitted so far */
+        /* every level-2 candidate (key >> 10 == pre2, index) to f */
+        auto for_each = [&](auto f) {
+            if (l2_smem) {
+                for (uint32_t i = tid; i < eq2; i += kFinishThreads) f(cand_s[i], cand_s[kSmemCand + i]);
+            } else if (from_buffer) {
+                const uint2 *cb = reinterpret_cast<const uint2 *>(d.work + kCandOffset);
+                for (uint32_t i = tid; i < n_cand; i += kFinishThreads) {
+                    uint2 kv = __ldcg(cb + i);
+                    if ((kv.x >> 10) == pre2) f(kv.x, kv.y);
+                }
+            } else {
+                for (int i = tid; i < d.L; i += kFinishThreads) {
+                    uint32_t key = hisa__k_order_key(d.scores[i]);
+                    if ((key >> 10) == pre2) f(key, (uint32_t)i);
+                }
+            }
+        };
+        auto clear = [&](int nb) {
+            for (int b = tid; b < nb; b += kFinishThreads) hist[b] = 0;
+            __syncthreads();
+        };
+        /* key bits 9..0 */
+        clear(2048);
+        for_each([&](uint32_t key, uint32_t) { atomicAdd(&hist[key & 1023u], 1u); });
+        __syncthreads();
+        find_bin<kFinishThreads, 1024>(hist, need, true, s_bin, s_before);
+        const uint32_t d3 = (uint32_t)*s_bin;
+        need -= *s_before;
+        const uint32_t T = (pre2 << 10) | d3;
+        const uint32_t eq = hist[d3];
+        uint32_t idxT = 0xffffffffu;
+        __syncthreads();
+        if (eq > need) { /* ties at T: the lowest indices win */
+            clear(4096);
+            for_each([&](uint32_t key, uint32_t idx) {
+                if (key == T) atomicAdd(&hist[idx >> 12], 1u);
+            });
+            __syncthreads();
+            find_bin<kFinishThreads, 4096>(hist, need, false, s_bin, s_before);
+            const uint32_t ihi = (uint32_t)*s_bin, need2 = need - *s_before;
+            clear(4096);
+            for_each([&](uint32_t key, uint32_t idx) {
+                if (key == T && (idx >> 12) == ihi) atomicAdd(&hist[idx & 4095u], 1u);
+            });
+            __syncthreads();
+            find_bin<kFinishThreads, 4096>(hist, need2, false, s_bin, s_before);
+            idxT = (ihi << 12) | (uint32_t)*s_bin;
+        }
+        if (tid == 0) *s_count = 0;
+        __syncthreads();
+        for_each([&](uint32_t key, uint32_t idx) {
+            bool take = key > T || (key == T && idx <= idxT);
+            uint32_t at = warp_slot(take, s_count);
+            if (take) emit(a, d, (int)(above2 + at), (int)idx);
+        });
+        __syncthreads();
+    }
+    /* the histograms and counters are zero again for the next call */
+    for (int b = tid; b < kCandOffset; b += kFinishThreads) d.work[b] = 0;
+    if (a.stage == STAGE_BLOCKS) {
+        const int m = p.top_blocks;
+        int32_t *blocks = p.scratch.blocks + (int64_t)d.crow * m;
+        __syncthreads(); /* this CTA's emits are visible to it; the others' came before the fence */
+        /* ascending order by rank: the m - 2 ids are distinct, so a block's slot is the number of
+         * kept ids below it (m is small; no sort needed) */
+        const int n_mid = m - 2;
+        for (int i = tid; i < n_mid; i += kFinishThreads) cand_s[i] = (uint32_t)__ldcg(blocks + 1 + i);
+        __syncthreads();
+        for (int i = tid; i < n_mid; i += kFinishThreads) {
+            const uint32_t v = cand_s[i];
+            int rank = 0;
+            for (int j = 0; j < n_mid; j++) rank += cand_s[j] < v;
+            blocks[1 + rank] = (int32_t)v;
+        }
+        if (tid == 0) {
+            blocks[0] = 0;
+            blocks[m - 1] = d.last;
+        }
+    }
+}
+
+/* select: per (slice, row) CTA. Entries above the threshold bin are emitted; entries in it are
+ * counted into the level-2 histogram and appended to the row's candidate list (up to cand_cap;
+ * past it the finish rescans the row). The last slice of a row to finish (fence + ticket, no
+ * waiting on other CTAs) finishes the row. */
+/* 2 CTAs per SM (64 registers): the split grid is sized for one wave of two per SM */
+__global__ void __launch_bounds__(kFinishThreads, 2) select_kernel(const sel_args a, int X) {
+    extern __shared__ uint32_t cand_s[]; /* [2 * kSmemCand]: keys, then indices */
+    __shared__ uint32_t hist[4096];
+    __shared__ int s_bin;
+    __shared__ uint32_t s_before, s_count[2], s_last;
+    pdl_trigger();
+    const int r = blockIdx.y, x = blockIdx.x, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    row_desc d = describe(a, r);
+    pdl_wait(); /* the histogram, scores and kept blocks are the predecessors' */
+    if (!d.active) return;
+    if (d.trivial || d.ksel <= 0) {
+        if (x == 0) finish_row(a, d, cand_s, hist, &s_bin, &s_before, s_count, 0, 0u);
+        return;
+    }
+#pragma unroll
+    for (int k = 0; k < kHistBins / kFinishThreads; k++) hist[tid + k * kFinishThreads] = __ldcg(d.work + tid + k * kFinishThreads);
+    __syncthreads();
+    find_bin<kFinishThreads, kHistBins>(hist, (uint32_t)d.ksel, true, &s_bin, &s_before);
+    const uint32_t b1 = (uint32_t)s_bin, above1 = s_before;
+    uint32_t *hist2 = hist + kHistBins;
+    for (int b = tid; b < kHistBins; b += kFinishThreads) hist2[b] = 0;
+    __syncthreads();
+    const int lo = (int)((int64_t)d.L * x / X), hi = (int)((int64_t)d.L * (x + 1) / X);
+    uint2 *cand = reinterpret_cast<uint2 *>(d.work + kCandOffset);
+    const uint32_t cap = (uint32_t)a.cand_cap;
+    constexpr int U = 8; /* loads in flight per thread */
+    for (int base = lo + warp * 32 * U; base < hi; base += kFinishThreads * U) {
+        uint32_t keys[U];
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            int i = base + 32 * u + lane;
+            keys[u] = i < hi ? hisa__k_order_key(__ldg(d.scores + i)) : 0u;
+        }
+        /* one global atomic per list per warp and iteration (same-address atomics serialize) */
+        uint32_t m_above[U], m_in[U], n_above = 0, n_in = 0;
+        const uint32_t lt = (1u << lane) - 1u;
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            int i = base + 32 * u + lane;
+            uint32_t bin = keys[u] >> kHistShift;
+            m_above[u] = __ballot_sync(0xffffffffu, i < hi && bin > b1);
+            m_in[u] = __ballot_sync(0xffffffffu, i < hi && bin == b1);
+            n_above += __popc(m_above[u]);
+            n_in += __popc(m_in[u]);
+        }
+        uint32_t base_above = 0, base_in = 0;
+        if (lane == 0) {
+            if (n_above) base_above = atomicAdd(d.work + kOutCounter, n_above);
+            if (n_in) base_in = atomicAdd(d.work + kCandCounter, n_in);
+        }
+        base_above = __shfl_sync(0xffffffffu, base_above, 0);
+        base_in = __shfl_sync(0xffffffffu, base_in, 0);
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            int i = base + 32 * u + lane;
+            uint32_t key = keys[u];
+            if ((m_above[u] >> lane) & 1u) emit(a, d, (int)(base_above + __popc(m_above[u] & lt)), i);
+            if ((m_in[u] >> lane) & 1u) {
+                uint32_t pos = base_in + __popc(m_in[u] & lt);
+                atomicAdd(&hist2[(key >> 10) & 2047u], 1u);
+                if (pos < cap) cand[pos] = make_uint2(key, (uint32_t)i);
+            }
+            base_above += __popc(m_above[u]);
+            base_in += __popc(m_in[u]);
+        }
+    }
+    __syncthreads();
+    for (int b = tid; b < kHistBins; b += kFinishThreads) {
+        uint32_t v = hist2[b];
+        if (v) atomicAdd(d.work + kHist2Offset + b, v);
+    }
+    /* threadFenceReduction: publish this slice's writes, take a ticket; the last one finishes */
+    __threadfence();
+    __syncthreads();
+    if (tid == 0) s_last = atomicAdd(d.work + kDoneCounter, 1u) == (uint32_t)(X - 1);
+    __syncthreads();
+    if (!s_last) return;
+    __threadfence();
+    finish_row(a, d, cand_s, hist, &s_bin, &s_before, s_count, (int)b1, above1);
+}
+
+/* q fragments, then max(the warps' rings, the bf16 staging of q) */
+size_t score_dyn_smem(int src, int n_mt) {
+    size_t frag = (size_t)n_mt * 8 * 32 * sizeof(uint4);
+    size_t ring = (size_t)kScoreWarps * kScoreStages * score_stage_bytes(src);
+    return frag + (ring > frag ? ring : frag);
+}
+
+constexpr size_t kFinishDynSmem = 2 * kSmemCand * sizeof(uint32_t);
+
+int g_init_done = 0;
+
+int init_once(void) {
+    if (g_init_done) return HISA_K_OK;
+    if (cudaFuncSetAttribute(select_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)kFinishDynSmem) !=
+            cudaSuccess ||
+        cudaFuncSetAttribute(score_kernel<SRC_FP8>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             (int)score_dyn_smem(SRC_FP8, kMaxMTiles)) != cudaSuccess ||
+        cudaFuncSetAttribute(score_kernel<SRC_BF16>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             (int)score_dyn_smem(SRC_BF16, kMaxMTiles)) != cudaSuccess ||
+        cudaFuncSetAttribute(score_kernel<SRC_MEANS>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             (int)score_dyn_smem(SRC_MEANS, kMaxMTiles)) != cudaSuccess)
+        return HISA_K_EDEVICE;
+    g_init_done = 1;
+    return HISA_K_OK;
+}
+
+
+/* Launch with or without a programmatic dependency on the previous kernel of the stream. */
+template <typename... Args>
+int launch(void (*kernel)(Args...), dim3 grid, dim3 block, size_t smem, cudaStream_t s, bool pdl, Args... args) {
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid;
+    cfg.blockDim = block;
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = s;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = pdl ? 1 : 0;
+    if (cudaLaunchKernelEx(&cfg, kernel, args...) != cudaSuccess) return HISA_K_EDEVICE;
+    return hisa__k_launch_status();
+}
+
+template <int SRC>
+int launch_score(const sel_args &a, cudaStream_t s, bool pdl) {
+    int n_mt = (a.p.cache.n_heads + 15) / 16;
+    size_t smem = score_dyn_smem(SRC, n_mt);
+    int occ = 0;
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, score_kernel<SRC>, kScoreThreads, smem) != cudaSuccess)
+        return HISA_K_EDEVICE;
+    int grid = max(1, a.p.sm_count) * max(1, occ);
+    return launch(score_kernel<SRC>, dim3(grid), dim3(kScoreThreads), smem, s, pdl, a);
+}
+
+int slices_for(int sm_count, int n_rows, int64_t max_len) {
+    /* one wave: two 512-thread CTAs fit an SM */
+    int want = (2 * max(sm_count, 1)) / n_rows;
+    int64_t cap64 = (max_len + 4095) / 4096;
+    int cap = cap64 < 1 ? 1 : (int)cap64;
+    return max(1, min(want, cap));
+}
+
+int launch_topk(const sel_args &a, int64_t max_len, cudaStream_t s) {
+    int X = slices_for(a.p.sm_count, a.n_rows, max_len);
+    return launch(select_kernel, dim3(X, a.n_rows), dim3(kFinishThreads), kFinishDynSmem, s, true, a, X);
+}
+
+} // namespace
+
+extern "C" int hisa_k_init(void) { return init_once(); }
+
+extern "C" int hisa_k_select(void *stream, const hisa_k_select_params *p) {
+    if (!p || !p->q || !p->w || !p->out || !p->scratch.scores || !p->scratch.block_scores ||
+        !p->scratch.blocks || !p->scratch.work)
+        return HISA_K_EINVAL;
+    const hisa_k_cache &c = p->cache;
+    if (c.n_heads < 1 || c.n_heads > HISA_HEADS_MAX || c.block_size < HISA_BLOCK_MIN ||
+        c.block_size > HISA_BLOCK_MAX || (c.block_size & 31) || p->layer < 0 || p->layer >= c.n_layers)
+        return HISA_K_EINVAL;
+    if (p->topk < 1 || p->topk > HISA_TOPK_MAX || p->top_blocks < 2 || p->top_blocks > HISA_TOP_BLOCKS_MAX ||
+        (int64_t)(p->top_blocks - 1) * c.block_size < p->topk)
+        return HISA_K_EINVAL;
+    if (p->n_rows < 1 || p->n_rows > HISA_BATCH_MAX ||
+        p->n_rows > p->scratch_rows)
+        return HISA_K_ELIMIT;
+    if (p->max_context < 1 || p->max_context > HISA_CONTEXT_MAX) return HISA_K_ELIMIT;
+    if ((int64_t)p->scratch_rows * hisa_k_work_row_words(p->max_context) > p->scratch.work_words) return HISA_K_EINVAL;
+    if (p->mode != HISA_MODE_HISA && p->mode != HISA_MODE_FLAT) return HISA_K_EINVAL;
+    int err = init_once();
+    if (err) return err;
+    cudaStream_t s = (cudaStream_t)stream;
+    for (int row0 = 0; row0 < p->n_rows; row0 += HISA_K_ROWS_PER_LAUNCH) {
+        sel_args a;
+        a.p = *p;
+        a.row0 = row0;
+        a.n_rows = min(HISA_K_ROWS_PER_LAUNCH, p->n_rows - row0);
+        a.raw_scores = nullptr;
+        a.raw_stride = 0;
+        a.raw_n = 0;
+        a.work_row_words = hisa_k_work_row_words(p->max_context);
+        a.cand_cap = (int)hisa_k_cand_cap(p->max_context);
+        /* the chain's first kernel follows foreign work (key writes, table updates): no PDL */
+        if (p->mode == HISA_MODE_HISA) {
+            a.stage = STAGE_BLOCKS;
+            if ((err = launch_score<SRC_MEANS>(a, s, false))) return err;
+            if ((err = launch_topk(a, c.pages_per_seq, s))) return err;
+        }
+        a.stage = STAGE_TOKENS;
+        const bool pdl = p->mode == HISA_MODE_HISA;
+        err = c.key_format == HISA_KEY_FP8 ? launch_score<SRC_FP8>(a, s, pdl) : launch_score<SRC_BF16>(a, s, pdl);
+        if (err) return err;
+        /* in HISA mode no row scores more than m * B entries */
+        int64_t max_len = p->mode == HISA_MODE_HISA ? min((int64_t)p->max_context, (int64_t)p->top_blocks * c.block_size)
+                                                    : (int64_t)p->max_context;
+        if ((err = launch_topk(a, max_len, s))) return err;
+    }
+    return HISA_K_OK;
+}
+
+extern "C" int hisa_k_topk(void *stream, const hisa_k_topk_params *tp) {
+    if (!tp || !tp->scores || !tp->work || !tp->out) return HISA_K_EINVAL;
+    if (tp->k < 1 || tp->k > HISA_TOPK_MAX || tp->n < 0 || tp->n > HISA_CONTEXT_MAX || tp->stride < tp->n)
+        return HISA_K_EINVAL;
+    if (tp->n_rows < 1 || tp->n_rows > HISA_K_ROWS_PER_LAUNCH) return HISA_K_ELIMIT;
+    int err = init_once();
+    if (err) return err;
+    cudaStream_t s = (cudaStream_t)stream;
+    sel_args a;
+    memset(&a, 0, sizeof a);
+    a.p.topk = tp->k;
+    a.p.out = tp->out;
+    a.p.scratch.work = tp->work;
+    a.p.sm_count = tp->sm_count;
+    a.stage = STAGE_RAW;
+    a.row0 = 0;
+    a.n_rows = tp->n_rows;
+    a.raw_scores = tp->scores;
+    a.raw_stride = tp->stride;
+    a.raw_n = tp->n;
+    a.work_row_words = hisa_k_work_row_words(tp->n);
+    a.cand_cap = (int)hisa_k_cand_cap(tp->n);
+    /* the histogram is a plain streaming pass: many small slices (several CTAs per SM) */
+    const int want = (8 * max(tp->sm_count, 1) + tp->n_rows - 1) / tp->n_rows;
+    const int X = max(1, min(want, (tp->n + 2047) / 2048));
+    hist_kernel<<<dim3(X, tp->n_rows), kSplitThreads, 0, s>>>(a, X);
+    if ((err = hisa__k_launch_status())) return err;
+    return launch_topk(a, tp->n, s);
+}

@@ -1,0 +1,257 @@
+/* cuda_backend.c: the C11 glue between the runtime's state and the CUDA kernels (kernels.h).
+ *
+ * Why: the runtime (api.c, kvcache/) is backend-neutral; this file maps its host-side state
+ * (regions, tables, stream) onto the kernels' plain-C launch structs, and stages host tensors
+ * for HISA_HOST_IO requests. It allocates nothing (the arena did that at open) and syncs only
+ * in HISA_HOST_IO paths, hisa__cuda_sync and hisa__cuda_probe.
+ *
+ * Every CUDA runtime call and every launcher goes through HISA_CUDA_TRY / HISA_LAUNCH_TRY, which
+ * record the statement, file and line in rt->error_detail and poison the runtime (HISA_EDEVICE).
+ * Without CUDA (HISA_CUDA == 0) every entry returns HISA_ENODEVICE. */
+#include <assert.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "internal.h"
+
+#if HISA_CUDA
+#include "cuda_check.h"
+
+#include "../kernels/kernels.h"
+
+
+static cudaStream_t stream_of(const hisa_runtime *rt) { return (cudaStream_t)rt->stream; }
+
+static hisa_k_cache cache_of(const hisa_runtime *rt) {
+    hisa_k_cache c;
+    memset(&c, 0, sizeof c);
+    c.keys = rt->r.keys;
+    c.sums = rt->r.block_sums;
+    c.means = rt->r.block_means;
+    c.masks = rt->r.block_masks;
+    c.payload = rt->g.payload_bytes > 0 ? rt->r.payload : NULL;
+    c.page_table = rt->r.dev_page_table;
+    c.seq_len = rt->r.dev_seq_len;
+    c.page_bytes = rt->g.page_bytes;
+    c.n_layers = (int32_t)rt->g.n_layers;
+    c.n_pages = (int32_t)rt->g.n_pages;
+    c.block_size = (int32_t)rt->g.block_size;
+    c.key_format = (int32_t)rt->g.key_format;
+    c.payload_bytes = (int32_t)rt->g.payload_bytes;
+    c.max_seqs = (int32_t)rt->g.max_seqs;
+    c.pages_per_seq = (int32_t)rt->g.pages_per_seq;
+    c.n_heads = (int32_t)rt->g.n_heads;
+    return c;
+}
+
+int hisa__cuda_probe(int32_t ordinal, int32_t *sm_count) {
+    assert(sm_count);
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess || n <= 0) {
+        (void)cudaGetLastError(); /* clear the sticky "no device" status */
+        return HISA_ENODEVICE;
+    }
+    if (ordinal < 0 || ordinal >= n) return HISA_ENODEVICE;
+    if (cudaSetDevice(ordinal) != cudaSuccess) return HISA_ENODEVICE;
+    int sms = 0;
+    if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, ordinal) != cudaSuccess || sms <= 0)
+        return HISA_ENODEVICE;
+    *sm_count = sms;
+    return HISA_OK;
+}
+
+int hisa__cuda_after_open(hisa_runtime *rt) {
+    assert(rt && rt->is_cuda && rt->sm_count > 0);
+    HISA_CUDA_TRY(rt, cudaSetDevice(rt->cuda_ordinal));
+    HISA_LAUNCH_TRY(rt, hisa_k_init());
+    /* The device mirrors start empty; the top-k histograms start (and stay) zero. */
+    cudaStream_t s = stream_of(rt);
+    HISA_CUDA_TRY(rt, cudaMemsetAsync(rt->r.dev_seq_len, 0, (size_t)rt->g.max_seqs * sizeof(int32_t), s));
+    HISA_CUDA_TRY(rt, cudaMemsetAsync(rt->r.dev_page_table, 0xff,
+                                      (size_t)(rt->g.max_seqs * rt->g.pages_per_seq) * sizeof(int32_t), s));
+    HISA_CUDA_TRY(rt, cudaMemsetAsync(rt->r.sel_work, 0, (size_t)hisa__sel_work_words(&rt->g) * sizeof(uint32_t), s));
+#ifndef NDEBUG
+    HISA_CUDA_TRY(rt, cudaMemsetAsync(rt->r.keys, 0xff, (size_t)(rt->g.n_layers * rt->g.n_pages * rt->g.page_bytes), s));
+#endif
+    HISA_CUDA_TRY(rt, cudaStreamSynchronize(s));
+    return HISA_OK;
+}
+
+int hisa__cuda_seq_set(hisa_runtime *rt, int32_t seq, int32_t first_index, int32_t n_new) {
+    assert(rt && seq >= 0 && seq < rt->g.max_seqs && first_index >= 0 && n_new >= 0);
+    const int32_t *pt = rt->r.page_table + (int64_t)seq * rt->g.pages_per_seq;
+    hisa_k_seq_set_params p;
+    int32_t done = 0;
+    do { /* at least one launch: seq_len changes even when no page is added */
+        int32_t n = n_new - done < HISA_K_SEQ_SET_PAGES ? n_new - done : HISA_K_SEQ_SET_PAGES;
+        p.cache = cache_of(rt);
+        p.seq = seq;
+        p.len = rt->r.seq_len[seq];
+        p.first_index = first_index + done;
+        p.n_pages_new = n;
+        for (int32_t i = 0; i < n; i++) p.pages[i] = pt[first_index + done + i];
+        HISA_LAUNCH_TRY(rt, hisa_k_seq_set(rt->stream, &p));
+        done += n;
+    } while (done < n_new);
+    return HISA_OK;
+}
+
+int hisa__cuda_truncate(hisa_runtime *rt, int32_t seq, int32_t len, int32_t page) {
+    assert(rt && seq >= 0 && seq < rt->g.max_seqs && len >= 0);
+    hisa_k_truncate_params p;
+    p.cache = cache_of(rt);
+    p.seq = seq;
+    p.len = len;
+    p.page = page;
+    HISA_LAUNCH_TRY(rt, hisa_k_truncate(rt->stream, &p));
+    return HISA_OK;
+}
+
+int hisa__cuda_poison_page(hisa_runtime *rt, int32_t page) {
+    assert(rt && page >= 0 && page < rt->g.n_pages);
+    for (int64_t l = 0; l < rt->g.n_layers; l++)
+        HISA_CUDA_TRY(rt, cudaMemsetAsync(rt->r.keys + (l * rt->g.n_pages + page) * rt->g.page_bytes, 0xff,
+                                          (size_t)rt->g.page_bytes, stream_of(rt)));
+    return HISA_OK;
+}
+
+int hisa__cuda_write(hisa_runtime *rt, const hisa_write *req, int32_t range_seq, int32_t range_pos0,
+                     int is_range) {
+    assert(rt && req && req->n_tokens >= 1 && req->n_tokens <= rt->g.rows);
+    cudaStream_t s = stream_of(rt);
+    const int host_io = (req->flags & HISA_HOST_IO) != 0;
+    const int64_t n = req->n_tokens, pb = rt->g.payload_bytes;
+    hisa_k_write_params p;
+    memset(&p, 0, sizeof p);
+    p.cache = cache_of(rt);
+    p.layer = req->layer;
+    p.is_range = is_range;
+    p.n_tokens = req->n_tokens;
+    p.range_seq = range_seq;
+    p.range_pos0 = range_pos0;
+    if (!is_range)
+        for (int32_t i = 0; i < req->n_tokens; i++) {
+            p.seq_ids[i] = req->seq_ids[i];
+            p.positions[i] = req->positions ? req->positions[i] : -1;
+        }
+    p.keys = req->keys;
+    p.codes = req->codes;
+    p.scales = req->scales;
+    p.payload = req->payload;
+    if (host_io) {
+        if (req->keys) {
+            HISA_CUDA_TRY(rt, cudaMemcpyAsync(rt->r.io_keys, req->keys, (size_t)(n * HISA_D) * sizeof(float),
+                                              cudaMemcpyHostToDevice, s));
+            p.keys = rt->r.io_keys;
+        }
+        if (req->codes) {
+            HISA_CUDA_TRY(rt, cudaMemcpyAsync(rt->r.io_codes, req->codes, (size_t)(n * HISA_D), cudaMemcpyHostToDevice, s));
+            HISA_CUDA_TRY(rt, cudaMemcpyAsync(rt->r.io_scales, req->scales, (size_t)n * sizeof(float),
+                                              cudaMemcpyHostToDevice, s));
+            p.codes = rt->r.io_codes;
+            p.scales = rt->r.io_scales;
+        }
+        if (req->payload) {
+            HISA_CUDA_TRY(rt, cudaMemcpyAsync(rt->r.io_payload, req->payload, (size_t)(n * pb), cudaMemcpyHostToDevice, s));
+            p.payload = rt->r.io_payload;
+        }
+    }
+    HISA_LAUNCH_TRY(rt, hisa_k_write(rt->stream, &p));
+    /* host inputs must stay valid until the copies ran: the caller may reuse them on return */
+    if (host_io) HISA_CUDA_TRY(rt, cudaStreamSynchronize(s));
+    return HISA_OK;
+}
+
+int hisa__cuda_select(hisa_runtime *rt, int32_t layer, hisa_mode mode, int32_t n_rows,
+                      const int32_t *seq_ids, const float *q, const float *w, int32_t *out,
+                      uint32_t flags) {
+    assert(rt && n_rows >= 1 && n_rows <= rt->g.rows && q && w && out);
+    cudaStream_t s = stream_of(rt);
+    const int host_io = (flags & HISA_HOST_IO) != 0;
+    const int64_t H = rt->g.n_heads, k = rt->g.topk;
+    hisa_k_select_params p;
+    memset(&p, 0, sizeof p);
+    p.cache = cache_of(rt);
+    p.scratch.scores = rt->r.sel_scores;
+    p.scratch.block_scores = rt->r.sel_block_scores;
+    p.scratch.blocks = rt->r.sel_blocks;
+    p.scratch.work = rt->r.sel_work;
+    p.scratch.work_words = hisa__sel_work_words(&rt->g);
+    p.layer = layer;
+    p.mode = (int32_t)mode;
+    p.top_blocks = (int32_t)rt->g.top_blocks;
+    p.topk = (int32_t)k;
+    p.out_slots = (flags & HISA_SLOTS) != 0;
+    p.n_rows = n_rows;
+    assert(seq_ids && n_rows <= HISA_BATCH_MAX);
+    for (int32_t i = 0; i < n_rows; i++) p.seq_ids[i] = seq_ids[i];
+    p.q = q;
+    p.w = w;
+    p.out = out;
+    p.max_context = (int32_t)rt->g.max_context;
+    p.sm_count = rt->sm_count;
+    p.scratch_rows = (int32_t)rt->g.rows;
+    if (host_io) {
+        HISA_CUDA_TRY(rt, cudaMemcpyAsync(rt->r.io_q, q, (size_t)(n_rows * H * HISA_D) * sizeof(float),
+                                          cudaMemcpyHostToDevice, s));
+        HISA_CUDA_TRY(rt, cudaMemcpyAsync(rt->r.io_w, w, (size_t)(n_rows * H) * sizeof(float), cudaMemcpyHostToDevice, s));
+        p.q = rt->r.io_q;
+        p.w = rt->r.io_w;
+        p.out = rt->r.io_out;
+    }
+    HISA_LAUNCH_TRY(rt, hisa_k_select(rt->stream, &p));
+    if (host_io) {
+        HISA_CUDA_TRY(rt, cudaMemcpyAsync(out, rt->r.io_out, (size_t)(n_rows * k) * sizeof(int32_t),
+                                          cudaMemcpyDeviceToHost, s));
+        HISA_CUDA_TRY(rt, cudaStreamSynchronize(s));
+    }
+    return HISA_OK;
+}
+
+int hisa__cuda_sync(hisa_runtime *rt) {
+    assert(rt);
+    HISA_CUDA_TRY(rt, cudaStreamSynchronize(stream_of(rt)));
+    return HISA_OK;
+}
+
+#else /* !HISA_CUDA */
+
+int hisa__cuda_probe(int32_t ordinal, int32_t *sm_count) {
+    (void)ordinal;
+    (void)sm_count;
+    return HISA_ENODEVICE;
+}
+int hisa__cuda_after_open(hisa_runtime *rt) {
+    (void)rt;
+    return HISA_ENODEVICE;
+}
+int hisa__cuda_seq_set(hisa_runtime *rt, int32_t seq, int32_t first_index, int32_t n_new) {
+    (void)rt, (void)seq, (void)first_index, (void)n_new;
+    return HISA_ENODEVICE;
+}
+int hisa__cuda_truncate(hisa_runtime *rt, int32_t seq, int32_t len, int32_t page) {
+    (void)rt, (void)seq, (void)len, (void)page;
+    return HISA_ENODEVICE;
+}
+int hisa__cuda_poison_page(hisa_runtime *rt, int32_t page) {
+    (void)rt, (void)page;
+    return HISA_ENODEVICE;
+}
+int hisa__cuda_write(hisa_runtime *rt, const hisa_write *req, int32_t range_seq, int32_t range_pos0,
+                     int is_range) {
+    (void)rt, (void)req, (void)range_seq, (void)range_pos0, (void)is_range;
+    return HISA_ENODEVICE;
+}
+int hisa__cuda_select(hisa_runtime *rt, int32_t layer, hisa_mode mode, int32_t n_rows,
+                      const int32_t *seq_ids, const float *q, const float *w, int32_t *out,
+                      uint32_t flags) {
+    (void)rt, (void)layer, (void)mode, (void)n_rows, (void)seq_ids;
+    (void)q, (void)w, (void)out, (void)flags;
+    return HISA_ENODEVICE;
+}
+int hisa__cuda_sync(hisa_runtime *rt) {
+    (void)rt;
+    return HISA_ENODEVICE;
+}
+
+#endif /* HISA_CUDA */

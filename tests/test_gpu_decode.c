@@ -1,0 +1,633 @@
+/* test_gpu_decode.c: the CUDA decode path against the CPU reference (issue 3).
+ *
+ * Each test opens a CPU runtime and a CUDA runtime with the same configuration, applies the same
+ * operations to both, and compares: key bytes bit-identical, block sums within fp32 rounding,
+ * means identical or 1 bf16 ulp, masks identical; selections under SPEC's agreement rule, with
+ * the kept blocks judged by J and the tokens judged against the candidates the GPU kept. GPU
+ * outputs are poisoned (0x7f7f7f7f) before every call so an unwritten entry fails. Without a
+ * CUDA device every test says "skipped: no CUDA device". */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../runtime/internal.h"
+#include "common.h"
+#include "test.h"
+
+#if HISA_CUDA
+#include <cuda_runtime_api.h>
+
+#include "../kernels/kernels.h"
+
+#define POISON_WORD 0x7f7f7f7f
+
+typedef struct pair {
+    hisa_runtime *cpu, *gpu;
+    hisa_config cfg;
+} pair;
+
+/* 1: opened both; 0: no device (SKIP); -1: failure (already reported). */
+static int pair_open(hisa_test_ctx *ctx, pair *p, hisa_config cfg) {
+    memset(p, 0, sizeof *p);
+    cfg.device = HISA_DEVICE_CPU;
+    int err = hisa_open(&p->cpu, &cfg, NULL);
+    CHECKF(err == HISA_OK, "cpu open: %s", hisa_strerror(err));
+    if (err) return -1;
+    cfg.device = HISA_DEVICE_CUDA(0);
+    err = hisa_open(&p->gpu, &cfg, NULL);
+    if (err == HISA_ENODEVICE) {
+        hisa_close(p->cpu);
+        return 0;
+    }
+    CHECKF(err == HISA_OK, "cuda open: %s", hisa_strerror(err));
+    if (err) {
+        hisa_close(p->cpu);
+        return -1;
+    }
+    p->cfg = *hisa_get_config(p->gpu);
+    return 1;
+}
+static void pair_close(pair *p) {
+    hisa_close(p->cpu);
+    hisa_close(p->gpu);
+}
+
+#define PAIR_OPEN(p, cfg)                       \
+    do {                                        \
+        int r_ = pair_open(ctx, (p), (cfg));    \
+        if (r_ == 0) SKIP("no CUDA device");    \
+        if (r_ < 0) return;                     \
+    } while (0)
+
+#define BOTH(call_cpu, call_gpu)                                                             \
+    do {                                                                                     \
+        int e1_ = (call_cpu), e2_ = (call_gpu);                                              \
+        CHECKF(e1_ == HISA_OK && e2_ == HISA_OK, "%s: cpu %s, cuda %s (%s)", #call_cpu,      \
+               hisa_strerror(e1_), hisa_strerror(e2_), hisa_error_detail(p->gpu));          \
+        if (e1_ || e2_) return -1;                                                           \
+    } while (0)
+
+static int pair_seq_open(hisa_test_ctx *ctx, pair *p, int32_t *seq) {
+    int32_t s2 = -1;
+    BOTH(hisa_seq_open(p->cpu, seq), hisa_seq_open(p->gpu, &s2));
+    CHECK_EQ_INT(*seq, s2);
+    return 0;
+}
+
+/* Extend seq by n and write keys for the new positions with generator seed (range writes in
+ * chunks of `chunk` tokens, host IO on the GPU). */
+static int pair_append(hisa_test_ctx *ctx, pair *p, int32_t seq, int32_t n, uint64_t seed, int32_t chunk) {
+    int32_t len = 0;
+    hisa_seq_length(p->cpu, seq, &len);
+    BOTH(hisa_seq_extend(p->cpu, seq, n), hisa_seq_extend(p->gpu, seq, n));
+    float *keys = malloc(sizeof(float) * (size_t)chunk * 128);
+    for (int32_t pos = len; pos < len + n; pos += chunk) {
+        int32_t c = len + n - pos < chunk ? len + n - pos : chunk;
+        hisa_tgen_keys(seed, pos, c, keys);
+        hisa_write w = {.layer = 0, .n_tokens = c, .keys = keys, .flags = HISA_HOST_IO};
+        int e1 = hisa_write_range(p->cpu, seq, pos, &w), e2 = hisa_write_range(p->gpu, seq, pos, &w);
+        CHECKF(e1 == HISA_OK && e2 == HISA_OK, "write_range: %s / %s (%s)", hisa_strerror(e1), hisa_strerror(e2),
+               hisa_error_detail(p->gpu));
+        if (e1 || e2) {
+            free(keys);
+            return -1;
+        }
+    }
+    free(keys);
+    return 0;
+}
+
+/* Compare every page of the given layer that either backend holds for open sequences. */
+static void compare_cache(hisa_test_ctx *ctx, pair *p, const char *what) {
+    hisa_runtime *c = p->cpu, *g = p->gpu;
+    int64_t pages = c->g.n_pages, pb = c->g.page_bytes, mw = c->g.mask_words, L = c->g.n_layers;
+    int32_t B = (int32_t)c->g.block_size;
+    uint8_t *keys = malloc((size_t)(L * pages * pb));
+    float *sums = malloc(sizeof(float) * (size_t)(L * pages * 128));
+    uint16_t *means = malloc(sizeof(uint16_t) * (size_t)(L * pages * 128));
+    uint32_t *masks = malloc(sizeof(uint32_t) * (size_t)(L * pages * mw));
+    int32_t *dlen = malloc(sizeof(int32_t) * (size_t)c->g.max_seqs);
+    int32_t *dpt = malloc(sizeof(int32_t) * (size_t)(c->g.max_seqs * c->g.pages_per_seq));
+    REQUIRE(hisa_sync(g) == HISA_OK);
+    REQUIRE(cudaMemcpy(keys, g->r.keys, (size_t)(L * pages * pb), cudaMemcpyDeviceToHost) == cudaSuccess);
+    REQUIRE(cudaMemcpy(sums, g->r.block_sums, sizeof(float) * (size_t)(L * pages * 128), cudaMemcpyDeviceToHost) == cudaSuccess);
+    REQUIRE(cudaMemcpy(means, g->r.block_means, sizeof(uint16_t) * (size_t)(L * pages * 128), cudaMemcpyDeviceToHost) == cudaSuccess);
+    REQUIRE(cudaMemcpy(masks, g->r.block_masks, sizeof(uint32_t) * (size_t)(L * pages * mw), cudaMemcpyDeviceToHost) == cudaSuccess);
+    REQUIRE(cudaMemcpy(dlen, g->r.dev_seq_len, sizeof(int32_t) * (size_t)c->g.max_seqs, cudaMemcpyDeviceToHost) == cudaSuccess);
+    REQUIRE(cudaMemcpy(dpt, g->r.dev_page_table, sizeof(int32_t) * (size_t)(c->g.max_seqs * c->g.pages_per_seq),
+                       cudaMemcpyDeviceToHost) == cudaSuccess);
+    int bad_keys = 0, bad_sums = 0, bad_means = 0, bad_masks = 0, bad_tables = 0;
+    for (int32_t s = 0; s < c->g.max_seqs; s++) {
+        if (!c->r.seq_is_open[s]) continue;
+        int32_t len = c->r.seq_len[s];
+        if (dlen[s] != len || g->r.seq_len[s] != len) bad_tables++;
+        for (int32_t b = 0; b < hisa__blocks_of(len, B); b++) {
+            int32_t page = c->r.page_table[(int64_t)s * c->g.pages_per_seq + b];
+            if (g->r.page_table[(int64_t)s * c->g.pages_per_seq + b] != page ||
+                dpt[(int64_t)s * c->g.pages_per_seq + b] != page)
+                bad_tables++;
+            int32_t n_in = len - b * B < B ? len - b * B : B;
+            for (int64_t l = 0; l < L; l++) {
+                int64_t si = l * pages + page;
+                const uint8_t *ck = c->r.keys + si * pb, *gk = keys + si * pb;
+                /* written tokens only: codes (or bf16) and scales */
+                int row = c->g.key_format == HISA_KEY_FP8 ? 128 : 256;
+                for (int32_t off = 0; off < n_in; off++) {
+                    if (!(c->r.block_masks[si * mw + off / 32] & (1u << (off % 32)))) continue;
+                    if (memcmp(ck + (int64_t)off * row, gk + (int64_t)off * row, (size_t)row)) bad_keys++;
+                    if (c->g.key_format == HISA_KEY_FP8 &&
+                        memcmp(ck + (int64_t)B * 128 + off * 4, gk + (int64_t)B * 128 + off * 4, 4))
+                        bad_keys++;
+                }
+                if (memcmp(c->r.block_masks + si * mw, masks + si * mw, sizeof(uint32_t) * (size_t)mw)) bad_masks++;
+                for (int d = 0; d < 128; d++) {
+                    float a = c->r.block_sums[si * 128 + d], x = sums[si * 128 + d];
+                    if (!(fabsf(a - x) <= 1e-5f * (fabsf(a) + 1.0f))) bad_sums++;
+                    int diff = (int)c->r.block_means[si * 128 + d] - (int)means[si * 128 + d];
+                    if (diff < -1 || diff > 1) bad_means++;
+                }
+            }
+        }
+    }
+    CHECKF(!bad_keys && !bad_sums && !bad_means && !bad_masks && !bad_tables,
+           "%s: cache differs: keys %d, sums %d, means %d, masks %d, tables %d", what, bad_keys, bad_sums,
+           bad_means, bad_masks, bad_tables);
+    free(keys);
+    free(sums);
+    free(means);
+    free(masks);
+    free(dlen);
+    free(dpt);
+}
+
+static int cmp_i32(const void *a, const void *b) {
+    int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* Judge one GPU row (positions) against the CPU reference. gpu_blocks: the m kept blocks the
+ * GPU used for this row (read from its scratch), or NULL when the row did not take HISA. */
+static void check_row(hisa_test_ctx *ctx, pair *p, int32_t seq, const float *q, const float *w, hisa_mode mode,
+                      const int32_t *got, const int32_t *gpu_blocks, const char *what) {
+    const int32_t B = p->cfg.block_size, m = p->cfg.top_blocks, k = p->cfg.topk;
+    int32_t n = 0;
+    hisa_seq_length(p->cpu, seq, &n);
+    int32_t nb = hisa__blocks_of(n, B), last = nb - 1;
+    char why[256] = "";
+    for (int32_t i = 0; i < k; i++)
+        if (got[i] == POISON_WORD) {
+            CHECKF(0, "%s n=%d: entry %d never written", what, n, i);
+            return;
+        }
+    if (n <= k) {
+        int32_t *s = malloc(sizeof(int32_t) * (size_t)k);
+        memcpy(s, got, sizeof(int32_t) * (size_t)k);
+        qsort(s, (size_t)n, sizeof(int32_t), cmp_i32);
+        int ok = 1;
+        for (int32_t i = 0; i < k; i++) ok &= s[i] == (i < n ? i : -1);
+        CHECKF(ok, "%s n=%d <= k: not 0..n-1 then -1", what, n);
+        free(s);
+        return;
+    }
+    float *I = malloc(sizeof(float) * (size_t)n), *J = malloc(sizeof(float) * (size_t)nb);
+    float *cs = malloc(sizeof(float) * (size_t)n);
+    int32_t *ids = malloc(sizeof(int32_t) * (size_t)n), *ref = malloc(sizeof(int32_t) * (size_t)k);
+    uint8_t *is_cand = calloc((size_t)n, 1);
+    hisa__cpu_scores(p->cpu, 0, seq, n - 1, q, w, I, J);
+    int32_t n_cand = 0;
+    if (mode == HISA_MODE_FLAT || nb <= m) {
+        CHECKF(gpu_blocks == NULL, "%s n=%d: took HISA", what, n);
+        for (int32_t s = 0; s < n; s++) {
+            ids[s] = s;
+            is_cand[s] = 1;
+        }
+        n_cand = n;
+        memcpy(cs, I, sizeof(float) * (size_t)n);
+    } else {
+        REQUIRE(gpu_blocks != NULL);
+        CHECKF(gpu_blocks[0] == 0 && gpu_blocks[m - 1] == last, "%s n=%d: blocks 0 / last not forced (%d, %d)", what,
+               n, gpu_blocks[0], gpu_blocks[m - 1]);
+        for (int32_t i = 1; i < m; i++) CHECKF(gpu_blocks[i] > gpu_blocks[i - 1], "%s: kept blocks not ascending", what);
+        /* the middle blocks against J */
+        float *jb = malloc(sizeof(float) * (size_t)nb);
+        int32_t *bid = malloc(sizeof(int32_t) * (size_t)nb), *refb = malloc(sizeof(int32_t) * (size_t)m);
+        uint8_t *bc = calloc((size_t)nb, 1);
+        for (int32_t b = 1; b < last; b++) {
+            jb[b - 1] = J[b];
+            bid[b - 1] = b;
+            bc[b] = 1;
+        }
+        int32_t nm = hisa__topk_ref(jb, bid, last - 1, m - 2, refb);
+        CHECK_EQ_INT(nm, m - 2);
+        if (m > 2)
+            CHECKF(hisa_agree(J, nb, bc, refb, gpu_blocks + 1, m - 2, why, sizeof why), "%s n=%d: kept blocks: %s",
+                   what, n, why);
+        free(jb);
+        free(bid);
+        free(refb);
+        free(bc);
+        for (int32_t i = 0; i < m; i++) {
+            int32_t b = gpu_blocks[i];
+            if (b < 0 || b > last) continue;
+            for (int32_t s = b * B; s < b * B + B && s < n; s++) {
+                is_cand[s] = 1;
+                ids[n_cand] = s;
+                cs[n_cand++] = I[s];
+            }
+        }
+    }
+    int32_t nr = hisa__topk_ref(cs, ids, n_cand, k, ref);
+    for (int32_t i = nr; i < k; i++) ref[i] = -1;
+    CHECKF(hisa_agree(I, n, is_cand, ref, got, k, why, sizeof why), "%s n=%d mode=%d: %s", what, n, (int)mode, why);
+    free(I);
+    free(J);
+    free(cs);
+    free(ids);
+    free(ref);
+    free(is_cand);
+}
+
+/* One decode call on the GPU over seqs (host IO, outputs poisoned first), judged row by row;
+ * also checks HISA_SLOTS against the positions. */
+static void decode_and_check(hisa_test_ctx *ctx, pair *p, const int32_t *seqs, int32_t n_seqs, hisa_mode mode,
+                             uint64_t qseed, int check_slots, const char *what) {
+    const int32_t H = p->cfg.n_heads, k = p->cfg.topk, m = p->cfg.top_blocks, B = p->cfg.block_size;
+    float *q = malloc(sizeof(float) * (size_t)n_seqs * H * 128), *w = malloc(sizeof(float) * (size_t)n_seqs * H);
+    int32_t *out = malloc(sizeof(int32_t) * (size_t)n_seqs * k), *slots = malloc(sizeof(int32_t) * (size_t)n_seqs * k);
+    int32_t *blocks = malloc(sizeof(int32_t) * (size_t)n_seqs * m);
+    for (int32_t i = 0; i < n_seqs; i++) {
+        int32_t len = 0;
+        hisa_seq_length(p->cpu, seqs[i], &len);
+        /* aligned with a random earlier position for half the rows, random for the rest */
+        hisa_tgen_query(qseed + (uint64_t)i, H, (i & 1) ? (int64_t)((qseed * 31 + (uint64_t)i * 7) % (uint64_t)len) : -1,
+                        q + (int64_t)i * H * 128, w + (int64_t)i * H);
+    }
+    hisa_decode req = {.layer = 0, .mode = mode, .n_seqs = n_seqs, .seq_ids = seqs, .q = q, .w = w, .out = out,
+                       .flags = HISA_HOST_IO};
+    REQUIRE(cudaMemset(p->gpu->r.io_out, 0x7f, sizeof(int32_t) * (size_t)n_seqs * k) == cudaSuccess);
+    REQUIRE(cudaMemset(p->gpu->r.sel_blocks, 0x7f, sizeof(int32_t) * (size_t)n_seqs * m) == cudaSuccess);
+    int err = hisa_select_decode(p->gpu, &req);
+    CHECKF(err == HISA_OK, "%s: select_decode: %s (%s)", what, hisa_strerror(err), hisa_error_detail(p->gpu));
+    if (err) goto done;
+    REQUIRE(cudaMemcpy(blocks, p->gpu->r.sel_blocks, sizeof(int32_t) * (size_t)n_seqs * m, cudaMemcpyDeviceToHost) ==
+            cudaSuccess);
+    for (int32_t i = 0; i < n_seqs; i++) {
+        int32_t len = 0;
+        hisa_seq_length(p->cpu, seqs[i], &len);
+        int32_t nb = hisa__blocks_of(len, B);
+        int hisa_row = mode == HISA_MODE_HISA && nb > m && len > k;
+        check_row(ctx, p, seqs[i], q + (int64_t)i * H * 128, w + (int64_t)i * H, mode, out + (int64_t)i * k,
+                  hisa_row ? blocks + (int64_t)i * m : NULL, what);
+    }
+    if (check_slots) {
+        req.out = slots;
+        req.flags = HISA_HOST_IO | HISA_SLOTS;
+        REQUIRE(cudaMemset(p->gpu->r.io_out, 0x7f, sizeof(int32_t) * (size_t)n_seqs * k) == cudaSuccess);
+        err = hisa_select_decode(p->gpu, &req);
+        CHECKF(err == HISA_OK, "%s: slots: %s", what, hisa_strerror(err));
+        for (int32_t i = 0; i < n_seqs && !err; i++) {
+            int32_t *a = out + (int64_t)i * k, *b = slots + (int64_t)i * k;
+            int32_t pages[4096], np = 0;
+            hisa_seq_pages(p->gpu, seqs[i], pages, 4096, &np);
+            for (int32_t j = 0; j < k; j++)
+                if (a[j] >= 0) a[j] = pages[a[j] / B] * B + a[j] % B;
+            qsort(a, (size_t)k, sizeof(int32_t), cmp_i32);
+            qsort(b, (size_t)k, sizeof(int32_t), cmp_i32);
+            CHECKF(memcmp(a, b, sizeof(int32_t) * (size_t)k) == 0, "%s row %d: slots differ from positions", what, i);
+        }
+    }
+done:
+    free(q);
+    free(w);
+    free(out);
+    free(slots);
+    free(blocks);
+}
+
+/* --- tests ------------------------------------------------------------------------------------ */
+
+/* Writes (ranges of many chunk sizes, single-token appends, overwrites, pre-quantized codes),
+ * truncates, and appends after them: the GPU cache must hold the CPU's bytes. */
+HISA_TEST(gpu_cache_writes_match_cpu) {
+    for (int fmt = 0; fmt < 2; fmt++) {
+        int32_t kf = fmt ? HISA_KEY_BF16 : HISA_KEY_FP8;
+        hisa_config cfg = hisa_tconfig(32, 64, 8, 256, kf, 4096, 6);
+        cfg.n_layers = 2;
+        pair pp, *p = &pp;
+        PAIR_OPEN(p, cfg);
+        int32_t seqs[4];
+        for (int i = 0; i < 4; i++)
+            if (pair_seq_open(ctx, p, &seqs[i])) goto out;
+        if (pair_append(ctx, p, seqs[0], 1000, 11, 256)) goto out;
+        if (pair_append(ctx, p, seqs[1], 130, 12, 7)) goto out;
+        if (pair_append(ctx, p, seqs[2], 64, 13, 64)) goto out;
+        if (pair_append(ctx, p, seqs[3], 1, 14, 1)) goto out;
+        compare_cache(ctx, p, "after ranges");
+        /* decode appends: one token for each sequence, positions NULL, layer 1 too */
+        for (int step = 0; step < 70; step++) {
+            float keys[4 * 128];
+            for (int i = 0; i < 4; i++) {
+                int32_t len = 0;
+                hisa_seq_length(p->cpu, seqs[i], &len);
+                hisa_tgen_keys(100 + (uint64_t)i, len, 1, keys + i * 128);
+                if (step % 5 == 0) keys[i * 128 + step % 128] = 0.0f;
+            }
+            int bad = 0;
+            for (int i = 0; i < 4; i++) {
+                int e1 = hisa_seq_extend(p->cpu, seqs[i], 1), e2 = hisa_seq_extend(p->gpu, seqs[i], 1);
+                bad |= e1 | e2;
+            }
+            CHECK(!bad);
+            for (int layer = 0; layer < 2; layer++) {
+                hisa_write wr = {.layer = layer, .n_tokens = 4, .seq_ids = seqs, .keys = keys, .flags = HISA_HOST_IO};
+                int e1 = hisa_write_keys(p->cpu, &wr), e2 = hisa_write_keys(p->gpu, &wr);
+                CHECKF(!e1 && !e2, "write_keys: %s / %s", hisa_strerror(e1), hisa_strerror(e2));
+            }
+        }
+        compare_cache(ctx, p, "after appends");
+        /* overwrite earlier positions (replacement leaves the sums) */
+        {
+            float keys[3 * 128];
+            int32_t pos[3] = {5, 64, 99}, ids[3] = {seqs[0], seqs[1], seqs[2]};
+            hisa_tgen_keys(999, 0, 3, keys);
+            hisa_write wr = {.layer = 0, .n_tokens = 3, .seq_ids = ids, .positions = pos, .keys = keys, .flags = HISA_HOST_IO};
+            int e1 = hisa_write_keys(p->cpu, &wr), e2 = hisa_write_keys(p->gpu, &wr);
+            CHECK(!e1 && !e2);
+            float rk[200 * 128];
+            hisa_tgen_keys(77, 300, 200, rk);
+            hisa_write wr2 = {.layer = 0, .n_tokens = 200, .keys = rk, .flags = HISA_HOST_IO};
+            e1 = hisa_write_range(p->cpu, seqs[0], 300, &wr2);
+            e2 = hisa_write_range(p->gpu, seqs[0], 300, &wr2);
+            CHECK(!e1 && !e2);
+        }
+        if (kf == HISA_KEY_FP8) { /* pre-quantized codes */
+            uint8_t codes[2 * 128];
+            float scales[2] = {0.01f, 3.5f};
+            for (int i = 0; i < 256; i++) codes[i] = (uint8_t)((i * 37 + 11) & 0xff) == 0x7f ? 0x11 : (uint8_t)((i * 37 + 11) & 0xff);
+            for (int i = 0; i < 256; i++)
+                if ((codes[i] & 0x7f) == 0x7f) codes[i] = 0x22;
+            int32_t ids[2] = {seqs[1], seqs[3]};
+            hisa_write wr = {.layer = 1, .n_tokens = 2, .seq_ids = ids, .codes = codes, .scales = scales, .flags = HISA_HOST_IO};
+            int e1 = hisa_write_keys(p->cpu, &wr), e2 = hisa_write_keys(p->gpu, &wr);
+            CHECK(!e1 && !e2);
+        }
+        compare_cache(ctx, p, "after overwrites");
+        /* truncate mid-block, at a block boundary, to 0; then continue */
+        int32_t cut[4] = {777, 128, 1, 0};
+        for (int i = 0; i < 4; i++) {
+            int e1 = hisa_seq_truncate(p->cpu, seqs[i], cut[i]), e2 = hisa_seq_truncate(p->gpu, seqs[i], cut[i]);
+            CHECK(!e1 && !e2);
+        }
+        compare_cache(ctx, p, "after truncate");
+        for (int i = 0; i < 4; i++)
+            if (pair_append(ctx, p, seqs[i], 150 + 10 * i, 200 + (uint64_t)i, 100)) goto out;
+        compare_cache(ctx, p, "after truncate + append");
+    out:
+        pair_close(p);
+    }
+}
+
+/* Lengths 1 .. several blocks past m*B, around k, m*B and multiples of B, in one mixed batch,
+ * both modes, both key formats, H 32/64, B 64/128; slots checked against positions. */
+HISA_TEST(gpu_select_lengths_match_cpu) {
+    struct {
+        int32_t H, B, kf;
+    } shapes[] = {{64, 128, HISA_KEY_FP8}, {32, 64, HISA_KEY_BF16}, {32, 128, HISA_KEY_FP8}, {64, 64, HISA_KEY_BF16}};
+    for (int si = 0; si < 4; si++) {
+        const int32_t H = shapes[si].H, B = shapes[si].B, m = 8, k = 256;
+        int32_t mb = m * B;
+        int32_t lens[] = {1, 2, k - 1, k, k + 1, B - 1, B + 1, 3 * B, 3 * B + 1, mb - 1, mb, mb + 1, mb + B - 1,
+                          mb + B + 1, 2 * mb + 5, 5000, 9 * B, 9 * B - 1};
+        int32_t n_lens = (int32_t)(sizeof lens / sizeof lens[0]);
+        hisa_config cfg = hisa_tconfig(H, B, m, k, shapes[si].kf, 6000, n_lens);
+        cfg.max_batch = n_lens;
+        pair pp, *p = &pp;
+        PAIR_OPEN(p, cfg);
+        int32_t seqs[32];
+        int ok = 1;
+        for (int i = 0; i < n_lens && ok; i++) {
+            ok = !pair_seq_open(ctx, p, &seqs[i]);
+            if (ok) ok = !pair_append(ctx, p, seqs[i], lens[i], 500 + (uint64_t)i * 3 + (uint64_t)si, 256);
+        }
+        if (ok) {
+            char what[64];
+            snprintf(what, sizeof what, "H%d B%d %s", H, B, shapes[si].kf == HISA_KEY_FP8 ? "fp8" : "bf16");
+            decode_and_check(ctx, p, seqs, n_lens, HISA_MODE_HISA, 40 + (uint64_t)si, 1, what);
+            decode_and_check(ctx, p, seqs, n_lens, HISA_MODE_FLAT, 50 + (uint64_t)si, si == 0, what);
+            /* a batch of one, and a reordered batch */
+            decode_and_check(ctx, p, seqs + n_lens - 3, 1, HISA_MODE_HISA, 60, 0, what);
+            int32_t rev[32];
+            for (int i = 0; i < n_lens; i++) rev[i] = seqs[n_lens - 1 - i];
+            decode_and_check(ctx, p, rev, n_lens, HISA_MODE_HISA, 70, 0, what);
+        }
+        pair_close(p);
+    }
+}
+
+/* Long contexts with the production shape (H 64, B 128, m 64, k 2048): up to 300K tokens, a
+ * batch mixing them with short sequences. Few queries: the CPU reference is ~0.5 s per 300K. */
+HISA_TEST(gpu_select_long_contexts_match_cpu) {
+    for (int fmt = 0; fmt < 2; fmt++) {
+        int32_t kf = fmt ? HISA_KEY_BF16 : HISA_KEY_FP8;
+        int32_t lens_fp8[] = {300000, 131073, 8191, 2049, 100};
+        int32_t lens_bf16[] = {65536 + 127, 8193};
+        int32_t *lens = fmt ? lens_bf16 : lens_fp8, n_lens = fmt ? 2 : 5;
+        hisa_config cfg = hisa_tconfig(64, 128, 64, 2048, kf, fmt ? 65536 + 128 : 300032, n_lens);
+        cfg.max_batch = n_lens;
+        cfg.max_prefill_queries = 2048;
+        pair pp, *p = &pp;
+        PAIR_OPEN(p, cfg);
+        int32_t seqs[8];
+        int ok = 1;
+        for (int i = 0; i < n_lens && ok; i++) {
+            ok = !pair_seq_open(ctx, p, &seqs[i]);
+            if (ok) ok = !pair_append(ctx, p, seqs[i], lens[i], 900 + (uint64_t)i, 2048);
+        }
+        if (ok) {
+            decode_and_check(ctx, p, seqs, n_lens, HISA_MODE_HISA, 81, 0, fmt ? "long bf16" : "long fp8");
+            if (!fmt) decode_and_check(ctx, p, seqs, n_lens, HISA_MODE_FLAT, 82, 1, "long fp8 flat");
+        }
+        pair_close(p);
+    }
+}
+
+/* Random scores with many exact ties through the top-k alone: same set as the reference. */
+HISA_TEST(gpu_topk_ties_and_nan_match_reference) {
+    hisa_config cfg = hisa_tconfig(32, 64, 8, 256, HISA_KEY_FP8, 4096, 2);
+    cfg.device = HISA_DEVICE_CUDA(0);
+    hisa_runtime *g = NULL;
+    int err = hisa_open(&g, &cfg, NULL);
+    if (err == HISA_ENODEVICE) SKIP("no CUDA device");
+    REQUIRE(err == HISA_OK);
+    const int32_t rows = 3, n = 70000, k = 1000;
+    float *s = malloc(sizeof(float) * (size_t)rows * n);
+    int32_t *ids = malloc(sizeof(int32_t) * (size_t)n), *ref = malloc(sizeof(int32_t) * (size_t)k);
+    int32_t *got = malloc(sizeof(int32_t) * (size_t)rows * k);
+    uint64_t rs = 5;
+    for (int32_t i = 0; i < n; i++) ids[i] = i;
+    for (int32_t i = 0; i < rows * n; i++) {
+        int32_t r = i / n;
+        float v = r == 0 ? (float)(hisa_test_rng(&rs) % 50) : r == 1 ? hisa_test_gauss(&rs) : 1.0f;
+        if (r == 1 && i % 97 == 0) v = NAN;
+        if (r == 1 && i % 89 == 0) v = -0.0f;
+        s[i] = v;
+    }
+    float *ds = NULL;
+    int32_t *dout = NULL;
+    uint32_t *dwork = NULL;
+    REQUIRE(cudaMalloc((void **)&ds, sizeof(float) * (size_t)rows * n) == cudaSuccess);
+    REQUIRE(cudaMalloc((void **)&dout, sizeof(int32_t) * (size_t)rows * k) == cudaSuccess);
+    REQUIRE(cudaMalloc((void **)&dwork, sizeof(uint32_t) * (size_t)rows * (size_t)hisa_k_work_row_words(n)) == cudaSuccess);
+    REQUIRE(cudaMemcpy(ds, s, sizeof(float) * (size_t)rows * n, cudaMemcpyHostToDevice) == cudaSuccess);
+    REQUIRE(cudaMemset(dwork, 0, sizeof(uint32_t) * (size_t)rows * (size_t)hisa_k_work_row_words(n)) == cudaSuccess);
+    for (int rep = 0; rep < 2; rep++) { /* twice: the work area must be clean again */
+        REQUIRE(cudaMemset(dout, 0x7f, sizeof(int32_t) * (size_t)rows * k) == cudaSuccess);
+        hisa_k_topk_params tp = {.scores = ds, .stride = n, .n = n, .k = k, .n_rows = rows, .work = dwork, .out = dout,
+                                 .sm_count = g->sm_count};
+        CHECK_EQ_INT(hisa_k_topk(NULL, &tp), HISA_OK);
+        REQUIRE(cudaMemcpy(got, dout, sizeof(int32_t) * (size_t)rows * k, cudaMemcpyDeviceToHost) == cudaSuccess);
+        for (int32_t r = 0; r < rows; r++) {
+            int32_t nr = hisa__topk_ref(s + (int64_t)r * n, ids, n, k, ref);
+            CHECK_EQ_INT(nr, k);
+            qsort(ref, (size_t)k, sizeof(int32_t), cmp_i32);
+            qsort(got + (int64_t)r * k, (size_t)k, sizeof(int32_t), cmp_i32);
+            CHECKF(memcmp(ref, got + (int64_t)r * k, sizeof(int32_t) * (size_t)k) == 0, "row %d rep %d: not the reference set", r,
+                   rep);
+        }
+    }
+    cudaFree(ds);
+    cudaFree(dout);
+    cudaFree(dwork);
+    free(s);
+    free(ids);
+    free(ref);
+    free(got);
+    hisa_close(g);
+}
+
+/* The decode step (write the new token's key + select) captured once in a CUDA graph on a
+ * non-default stream and replayed over 100 growing steps; the host only extends the sequences
+ * between replays. Lengths cross k, m*B and block boundaries on the way. */
+HISA_TEST(gpu_graph_replay_over_growing_sequences) {
+    const int32_t H = 32, B = 64, m = 8, k = 256;
+    hisa_config cfg = hisa_tconfig(H, B, m, k, HISA_KEY_FP8, 4096, 3);
+    cfg.max_batch = 3;
+    pair pp, *p = &pp;
+    PAIR_OPEN(p, cfg);
+    int32_t seqs[3], start[3] = {200, m * B - 50, 1000};
+    for (int i = 0; i < 3; i++) {
+        if (pair_seq_open(ctx, p, &seqs[i]) || pair_append(ctx, p, seqs[i], start[i] - 1, 300 + (uint64_t)i, 256)) {
+            pair_close(p);
+            return;
+        }
+    }
+    cudaStream_t st;
+    REQUIRE(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking) == cudaSuccess);
+    float *dkeys, *dq, *dw;
+    int32_t *dout;
+    REQUIRE(cudaMalloc((void **)&dkeys, sizeof(float) * 3 * 128) == cudaSuccess);
+    REQUIRE(cudaMalloc((void **)&dq, sizeof(float) * 3 * H * 128) == cudaSuccess);
+    REQUIRE(cudaMalloc((void **)&dw, sizeof(float) * 3 * H) == cudaSuccess);
+    REQUIRE(cudaMalloc((void **)&dout, sizeof(int32_t) * 3 * k) == cudaSuccess);
+    REQUIRE(hisa_set_stream(p->gpu, st) == HISA_OK);
+    /* the graph appends at len - 1, so extend before capturing and before each replay */
+    for (int i = 0; i < 3; i++) {
+        CHECK(hisa_seq_extend(p->cpu, seqs[i], 1) == HISA_OK);
+        CHECK(hisa_seq_extend(p->gpu, seqs[i], 1) == HISA_OK);
+    }
+    hisa_write wr = {.layer = 0, .n_tokens = 3, .seq_ids = seqs, .keys = dkeys};
+    hisa_decode dec = {.layer = 0, .mode = HISA_MODE_HISA, .n_seqs = 3, .seq_ids = seqs, .q = dq, .w = dw, .out = dout};
+    cudaGraph_t graph;
+    cudaGraphExec_t exec;
+    REQUIRE(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal) == cudaSuccess);
+    int e1 = hisa_write_keys(p->gpu, &wr), e2 = hisa_select_decode(p->gpu, &dec);
+    REQUIRE(cudaStreamEndCapture(st, &graph) == cudaSuccess);
+    REQUIRE(e1 == HISA_OK && e2 == HISA_OK);
+    REQUIRE(cudaGraphInstantiate(&exec, graph, 0) == cudaSuccess);
+    float keys[3 * 128], *q = malloc(sizeof(float) * 3 * H * 128), w[3 * 64];
+    int32_t *out = malloc(sizeof(int32_t) * 3 * k), *blocks = malloc(sizeof(int32_t) * 3 * m);
+    int failures_before = ctx->failures;
+    for (int step = 0; step < 100 && ctx->failures == failures_before; step++) {
+        for (int i = 0; i < 3; i++) {
+            int32_t len = 0;
+            hisa_seq_length(p->cpu, seqs[i], &len);
+            hisa_tgen_keys(300 + (uint64_t)i, len - 1, 1, keys + i * 128);
+            hisa_tgen_query(1000 + (uint64_t)step * 3 + (uint64_t)i, H, step % 2 ? len / 2 : -1, q + (int64_t)i * H * 128,
+                            w + i * H);
+        }
+        hisa_write cw = {.layer = 0, .n_tokens = 3, .seq_ids = seqs, .keys = keys};
+        CHECK(hisa_write_keys(p->cpu, &cw) == HISA_OK);
+        REQUIRE(cudaMemcpyAsync(dkeys, keys, sizeof keys, cudaMemcpyHostToDevice, st) == cudaSuccess);
+        REQUIRE(cudaMemcpyAsync(dq, q, sizeof(float) * 3 * H * 128, cudaMemcpyHostToDevice, st) == cudaSuccess);
+        REQUIRE(cudaMemcpyAsync(dw, w, sizeof(float) * 3 * H, cudaMemcpyHostToDevice, st) == cudaSuccess);
+        REQUIRE(cudaMemsetAsync(dout, 0x7f, sizeof(int32_t) * 3 * k, st) == cudaSuccess);
+        REQUIRE(cudaGraphLaunch(exec, st) == cudaSuccess);
+        REQUIRE(cudaMemcpyAsync(out, dout, sizeof(int32_t) * 3 * k, cudaMemcpyDeviceToHost, st) == cudaSuccess);
+        REQUIRE(cudaMemcpyAsync(blocks, p->gpu->r.sel_blocks, sizeof(int32_t) * 3 * m, cudaMemcpyDeviceToHost, st) ==
+                cudaSuccess);
+        REQUIRE(cudaStreamSynchronize(st) == cudaSuccess);
+        for (int i = 0; i < 3; i++) {
+            int32_t len = 0;
+            hisa_seq_length(p->cpu, seqs[i], &len);
+            char what[48];
+            snprintf(what, sizeof what, "graph step %d row %d", step, i);
+            int hisa_row = hisa__blocks_of(len, B) > m && len > k;
+            check_row(ctx, p, seqs[i], q + (int64_t)i * H * 128, w + i * H, HISA_MODE_HISA, out + (int64_t)i * k,
+                      hisa_row ? blocks + i * m : NULL, what);
+        }
+        if (step % 33 == 32) compare_cache(ctx, p, "graph");
+        for (int i = 0; i < 3; i++) {
+            CHECK(hisa_seq_extend(p->cpu, seqs[i], 1) == HISA_OK);
+            CHECK(hisa_seq_extend(p->gpu, seqs[i], 1) == HISA_OK);
+        }
+    }
+    cudaGraphExecDestroy(exec);
+    cudaGraphDestroy(graph);
+    hisa_set_stream(p->gpu, NULL);
+    cudaStreamDestroy(st);
+    cudaFree(dkeys);
+    cudaFree(dq);
+    cudaFree(dw);
+    cudaFree(dout);
+    free(q);
+    free(out);
+    free(blocks);
+    pair_close(p);
+}
+
+/* Truncate (mid-block, at a boundary, below k and below m*B), continue appending, select. */
+HISA_TEST(gpu_truncate_then_continue_matches_cpu) {
+    const int32_t H = 64, B = 128, m = 8, k = 512;
+    hisa_config cfg = hisa_tconfig(H, B, m, k, HISA_KEY_FP8, 8192, 4);
+    cfg.max_batch = 4;
+    cfg.max_prefill_queries = 512;
+    pair pp, *p = &pp;
+    PAIR_OPEN(p, cfg);
+    int32_t seqs[4], lens[4] = {5000, 3000, 2000, 1500}, cut[4] = {4100, 1024, 300, 1100}, more[4] = {200, 300, 1000, 1};
+    int ok = 1;
+    for (int i = 0; i < 4 && ok; i++) {
+        ok = !pair_seq_open(ctx, p, &seqs[i]);
+        if (ok) ok = !pair_append(ctx, p, seqs[i], lens[i], 700 + (uint64_t)i, 512);
+    }
+    if (ok) {
+        decode_and_check(ctx, p, seqs, 4, HISA_MODE_HISA, 90, 0, "before truncate");
+        for (int i = 0; i < 4; i++) {
+            int e1 = hisa_seq_truncate(p->cpu, seqs[i], cut[i]), e2 = hisa_seq_truncate(p->gpu, seqs[i], cut[i]);
+            CHECK(!e1 && !e2);
+        }
+        compare_cache(ctx, p, "truncated");
+        decode_and_check(ctx, p, seqs, 4, HISA_MODE_HISA, 91, 0, "truncated");
+        for (int i = 0; i < 4 && ok; i++) ok = !pair_append(ctx, p, seqs[i], more[i], 800 + (uint64_t)i, 512);
+        compare_cache(ctx, p, "continued");
+        decode_and_check(ctx, p, seqs, 4, HISA_MODE_HISA, 92, 1, "continued");
+        decode_and_check(ctx, p, seqs, 4, HISA_MODE_FLAT, 93, 0, "continued flat");
+    }
+    pair_close(p);
+}
+
+#else /* !HISA_CUDA */
+
+HISA_TEST(gpu_decode_path) { SKIP("no CUDA device"); }
+
+#endif
