@@ -6,6 +6,7 @@
 #include <stdio.h> /* snprintf only: the library never prints */
 #include <string.h>
 
+#include "cuda_prefill.h"
 #include "internal.h"
 
 const char *hisa_version(void) { return "0.1.0"; }
@@ -210,8 +211,8 @@ int hisa_select_decode(hisa_runtime *rt, const hisa_decode *req) {
         }
     }
     if (rt->is_cuda)
-        return hisa__cuda_select(rt, req->layer, req->mode, req->n_seqs, req->seq_ids, -1, -1,
-                                 req->q, req->w, req->out, req->flags);
+        return hisa__cuda_select(rt, req->layer, req->mode, req->n_seqs, req->seq_ids, req->q,
+                                 req->w, req->out, req->flags);
     int64_t H = rt->g.n_heads, k = rt->g.topk;
     for (int32_t i = 0; i < req->n_seqs; i++) {
         int32_t seq = req->seq_ids[i];
@@ -233,8 +234,8 @@ int hisa_select_prefill(hisa_runtime *rt, const hisa_prefill *req) {
     HISA__CHECK(req->n_q <= rt->g.max_prefill, HISA_ELIMIT);
     HISA__CHECK(req->t0 >= 0 && (int64_t)req->t0 + req->n_q <= rt->r.seq_len[req->seq], HISA_ERANGE);
     if (rt->is_cuda)
-        return hisa__cuda_select(rt, req->layer, req->mode, req->n_q, NULL, req->seq, req->t0,
-                                 req->q, req->w, req->out, req->flags);
+        return hisa__cuda_prefill(rt, req->layer, req->mode, req->seq, req->t0, req->n_q, req->q,
+                                  req->w, req->out, req->flags); /* tensor-core chunk path */
     err = check_written(rt, req->layer, req->seq, req->t0 + req->n_q - 1);
     if (err) return err;
     int64_t H = rt->g.n_heads, k = rt->g.topk;

@@ -1,0 +1,632 @@
+/* prefill.cu: chunked causal selection for many queries of one sequence (a prefill chunk), on
+ * Hopper tensor cores. The twin is hisa__cpu_select_one (runtime/cpu_backend.c) applied to each
+ * query t0 .. t0+n_q-1.
+ *
+ * Why this shape. A chunk of n_q queries against n keys is a GEMM: [n x 128] keys times
+ * [128 x n_q*H] queries, fp32 accumulation. We put the keys (tokens, block means or a query's
+ * candidate tokens) on the MMA's M side, 64 per warpgroup tile, loaded straight from the paged
+ * cache into A-fragment registers (fp8 codes convert exactly to bf16, or to fp16), and the
+ * query-heads of NQ queries on the N side (N = NQ * HP <= 256, HP = H padded to a power of two
+ * >= 16), held in shared memory as a swizzled K-major tile for the whole CTA (bf16; for fp8 keys
+ * by default fp16, see score_kernel: one conversion instruction per code pair instead of four).
+ * Then the head reduction sum_h w[h] * ReLU(acc[token][h]) runs along N, i.e. inside a thread's
+ * registers plus two shuffles, and the per-token fp8 scale multiplies the sum (scale > 0, so
+ * ReLU commutes).
+ * The K order of A and B is permuted the same way (dot products do not care) so that a thread
+ * loads 32 contiguous bytes of each of its two rows.
+ *
+ * Pipeline for a chunk (rows partitioned on the host by t, all monotone in the row):
+ *   short rows (n <= k)                      top-k kernel writes 0..n-1, -1 padded
+ *   flat rows (FLAT, or HISA with nb <= m)    score<TOK> over tokens 0..t, causal mask
+ *   HISA rows (nb > m)                       score<MEAN> over blocks 0..last-1, keep (top m-2 of
+ *                                            1..last-1 plus 0 and last, ascending) into
+ *                                            scratch.blocks, score<CAND> over the kept blocks'
+ *                                            tokens (candidate j = token j % B of kept block
+ *                                            j / B: index order is position order)
+ *   all rows                                 topk: radix select on the 64-bit composite
+ *                                            (order key << 32 | ~index), so ties go to the lower
+ *                                            index, as the SPEC asks; one launch for short and
+ *                                            flat rows, one for HISA rows (smaller shared
+ *                                            memory, more rows per SM).
+ * Measured choices (bench/NOTES-prefill.md): one refine CTA per query (its Q tile loaded once),
+ * page ids staged in shared memory, one accumulator per warpgroup (two CTAs per SM beat a
+ * two-accumulator pipeline at one CTA per SM), fp16 operands for fp8 keys.
+ *
+ * Invariants: grids are sized on the host from t0 and n_q (prefill lengths are host-known);
+ * a CTA reads only pages of positions <= its queries' largest t (valid page-table entries);
+ * rows with n > k select exactly k (HISA candidates: (m-1)*B + t%B + 1 >= k); nothing here
+ * touches scratch.work, allocates or synchronizes. */
+#include <assert.h>
+#include <string.h>
+
+#include "common.cuh"
+#include "prefill.cuh"
+
+namespace {
+
+constexpr int kScoreThreads = 256; /* two consumer warpgroups, each on its own 64-row tiles */
+constexpr int kTile = 64;
+enum { SRC_TOK = 0, SRC_MEAN = 1, SRC_CAND = 2 };
+
+constexpr int kTopkThreads = 512;
+constexpr int kHistBins = 4096; /* 12-bit digits */
+constexpr int kCandCap = 10240; /* flat rows: threshold-bin entries gathered into shared memory */
+constexpr int kCandCapSmall = 4096; /* HISA rows and kept blocks: 4 CTAs per SM */
+constexpr int kRankMax = 128;   /* at most this many left: rank by comparison, not radix */
+
+struct pf_args {
+    hisa_k_prefill_params p;
+    int row_begin, row_end; /* query rows [row_begin, row_end) of this launch */
+    int span;               /* matrix rows per CTA step */
+};
+
+/* rows of the score matrix query row i sees (TOK: tokens 0..t, MEAN: blocks 0..last-1,
+ * CAND: its candidates) */
+template <int SRC>
+__device__ __forceinline__ int row_limit(const hisa_k_prefill_params &p, int i) {
+    int t = p.t0 + i, B = p.cache.block_size;
+    if (SRC == SRC_TOK) return t + 1;
+    if (SRC == SRC_MEAN) return t / B;
+    return (p.top_blocks - 1) * B + t % B + 1;
+}
+
+__device__ __forceinline__ uint32_t e4m3x2_to_bf16x2(uint32_t v16) {
+    __half2_raw h = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)v16, __NV_E4M3);
+    float2 f = __half22float2(__half2(h));
+    __nv_bfloat162 b = __floats2bfloat162_rn(f.x, f.y); /* exact: e4m3 values are bf16 values */
+    return *reinterpret_cast<uint32_t *>(&b);
+}
+
+/* Logical K index L (0..127) of the MMA -> physical dimension. A thread (lane % 4 = t) supplies
+ * logical columns 2t, 2t+1 (regs a0/a1) and 2t+8, 2t+9 (a2/a3) of k-step kk; we make those the
+ * physical dims 32t + 4kk + {0,1} and 32t + 4kk + {2,3}. */
+__device__ __forceinline__ int phys_dim(int L) {
+    int kk = L >> 4, c = L & 15, t = (c & 7) >> 1, hi = c >> 3, e = c & 1;
+    return 32 * t + 4 * kk + 2 * hi + e;
+}
+
+/* F16 (fp8 keys only): A and B in fp16. The codes convert exactly (one instruction per pair);
+ * each query-head row of Q is scaled by a power of two 2^s so its largest |element| lies in
+ * [2^14, 2^15), which keeps every bf16 value exact in fp16 except elements below 2^-28 of the
+ * row's largest (their products are far under the fp32 rounding of the dot); w[h] * 2^-s undoes
+ * the scale (ReLU commutes with a positive factor). Otherwise A and B are bf16, all exact. */
+template <int N, int HP, int SRC, bool FP8, bool F16>
+__global__ void __launch_bounds__(kScoreThreads, N >= 128 ? 1 : 2) score_kernel(const pf_args a) {
+    static_assert(FP8 || !F16, "fp16 operands only for fp8 codes");
+    constexpr int NQ = N / HP;
+    const hisa_k_prefill_params &p = a.p;
+    const hisa_k_cache &c = p.cache;
+    const int B = c.block_size, H = c.n_heads;
+    const int q_first = a.row_begin + blockIdx.y * NQ;
+    if (q_first >= a.row_end) return;
+    const int nq = min(NQ, a.row_end - q_first);
+    const int lim_max = row_limit<SRC>(p, q_first + nq - 1); /* monotone in the row */
+    const int r_begin = blockIdx.x * a.span;
+    if (r_begin >= lim_max) return;
+
+    extern __shared__ uint8_t smem_raw[];
+    uint8_t *sm = reinterpret_cast<uint8_t *>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~(uintptr_t)1023);
+    uint8_t *qs = sm;                                      /* 2 atoms x [N][64] bf16, swizzled */
+    float *ws = reinterpret_cast<float *>(sm + 2 * N * 128); /* [N] */
+    float *qinv = ws + N;                                  /* [N] F16: 2^-s of each Q row */
+    int *pg = reinterpret_cast<int *>(qinv + N);           /* [<= 1024] pages of the CTA's rows */
+    const int tid = threadIdx.x;
+    const int r_end = min(r_begin + a.span, lim_max);
+
+    /* Q tile: row n = (query n / HP, head n % HP); zero for padding heads and missing queries.
+     * Logical K pairs (L, L+1), L even, are physical pairs: one 8-byte load each. */
+    static_assert((N * 16) % kScoreThreads == 0, "Q tile chunks per thread");
+#pragma unroll 4
+    for (int it = 0; it < N * 16 / kScoreThreads; it++) {
+        int idx = tid + it * kScoreThreads;
+        int n = idx >> 4, ch = idx & 15, atom = ch >> 3, cc = ch & 7;
+        int qi = n / HP, h = n % HP;
+        uint32_t packed[4] = {0u, 0u, 0u, 0u};
+        float2 v[4] = {};
+        if (qi < nq && h < H) {
+            const float *src = p.q + ((int64_t)(q_first + qi) * H + h) * HISA_D;
+#pragma unroll
+            for (int e = 0; e < 8; e += 2)
+                v[e >> 1] = __ldg(reinterpret_cast<const float2 *>(src + phys_dim(atom * 64 + cc * 8 + e)));
+        }
+        if (!F16) {
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                __nv_bfloat162 b = __floats2bfloat162_rn(v[e].x, v[e].y);
+                packed[e] = *reinterpret_cast<uint32_t *>(&b);
+            }
+        } else {
+            /* the row's 16 chunks sit in 16 consecutive lanes: reduce the bf16 amax there */
+            float amax = 0.0f;
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                v[e].x = hisa__k_bf16_to_f32(hisa__k_bf16_from_f32(v[e].x));
+                v[e].y = hisa__k_bf16_to_f32(hisa__k_bf16_from_f32(v[e].y));
+                amax = fmaxf(amax, fmaxf(fabsf(v[e].x), fabsf(v[e].y)));
+            }
+#pragma unroll
+            for (int o = 1; o < 16; o <<= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+            int ex = 0;
+            if (amax > 0.0f && amax <= 3.0e38f) (void)frexpf(amax, &ex); /* amax in [2^(ex-1), 2^ex) */
+            const int sh = amax > 0.0f ? 15 - ex : 0;                /* amax * 2^sh in [2^14, 2^15) */
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                __half2 hv = __floats2half2_rn(ldexpf(v[e].x, sh), ldexpf(v[e].y, sh));
+                packed[e] = *reinterpret_cast<uint32_t *>(&hv);
+            }
+            if (ch == 0) qinv[n] = ldexpf(1.0f, -sh);
+        }
+        uint8_t *dst = qs + atom * (N * 128) + n * 128 + ((cc ^ (n & 7)) << 4);
+        *reinterpret_cast<uint4 *>(dst) = make_uint4(packed[0], packed[1], packed[2], packed[3]);
+    }
+    if (F16) __syncthreads(); /* qinv */
+    for (int n = tid; n < N; n += kScoreThreads) {
+        int qi = n / HP, h = n % HP;
+        float wv = (qi < nq && h < H) ? __ldg(p.w + (int64_t)(q_first + qi) * H + h) : 0.0f;
+        ws[n] = F16 ? wv * qinv[n] : wv;
+    }
+    /* page ids of the rows r_begin .. r_end - 1, so the tile loads need no dependent global read:
+     * TOK: blocks of the span (r_begin is a multiple of B); MEAN: the blocks themselves; CAND:
+     * the kept blocks (candidate r is token r % B of kept block r / B) */
+    const int32_t *pt = c.page_table + (int64_t)p.seq * c.pages_per_seq;
+    if (SRC == SRC_TOK)
+        for (int i = tid; i < (r_end - r_begin + B - 1) / B; i += kScoreThreads) pg[i] = pt[r_begin / B + i];
+    else if (SRC == SRC_MEAN)
+        for (int i = tid; i < r_end - r_begin; i += kScoreThreads) pg[i] = pt[r_begin + i];
+    else
+        for (int i = tid; i < p.top_blocks; i += kScoreThreads)
+            pg[i] = pt[p.scratch.blocks[(int64_t)q_first * p.top_blocks + i]];
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+    __syncthreads();
+
+    const int wg = tid >> 7, warp4 = (tid >> 5) & 3, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
+    const uint32_t qs_addr = (uint32_t)__cvta_generic_to_shared(qs);
+    const int64_t layer_pages = (int64_t)p.layer * c.n_pages;
+    constexpr int RAW = FP8 ? 2 : 4; /* uint4 per row per thread: 32 fp8 codes or 32 bf16 */
+    int lims[NQ];
+#pragma unroll
+    for (int qi = 0; qi < NQ; qi++) lims[qi] = qi < nq ? row_limit<SRC>(p, q_first + qi) : 0;
+
+    /* raw A data of one tile: rows r0 + 16*warp4 + g (+8) */
+    auto load = [&](int tile_r0, uint4 (&raw)[2][RAW], float (&sc)[2]) {
+#pragma unroll
+        for (int hr = 0; hr < 2; hr++) {
+            int r = tile_r0 + 16 * warp4 + g + 8 * hr;
+            sc[hr] = 1.0f;
+#pragma unroll
+            for (int j = 0; j < RAW; j++) raw[hr][j] = make_uint4(0u, 0u, 0u, 0u);
+            if (r >= lim_max) continue;
+            const uint8_t *row;
+            if (SRC == SRC_MEAN) {
+                row = reinterpret_cast<const uint8_t *>(c.means + (layer_pages + pg[r - r_begin]) * HISA_D);
+            } else {
+                int page_id = SRC == SRC_TOK ? pg[(r - r_begin) / B] : pg[r / B];
+                const uint8_t *page = c.keys + (layer_pages + page_id) * c.page_bytes;
+                int off = r % B;
+                if (FP8) {
+                    row = page + (int64_t)off * HISA_D;
+                    sc[hr] = __ldg(reinterpret_cast<const float *>(page + (int64_t)B * HISA_D) + off);
+                } else {
+                    row = page + (int64_t)off * HISA_D * 2;
+                }
+            }
+            const uint4 *src = reinterpret_cast<const uint4 *>(row) + RAW * t4;
+#pragma unroll
+            for (int j = 0; j < RAW; j++) raw[hr][j] = __ldg(src + j);
+        }
+    };
+
+    /* fp8 codes (or bf16 pairs) of one tile into A fragments: k-step kk takes 4 bytes (2 bf16
+     * words) per row */
+    auto convert = [&](const uint4 (&raw)[2][RAW], uint32_t (&af)[8][4]) {
+#pragma unroll
+        for (int kk = 0; kk < 8; kk++)
+#pragma unroll
+            for (int hr = 0; hr < 2; hr++) {
+                if (FP8 && F16) {
+                    const uint32_t *wv = reinterpret_cast<const uint32_t *>(&raw[hr][kk >> 2]);
+                    uint32_t v = wv[kk & 3];
+                    __half2_raw lo = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(v & 0xffffu), __NV_E4M3);
+                    __half2_raw hi = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(v >> 16), __NV_E4M3);
+                    af[kk][hr] = (uint32_t)lo.x | ((uint32_t)lo.y << 16);
+                    af[kk][2 + hr] = (uint32_t)hi.x | ((uint32_t)hi.y << 16);
+                } else if (FP8) {
+                    const uint32_t *wv = reinterpret_cast<const uint32_t *>(&raw[hr][kk >> 2]);
+                    uint32_t v = wv[kk & 3];
+                    af[kk][hr] = e4m3x2_to_bf16x2(v & 0xffffu);
+                    af[kk][2 + hr] = e4m3x2_to_bf16x2(v >> 16);
+                } else {
+                    const uint32_t *wv = reinterpret_cast<const uint32_t *>(&raw[hr][kk >> 1]);
+                    af[kk][hr] = wv[(kk & 1) * 2];
+                    af[kk][2 + hr] = wv[(kk & 1) * 2 + 1];
+                }
+            }
+    };
+    /* one asynchronous group: acc = A(tile) x Q^T over K = 128 */
+    auto issue = [&](float (&acc)[N / 2], uint32_t (&af)[8][4]) {
+        hisa__wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < 8; kk++) {
+            uint64_t desc = hisa__pf_desc(qs_addr + (kk >> 2) * (N * 128) + (kk & 3) * 32);
+            if (F16) wgmma_rs_f16<N>::mma(acc, af[kk], desc, kk > 0);
+            else wgmma_rs<N>::mma(acc, af[kk], desc, kk > 0);
+        }
+        hisa__wgmma_commit();
+    };
+    /* after wait: the compiler may use acc and af again only from here on */
+    auto settle = [&](float (&acc)[N / 2], uint32_t (&af)[8][4]) {
+#pragma unroll
+        for (int i = 0; i < N / 2; i++) hisa__reg_fence(acc[i]);
+#pragma unroll
+        for (int kk = 0; kk < 8; kk++)
+#pragma unroll
+            for (int x = 0; x < 4; x++) hisa__reg_fence(af[kk][x]);
+    };
+    /* per query, sum over its heads of w * ReLU, rows g and g+8, times the row's scale */
+    auto epilogue = [&](const float (&acc)[N / 2], const float (&scl)[2], int cur) {
+        float part[NQ][2];
+#pragma unroll
+        for (int qi = 0; qi < NQ; qi++) part[qi][0] = part[qi][1] = 0.0f;
+#pragma unroll
+        for (int j = 0; j < N / 8; j++) {
+            const int qi = (8 * j) / HP;
+            float2 wv = *reinterpret_cast<const float2 *>(ws + 8 * j + 2 * t4);
+            part[qi][0] = fmaf(wv.x, fmaxf(acc[4 * j + 0], 0.0f), part[qi][0]);
+            part[qi][0] = fmaf(wv.y, fmaxf(acc[4 * j + 1], 0.0f), part[qi][0]);
+            part[qi][1] = fmaf(wv.x, fmaxf(acc[4 * j + 2], 0.0f), part[qi][1]);
+            part[qi][1] = fmaf(wv.y, fmaxf(acc[4 * j + 3], 0.0f), part[qi][1]);
+        }
+#pragma unroll
+        for (int qi = 0; qi < NQ; qi++)
+#pragma unroll
+            for (int hr = 0; hr < 2; hr++) {
+                float v = part[qi][hr];
+                v += __shfl_xor_sync(0xffffffffu, v, 1);
+                v += __shfl_xor_sync(0xffffffffu, v, 2);
+                int r = cur + 16 * warp4 + g + 8 * hr;
+                if (t4 == ((qi * 2 + hr) & 3) && r < lims[qi]) {
+                    float *dst = SRC == SRC_MEAN
+                                     ? p.scratch.block_scores + (int64_t)(q_first + qi) * c.pages_per_seq
+                                     : p.scratch.scores + (int64_t)(q_first + qi) * p.max_context;
+                    dst[r] = v * scl[hr];
+                }
+            }
+    };
+
+    uint4 raw[2][RAW];
+    float sc[2];
+    uint32_t af[8][4];
+    const int step = 2 * kTile; /* the other warpgroup takes the tiles in between */
+    int cur = r_begin + wg * kTile;
+    if (cur >= r_end) return; /* warpgroup-uniform; no barrier follows */
+    load(cur, raw, sc);
+    float acc[N / 2];
+#pragma unroll
+    for (int i = 0; i < N / 2; i++) acc[i] = 0.0f;
+    for (; cur < r_end; cur += step) {
+        convert(raw, af);
+        float scl[2] = {sc[0], sc[1]};
+        if (cur + step < r_end) load(cur + step, raw, sc); /* prefetch the next tile */
+        issue(acc, af);
+        hisa__wgmma_wait<0>();
+        settle(acc, af);
+        epilogue(acc, scl, cur);
+    }
+}
+
+/* --- top-k ---------------------------------------------------------------------------------- */
+
+template <int CAP>
+struct topk_smem {
+    uint32_t hist[kHistBins];
+    uint32_t ck[CAP]; /* gathered order keys */
+    uint32_t ci[CAP]; /* and their indices */
+    uint32_t scan[kTopkThreads / 32];
+    int n_out, n_cand, sel_bin, sel_above;
+    int kept[HISA_TOP_BLOCKS_MAX];
+};
+
+/* Descending-cumulative search: the bin b with above(b) < rem <= above(b) + hist[b]. */
+template <int CAP>
+__device__ void find_bin(topk_smem<CAP> &s, int n_bins, int rem) {
+    const int tid = threadIdx.x, per = (n_bins + kTopkThreads - 1) / kTopkThreads;
+    uint32_t local = 0;
+    for (int e = 0; e < per; e++) {
+        int bin = n_bins - 1 - (tid * per + e);
+        if (bin >= 0) local += s.hist[bin];
+    }
+    /* exclusive scan over threads (thread order = descending bins) */
+    const int lane = tid & 31, warp = tid >> 5;
+    uint32_t incl = local;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+        uint32_t y = __shfl_up_sync(0xffffffffu, incl, o);
+        if (lane >= o) incl += y;
+    }
+    if (lane == 31) s.scan[warp] = incl;
+    __syncthreads();
+    if (warp == 0) {
+        uint32_t v = lane < kTopkThreads / 32 ? s.scan[lane] : 0u, vi = v;
+#pragma unroll
+        for (int o = 1; o < 32; o <<= 1) {
+            uint32_t y = __shfl_up_sync(0xffffffffu, vi, o);
+            if (lane >= o) vi += y;
+        }
+        if (lane < kTopkThreads / 32) s.scan[lane] = vi - v; /* exclusive warp offsets */
+    }
+    __syncthreads();
+    uint32_t cum = s.scan[warp] + incl - local;
+    for (int e = 0; e < per; e++) {
+        int bin = n_bins - 1 - (tid * per + e);
+        if (bin < 0) break;
+        uint32_t h = s.hist[bin];
+        if (cum < (uint32_t)rem && cum + h >= (uint32_t)rem) {
+            s.sel_bin = bin;
+            s.sel_above = (int)cum;
+        }
+        cum += h;
+    }
+    __syncthreads();
+}
+
+/* The k largest of row[0..n) (n > k) by (order key desc, index asc); emit(index, slot) once for
+ * each, slots 0..k-1. Radix select over the unique 64-bit composite key << 32 | ~index, 12 bits
+ * at a time; the threshold bin is gathered into shared memory as soon as it fits. */
+template <int CAP, class Emit>
+__device__ void row_topk(const float *row, int n, int k, topk_smem<CAP> &s, Emit emit) {
+    const int tid = threadIdx.x, lane = tid & 31;
+    uint64_t P = 0, M = 0;
+    int rem = k, n_src = n;
+    bool in_smem = false;
+    if (tid == 0) s.n_out = 0;
+    auto comp = [&](int i, uint32_t &idx) -> uint64_t {
+        uint32_t key;
+        if (in_smem) {
+            key = s.ck[i];
+            idx = s.ci[i];
+        } else {
+            key = hisa__k_order_key(row[i]);
+            idx = (uint32_t)i;
+        }
+        return ((uint64_t)key << 32) | (uint32_t)~idx;
+    };
+    for (int level = 0; level < 6; level++) {
+        const int sh = level < 5 ? 52 - 12 * level : 0, wd = level < 5 ? 12 : 4;
+        const uint64_t dmask = (1ull << wd) - 1;
+        for (int b = tid; b < (1 << wd); b += kTopkThreads) s.hist[b] = 0;
+        __syncthreads();
+        for (int i = tid; i < n_src; i += kTopkThreads) {
+            uint32_t idx;
+            uint64_t cv = comp(i, idx);
+            if ((cv & M) == P) atomicAdd(&s.hist[(cv >> sh) & dmask], 1u);
+        }
+        __syncthreads();
+        find_bin(s, 1 << wd, rem);
+        const uint32_t b = (uint32_t)s.sel_bin;
+        rem -= s.sel_above;
+        const int cnt = (int)s.hist[b];
+        const bool take_all = cnt == rem, gather = !in_smem && !take_all && cnt <= CAP;
+        if (tid == 0) s.n_cand = 0;
+        __syncthreads();
+        /* warp-uniform trip count, so slots are taken once per warp (ballot + popc) */
+        for (int i0 = tid & ~31; i0 < n_src; i0 += kTopkThreads) {
+            const int i = i0 + lane;
+            uint32_t idx = 0;
+            uint64_t cv = 0;
+            bool sel = false, keep = false;
+            if (i < n_src) {
+                cv = comp(i, idx);
+                if ((cv & M) == P) {
+                    uint32_t d = (uint32_t)((cv >> sh) & dmask);
+                    sel = d > b || (d == b && take_all);
+                    keep = d == b && gather;
+                }
+            }
+            const uint32_t ms = __ballot_sync(0xffffffffu, sel), mk = __ballot_sync(0xffffffffu, keep);
+            const uint32_t lt = (1u << lane) - 1u;
+            if (ms) { /* warp-uniform */
+                int base = 0;
+                if (lane == 0) base = atomicAdd(&s.n_out, __popc(ms));
+                base = __shfl_sync(0xffffffffu, base, 0);
+                if (sel) emit((int)idx, base + __popc(ms & lt));
+            }
+            if (mk) {
+                int base = 0;
+                if (lane == 0) base = atomicAdd(&s.n_cand, __popc(mk));
+                base = __shfl_sync(0xffffffffu, base, 0);
+                if (keep) {
+                    int slot = base + __popc(mk & lt);
+                    s.ck[slot] = (uint32_t)(cv >> 32);
+                    s.ci[slot] = idx;
+                }
+            }
+        }
+        __syncthreads();
+        if (take_all) return;
+        P |= (uint64_t)b << sh;
+        M |= dmask << sh;
+        if (gather) {
+            in_smem = true;
+            n_src = cnt;
+            if (cnt <= kRankMax) { /* few left: rank each against all (composites are unique) */
+                uint64_t mine = 0;
+                if (tid < cnt) mine = ((uint64_t)s.ck[tid] << 32) | (uint32_t)~s.ci[tid];
+                int rank = 0;
+                for (int j = 0; j < cnt; j++) rank += (((uint64_t)s.ck[j] << 32) | (uint32_t)~s.ci[j]) > mine;
+                if (tid < cnt && rank < rem) emit((int)s.ci[tid], atomicAdd(&s.n_out, 1));
+                __syncthreads();
+                return;
+            }
+        }
+    }
+}
+
+__device__ __forceinline__ int to_slot(const hisa_k_prefill_params &p, int pos) {
+    const int B = p.cache.block_size;
+    return p.out_slots ? p.cache.page_table[(int64_t)p.seq * p.cache.pages_per_seq + pos / B] * B + pos % B : pos;
+}
+
+/* HISA rows: kept blocks = 0, the best m-2 of 1..last-1 by J, last; ascending. */
+__global__ void __launch_bounds__(kTopkThreads) keep_kernel(const pf_args a) {
+    const hisa_k_prefill_params &p = a.p;
+    extern __shared__ uint8_t smem_raw[];
+    topk_smem<kCandCapSmall> &s = *reinterpret_cast<topk_smem<kCandCapSmall> *>(smem_raw);
+    const int i = a.row_begin + blockIdx.x;
+    if (i >= a.row_end) return;
+    const int t = p.t0 + i, last = t / p.cache.block_size, m = p.top_blocks;
+    const float *row = p.scratch.block_scores + (int64_t)i * p.cache.pages_per_seq + 1;
+    if (m > 2) row_topk(row, last - 1, m - 2, s, [&](int idx, int slot) { s.kept[slot] = idx + 1; });
+    __syncthreads();
+    int32_t *dst = p.scratch.blocks + (int64_t)i * m;
+    for (int j = threadIdx.x; j < m - 2; j += kTopkThreads) {
+        int v = s.kept[j], rank = 0;
+        for (int l = 0; l < m - 2; l++) rank += s.kept[l] < v;
+        dst[rank + 1] = v;
+    }
+    if (threadIdx.x == 0) {
+        dst[0] = 0;
+        dst[m - 1] = last;
+    }
+}
+
+/* rows [row_begin, row_end): flat-scored rows (and n <= k rows) with CAP = kCandCap, HISA rows
+ * (8K-ish candidates) with the small CAP so that more rows run at once */
+template <int CAP>
+__global__ void __launch_bounds__(kTopkThreads) topk_kernel(const pf_args a, int hisa_begin) {
+    const hisa_k_prefill_params &p = a.p;
+    extern __shared__ uint8_t smem_raw[];
+    topk_smem<CAP> &s = *reinterpret_cast<topk_smem<CAP> *>(smem_raw);
+    const int i = a.row_begin + blockIdx.x, t = p.t0 + i, n = t + 1, k = p.topk, B = p.cache.block_size;
+    int32_t *out = p.out + (int64_t)i * k;
+    if (n <= k) {
+        for (int j = threadIdx.x; j < k; j += kTopkThreads) out[j] = j < n ? to_slot(p, j) : -1;
+        return;
+    }
+    const float *row = p.scratch.scores + (int64_t)i * p.max_context;
+    if (i < hisa_begin) {
+        row_topk(row, n, k, s, [&](int idx, int slot) { out[slot] = to_slot(p, idx); });
+    } else {
+        const int m = p.top_blocks;
+        const int32_t *kb = p.scratch.blocks + (int64_t)i * m;
+        for (int j = threadIdx.x; j < m; j += kTopkThreads) s.kept[j] = kb[j];
+        __syncthreads();
+        row_topk(row, (m - 1) * B + t % B + 1, k, s,
+                 [&](int idx, int slot) { out[slot] = to_slot(p, s.kept[idx / B] * B + idx % B); });
+    }
+}
+
+/* --- launchers ------------------------------------------------------------------------------ */
+
+template <int N>
+constexpr size_t score_smem() {
+    return 1024 + 2 * N * 128 + 2 * N * 4 + HISA_TOP_BLOCKS_MAX * 4;
+}
+
+template <class K>
+int set_smem(K kernel, size_t bytes) {
+    /* per launch (cheap, per current device, not a stream operation, so graph capture is fine) */
+    return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes) == cudaSuccess
+               ? HISA_K_OK
+               : HISA_K_EDEVICE;
+}
+
+template <int N, int HP, int SRC, bool FP8, bool F16 = false>
+int launch_score(cudaStream_t s, const pf_args &a, int lim_max) {
+    constexpr int NQ = N / HP;
+    if (set_smem(score_kernel<N, HP, SRC, FP8, F16>, score_smem<N>())) return HISA_K_EDEVICE;
+    dim3 grid((unsigned)((lim_max + a.span - 1) / a.span), (unsigned)((a.row_end - a.row_begin + NQ - 1) / NQ));
+    score_kernel<N, HP, SRC, FP8, F16><<<grid, kScoreThreads, score_smem<N>(), s>>>(a);
+    return hisa__k_launch_status();
+}
+
+template <int HP>
+int launch_all(cudaStream_t s, const hisa_k_prefill_params &p, int flat_begin, int hisa_begin) {
+    const bool fp8 = p.cache.key_format == HISA_KEY_FP8;
+    const int B = p.cache.block_size, n_q = p.n_q;
+    pf_args a;
+    a.p = p;
+    int err = HISA_K_OK;
+    if (flat_begin < hisa_begin) {
+        a.row_begin = flat_begin;
+        a.row_end = hisa_begin;
+        int lim = p.t0 + hisa_begin; /* t + 1 of the last flat row */
+        /* spans: about 8 waves of CTAs (one CTA per SM), long enough to amortize the Q tile;
+         * a multiple of 256 (>= B: spans start on block boundaries), at most 1024 blocks */
+        int64_t groups = (hisa_begin - flat_begin + 255 / HP) / (256 / HP);
+        int64_t want = (8 * (int64_t)(p.sm_count > 0 ? p.sm_count : 132) + groups - 1) / groups;
+        int64_t span = ((lim + want - 1) / want + 255) / 256 * 256;
+        span = span < 2048 ? 2048 : span;
+        span = span > 1024 * B ? 1024 * B : span;
+        a.span = (int)span;
+        err = !fp8 ? launch_score<256, HP, SRC_TOK, false>(s, a, lim)
+                   : p.variant == 0 ? launch_score<256, HP, SRC_TOK, true, true>(s, a, lim)
+                                    : launch_score<256, HP, SRC_TOK, true, false>(s, a, lim);
+        if (err) return err;
+    }
+    if (hisa_begin < n_q) {
+        a.row_begin = hisa_begin;
+        a.row_end = n_q;
+        a.span = 512;
+        err = launch_score<256, HP, SRC_MEAN, false>(s, a, (p.t0 + n_q - 1) / B);
+        if (err) return err;
+        if (set_smem(keep_kernel, sizeof(topk_smem<kCandCapSmall>))) return HISA_K_EDEVICE;
+        keep_kernel<<<n_q - hisa_begin, kTopkThreads, sizeof(topk_smem<kCandCapSmall>), s>>>(a);
+        if ((err = hisa__k_launch_status())) return err;
+        int lim = p.top_blocks * B;
+        a.span = lim; /* one CTA per query: its Q tile is loaded once */
+        err = !fp8 ? launch_score<HP, HP, SRC_CAND, false>(s, a, lim)
+                   : p.variant == 0 ? launch_score<HP, HP, SRC_CAND, true, true>(s, a, lim)
+                                    : launch_score<HP, HP, SRC_CAND, true, false>(s, a, lim);
+        if (err) return err;
+    }
+    if (p.stop_after_scoring) return HISA_K_OK;
+    if (hisa_begin > 0) {
+        if (set_smem(topk_kernel<kCandCap>, sizeof(topk_smem<kCandCap>))) return HISA_K_EDEVICE;
+        a.row_begin = 0;
+        a.row_end = hisa_begin;
+        topk_kernel<kCandCap><<<hisa_begin, kTopkThreads, sizeof(topk_smem<kCandCap>), s>>>(a, hisa_begin);
+        if ((err = hisa__k_launch_status())) return err;
+    }
+    if (hisa_begin < n_q) {
+        if (set_smem(topk_kernel<kCandCapSmall>, sizeof(topk_smem<kCandCapSmall>))) return HISA_K_EDEVICE;
+        a.row_begin = hisa_begin;
+        a.row_end = n_q;
+        topk_kernel<kCandCapSmall><<<n_q - hisa_begin, kTopkThreads, sizeof(topk_smem<kCandCapSmall>), s>>>(a, hisa_begin);
+        if ((err = hisa__k_launch_status())) return err;
+    }
+    return HISA_K_OK;
+}
+
+} /* namespace */
+
+extern "C" int hisa_k_prefill(void *stream, const hisa_k_prefill_params *p) {
+    if (!p || !p->q || !p->w || (!p->out && !p->stop_after_scoring) || !p->scratch.scores ||
+        !p->scratch.block_scores || !p->scratch.blocks)
+        return HISA_K_EINVAL;
+    const hisa_k_cache &c = p->cache;
+    if (!c.keys || !c.means || !c.page_table || c.n_heads < 1 || c.n_heads > HISA_HEADS_MAX ||
+        c.block_size < HISA_BLOCK_MIN || c.block_size > HISA_BLOCK_MAX || (c.block_size & (c.block_size - 1)) ||
+        p->layer < 0 || p->layer >= c.n_layers || p->seq < 0 || p->seq >= c.max_seqs ||
+        (c.key_format != HISA_KEY_FP8 && c.key_format != HISA_KEY_BF16))
+        return HISA_K_EINVAL;
+    if (p->topk < 1 || p->topk > HISA_TOPK_MAX || p->top_blocks < 2 || p->top_blocks > HISA_TOP_BLOCKS_MAX ||
+        (int64_t)(p->top_blocks - 1) * c.block_size < p->topk)
+        return HISA_K_EINVAL;
+    if (p->mode != HISA_MODE_HISA && p->mode != HISA_MODE_FLAT) return HISA_K_EINVAL;
+    if (p->n_q < 1 || p->n_q > HISA_PREFILL_MAX || p->n_q > p->scratch_rows) return HISA_K_ELIMIT;
+    if (p->t0 < 0 || p->max_context < 1 || p->max_context > HISA_CONTEXT_MAX ||
+        (int64_t)p->t0 + p->n_q > p->max_context ||
+        (int64_t)p->t0 + p->n_q > (int64_t)c.pages_per_seq * c.block_size)
+        return HISA_K_ELIMIT;
+    /* rows partition by t = t0 + i: short (t + 1 <= k), flat, HISA (t + 1 > m * B) */
+    const int64_t k = p->topk, mB = (int64_t)p->top_blocks * c.block_size;
+    int64_t fb = k - p->t0, hb = p->mode == HISA_MODE_HISA ? mB - p->t0 : p->n_q;
+    fb = fb < 0 ? 0 : (fb > p->n_q ? p->n_q : fb);
+    hb = hb < fb ? fb : (hb > p->n_q ? p->n_q : hb);
+    cudaStream_t s = (cudaStream_t)stream;
+    const int H = c.n_heads;
+    if (H <= 16) return launch_all<16>(s, *p, (int)fb, (int)hb);
+    if (H <= 32) return launch_all<32>(s, *p, (int)fb, (int)hb);
+    if (H <= 64) return launch_all<64>(s, *p, (int)fb, (int)hb);
+    return launch_all<128>(s, *p, (int)fb, (int)hb);
+}

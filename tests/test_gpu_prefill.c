@@ -1,0 +1,485 @@
+/* test_gpu_prefill.c: the CUDA prefill path (kernels/prefill.cu through runtime/cuda_prefill.c)
+ * against the CPU reference (issue 4), under the SPEC's agreement rule.
+ *
+ * Both runtimes get the same sequence operations; keys are written on the CPU runtime and its
+ * cache bytes (keys, sums, means, masks) and page table are copied into the CUDA runtime's
+ * device arena, so the kernels are judged on exactly the bytes the reference reads (the write
+ * kernels have their own tests). Every GPU call runs with its output and the selection scratch
+ * poisoned. HISA rows are judged first on their kept blocks (J, against the reference's block
+ * choice), then on tokens against the candidates the kernel actually kept (read back from
+ * sel_blocks), and, where the kept blocks match the reference's, against its own output.
+ * Long contexts check a sample of rows (the reference costs ~0.9 s per flat 128K query). */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../runtime/cuda_prefill.h"
+#include "../runtime/internal.h"
+#include "common.h"
+#include "test.h"
+
+#if HISA_CUDA
+#include <cuda_runtime_api.h>
+
+#define POISON_WORD 0x7f7f7f7f
+
+typedef struct pf_pair {
+    hisa_runtime *cpu, *gpu;
+    hisa_config cfg;
+    int32_t seq;
+} pf_pair;
+
+/* 1: opened both and a sequence in each; 0: no device (SKIP); -1: failure (reported). */
+static int pf_open(hisa_test_ctx *ctx, pf_pair *p, hisa_config cfg) {
+    memset(p, 0, sizeof *p);
+    cfg.device = HISA_DEVICE_CPU;
+    int err = hisa_open(&p->cpu, &cfg, NULL);
+    CHECKF(err == HISA_OK, "cpu open: %s", hisa_strerror(err));
+    if (err) return -1;
+    cfg.device = HISA_DEVICE_CUDA(0);
+    err = hisa_open(&p->gpu, &cfg, NULL);
+    if (err == HISA_ENODEVICE) {
+        hisa_close(p->cpu);
+        return 0;
+    }
+    CHECKF(err == HISA_OK, "cuda open: %s", hisa_strerror(err));
+    if (err) {
+        hisa_close(p->cpu);
+        return -1;
+    }
+    p->cfg = *hisa_get_config(p->gpu);
+    int32_t s1 = -1, s2 = -1;
+    int e1 = hisa_seq_open(p->cpu, &s1), e2 = hisa_seq_open(p->gpu, &s2);
+    CHECKF(!e1 && !e2 && s1 == s2, "seq_open: %d %d", e1, e2);
+    p->seq = s1;
+    return (!e1 && !e2 && s1 == s2) ? 1 : -1;
+}
+static void pf_close(pf_pair *p) {
+    hisa_close(p->cpu);
+    hisa_close(p->gpu);
+}
+#define PF_OPEN(p, cfg)                       \
+    do {                                      \
+        int r_ = pf_open(ctx, (p), (cfg));    \
+        if (r_ == 0) SKIP("no CUDA device");  \
+        if (r_ < 0) return;                   \
+    } while (0)
+
+static hisa_config pf_config(int32_t H, int32_t B, int32_t m, int32_t k, int32_t fmt, int32_t max_context) {
+    hisa_config c = hisa_tconfig(H, B, m, k, fmt, max_context, 1);
+    c.max_prefill_queries = 1024;
+    return c;
+}
+
+/* Extend by n and write keys (seed) on the CPU runtime; the GPU runtime gets the extension. */
+static int pf_append(hisa_test_ctx *ctx, pf_pair *p, int32_t n, uint64_t seed) {
+    int32_t len = 0;
+    hisa_seq_length(p->cpu, p->seq, &len);
+    int e1 = hisa_seq_extend(p->cpu, p->seq, n), e2 = hisa_seq_extend(p->gpu, p->seq, n);
+    CHECKF(!e1 && !e2, "extend: %s / %s", hisa_strerror(e1), hisa_strerror(e2));
+    if (e1 || e2) return -1;
+    const int32_t chunk = p->cfg.max_prefill_queries;
+    float *keys = malloc(sizeof(float) * (size_t)chunk * 128);
+    for (int32_t pos = len; pos < len + n; pos += chunk) {
+        int32_t c = len + n - pos < chunk ? len + n - pos : chunk;
+        hisa_tgen_keys(seed, pos, c, keys);
+        hisa_write w = {.layer = 0, .n_tokens = c, .keys = keys};
+        int e = hisa_write_range(p->cpu, p->seq, pos, &w);
+        CHECKF(e == HISA_OK, "write_range: %s", hisa_strerror(e));
+        if (e) {
+            free(keys);
+            return -1;
+        }
+    }
+    free(keys);
+    return 0;
+}
+
+static int pf_truncate(hisa_test_ctx *ctx, pf_pair *p, int32_t len) {
+    int e1 = hisa_seq_truncate(p->cpu, p->seq, len), e2 = hisa_seq_truncate(p->gpu, p->seq, len);
+    CHECKF(!e1 && !e2, "truncate: %s / %s", hisa_strerror(e1), hisa_strerror(e2));
+    return (e1 || e2) ? -1 : 0;
+}
+
+/* The CPU runtime's cache bytes and page table into the GPU runtime's device arena. */
+static int pf_sync_bytes(hisa_test_ctx *ctx, pf_pair *p) {
+    hisa_runtime *c = p->cpu, *g = p->gpu;
+    int64_t L = c->g.n_layers, pages = c->g.n_pages;
+    int ok = hisa_sync(g) == HISA_OK;
+    ok = ok && cudaMemcpy(g->r.keys, c->r.keys, (size_t)(L * pages * c->g.page_bytes), cudaMemcpyHostToDevice) == cudaSuccess;
+    ok = ok && cudaMemcpy(g->r.block_sums, c->r.block_sums, sizeof(float) * (size_t)(L * pages * 128),
+                          cudaMemcpyHostToDevice) == cudaSuccess;
+    ok = ok && cudaMemcpy(g->r.block_means, c->r.block_means, sizeof(uint16_t) * (size_t)(L * pages * 128),
+                          cudaMemcpyHostToDevice) == cudaSuccess;
+    ok = ok && cudaMemcpy(g->r.block_masks, c->r.block_masks, sizeof(uint32_t) * (size_t)(L * pages * c->g.mask_words),
+                          cudaMemcpyHostToDevice) == cudaSuccess;
+    ok = ok && cudaMemcpy(g->r.dev_page_table, c->r.page_table, sizeof(int32_t) * (size_t)(c->g.max_seqs * c->g.pages_per_seq),
+                          cudaMemcpyHostToDevice) == cudaSuccess;
+    ok = ok && cudaMemcpy(g->r.dev_seq_len, c->r.seq_len, sizeof(int32_t) * (size_t)c->g.max_seqs,
+                          cudaMemcpyHostToDevice) == cudaSuccess;
+    CHECKF(ok, "copying the cache to the device failed");
+    return ok ? 0 : -1;
+}
+
+/* Reference formula in double (SPEC), q rounded to bf16 as the reference does. */
+static double pf_score(const float *qr, const float *w, int32_t H, const float *key) {
+    double total = 0.0;
+    for (int32_t h = 0; h < H; h++) {
+        double dot = 0.0;
+        for (int d = 0; d < 128; d++) dot += (double)qr[h * 128 + d] * key[d];
+        total += w[h] * (dot > 0 ? dot : 0);
+    }
+    return total;
+}
+static void pf_token_key(const pf_pair *p, int32_t s, float *key) {
+    const hisa_runtime *c = p->cpu;
+    int32_t B = (int32_t)c->g.block_size;
+    int32_t page = c->r.page_table[(int64_t)p->seq * c->g.pages_per_seq + s / B];
+    hisa__dequant_token(c, hisa__page(c, 0, page), s % B, key);
+}
+static void pf_mean_key(const pf_pair *p, int32_t b, float *key) {
+    const hisa_runtime *c = p->cpu;
+    int32_t page = c->r.page_table[(int64_t)p->seq * c->g.pages_per_seq + b];
+    const uint16_t *mean = c->r.block_means + hisa__summary_index(c, 0, page) * 128;
+    for (int d = 0; d < 128; d++) key[d] = hisa__bf16_to_f32(mean[d]);
+}
+
+static int cmp_i32(const void *a, const void *b) {
+    int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* Judge one row (query at t). got: positions. gblocks: the GPU's m kept blocks for this row. */
+static void pf_check_row(hisa_test_ctx *ctx, pf_pair *p, hisa_mode mode, int32_t t, const float *q, const float *w,
+                         const int32_t *got, const int32_t *gblocks, const char *what) {
+    const int32_t H = p->cfg.n_heads, B = p->cfg.block_size, m = p->cfg.top_blocks, k = p->cfg.topk;
+    const int32_t n = t + 1, nb = hisa__blocks_of(n, B), last = nb - 1;
+    char why[256] = "";
+    for (int32_t i = 0; i < k; i++)
+        if (got[i] == POISON_WORD) {
+            CHECKF(0, "%s t=%d: entry %d never written", what, t, i);
+            return;
+        }
+    int32_t *ref = malloc(sizeof(int32_t) * (size_t)k);
+    REQUIRE(hisa__cpu_select_one(p->cpu, 0, mode, p->seq, t, q, w, 0, ref) == HISA_OK);
+    if (n <= k) {
+        int32_t *s = malloc(sizeof(int32_t) * (size_t)k);
+        memcpy(s, got, sizeof(int32_t) * (size_t)k);
+        qsort(s, (size_t)n, sizeof(int32_t), cmp_i32);
+        int ok = 1;
+        for (int32_t i = 0; i < k; i++) ok &= s[i] == (i < n ? i : -1);
+        CHECKF(ok, "%s t=%d (n <= k): not 0..n-1 then -1", what, t);
+        free(s);
+        free(ref);
+        return;
+    }
+    float *I = malloc(sizeof(float) * (size_t)n);
+    uint8_t *is_cand = calloc((size_t)n, 1);
+    if (mode == HISA_MODE_FLAT || nb <= m) {
+        float *J = malloc(sizeof(float) * (size_t)nb);
+        REQUIRE(hisa__cpu_scores(p->cpu, 0, p->seq, t, q, w, I, J) == HISA_OK);
+        CHECKF(hisa_agree(I, n, NULL, ref, got, k, why, sizeof why), "%s t=%d flat: %s", what, t, why);
+        free(J);
+    } else {
+        int32_t cpu_blocks[HISA_TOP_BLOCKS_MAX];
+        memcpy(cpu_blocks, p->cpu->r.cpu_blocks, sizeof(int32_t) * (size_t)m);
+        float *qr = malloc(sizeof(float) * (size_t)H * 128), key[128];
+        for (int32_t i = 0; i < H * 128; i++) qr[i] = hisa__bf16_to_f32(hisa__bf16_from_f32(q[i]));
+        CHECKF(gblocks[0] == 0 && gblocks[m - 1] == last, "%s t=%d: blocks 0 / last not forced (%d, %d)", what, t,
+               gblocks[0], gblocks[m - 1]);
+        int asc = 1;
+        for (int32_t i = 1; i < m; i++) asc &= gblocks[i] > gblocks[i - 1] && gblocks[i] <= last;
+        CHECKF(asc, "%s t=%d: kept blocks not ascending / out of range", what, t);
+        if (!asc) goto done;
+        float *J = malloc(sizeof(float) * (size_t)nb);
+        uint8_t *bc = calloc((size_t)nb, 1);
+        for (int32_t b = 0; b <= last; b++) {
+            pf_mean_key(p, b, key);
+            J[b] = (float)pf_score(qr, w, H, key);
+            bc[b] = b >= 1 && b < last;
+        }
+        if (m > 2)
+            CHECKF(hisa_agree(J, nb, bc, cpu_blocks + 1, gblocks + 1, m - 2, why, sizeof why), "%s t=%d: kept blocks: %s",
+                   what, t, why);
+        free(J);
+        free(bc);
+        /* tokens, against the candidates the GPU kept */
+        int32_t *ids = malloc(sizeof(int32_t) * (size_t)m * B), *ref2 = malloc(sizeof(int32_t) * (size_t)k);
+        float *cs = malloc(sizeof(float) * (size_t)m * B);
+        int32_t nc = 0;
+        for (int32_t i = 0; i < m; i++)
+            for (int32_t s = gblocks[i] * B; s < gblocks[i] * B + B && s < n; s++) {
+                pf_token_key(p, s, key);
+                I[s] = (float)pf_score(qr, w, H, key);
+                is_cand[s] = 1;
+                ids[nc] = s;
+                cs[nc++] = I[s];
+            }
+        int32_t nr = hisa__topk_ref(cs, ids, nc, k, ref2);
+        for (int32_t i = nr; i < k; i++) ref2[i] = -1;
+        CHECKF(hisa_agree(I, n, is_cand, ref2, got, k, why, sizeof why), "%s t=%d hisa: %s", what, t, why);
+        if (!memcmp(cpu_blocks, gblocks, sizeof(int32_t) * (size_t)m))
+            CHECKF(hisa_agree(I, n, is_cand, ref, got, k, why, sizeof why), "%s t=%d hisa vs reference: %s", what, t, why);
+        free(ids);
+        free(ref2);
+        free(cs);
+    done:
+        free(qr);
+    }
+    free(I);
+    free(is_cand);
+    free(ref);
+}
+
+/* One chunk on the GPU (outputs and scratch poisoned first), then rows judged: every row when
+ * the reference is cheap, else `sample` rows (first, last and spread). device_io: q/w/out in
+ * device memory instead of HISA_HOST_IO. */
+static void pf_chunk(hisa_test_ctx *ctx, pf_pair *p, hisa_mode mode, int32_t t0, int32_t n_q, uint32_t flags,
+                     int device_io, int32_t sample, uint64_t qseed, const char *what) {
+    const int32_t H = p->cfg.n_heads, k = p->cfg.topk, m = p->cfg.top_blocks, B = p->cfg.block_size;
+    hisa_runtime *g = p->gpu;
+    float *q = malloc(sizeof(float) * (size_t)n_q * H * 128), *w = malloc(sizeof(float) * (size_t)n_q * H);
+    int32_t *out = malloc(sizeof(int32_t) * (size_t)n_q * k), *blocks = malloc(sizeof(int32_t) * (size_t)n_q * m);
+    for (int32_t i = 0; i < n_q; i++) {
+        int32_t t = t0 + i;
+        int64_t near = (i % 5 == 4) ? -1 : (int64_t)((t * 7919ull + (uint64_t)i * 131ull) % (uint64_t)(t + 1));
+        hisa_tgen_query(qseed + (uint64_t)i, H, near, q + (int64_t)i * H * 128, w + (int64_t)i * H);
+    }
+    for (int64_t i = 0; i < (int64_t)n_q * k; i++) out[i] = POISON_WORD;
+    int ok = cudaMemset(g->r.sel_scores, 0xff, sizeof(float) * (size_t)(g->g.rows * g->g.max_context)) == cudaSuccess;
+    ok = ok && cudaMemset(g->r.sel_block_scores, 0xff, sizeof(float) * (size_t)(g->g.rows * g->g.pages_per_seq)) == cudaSuccess;
+    ok = ok && cudaMemset(g->r.sel_blocks, 0xff, sizeof(int32_t) * (size_t)(g->g.rows * g->g.top_blocks)) == cudaSuccess;
+    REQUIRE(ok);
+    int err;
+    if (device_io) {
+        float *dq = NULL, *dw = NULL;
+        int32_t *dout = NULL;
+        REQUIRE(cudaMalloc((void **)&dq, sizeof(float) * (size_t)n_q * H * 128) == cudaSuccess);
+        REQUIRE(cudaMalloc((void **)&dw, sizeof(float) * (size_t)n_q * H) == cudaSuccess);
+        REQUIRE(cudaMalloc((void **)&dout, sizeof(int32_t) * (size_t)n_q * k) == cudaSuccess);
+        REQUIRE(cudaMemcpy(dq, q, sizeof(float) * (size_t)n_q * H * 128, cudaMemcpyHostToDevice) == cudaSuccess);
+        REQUIRE(cudaMemcpy(dw, w, sizeof(float) * (size_t)n_q * H, cudaMemcpyHostToDevice) == cudaSuccess);
+        REQUIRE(cudaMemcpy(dout, out, sizeof(int32_t) * (size_t)n_q * k, cudaMemcpyHostToDevice) == cudaSuccess);
+        err = hisa__cuda_prefill(g, 0, mode, p->seq, t0, n_q, dq, dw, dout, flags);
+        REQUIRE(hisa_sync(g) == HISA_OK);
+        REQUIRE(cudaMemcpy(out, dout, sizeof(int32_t) * (size_t)n_q * k, cudaMemcpyDeviceToHost) == cudaSuccess);
+        cudaFree(dq);
+        cudaFree(dw);
+        cudaFree(dout);
+    } else {
+        err = hisa__cuda_prefill(g, 0, mode, p->seq, t0, n_q, q, w, out, flags | HISA_HOST_IO);
+    }
+    CHECKF(err == HISA_OK, "%s: prefill: %s (%s)", what, hisa_strerror(err), hisa_error_detail(g));
+    if (err) goto out;
+    REQUIRE(cudaMemcpy(blocks, g->r.sel_blocks, sizeof(int32_t) * (size_t)n_q * m, cudaMemcpyDeviceToHost) == cudaSuccess);
+    if (flags & HISA_SLOTS) { /* slots back to positions through the reference's page table */
+        const hisa_runtime *c = p->cpu;
+        int32_t len = c->r.seq_len[p->seq];
+        int32_t *block_of = malloc(sizeof(int32_t) * (size_t)c->g.n_pages);
+        for (int32_t i = 0; i < c->g.n_pages; i++) block_of[i] = -1;
+        for (int32_t b = 0; b < hisa__blocks_of(len, B); b++)
+            block_of[c->r.page_table[(int64_t)p->seq * c->g.pages_per_seq + b]] = b;
+        int bad = 0;
+        for (int64_t i = 0; i < (int64_t)n_q * k; i++) {
+            int32_t v = out[i];
+            if (v == -1 || v == POISON_WORD) continue;
+            int32_t page = v / B;
+            if (v < 0 || page >= c->g.n_pages || block_of[page] < 0) {
+                bad++;
+                out[i] = -2;
+            } else {
+                out[i] = block_of[page] * B + v % B;
+            }
+        }
+        CHECKF(!bad, "%s: %d slots outside the sequence's pages", what, bad);
+        free(block_of);
+    }
+    int64_t cost = (int64_t)(t0 + n_q) * n_q * H;
+    int all = sample <= 0 || sample >= n_q || cost < 400000000;
+    int32_t n_check = all ? n_q : sample;
+    for (int32_t j = 0; j < n_check && ctx->failures < 10; j++) {
+        int32_t i = all ? j : (j == 0 ? 0 : j == 1 ? n_q - 1 : (int32_t)(((int64_t)j * 7919) % n_q));
+        char what2[160];
+        snprintf(what2, sizeof what2, "%s row %d", what, i);
+        pf_check_row(ctx, p, mode, t0 + i, q + (int64_t)i * H * 128, w + (int64_t)i * H, out + (int64_t)i * k,
+                     blocks + (int64_t)i * m, what2);
+    }
+out:
+    free(q);
+    free(w);
+    free(out);
+    free(blocks);
+}
+
+/* Short contexts, every row: all three row kinds in one chunk (n <= k, nb <= m, HISA), chunks at
+ * the start, straddling blocks, one query, slots, device pointers, both formats, both modes. */
+HISA_TEST(gpu_prefill_short) {
+    for (int fmt = HISA_KEY_FP8; fmt <= HISA_KEY_BF16; fmt++) {
+        pf_pair p;
+        PF_OPEN(&p, pf_config(16, 32, 8, 64, fmt, 4096));
+        if (pf_append(ctx, &p, 2048, 11) || pf_sync_bytes(ctx, &p)) {
+            pf_close(&p);
+            return;
+        }
+        char what[96];
+        for (int mode = 0; mode <= 1; mode++) {
+            snprintf(what, sizeof what, "fmt %d mode %d chunk 0+1024", fmt, mode);
+            pf_chunk(ctx, &p, (hisa_mode)mode, 0, 1024, 0, 0, 0, 100, what);
+            snprintf(what, sizeof what, "fmt %d mode %d chunk 37+7", fmt, mode);
+            pf_chunk(ctx, &p, (hisa_mode)mode, 37, 7, 0, 0, 0, 200, what);
+            snprintf(what, sizeof what, "fmt %d mode %d chunk 1000+128 slots", fmt, mode);
+            pf_chunk(ctx, &p, (hisa_mode)mode, 1000, 128, HISA_SLOTS, 0, 0, 300, what);
+            snprintf(what, sizeof what, "fmt %d mode %d chunk 2047+1 device io", fmt, mode);
+            pf_chunk(ctx, &p, (hisa_mode)mode, 2047, 1, 0, 1, 0, 400, what);
+            snprintf(what, sizeof what, "fmt %d mode %d chunk 1023+1024 device io", fmt, mode);
+            pf_chunk(ctx, &p, (hisa_mode)mode, 1023, 1024, 0, 1, 0, 500, what);
+            snprintf(what, sizeof what, "fmt %d mode %d chunk 500+128 bf16 operands", fmt, mode);
+            pf_chunk(ctx, &p, (hisa_mode)mode, 500, 128, HISA__PF_VARIANT_ALT, 0, 0, 550, what);
+        }
+        pf_close(&p);
+    }
+}
+
+/* After a rollback: truncate inside a block, write different keys, select across the seam. */
+HISA_TEST(gpu_prefill_truncate) {
+    for (int fmt = HISA_KEY_FP8; fmt <= HISA_KEY_BF16; fmt++) {
+        pf_pair p;
+        PF_OPEN(&p, pf_config(16, 32, 8, 64, fmt, 4096));
+        if (pf_append(ctx, &p, 1500, 21) || pf_truncate(ctx, &p, 1203) || pf_append(ctx, &p, 900, 22) ||
+            pf_sync_bytes(ctx, &p)) {
+            pf_close(&p);
+            return;
+        }
+        for (int mode = 0; mode <= 1; mode++) {
+            char what[96];
+            snprintf(what, sizeof what, "truncated fmt %d mode %d chunk 1150+128", fmt, mode);
+            pf_chunk(ctx, &p, (hisa_mode)mode, 1150, 128, 0, 0, 0, 600, what);
+            snprintf(what, sizeof what, "truncated fmt %d mode %d chunk 1202+7", fmt, mode);
+            pf_chunk(ctx, &p, (hisa_mode)mode, 1202, 7, HISA_SLOTS, 0, 0, 700, what);
+        }
+        pf_close(&p);
+    }
+}
+
+/* Head counts that pad (20 -> 32) and the other tile shapes (64: 4 queries per tile, 128: 2);
+ * both operand types of the fp8 path (fp16 by default, bf16 with HISA__PF_VARIANT_ALT). */
+HISA_TEST(gpu_prefill_heads) {
+    static const int32_t heads[] = {20, 64, 128};
+    for (int hi = 0; hi < 3; hi++)
+        for (int fmt = HISA_KEY_FP8; fmt <= HISA_KEY_BF16; fmt++) {
+            pf_pair p;
+            PF_OPEN(&p, pf_config(heads[hi], 64, 6, 128, fmt, 4096));
+            if (pf_append(ctx, &p, 3000, 31) || pf_sync_bytes(ctx, &p)) {
+                pf_close(&p);
+                return;
+            }
+            int32_t n_q = heads[hi] == 128 ? 7 : 128;
+            for (int mode = 0; mode <= 1; mode++) {
+                char what[96];
+                snprintf(what, sizeof what, "H %d fmt %d mode %d chunk %d+%d", heads[hi], fmt, mode, 3000 - n_q, n_q);
+                pf_chunk(ctx, &p, (hisa_mode)mode, 3000 - n_q, n_q, 0, 0, 0, 800, what);
+                snprintf(what, sizeof what, "H %d fmt %d mode %d chunk %d+%d bf16 operands", heads[hi], fmt, mode,
+                         3000 - n_q, n_q);
+                pf_chunk(ctx, &p, (hisa_mode)mode, 3000 - n_q, n_q, HISA__PF_VARIANT_ALT, 0, 0, 850, what);
+            }
+            pf_close(&p);
+        }
+}
+
+/* The paper's configuration at 32K and 128K: 1024-query chunks at the end, sampled rows. */
+HISA_TEST(gpu_prefill_long) {
+    for (int fmt = HISA_KEY_FP8; fmt <= HISA_KEY_BF16; fmt++) {
+        pf_pair p;
+        PF_OPEN(&p, pf_config(64, 128, 64, 2048, fmt, 131072));
+        if (pf_append(ctx, &p, 32768, 41) || pf_sync_bytes(ctx, &p)) {
+            pf_close(&p);
+            return;
+        }
+        char what[96];
+        snprintf(what, sizeof what, "32K fmt %d hisa", fmt);
+        pf_chunk(ctx, &p, HISA_MODE_HISA, 32768 - 1024, 1024, 0, 1, 12, 900, what);
+        snprintf(what, sizeof what, "32K fmt %d hisa bf16 operands", fmt);
+        pf_chunk(ctx, &p, HISA_MODE_HISA, 32768 - 1024, 1024, HISA__PF_VARIANT_ALT, 1, 6, 905, what);
+        snprintf(what, sizeof what, "32K fmt %d flat", fmt);
+        pf_chunk(ctx, &p, HISA_MODE_FLAT, 32768 - 128, 128, 0, 0, 4, 901, what);
+        if (pf_append(ctx, &p, 131072 - 32768, 41) || pf_sync_bytes(ctx, &p)) {
+            pf_close(&p);
+            return;
+        }
+        snprintf(what, sizeof what, "128K fmt %d hisa", fmt);
+        pf_chunk(ctx, &p, HISA_MODE_HISA, 131072 - 1024, 1024, HISA_SLOTS, 1, 12, 902, what);
+        snprintf(what, sizeof what, "128K fmt %d flat", fmt);
+        pf_chunk(ctx, &p, HISA_MODE_FLAT, 131072 - 1024, 1024, 0, 1, 2, 903, what);
+        pf_close(&p);
+    }
+}
+
+/* A decode step at t (the CUDA decode path) and a one-query chunk at t agree. */
+HISA_TEST(gpu_prefill_decode_agree) {
+    for (int fmt = HISA_KEY_FP8; fmt <= HISA_KEY_BF16; fmt++) {
+        pf_pair p;
+        PF_OPEN(&p, pf_config(64, 64, 8, 256, fmt, 8192));
+        if (pf_append(ctx, &p, 5000, 51) || pf_sync_bytes(ctx, &p)) {
+            pf_close(&p);
+            return;
+        }
+        const int32_t H = 64, k = 256, t = 4999;
+        float *q = malloc(sizeof(float) * H * 128), w[64];
+        int32_t *dec = malloc(sizeof(int32_t) * k), *pre = malloc(sizeof(int32_t) * k);
+        float *I = malloc(sizeof(float) * (t + 1)), *J = malloc(sizeof(float) * 128);
+        hisa_tgen_query(61, H, 1234, q, w);
+        REQUIRE(hisa__cpu_scores(p.cpu, 0, p.seq, t, q, w, I, J) == HISA_OK);
+        for (int mode = 0; mode <= 1; mode++) {
+            for (int32_t i = 0; i < k; i++) dec[i] = pre[i] = POISON_WORD;
+            hisa_decode d = {.layer = 0, .mode = (hisa_mode)mode, .n_seqs = 1, .seq_ids = &p.seq, .q = q, .w = w,
+                             .out = dec, .flags = HISA_HOST_IO};
+            int32_t dblocks[8], pblocks[8];
+            int e1 = hisa_select_decode(p.gpu, &d);
+            int ok = !e1 && cudaMemcpy(dblocks, p.gpu->r.sel_blocks, sizeof dblocks, cudaMemcpyDeviceToHost) == cudaSuccess;
+            int e2 = hisa__cuda_prefill(p.gpu, 0, (hisa_mode)mode, p.seq, t, 1, q, w, pre, HISA_HOST_IO);
+            ok = ok && !e2 && cudaMemcpy(pblocks, p.gpu->r.sel_blocks, sizeof pblocks, cudaMemcpyDeviceToHost) == cudaSuccess;
+            CHECKF(ok, "fmt %d mode %d: decode %s, prefill %s (%s)", fmt, mode, hisa_strerror(e1), hisa_strerror(e2),
+                   hisa_error_detail(p.gpu));
+            if (!ok) break;
+            char why[256] = "";
+            uint8_t *is_cand = calloc((size_t)t + 1, 1);
+            if (mode == HISA_MODE_FLAT) { /* same candidates: the two selections agree outright */
+                memset(is_cand, 1, (size_t)t + 1);
+            } else { /* each against the reference; directly when they kept the same blocks */
+                pf_check_row(ctx, &p, HISA_MODE_HISA, t, q, w, dec, dblocks, "decode");
+                pf_check_row(ctx, &p, HISA_MODE_HISA, t, q, w, pre, pblocks, "one-query chunk");
+                if (!memcmp(dblocks, pblocks, sizeof dblocks))
+                    for (int i = 0; i < 8; i++)
+                        for (int32_t s = pblocks[i] * 64; s < pblocks[i] * 64 + 64 && s <= t; s++) is_cand[s] = 1;
+            }
+            int any = 0;
+            for (int32_t s = 0; s <= t; s++) any |= is_cand[s];
+            if (any)
+                CHECKF(hisa_agree(I, t + 1, is_cand, dec, pre, k, why, sizeof why), "fmt %d mode %d decode vs chunk: %s",
+                       fmt, mode, why);
+            free(is_cand);
+        }
+        free(q);
+        free(dec);
+        free(pre);
+        free(I);
+        free(J);
+        pf_close(&p);
+    }
+}
+
+#else /* !HISA_CUDA */
+
+HISA_TEST(gpu_prefill_short) {
+    hisa_runtime *rt = NULL;
+    hisa_config cfg = hisa_tconfig(16, 32, 8, 64, HISA_KEY_FP8, 4096, 1);
+    cfg.device = HISA_DEVICE_CUDA(0);
+    int err = hisa_open(&rt, &cfg, NULL);
+    hisa_close(rt);
+    CHECK_EQ_INT(err, HISA_ENODEVICE);
+    CHECK_EQ_INT(hisa__cuda_prefill(NULL, 0, HISA_MODE_HISA, 0, 0, 1, NULL, NULL, NULL, 0), HISA_ENODEVICE);
+    SKIP("no CUDA device");
+}
+
+#endif /* HISA_CUDA */
