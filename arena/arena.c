@@ -54,6 +54,10 @@ int hisa__config_resolve(const hisa_config *in, hisa_config *out, const char **f
         c.n_pages = want > HISA_PAGES_MAX ? -1 : (int32_t)want; /* too many: say n_pages */
     }
     HISA__FIELD(n_pages, 1, 1, HISA_PAGES_MAX);
+    if ((int64_t)c.n_pages * c.block_size > ((int64_t)1 << 31)) { /* slots page * B + off are int32 */
+        *field = "n_pages";
+        return HISA_ECONFIG;
+    }
     HISA__FIELD(max_batch, c.max_seqs < HISA_BATCH_MAX ? c.max_seqs : HISA_BATCH_MAX, 1,
                 HISA_BATCH_MAX);
     HISA__FIELD(max_prefill_queries, c.max_context < 1024 ? c.max_context : 1024, 1,
@@ -148,8 +152,10 @@ static int64_t g_reservations;   /* reservations made by this process */
 void hisa__arena_fail_at(int32_t n) { g_fail_at = n; }
 int64_t hisa__arena_reservations(void) { return g_reservations; }
 
-/* One reservation; returns NULL on failure (or injected failure). */
-static void *reserve(uint64_t bytes, int on_device, int is_cuda) {
+/* One reservation; returns NULL on failure (or injected failure). A sealed arena never
+ * reserves again: that would be an allocation after open. */
+static void *reserve(const hisa__arena *a, uint64_t bytes, int on_device, int is_cuda) {
+    assert(!a->sealed && "allocation after open");
     assert(bytes > 0 && bytes % 256 == 0);
     if (g_fail_at > 0 && --g_fail_at == 0) return NULL;
     void *p = NULL;
@@ -219,12 +225,12 @@ int hisa__arena_open(hisa__arena *a, const hisa_plan *plan, const hisa_memory *m
         a->host_base = mem->host_base;
     }
     if (!a->dev_base) {
-        a->dev_base = reserve(a->dev_bytes, 1, a->is_cuda);
+        a->dev_base = reserve(a, a->dev_bytes, 1, a->is_cuda);
         if (!a->dev_base) return HISA_ENOMEM;
         a->dev_owned = 1;
     }
     if (!a->host_base) {
-        a->host_base = reserve(a->host_bytes, 0, a->is_cuda);
+        a->host_base = reserve(a, a->host_bytes, 0, a->is_cuda);
         if (!a->host_base) {
             hisa__arena_release(*a);
             return HISA_ENOMEM;

@@ -64,7 +64,8 @@ void hisa__quantize_fp8(const float *x, uint8_t *codes, float *scale) {
     assert(x && codes && scale);
     float amax = 0.0f;
     for (int d = 0; d < HISA_D; d++) amax = fmaxf(amax, fabsf(x[d]));
-    float s = amax > 0.0f ? amax / HISA_FP8_MAX : 1.0f;
+    float s = amax / HISA_FP8_MAX;
+    if (!(s > 0.0f)) s = 1.0f; /* amax 0, or so small that amax / 448 underflows: codes are 0 */
     for (int d = 0; d < HISA_D; d++) codes[d] = hisa__e4m3_from_f32(x[d] / s);
     *scale = s;
     assert(*scale > 0.0f);

@@ -4,8 +4,9 @@
  * the compiler can vectorize them without reassociating anything).
  *
  * Determinism rules the kernels share: block sums add dequantized keys in fp32, one token at a
- * time in the order they are written (range writes: position order); the mean is
- * bf16_rne(sum / count); ranking uses an order-preserving uint32 image of the fp32 score
+ * time in the order they are written (range writes: position order); a write that replaces a
+ * written token recomputes the block's sum from its stored keys in offset order; the mean is
+ * bf16_rne(sum / count); fp8 scale = amax / 448, or 1 where that is 0; ranking uses an order-preserving uint32 image of the fp32 score
  * (NaN lowest, -0 == +0) and ties go to the lower position. */
 #include <assert.h>
 #include <string.h>
@@ -38,10 +39,7 @@ int hisa__cpu_write_token(hisa_runtime *rt, int32_t layer, int32_t seq, int32_t 
     float *sum = rt->r.block_sums + si * HISA_D;
     uint32_t *mask = rt->r.block_masks + si * rt->g.mask_words;
     float deq[HISA_D];
-    if (mask[off / 32] & (1u << (off % 32))) { /* replacing a written token: take it out */
-        hisa__dequant_token(rt, p, off, deq);
-        for (int d = 0; d < HISA_D; d++) sum[d] -= deq[d];
-    }
+    int replacing = (mask[off / 32] >> (off % 32)) & 1;
     if (rt->g.key_format == HISA_KEY_FP8) {
         uint8_t c[HISA_D];
         float s;
@@ -61,10 +59,16 @@ int hisa__cpu_write_token(hisa_runtime *rt, int32_t layer, int32_t seq, int32_t 
             memcpy(dst + 2 * d, &b, 2);
         }
     }
-    hisa__dequant_token(rt, p, off, deq);
-    for (int d = 0; d < HISA_D; d++) sum[d] += deq[d];
     mask[off / 32] |= 1u << (off % 32);
-    refresh_mean(rt, si);
+    if (replacing) {
+        /* Recompute rather than subtract: exact (the block is what it would be had the old key
+         * never been written), and a NaN or inf key that is replaced leaves no trace. */
+        hisa__cpu_recompute_block(rt, layer, page);
+    } else {
+        hisa__dequant_token(rt, p, off, deq);
+        for (int d = 0; d < HISA_D; d++) sum[d] += deq[d];
+        refresh_mean(rt, si);
+    }
     if (payload) {
         int64_t pb = rt->g.payload_bytes;
         memcpy(rt->r.payload + ((int64_t)layer * rt->g.n_pages * B + (int64_t)page * B + off) * pb,
@@ -150,7 +154,8 @@ static uint32_t order_key(float x) {
 }
 
 int32_t hisa__topk_ref(const float *scores, const int32_t *ids, int32_t n, int32_t k, int32_t *out) {
-    assert(n >= 0 && k >= 1);
+    assert(n >= 0 && k >= 0);
+    if (k == 0) return 0; /* m = 2: no middle block is ranked */
     if (n <= k) {
         memcpy(out, ids, (size_t)n * sizeof(int32_t));
         return n;
