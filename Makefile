@@ -101,3 +101,37 @@ clean:
 
 help:
 	@sed -n '1,7p' Makefile | sed 's/^# \{0,1\}//'
+
+# Reliability (issue 6). make soak: the model-based soak at full length (the test binary's soak
+# tests with HISA_SOAK_OPS=SOAK_OPS operations in all). make fuzz FUZZ_SECONDS=N: build the libFuzzer
+# targets (clang, ASan+UBSan, CPU only) and run each for N seconds on its corpus; new inputs,
+# logs and crash artifacts go under $(BUILD)/fuzz/.
+SOAK_OPS      ?= 1000000
+FUZZ_SECONDS  ?= 60
+FUZZ_CC       ?= $(shell command -v clang 2>/dev/null || command -v clang-14 2>/dev/null || echo clang)
+FUZZ_DIR      := $(BUILD)/fuzz
+FUZZ_CFLAGS   := -std=c11 -O1 -g -D_GNU_SOURCE -DHISA_CUDA=0 -fno-omit-frame-pointer \
+                 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
+FUZZ_LIB_SRCS ?= $(LIB_SRCS)
+
+soak: $(BUILD)/hisa_tests
+	HISA_SOAK_OPS=$(SOAK_OPS) $(BUILD)/hisa_tests soak
+
+$(FUZZ_DIR)/fuzz_api: tests/fuzz/fuzz_api.c $(FUZZ_LIB_SRCS) $(HEADERS) Makefile
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -o $@ tests/fuzz/fuzz_api.c $(FUZZ_LIB_SRCS) -lm -lpthread
+
+$(FUZZ_DIR)/fuzz_npy: tests/fuzz/fuzz_npy.c tools/npy.c tools/npy.h Makefile
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -o $@ tests/fuzz/fuzz_npy.c tools/npy.c
+
+fuzz: $(FUZZ_DIR)/fuzz_api $(FUZZ_DIR)/fuzz_npy
+	@for t in api npy; do \
+	    mkdir -p $(FUZZ_DIR)/corpus_$$t; \
+	    echo "== fuzz_$$t: $(FUZZ_SECONDS) s"; \
+	    $(FUZZ_DIR)/fuzz_$$t -max_total_time=$(FUZZ_SECONDS) -timeout=20 -rss_limit_mb=2048 \
+	        -max_len=4096 -print_final_stats=1 -artifact_prefix=$(FUZZ_DIR)/ \
+	        $(FUZZ_DIR)/corpus_$$t tests/corpus/$$t > $(FUZZ_DIR)/fuzz_$$t.log 2>&1 \
+	        || { tail -n 80 $(FUZZ_DIR)/fuzz_$$t.log; echo "fuzz_$$t FAILED (log: $(FUZZ_DIR)/fuzz_$$t.log)"; exit 1; }; \
+	    grep -E '^(stat::number_of_executed_units|stat::peak_rss_mb)|^Done ' $(FUZZ_DIR)/fuzz_$$t.log; \
+	done
