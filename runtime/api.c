@@ -6,7 +6,6 @@
 #include <stdio.h> /* snprintf only: the library never prints */
 #include <string.h>
 
-#include "cuda_prefill.h"
 #include "internal.h"
 
 const char *hisa_version(void) { return "0.1.0"; }

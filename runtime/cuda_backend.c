@@ -44,6 +44,38 @@ static hisa_k_cache cache_of(const hisa_runtime *rt) {
     return c;
 }
 
+static hisa_k_scratch scratch_of(const hisa_runtime *rt) {
+    hisa_k_scratch sc;
+    sc.scores = rt->r.sel_scores;
+    sc.block_scores = rt->r.sel_block_scores;
+    sc.blocks = rt->r.sel_blocks;
+    sc.work = rt->r.sel_work;
+    sc.work_words = hisa__sel_work_words(&rt->g);
+    return sc;
+}
+
+/* HISA_HOST_IO selections: q and w go to io_q / io_w, the kernels write io_out, and
+ * stage_out copies the result back and waits for it (the caller may reuse its buffers). */
+static int stage_in(hisa_runtime *rt, int32_t n_rows, const float **q, const float **w, int32_t **out) {
+    cudaStream_t s = stream_of(rt);
+    int64_t H = rt->g.n_heads;
+    HISA_CUDA_TRY(rt, cudaMemcpyAsync(rt->r.io_q, *q, (size_t)(n_rows * H * HISA_D) * sizeof(float),
+                                      cudaMemcpyHostToDevice, s));
+    HISA_CUDA_TRY(rt, cudaMemcpyAsync(rt->r.io_w, *w, (size_t)(n_rows * H) * sizeof(float), cudaMemcpyHostToDevice, s));
+    *q = rt->r.io_q;
+    *w = rt->r.io_w;
+    *out = rt->r.io_out;
+    return HISA_OK;
+}
+
+static int stage_out(hisa_runtime *rt, int32_t n_rows, int32_t *out_host) {
+    cudaStream_t s = stream_of(rt);
+    HISA_CUDA_TRY(rt, cudaMemcpyAsync(out_host, rt->r.io_out, (size_t)(n_rows * rt->g.topk) * sizeof(int32_t),
+                                      cudaMemcpyDeviceToHost, s));
+    HISA_CUDA_TRY(rt, cudaStreamSynchronize(s));
+    return HISA_OK;
+}
+
 int hisa__cuda_probe(int32_t ordinal, int32_t *sm_count) {
     assert(sm_count);
     int n = 0;
@@ -165,47 +197,65 @@ int hisa__cuda_write(hisa_runtime *rt, const hisa_write *req, int32_t range_seq,
 int hisa__cuda_select(hisa_runtime *rt, int32_t layer, hisa_mode mode, int32_t n_rows,
                       const int32_t *seq_ids, const float *q, const float *w, int32_t *out,
                       uint32_t flags) {
-    assert(rt && n_rows >= 1 && n_rows <= rt->g.rows && q && w && out);
-    cudaStream_t s = stream_of(rt);
+    assert(rt && seq_ids && n_rows >= 1 && n_rows <= HISA_BATCH_MAX && q && w && out);
     const int host_io = (flags & HISA_HOST_IO) != 0;
-    const int64_t H = rt->g.n_heads, k = rt->g.topk;
+    int32_t *out_host = out;
     hisa_k_select_params p;
     memset(&p, 0, sizeof p);
     p.cache = cache_of(rt);
-    p.scratch.scores = rt->r.sel_scores;
-    p.scratch.block_scores = rt->r.sel_block_scores;
-    p.scratch.blocks = rt->r.sel_blocks;
-    p.scratch.work = rt->r.sel_work;
-    p.scratch.work_words = hisa__sel_work_words(&rt->g);
+    p.scratch = scratch_of(rt);
     p.layer = layer;
     p.mode = (int32_t)mode;
     p.top_blocks = (int32_t)rt->g.top_blocks;
-    p.topk = (int32_t)k;
+    p.topk = (int32_t)rt->g.topk;
     p.out_slots = (flags & HISA_SLOTS) != 0;
     p.n_rows = n_rows;
-    assert(seq_ids && n_rows <= HISA_BATCH_MAX);
     for (int32_t i = 0; i < n_rows; i++) p.seq_ids[i] = seq_ids[i];
-    p.q = q;
-    p.w = w;
-    p.out = out;
     p.max_context = (int32_t)rt->g.max_context;
     p.sm_count = rt->sm_count;
     p.scratch_rows = (int32_t)rt->g.rows;
     if (host_io) {
-        HISA_CUDA_TRY(rt, cudaMemcpyAsync(rt->r.io_q, q, (size_t)(n_rows * H * HISA_D) * sizeof(float),
-                                          cudaMemcpyHostToDevice, s));
-        HISA_CUDA_TRY(rt, cudaMemcpyAsync(rt->r.io_w, w, (size_t)(n_rows * H) * sizeof(float), cudaMemcpyHostToDevice, s));
-        p.q = rt->r.io_q;
-        p.w = rt->r.io_w;
-        p.out = rt->r.io_out;
+        int err = stage_in(rt, n_rows, &q, &w, &out);
+        if (err) return err;
     }
+    p.q = q;
+    p.w = w;
+    p.out = out;
     HISA_LAUNCH_TRY(rt, hisa_k_select(rt->stream, &p));
+    return host_io ? stage_out(rt, n_rows, out_host) : HISA_OK;
+}
+
+int hisa__cuda_prefill(hisa_runtime *rt, int32_t layer, hisa_mode mode, int32_t seq, int32_t t0,
+                       int32_t n_q, const float *q, const float *w, int32_t *out, uint32_t flags) {
+    assert(rt && q && w && out && n_q >= 1 && n_q <= rt->g.max_prefill && n_q <= rt->g.rows);
+    const int host_io = (flags & HISA_HOST_IO) != 0;
+    int32_t *out_host = out;
+    hisa_k_prefill_params p;
+    memset(&p, 0, sizeof p);
+    p.cache = cache_of(rt);
+    p.scratch = scratch_of(rt);
+    p.layer = layer;
+    p.mode = (int32_t)mode;
+    p.top_blocks = (int32_t)rt->g.top_blocks;
+    p.topk = (int32_t)rt->g.topk;
+    p.out_slots = (flags & HISA_SLOTS) != 0;
+    p.seq = seq;
+    p.t0 = t0;
+    p.n_q = n_q;
+    p.max_context = (int32_t)rt->g.max_context;
+    p.scratch_rows = (int32_t)rt->g.rows;
+    p.stop_after_scoring = (flags & HISA__PF_SCORING_ONLY) != 0;
+    p.sm_count = rt->sm_count;
+    p.variant = (flags & HISA__PF_VARIANT_ALT) != 0;
     if (host_io) {
-        HISA_CUDA_TRY(rt, cudaMemcpyAsync(out, rt->r.io_out, (size_t)(n_rows * k) * sizeof(int32_t),
-                                          cudaMemcpyDeviceToHost, s));
-        HISA_CUDA_TRY(rt, cudaStreamSynchronize(s));
+        int err = stage_in(rt, n_q, &q, &w, &out);
+        if (err) return err;
     }
-    return HISA_OK;
+    p.q = q;
+    p.w = w;
+    p.out = out;
+    HISA_LAUNCH_TRY(rt, hisa_k_prefill(rt->stream, &p));
+    return host_io ? stage_out(rt, n_q, out_host) : HISA_OK;
 }
 
 int hisa__cuda_sync(hisa_runtime *rt) {
@@ -247,6 +297,12 @@ int hisa__cuda_select(hisa_runtime *rt, int32_t layer, hisa_mode mode, int32_t n
                       uint32_t flags) {
     (void)rt, (void)layer, (void)mode, (void)n_rows, (void)seq_ids;
     (void)q, (void)w, (void)out, (void)flags;
+    return HISA_ENODEVICE;
+}
+int hisa__cuda_prefill(hisa_runtime *rt, int32_t layer, hisa_mode mode, int32_t seq, int32_t t0,
+                       int32_t n_q, const float *q, const float *w, int32_t *out, uint32_t flags) {
+    (void)rt, (void)layer, (void)mode, (void)seq, (void)t0, (void)n_q, (void)q, (void)w, (void)out;
+    (void)flags;
     return HISA_ENODEVICE;
 }
 int hisa__cuda_sync(hisa_runtime *rt) {

@@ -84,10 +84,18 @@ int hisa__cuda_truncate(hisa_runtime *rt, int32_t seq, int32_t len, int32_t page
 int hisa__cuda_poison_page(hisa_runtime *rt, int32_t page);
 int hisa__cuda_write(hisa_runtime *rt, const hisa_write *req, int32_t range_seq, int32_t range_pos0,
                      int is_range);
-/* Decode selection (prefill goes to hisa__cuda_prefill, runtime/cuda_prefill.h). */
+/* Decode selection: one query per sequence at its last position. */
 int hisa__cuda_select(hisa_runtime *rt, int32_t layer, hisa_mode mode, int32_t n_rows,
                       const int32_t *seq_ids, const float *q, const float *w, int32_t *out,
                       uint32_t flags);
+/* Prefill chunk: n_q queries at t0 .. t0+n_q-1 of seq (validated by the caller). Two internal
+ * flags, for benchmarks and tests only (hisa_select_prefill refuses them): run the scoring
+ * kernels alone (out untouched; scores and kept blocks stay in the scratch), and score fp8 keys
+ * with bf16 instead of fp16 operands (hisa_k_prefill_params.variant 1). */
+#define HISA__PF_SCORING_ONLY (1u << 30)
+#define HISA__PF_VARIANT_ALT (1u << 29)
+int hisa__cuda_prefill(hisa_runtime *rt, int32_t layer, hisa_mode mode, int32_t seq, int32_t t0,
+                       int32_t n_q, const float *q, const float *w, int32_t *out, uint32_t flags);
 int hisa__cuda_sync(hisa_runtime *rt);
 /* Record a failed CUDA call and poison the runtime; returns HISA_EDEVICE. */
 int hisa__device_failed(hisa_runtime *rt, const char *stmt, const char *file, int line,

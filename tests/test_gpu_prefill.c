@@ -14,7 +14,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "../runtime/cuda_prefill.h"
 #include "../runtime/internal.h"
 #include "common.h"
 #include "test.h"

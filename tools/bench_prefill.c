@@ -27,7 +27,6 @@
 #include <string.h>
 #include <time.h>
 
-#include "../runtime/cuda_prefill.h"
 #include "../runtime/internal.h"
 #include "synth.h"
 #include "tools.h"
