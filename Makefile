@@ -117,9 +117,9 @@ FUZZ_LIB_SRCS ?= $(LIB_SRCS)
 soak: $(BUILD)/hisa_tests
 	HISA_SOAK_OPS=$(SOAK_OPS) $(BUILD)/hisa_tests soak
 
-$(FUZZ_DIR)/fuzz_api: tests/fuzz/fuzz_api.c $(FUZZ_LIB_SRCS) $(HEADERS) Makefile
+$(FUZZ_DIR)/fuzz_api: tests/fuzz/fuzz_api.c tests/model.c $(FUZZ_LIB_SRCS) $(HEADERS) Makefile
 	@mkdir -p $(dir $@)
-	$(FUZZ_CC) $(FUZZ_CFLAGS) -o $@ tests/fuzz/fuzz_api.c $(FUZZ_LIB_SRCS) -lm -lpthread
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -o $@ tests/fuzz/fuzz_api.c tests/model.c $(FUZZ_LIB_SRCS) -lm -lpthread
 
 $(FUZZ_DIR)/fuzz_npy: tests/fuzz/fuzz_npy.c tools/npy.c tools/npy.h Makefile
 	@mkdir -p $(dir $@)

@@ -181,3 +181,25 @@ hisa_config hisa_tconfig(int32_t H, int32_t B, int32_t m, int32_t k, int32_t key
                      .max_prefill_queries = 256};
     return c;
 }
+
+int hisa_tpair_open(hisa_test_ctx *ctx, hisa_config cfg, hisa_runtime **cpu, hisa_runtime **gpu) {
+    *cpu = *gpu = NULL;
+    cfg.device = HISA_DEVICE_CPU;
+    int err = hisa_open(cpu, &cfg, NULL);
+    CHECKF(err == HISA_OK, "cpu open: %s", hisa_strerror(err));
+    if (err) return -1;
+    cfg.device = HISA_DEVICE_CUDA(0);
+    err = hisa_open(gpu, &cfg, NULL);
+    if (err == HISA_ENODEVICE) {
+        hisa_close(*cpu);
+        *cpu = NULL;
+        return 0;
+    }
+    CHECKF(err == HISA_OK, "cuda open: %s", hisa_strerror(err));
+    if (err) {
+        hisa_close(*cpu);
+        *cpu = NULL;
+        return -1;
+    }
+    return 1;
+}

@@ -8,6 +8,7 @@
 #include <stdint.h>
 
 #include "../runtime/hisa.h"
+#include "test.h"
 
 /* SPEC "When two backends agree". ids live in [0, n_ids); score[id] is the reference score;
  * is_cand (NULL: all) marks the candidates; ref and got hold k entries, -1 padded at the end.
@@ -30,6 +31,10 @@ void hisa_tgen_query(uint64_t seed, int32_t H, int64_t near, float *q, float *w)
 void hisa_brute_select(const float *deq, const float *means, int32_t n, int32_t B, int32_t m,
                        int32_t k, int32_t H, const float *q, const float *w, int flat,
                        int32_t *out, float *I, float *J);
+
+/* The same configuration opened on the CPU reference and on CUDA device 0, for the GPU tests.
+ * 1: both open; 0: no CUDA device (both closed; the caller SKIPs); -1: a failure, reported. */
+int hisa_tpair_open(hisa_test_ctx *ctx, hisa_config cfg, hisa_runtime **cpu, hisa_runtime **gpu);
 
 /* Open a small runtime or fail the test. */
 hisa_config hisa_tconfig(int32_t H, int32_t B, int32_t m, int32_t k, int32_t key_format,

@@ -30,21 +30,8 @@ typedef struct pair {
 /* 1: opened both; 0: no device (SKIP); -1: failure (already reported). */
 static int pair_open(hisa_test_ctx *ctx, pair *p, hisa_config cfg) {
     memset(p, 0, sizeof *p);
-    cfg.device = HISA_DEVICE_CPU;
-    int err = hisa_open(&p->cpu, &cfg, NULL);
-    CHECKF(err == HISA_OK, "cpu open: %s", hisa_strerror(err));
-    if (err) return -1;
-    cfg.device = HISA_DEVICE_CUDA(0);
-    err = hisa_open(&p->gpu, &cfg, NULL);
-    if (err == HISA_ENODEVICE) {
-        hisa_close(p->cpu);
-        return 0;
-    }
-    CHECKF(err == HISA_OK, "cuda open: %s", hisa_strerror(err));
-    if (err) {
-        hisa_close(p->cpu);
-        return -1;
-    }
+    int r = hisa_tpair_open(ctx, cfg, &p->cpu, &p->gpu);
+    if (r != 1) return r;
     p->cfg = *hisa_get_config(p->gpu);
     return 1;
 }

@@ -32,21 +32,8 @@ typedef struct pf_pair {
 /* 1: opened both and a sequence in each; 0: no device (SKIP); -1: failure (reported). */
 static int pf_open(hisa_test_ctx *ctx, pf_pair *p, hisa_config cfg) {
     memset(p, 0, sizeof *p);
-    cfg.device = HISA_DEVICE_CPU;
-    int err = hisa_open(&p->cpu, &cfg, NULL);
-    CHECKF(err == HISA_OK, "cpu open: %s", hisa_strerror(err));
-    if (err) return -1;
-    cfg.device = HISA_DEVICE_CUDA(0);
-    err = hisa_open(&p->gpu, &cfg, NULL);
-    if (err == HISA_ENODEVICE) {
-        hisa_close(p->cpu);
-        return 0;
-    }
-    CHECKF(err == HISA_OK, "cuda open: %s", hisa_strerror(err));
-    if (err) {
-        hisa_close(p->cpu);
-        return -1;
-    }
+    int r = hisa_tpair_open(ctx, cfg, &p->cpu, &p->gpu);
+    if (r != 1) return r;
     p->cfg = *hisa_get_config(p->gpu);
     int32_t s1 = -1, s2 = -1;
     int e1 = hisa_seq_open(p->cpu, &s1), e2 = hisa_seq_open(p->gpu, &s2);

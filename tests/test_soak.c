@@ -32,6 +32,7 @@
 
 #include "../runtime/internal.h"
 #include "common.h"
+#include "model.h"
 #include "test.h"
 
 #if HISA_CUDA
@@ -111,10 +112,6 @@ static uint32_t rnd(sk *s, uint32_t n) { return n ? (uint32_t)(hisa_test_rng(&s-
 static int32_t blocks_of(int32_t len) { return (len + SK_B - 1) / SK_B; }
 
 /* --- independent quantization (written from the SPEC, not from kvcache/quant.c) ---------- */
-static float e4m3_value(int code) { /* code 0..0x7e, positive: 2^-9 m for e == 0, else (8 + m) 2^(e - 10) */
-    int e = code >> 3, m = code & 7;
-    return e == 0 ? (float)m * 0x1p-9f : ldexpf((float)(8 + m), e - 10);
-}
 /* RNE to e4m3fn, saturating at 448; returns the value. The quantum of a is 2^(E - 3) for
  * a in [2^E, 2^(E+1)), E >= -6, and 2^-9 below 2^-6; an even multiple of the quantum is an even
  * code, so rintf's ties-to-even is the SPEC's. */
@@ -132,30 +129,6 @@ static float model_e4m3(float x) {
         if (v > 448.0f) v = 448.0f;
     }
     return signbit(x) ? -v : v;
-}
-/* Dequantize token off of a page image, independently of kvcache/quant.c. */
-static void model_dequant(int32_t fmt, const uint8_t *page, int32_t off, float *out) {
-    static float table[256];
-    static int ready;
-    if (!ready) {
-        for (int c = 0; c < 256; c++) {
-            float v = (c & 0x7f) == 0x7f ? NAN : e4m3_value(c & 0x7f);
-            table[c] = (c & 0x80) ? -v : v;
-        }
-        ready = 1;
-    }
-    if (fmt == HISA_KEY_FP8) {
-        float scale;
-        memcpy(&scale, page + SK_B * 128 + off * 4, 4);
-        for (int d = 0; d < 128; d++) out[d] = table[page[off * 128 + d]] * scale;
-    } else {
-        for (int d = 0; d < 128; d++) {
-            uint16_t b;
-            memcpy(&b, page + (off * 128 + d) * 2, 2);
-            uint32_t u = (uint32_t)b << 16;
-            memcpy(&out[d], &u, 4);
-        }
-    }
 }
 
 static float model_bf16(float x) {
@@ -179,7 +152,7 @@ static void model_store_keys(int32_t fmt, const float *x, float *deq) {
 }
 static void model_store_codes(const uint8_t *codes, float scale, float *deq) {
     for (int d = 0; d < 128; d++) {
-        float v = e4m3_value(codes[d] & 0x7f);
+        float v = hisa_tmodel_e4m3_value(codes[d] & 0x7f);
         deq[d] = ((codes[d] & 0x80) ? -v : v) * scale;
     }
 }
@@ -300,7 +273,7 @@ static void check_block(sk *s, const sk_be *b, int32_t sq, int32_t l, int32_t bl
         if (!want) continue;
         cnt++;
         float deq[128];
-        model_dequant(s->fmt, s->page_buf, off, deq);
+        hisa_tmodel_dequant(s->fmt, SK_B, s->page_buf, off, deq);
         for (int d = 0; d < 128; d++) {
             if (deq[d] != m->deq[l][pos][d]) {
                 diverge(s, "%s seq %d layer %d pos %d dim %d: stored key %.9g, model %.9g",

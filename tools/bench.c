@@ -23,14 +23,7 @@
 
 #include "../kernels/kernels.h"
 
-#define BENCH_CUDA(stmt)                                                                     \
-    do {                                                                                     \
-        cudaError_t e_ = (stmt);                                                             \
-        if (e_ != cudaSuccess) {                                                             \
-            fprintf(stderr, "hisa bench: %s failed: %s\n", #stmt, cudaGetErrorString(e_));   \
-            return TOOL_EXIT_FAIL;                                                           \
-        }                                                                                    \
-    } while (0)
+#define BENCH_CUDA(stmt) TOOL_CUDA("bench", stmt)
 
 typedef struct bench_rec {
     char mode[16];

@@ -34,14 +34,7 @@
 #if HISA_CUDA
 #include <cuda_runtime_api.h>
 
-#define PB_CUDA(stmt)                                                                            \
-    do {                                                                                         \
-        cudaError_t e_ = (stmt);                                                                 \
-        if (e_ != cudaSuccess) {                                                                 \
-            fprintf(stderr, "hisa bench prefill: %s failed: %s\n", #stmt, cudaGetErrorString(e_)); \
-            return TOOL_EXIT_FAIL;                                                               \
-        }                                                                                        \
-    } while (0)
+#define PB_CUDA(stmt) TOOL_CUDA("bench prefill", stmt)
 
 typedef struct pb_rec {
     const char *mode;

@@ -17,6 +17,17 @@
 
 enum { TOOL_EXIT_OK = 0, TOOL_EXIT_FAIL = 1, TOOL_EXIT_USAGE = 2 };
 
+/* The benchmarks call CUDA directly; each call is checked with this (expand it only where
+ * cuda_runtime_api.h is included): it names the command and the call, and fails the command. */
+#define TOOL_CUDA(cmd, stmt)                                                                     \
+    do {                                                                                         \
+        cudaError_t tool_e_ = (stmt);                                                            \
+        if (tool_e_ != cudaSuccess) {                                                            \
+            fprintf(stderr, "hisa %s: %s failed: %s\n", cmd, #stmt, cudaGetErrorString(tool_e_)); \
+            return TOOL_EXIT_FAIL;                                                               \
+        }                                                                                        \
+    } while (0)
+
 /* Subcommands. hisa_cmd_bench lives in tools/bench.c (decode and prefill benchmarks). */
 int hisa_cmd_stream(int argc, char **argv);
 int hisa_cmd_mem(int argc, char **argv);

@@ -21,6 +21,7 @@
 #include <string.h>
 
 #include "../../runtime/internal.h"
+#include "../model.h"
 
 #define FUZZ_ASSERT(cond)                                                                \
     do {                                                                                 \
@@ -35,31 +36,6 @@
  * branches say nothing about the library. */
 #define NOCOV __attribute__((no_sanitize("coverage")))
 
-/* Dequantize token off of a page, independently of kvcache/quant.c (and uninstrumented). */
-NOCOV static void deq_token(const hisa_runtime *rt, const uint8_t *page, int32_t off, float *out) {
-    static float table[256];
-    static int ready;
-    if (!ready) {
-        for (int c = 0; c < 256; c++) {
-            int e = (c >> 3) & 15, m = c & 7;
-            float v = (c & 0x7f) == 0x7f ? NAN : e == 0 ? (float)m * 0x1p-9f : ldexpf((float)(8 + m), e - 10);
-            table[c] = (c & 0x80) ? -v : v;
-        }
-        ready = 1;
-    }
-    if (rt->g.key_format == HISA_KEY_FP8) {
-        float scale;
-        memcpy(&scale, page + rt->g.block_size * 128 + off * 4, 4);
-        for (int d = 0; d < 128; d++) out[d] = table[page[off * 128 + d]] * scale;
-    } else {
-        for (int d = 0; d < 128; d++) {
-            uint16_t b;
-            memcpy(&b, page + (off * 128 + d) * 2, 2);
-            uint32_t u = (uint32_t)b << 16;
-            memcpy(&out[d], &u, 4);
-        }
-    }
-}
 
 /* --- the byte stream ------------------------------------------------------------------------ */
 typedef struct {
@@ -205,7 +181,7 @@ NOCOV static void page_mag(const hisa_runtime *rt, int32_t layer, int32_t page, 
     for (int d = 0; d < 128; d++) mag[d] = 0.0;
     for (int32_t off = 0; off < rt->g.block_size; off++) {
         if (!(mask[off / 32] >> (off % 32) & 1)) continue;
-        deq_token(rt, hisa__page(rt, layer, page), off, deq);
+        hisa_tmodel_dequant((int32_t)rt->g.key_format, (int32_t)rt->g.block_size, hisa__page(rt, layer, page), off, deq);
         for (int d = 0; d < 128; d++) mag[d] += fabs(deq[d]);
     }
 }
@@ -248,7 +224,7 @@ NOCOV static int finite_keys(const hisa_runtime *rt, int32_t layer, int32_t page
     const uint32_t *mask = rt->r.block_masks + hisa__summary_index(rt, layer, page) * rt->g.mask_words;
     for (int32_t off = 0; off < rt->g.block_size; off++) {
         if (!(mask[off / 32] >> (off % 32) & 1)) continue;
-        deq_token(rt, hisa__page(rt, layer, page), off, deq);
+        hisa_tmodel_dequant((int32_t)rt->g.key_format, (int32_t)rt->g.block_size, hisa__page(rt, layer, page), off, deq);
         for (int d = 0; d < 128; d++)
             if (!isfinite(deq[d])) return 0;
     }
@@ -315,7 +291,7 @@ NOCOV static void check_invariants(fuzz *f, int full) {
                 float deq[128];
                 for (int32_t off = 0; off < f->B; off++) {
                     if (!(mask[off / 32] >> (off % 32) & 1)) continue;
-                    deq_token(rt, hisa__page(rt, l, p), off, deq);
+                    hisa_tmodel_dequant((int32_t)rt->g.key_format, (int32_t)rt->g.block_size, hisa__page(rt, l, p), off, deq);
                     for (int d = 0; d < 128; d++) sum[d] += deq[d];
                 }
                 const float *got = rt->r.block_sums + si * 128;
