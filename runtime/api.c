@@ -6,6 +6,7 @@
 #include <stdio.h> /* snprintf only: the library never prints */
 #include <string.h>
 
+#include "hisa_dev.h"
 #include "internal.h"
 
 const char *hisa_version(void) { return "0.1.0"; }
@@ -223,7 +224,7 @@ int hisa_select_decode(hisa_runtime *rt, const hisa_decode *req) {
     return HISA_OK;
 }
 
-int hisa_select_prefill(hisa_runtime *rt, const hisa_prefill *req) {
+static int prefill_run(hisa_runtime *rt, const hisa_prefill *req, uint32_t internal_flags) {
     HISA__LIVE(rt);
     HISA__CHECK(req != NULL, HISA_EINVAL);
     int err = select_common(rt, req->layer, req->mode, req->q, req->w, req->out, req->flags);
@@ -234,7 +235,8 @@ int hisa_select_prefill(hisa_runtime *rt, const hisa_prefill *req) {
     HISA__CHECK(req->t0 >= 0 && (int64_t)req->t0 + req->n_q <= rt->r.seq_len[req->seq], HISA_ERANGE);
     if (rt->is_cuda)
         return hisa__cuda_prefill(rt, req->layer, req->mode, req->seq, req->t0, req->n_q, req->q,
-                                  req->w, req->out, req->flags); /* tensor-core chunk path */
+                                  req->w, req->out, req->flags | internal_flags); /* tensor cores */
+    assert(internal_flags == 0);
     err = check_written(rt, req->layer, req->seq, req->t0 + req->n_q - 1);
     if (err) return err;
     int64_t H = rt->g.n_heads, k = rt->g.topk;
@@ -245,6 +247,17 @@ int hisa_select_prefill(hisa_runtime *rt, const hisa_prefill *req) {
         assert(err == HISA_OK);
     }
     return HISA_OK;
+}
+
+int hisa_select_prefill(hisa_runtime *rt, const hisa_prefill *req) { return prefill_run(rt, req, 0); }
+
+int hisa_dev_prefill(hisa_runtime *rt, const hisa_prefill *req, uint32_t dev_flags) {
+    HISA__LIVE(rt);
+    HISA__CHECK(rt->is_cuda, HISA_ENODEVICE);
+    HISA__CHECK(req && (req->flags & HISA_HOST_IO) == 0, HISA_EINVAL);
+    HISA__CHECK((dev_flags & ~(HISA_DEV_SCORING_ONLY | HISA_DEV_VARIANT_ALT)) == 0, HISA_EINVAL);
+    return prefill_run(rt, req, ((dev_flags & HISA_DEV_SCORING_ONLY) ? HISA__PF_SCORING_ONLY : 0) |
+                                    ((dev_flags & HISA_DEV_VARIANT_ALT) ? HISA__PF_VARIANT_ALT : 0));
 }
 
 int hisa_payload_pool(hisa_runtime *rt, int32_t layer, void **base_out) {

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "hisa_dev.h"
 #include "internal.h"
 
 #if HISA_CUDA
@@ -258,6 +259,22 @@ int hisa__cuda_prefill(hisa_runtime *rt, int32_t layer, hisa_mode mode, int32_t 
     return host_io ? stage_out(rt, n_q, out_host) : HISA_OK;
 }
 
+uint64_t hisa_dev_topk_work_bytes(int32_t n, int32_t n_rows) {
+    return n < 1 || n_rows < 1 ? 0 : (uint64_t)n_rows * (uint64_t)hisa_k_work_row_words(n) * 4u;
+}
+
+int hisa_dev_topk(hisa_runtime *rt, const float *scores, int64_t stride, int32_t n, int32_t k,
+                  int32_t n_rows, void *work, int32_t *out) {
+    HISA__CHECK(rt && scores && work && out, HISA_EINVAL);
+    HISA__CHECK(!rt->poisoned, HISA_EPOISONED);
+    HISA__CHECK(rt->is_cuda, HISA_ENODEVICE);
+    HISA__CHECK(n >= 1 && k >= 1 && n_rows >= 1 && stride >= n, HISA_EINVAL);
+    hisa_k_topk_params p = {.scores = scores, .stride = stride, .n = n, .k = k, .n_rows = n_rows,
+                            .work = (uint32_t *)work, .out = out, .sm_count = rt->sm_count};
+    HISA_LAUNCH_TRY(rt, hisa_k_topk(rt->stream, &p));
+    return HISA_OK;
+}
+
 int hisa__cuda_sync(hisa_runtime *rt) {
     assert(rt);
     HISA_CUDA_TRY(rt, cudaStreamSynchronize(stream_of(rt)));
@@ -307,6 +324,15 @@ int hisa__cuda_prefill(hisa_runtime *rt, int32_t layer, hisa_mode mode, int32_t 
 }
 int hisa__cuda_sync(hisa_runtime *rt) {
     (void)rt;
+    return HISA_ENODEVICE;
+}
+uint64_t hisa_dev_topk_work_bytes(int32_t n, int32_t n_rows) {
+    (void)n, (void)n_rows;
+    return 0;
+}
+int hisa_dev_topk(hisa_runtime *rt, const float *scores, int64_t stride, int32_t n, int32_t k,
+                  int32_t n_rows, void *work, int32_t *out) {
+    (void)rt, (void)scores, (void)stride, (void)n, (void)k, (void)n_rows, (void)work, (void)out;
     return HISA_ENODEVICE;
 }
 

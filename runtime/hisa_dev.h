@@ -1,0 +1,41 @@
+/* hisa_dev.h: development hooks for hisa's own benchmarks (tools/bench*.c) and tests.
+ *
+ * Why: `hisa bench` times stages that the public API runs back to back (the prefill scoring
+ * kernels without their top-k, the top-k alone). These hooks expose exactly those stages and
+ * nothing else, so no tool needs the runtime's private state (runtime/internal.h) or the kernels'
+ * launch structs (kernels/kernels.h).
+ *
+ * Not installed, and not exported from libhisa.so (link libhisa.a); may change without notice.
+ * Every hook validates like the public API and returns 0 or a negative HISA_E* code. CUDA
+ * runtimes only: a CPU runtime gets HISA_ENODEVICE. */
+#ifndef HISA_DEV_H
+#define HISA_DEV_H
+
+#include <stdint.h>
+
+#include "hisa.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* hisa_dev_prefill's dev_flags. */
+#define HISA_DEV_SCORING_ONLY 1u /* run the scoring kernels alone: out untouched */
+#define HISA_DEV_VARIANT_ALT 2u  /* fp8 keys scored with bf16 instead of fp16 operands */
+
+/* hisa_select_prefill (device pointers, no HISA_HOST_IO) with the stage switches above. */
+int hisa_dev_prefill(hisa_runtime *rt, const hisa_prefill *req, uint32_t dev_flags);
+
+/* The decode top-k alone: for each of n_rows rows of device scores (row stride `stride` floats,
+ * n entries each, n <= max_context of the runtime is not required), the k largest by the SPEC
+ * order, written as indices into out [n_rows, k] (-1 padded when n < k), on the runtime's
+ * stream. work is caller device memory of hisa_dev_topk_work_bytes(n, n_rows) bytes, zeroed
+ * once before the first call (the top-k leaves it zero again). Graph-capturable. */
+uint64_t hisa_dev_topk_work_bytes(int32_t n, int32_t n_rows);
+int hisa_dev_topk(hisa_runtime *rt, const float *scores, int64_t stride, int32_t n, int32_t k,
+                  int32_t n_rows, void *work, int32_t *out);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* HISA_DEV_H */
