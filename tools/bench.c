@@ -5,10 +5,13 @@
  * bytes read plus written) and times hisa_select_decode as an engine would run it: captured
  * once in a CUDA graph, replayed after warm-up, median of many replays timed with CUDA events.
  * Keys are written through the public API (hisa_write_range, HISA_HOST_IO) with structured
- * random data, never zeros. Also times the top-k alone (k of n scores) through hisa_k_topk.
+ * random data, never zeros. Also times the top-k alone (k of n scores) through hisa_dev_topk
+ * (runtime/hisa_dev.h, the development hooks: no tool includes the runtime's or the kernels'
+ * private headers).
  *
  * Output: a table on stdout; with --json FILE an array of records (device, date, mode, batch,
  * context, key_format, median_us, floor_us, copy_gbps, speedup_vs_flat for hisa). */
+#include <assert.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,9 +24,12 @@
 #if HISA_CUDA
 #include <cuda_runtime_api.h>
 
-#include "../kernels/kernels.h"
+#include "../runtime/hisa_dev.h"
 
 #define BENCH_CUDA(stmt) TOOL_CUDA("bench", stmt)
+
+/* The setting of every decode point: H heads, blocks of B tokens, m blocks kept, k selected. */
+enum { BENCH_H = 64, BENCH_B = 128, BENCH_M = 64, BENCH_K = 2048 };
 
 typedef struct bench_rec {
     char mode[16];
@@ -130,11 +136,108 @@ static int fill_seq(hisa_runtime *rt, int32_t seq, int32_t context, const float 
     return 0;
 }
 
+/* --- one decode point: both modes at one batch x context ------------------------------------ */
+
+/* The device inputs of a point: random queries and head weights, room for the selection. */
+typedef struct point_bufs {
+    float *q, *w;
+    int32_t *out;
+} point_bufs;
+
+static int point_copy(const float *hq, const float *hw, size_t nq, size_t nw, size_t nout, point_bufs *d,
+                      cudaStream_t *st) {
+    assert(hq && hw && d && st);
+    BENCH_CUDA(cudaMalloc((void **)&d->q, sizeof(float) * nq));
+    BENCH_CUDA(cudaMalloc((void **)&d->w, sizeof(float) * nw));
+    BENCH_CUDA(cudaMalloc((void **)&d->out, sizeof(int32_t) * nout));
+    BENCH_CUDA(cudaMemcpy(d->q, hq, sizeof(float) * nq, cudaMemcpyHostToDevice));
+    BENCH_CUDA(cudaMemcpy(d->w, hw, sizeof(float) * nw, cudaMemcpyHostToDevice));
+    BENCH_CUDA(cudaStreamCreateWithFlags(st, cudaStreamNonBlocking));
+    BENCH_CUDA(cudaDeviceSynchronize());
+    return 0;
+}
+
+/* Uploads batch queries and weights (seeded, the same at every point) and makes the stream the
+ * point runs on. */
+static int point_upload(int32_t batch, point_bufs *d, cudaStream_t *st) {
+    assert(batch >= 1 && d && st);
+    size_t nq = (size_t)batch * BENCH_H * 128, nw = (size_t)batch * BENCH_H;
+    float *hq = malloc(sizeof(float) * nq), *hw = malloc(sizeof(float) * nw);
+    if (!hq || !hw) {
+        free(hq);
+        free(hw);
+        fprintf(stderr, "hisa bench: out of memory\n");
+        return TOOL_EXIT_FAIL;
+    }
+    uint64_t s = 1234;
+    for (int64_t i = 0; i < (int64_t)nq; i++) hq[i] = bench_unif(&s);
+    for (int64_t i = 0; i < (int64_t)nw; i++) hw[i] = 0.25f + 0.75f * fabsf(bench_unif(&s));
+    int rc = point_copy(hq, hw, nq, nw, (size_t)batch * BENCH_K, d, st);
+    free(hq);
+    free(hw);
+    return rc;
+}
+
+/* Times req in both modes (flat, then HISA) into med[2]: a warm call, one call captured in a
+ * graph, then time_graph's replays. Returns TOOL_EXIT_FAIL when a CUDA call of the capture
+ * fails (reported here); otherwise 0, with *err the failure the caller reports with the point
+ * (a library code, or time_graph's exit code) or 0. */
+static int point_time_modes(hisa_runtime *rt, cudaStream_t st, hisa_decode req, int reps, double med[2],
+                            int *err) {
+    assert(rt && med && err);
+    *err = 0;
+    for (int mode = 0; mode < 2 && !*err; mode++) {
+        req.mode = mode == 0 ? HISA_MODE_FLAT : HISA_MODE_HISA;
+        *err = hisa_select_decode(rt, &req); /* warm: module load, first launches */
+        if (!*err) *err = hisa_sync(rt);
+        if (*err) break;
+        cudaGraph_t graph;
+        cudaGraphExec_t exec;
+        BENCH_CUDA(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+        *err = hisa_select_decode(rt, &req);
+        BENCH_CUDA(cudaStreamEndCapture(st, &graph));
+        if (*err) break;
+        BENCH_CUDA(cudaGraphInstantiate(&exec, graph, 0));
+        int e2 = time_graph(exec, st, 10, reps, &med[mode]);
+        BENCH_CUDA(cudaGraphExecDestroy(exec));
+        BENCH_CUDA(cudaGraphDestroy(graph));
+        if (e2) *err = e2;
+    }
+    return 0;
+}
+
+/* The two records of a point from its medians. Bytes that must be read: flat every key (codes +
+ * scale); hisa every block mean and the kept blocks' keys. */
+static void point_records(int32_t batch, int32_t context, const double med[2], double copy_gbps, bench_rec *flat,
+                          bench_rec *hisa) {
+    assert(batch >= 1 && context >= 1 && copy_gbps > 0);
+    assert(flat && hisa && flat != hisa);
+    double nb = ceil((double)context / BENCH_B);
+    double flat_bytes = (double)batch * context * (128 + 4);
+    double kept = nb > BENCH_M ? BENCH_M : nb;
+    double hisa_bytes = nb > BENCH_M ? (double)batch * (nb * 256.0 + kept * BENCH_B * 132.0) : flat_bytes;
+    snprintf(flat->mode, sizeof flat->mode, "flat");
+    snprintf(hisa->mode, sizeof hisa->mode, "hisa");
+    flat->batch = hisa->batch = batch;
+    flat->context = hisa->context = context;
+    flat->median_us = med[0];
+    hisa->median_us = med[1];
+    flat->bytes = flat_bytes;
+    hisa->bytes = hisa_bytes;
+    flat->floor_us = flat_bytes / (copy_gbps * 1e9) * 1e6;
+    hisa->floor_us = hisa_bytes / (copy_gbps * 1e9) * 1e6;
+    flat->speedup = 0;
+    hisa->speedup = med[1] > 0 ? med[0] / med[1] : 0;
+}
+
+/* One point: a runtime sized for it, batch sequences of context keys from the pool, then both
+ * modes timed on a stream of the benchmark's own. */
 static int bench_point(int32_t batch, int32_t context, const float *pool, int32_t pool_n, double copy_gbps,
                        int reps, bench_rec *flat, bench_rec *hisa) {
-    const int32_t H = 64, B = 128, m = 64, k = 2048;
-    hisa_config cfg = {.n_heads = H, .block_size = B, .top_blocks = m, .topk = k, .key_format = HISA_KEY_FP8,
-                       .max_seqs = batch, .max_context = context, .max_batch = batch,
+    assert(batch >= 1 && batch <= 256 && context >= 1);
+    assert(pool && pool_n > 1024);
+    hisa_config cfg = {.n_heads = BENCH_H, .block_size = BENCH_B, .top_blocks = BENCH_M, .topk = BENCH_K,
+                       .key_format = HISA_KEY_FP8, .max_seqs = batch, .max_context = context, .max_batch = batch,
                        .max_prefill_queries = 1024, .device = HISA_DEVICE_CUDA(0)};
     hisa_runtime *rt = NULL;
     int err = tool_open("bench", &cfg, &rt);
@@ -148,111 +251,115 @@ static int bench_point(int32_t batch, int32_t context, const float *pool, int32_
             return err > 0 ? err : TOOL_EXIT_FAIL;
         }
     }
-    float *hq = malloc(sizeof(float) * (size_t)batch * H * 128), *hw = malloc(sizeof(float) * (size_t)batch * H);
-    uint64_t s = 1234;
-    for (int64_t i = 0; i < (int64_t)batch * H * 128; i++) hq[i] = bench_unif(&s);
-    for (int64_t i = 0; i < (int64_t)batch * H; i++) hw[i] = 0.25f + 0.75f * fabsf(bench_unif(&s));
-    float *dq = NULL, *dw = NULL;
-    int32_t *dout = NULL;
-    BENCH_CUDA(cudaMalloc((void **)&dq, sizeof(float) * (size_t)batch * H * 128));
-    BENCH_CUDA(cudaMalloc((void **)&dw, sizeof(float) * (size_t)batch * H));
-    BENCH_CUDA(cudaMalloc((void **)&dout, sizeof(int32_t) * (size_t)batch * k));
-    BENCH_CUDA(cudaMemcpy(dq, hq, sizeof(float) * (size_t)batch * H * 128, cudaMemcpyHostToDevice));
-    BENCH_CUDA(cudaMemcpy(dw, hw, sizeof(float) * (size_t)batch * H, cudaMemcpyHostToDevice));
-    cudaStream_t st;
-    BENCH_CUDA(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
-    BENCH_CUDA(cudaDeviceSynchronize());
-    err = hisa_set_stream(rt, st);
+    point_bufs d = {0};
+    cudaStream_t st = NULL;
     double med[2] = {0, 0};
-    for (int mode = 0; mode < 2 && !err; mode++) {
-        hisa_decode req = {.layer = 0, .mode = mode == 0 ? HISA_MODE_FLAT : HISA_MODE_HISA, .n_seqs = batch,
-                           .seq_ids = seqs, .q = dq, .w = dw, .out = dout};
-        err = hisa_select_decode(rt, &req); /* warm: module load, first launches */
-        if (!err) err = hisa_sync(rt);
-        if (err) break;
-        cudaGraph_t graph;
-        cudaGraphExec_t exec;
-        BENCH_CUDA(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
-        err = hisa_select_decode(rt, &req);
-        BENCH_CUDA(cudaStreamEndCapture(st, &graph));
-        if (err) break;
-        BENCH_CUDA(cudaGraphInstantiate(&exec, graph, 0));
-        int e2 = time_graph(exec, st, 10, reps, &med[mode]);
-        BENCH_CUDA(cudaGraphExecDestroy(exec));
-        BENCH_CUDA(cudaGraphDestroy(graph));
-        if (e2) {
-            err = e2;
-            break;
-        }
-    }
-    if (err) fprintf(stderr, "hisa bench: select at batch %d context %d: %s (%s)\n", batch, context,
-                     hisa_strerror(err), hisa_error_detail(rt));
+    int rc = point_upload(batch, &d, &st);
+    if (!rc) err = hisa_set_stream(rt, st);
+    hisa_decode req = {.layer = 0, .n_seqs = batch, .seq_ids = seqs, .q = d.q, .w = d.w, .out = d.out};
+    if (!rc && !err) rc = point_time_modes(rt, st, req, reps, med, &err);
+    if (!rc && err)
+        fprintf(stderr, "hisa bench: select at batch %d context %d: %s (%s)\n", batch, context, hisa_strerror(err),
+                hisa_error_detail(rt));
     hisa_set_stream(rt, NULL);
     hisa_close(rt);
-    cudaStreamDestroy(st);
-    cudaFree(dq);
-    cudaFree(dw);
-    cudaFree(dout);
-    free(hq);
-    free(hw);
-    if (err) return TOOL_EXIT_FAIL;
-    /* bytes that must be read: flat every key (codes + scale); hisa every block mean and the
-     * kept blocks' keys */
-    double nb = ceil((double)context / B);
-    double flat_bytes = (double)batch * context * (128 + 4);
-    double kept = nb > m ? m : nb;
-    double hisa_bytes = nb > m ? (double)batch * (nb * 256.0 + kept * B * 132.0) : flat_bytes;
-    snprintf(flat->mode, sizeof flat->mode, "flat");
-    snprintf(hisa->mode, sizeof hisa->mode, "hisa");
-    flat->batch = hisa->batch = batch;
-    flat->context = hisa->context = context;
-    flat->median_us = med[0];
-    hisa->median_us = med[1];
-    flat->bytes = flat_bytes;
-    hisa->bytes = hisa_bytes;
-    flat->floor_us = flat_bytes / (copy_gbps * 1e9) * 1e6;
-    hisa->floor_us = hisa_bytes / (copy_gbps * 1e9) * 1e6;
-    flat->speedup = 0;
-    hisa->speedup = med[1] > 0 ? med[0] / med[1] : 0;
+    if (st) cudaStreamDestroy(st);
+    cudaFree(d.q);
+    cudaFree(d.w);
+    cudaFree(d.out);
+    if (rc || err) return TOOL_EXIT_FAIL;
+    point_records(batch, context, med, copy_gbps, flat, hisa);
     return 0;
 }
 
-/* The top-k alone: k of n random scores per row, rows = batch. */
-static int bench_topk(int32_t batch, int32_t n, int32_t k, int32_t sm_count, int reps, double *median_us) {
-    float *hs = malloc(sizeof(float) * (size_t)batch * n);
+/* --- the top-k alone ------------------------------------------------------------------------ */
+
+typedef struct topk_bufs {
+    float *scores;
+    void *work;
+    int32_t *out;
+} topk_bufs;
+
+static int topk_copy(const float *hs, size_t n_scores, size_t work_bytes, size_t n_out, topk_bufs *d) {
+    assert(hs && d && work_bytes > 0);
+    BENCH_CUDA(cudaMalloc((void **)&d->scores, sizeof(float) * n_scores));
+    BENCH_CUDA(cudaMalloc(&d->work, work_bytes));
+    BENCH_CUDA(cudaMalloc((void **)&d->out, sizeof(int32_t) * n_out));
+    BENCH_CUDA(cudaMemcpy(d->scores, hs, sizeof(float) * n_scores, cudaMemcpyHostToDevice));
+    BENCH_CUDA(cudaMemset(d->work, 0, work_bytes)); /* zeroed once; the top-k leaves it zero */
+    return 0;
+}
+
+/* Random scores [batch, n] (heavy-tailed, many near ties), zeroed work, room for out. */
+static int topk_upload(int32_t batch, int32_t n, int32_t k, topk_bufs *d) {
+    assert(batch >= 1 && n >= 1 && k >= 1);
+    size_t n_scores = (size_t)batch * n;
+    uint64_t work_bytes = hisa_dev_topk_work_bytes(n, batch);
+    float *hs = malloc(sizeof(float) * n_scores);
+    if (!hs || !work_bytes) {
+        free(hs);
+        fprintf(stderr, "hisa bench: out of memory\n");
+        return TOOL_EXIT_FAIL;
+    }
     uint64_t s = 99;
-    for (int64_t i = 0; i < (int64_t)batch * n; i++) hs[i] = 40.0f * bench_unif(&s) * fabsf(bench_unif(&s));
-    float *ds = NULL;
-    uint32_t *work = NULL;
-    int32_t *out = NULL;
-    size_t work_bytes = (size_t)batch * (size_t)hisa_k_work_row_words(n) * 4;
-    BENCH_CUDA(cudaMalloc((void **)&ds, sizeof(float) * (size_t)batch * n));
-    BENCH_CUDA(cudaMalloc((void **)&work, work_bytes));
-    BENCH_CUDA(cudaMalloc((void **)&out, sizeof(int32_t) * (size_t)batch * k));
-    BENCH_CUDA(cudaMemcpy(ds, hs, sizeof(float) * (size_t)batch * n, cudaMemcpyHostToDevice));
-    BENCH_CUDA(cudaMemset(work, 0, work_bytes));
-    cudaStream_t st;
-    BENCH_CUDA(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
-    hisa_k_topk_params p = {.scores = ds, .stride = n, .n = n, .k = k, .n_rows = batch, .work = work, .out = out,
-                            .sm_count = sm_count};
-    int err = hisa_k_topk(st, &p);
+    for (int64_t i = 0; i < (int64_t)n_scores; i++) hs[i] = 40.0f * bench_unif(&s) * fabsf(bench_unif(&s));
+    int rc = topk_copy(hs, n_scores, (size_t)work_bytes, (size_t)batch * k, d);
+    free(hs);
+    return rc;
+}
+
+/* A warm call, one call captured in a graph, time_graph's replays. */
+static int topk_time(hisa_runtime *rt, cudaStream_t st, const topk_bufs *d, int32_t batch, int32_t n, int32_t k,
+                     int reps, double *median_us) {
+    assert(rt && d && median_us);
+    assert(batch >= 1 && n >= 1 && k >= 1);
+    int err = hisa_dev_topk(rt, d->scores, n, n, k, batch, d->work, d->out);
     BENCH_CUDA(cudaStreamSynchronize(st));
     cudaGraph_t graph;
     cudaGraphExec_t exec;
     BENCH_CUDA(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
-    if (!err) err = hisa_k_topk(st, &p);
+    if (!err) err = hisa_dev_topk(rt, d->scores, n, n, k, batch, d->work, d->out);
     BENCH_CUDA(cudaStreamEndCapture(st, &graph));
     BENCH_CUDA(cudaGraphInstantiate(&exec, graph, 0));
     if (!err) err = time_graph(exec, st, 10, reps, median_us);
     cudaGraphExecDestroy(exec);
     cudaGraphDestroy(graph);
-    cudaStreamDestroy(st);
-    cudaFree(ds);
-    cudaFree(work);
-    cudaFree(out);
-    free(hs);
     return err ? TOOL_EXIT_FAIL : 0;
 }
+
+static int topk_stream(hisa_runtime *rt, cudaStream_t *st) {
+    assert(rt && st);
+    BENCH_CUDA(cudaStreamCreateWithFlags(st, cudaStreamNonBlocking));
+    return hisa_set_stream(rt, *st) ? TOOL_EXIT_FAIL : 0;
+}
+
+/* The top-k alone: k of n random scores per row, rows = batch. hisa_dev_topk launches on a
+ * runtime's stream; the top-k reads nothing of the runtime but its device and SM count, so the
+ * smallest configuration serves. */
+static int bench_topk(int32_t batch, int32_t n, int32_t k, int reps, double *median_us) {
+    assert(batch >= 1 && n >= k && k >= 1);
+    assert(median_us);
+    hisa_config cfg = {.n_layers = 1, .n_heads = 1, .block_size = 32, .top_blocks = 2, .topk = 32,
+                       .max_seqs = 1, .max_context = 64, .max_batch = 1, .max_prefill_queries = 1,
+                       .device = HISA_DEVICE_CUDA(0)};
+    hisa_runtime *rt = NULL;
+    int rc = tool_open("bench", &cfg, &rt);
+    if (rc) return rc;
+    topk_bufs d = {0};
+    cudaStream_t st = NULL;
+    rc = topk_upload(batch, n, k, &d);
+    if (!rc) rc = topk_stream(rt, &st);
+    if (!rc) rc = topk_time(rt, st, &d, batch, n, k, reps, median_us);
+    hisa_set_stream(rt, NULL);
+    hisa_close(rt);
+    if (st) cudaStreamDestroy(st);
+    cudaFree(d.scores);
+    cudaFree(d.work);
+    cudaFree(d.out);
+    return rc;
+}
+
+/* --- hisa bench decode ---------------------------------------------------------------------- */
 
 static void print_help(void) {
     printf("usage: hisa bench decode [--json FILE] [--reps N] [--quick]\n"
@@ -263,119 +370,187 @@ static void print_help(void) {
            "  --topk-only: the top-k alone.\n");
 }
 
-static int bench_decode(int argc, char **argv) {
-    const char *json = NULL;
-    int32_t reps = 100;
-    int quick = 0;
-    int32_t one_batch = 0, one_context = 0;
-    int topk_only = 0;
-    tool_opt opts[] = {{"json", TOOL_OPT_STR, &json},       {"reps", TOOL_OPT_INT, &reps},
-                       {"quick", TOOL_OPT_FLAG, &quick},    {"batch", TOOL_OPT_INT, &one_batch},
-                       {"context", TOOL_OPT_INT, &one_context}, {"topk-only", TOOL_OPT_FLAG, &topk_only}};
+typedef struct decode_opts {
+    const char *json;
+    int32_t reps, one_batch, one_context;
+    int quick, topk_only;
+} decode_opts;
+
+/* What every record repeats: the device, the date, the copy bandwidth measured in this run. */
+typedef struct bench_env {
+    struct cudaDeviceProp prop;
+    char date[32];
+    double copy_gbps;
+} bench_env;
+
+/* The points: batches x contexts, then batch 1 at 1M unless quick. */
+typedef struct decode_grid {
+    const int32_t *batches, *contexts;
+    int nbat, nctx, quick;
+} decode_grid;
+
+static const int32_t k_batches_full[] = {1, 16, 64}, k_contexts_full[] = {8192, 32768, 65536, 131072};
+static const int32_t k_batches_quick[] = {1, 64}, k_contexts_quick[] = {32768, 131072};
+static const int32_t k_topk_batch[2] = {1, 64};
+
+/* Options into o. Returns tool_parse_opts's codes (-1: --help) or TOOL_EXIT_USAGE. */
+static int decode_parse(int argc, char **argv, decode_opts *o) {
+    assert(argc >= 1 && o);
+    *o = (decode_opts){.reps = 100};
+    tool_opt opts[] = {{"json", TOOL_OPT_STR, &o->json},           {"reps", TOOL_OPT_INT, &o->reps},
+                       {"quick", TOOL_OPT_FLAG, &o->quick},        {"batch", TOOL_OPT_INT, &o->one_batch},
+                       {"context", TOOL_OPT_INT, &o->one_context}, {"topk-only", TOOL_OPT_FLAG, &o->topk_only}};
     int perr = tool_parse_opts("bench decode", argc, argv, opts, 6);
-    if (perr < 0) {
-        print_help();
-        return 0;
-    }
     if (perr) return perr;
-    if (reps < 5) {
+    if (o->reps < 5) {
         fprintf(stderr, "hisa bench decode: --reps must be >= 5\n");
         return TOOL_EXIT_USAGE;
     }
+    return 0;
+}
+
+/* The device, the date and the copy ceiling, printed as the first line. */
+static int decode_env(bench_env *e) {
+    assert(e);
+    BENCH_CUDA(cudaGetDeviceProperties(&e->prop, 0));
+    time_t now = time(NULL);
+    strftime(e->date, sizeof e->date, "%Y-%m-%dT%H:%M:%SZ", gmtime(&now));
+    e->copy_gbps = 0;
+    if (measure_copy(&e->copy_gbps)) return TOOL_EXIT_FAIL;
+    printf("device %s (%d SMs), copy %.0f GB/s (read + write)\n", e->prop.name, e->prop.multiProcessorCount,
+           e->copy_gbps);
+    return 0;
+}
+
+/* The full grid, the quick one, or the one point of --batch and --context (profiling). */
+static int decode_grid_pick(const decode_opts *o, decode_grid *g) {
+    assert(o && g);
+    *g = (decode_grid){.batches = o->quick ? k_batches_quick : k_batches_full,
+                       .contexts = o->quick ? k_contexts_quick : k_contexts_full,
+                       .nbat = o->quick ? 2 : 3, .nctx = o->quick ? 2 : 4, .quick = o->quick};
+    if (o->one_batch > 0 || o->one_context > 0) {
+        if (o->one_batch < 1 || o->one_batch > 256 || o->one_context < 1) {
+            fprintf(stderr, "hisa bench decode: --batch (1..256) and --context go together\n");
+            return TOOL_EXIT_USAGE;
+        }
+        *g = (decode_grid){.batches = &o->one_batch, .contexts = &o->one_context, .nbat = 1, .nctx = 1, .quick = 1};
+    }
+    return 0;
+}
+
+static void print_point(const bench_rec *recs) {
+    for (int j = 0; j < 2; j++) {
+        const bench_rec *r = &recs[j];
+        printf("%-5s %6d %8d %12.1f %10.1f %7.0f%% ", r->mode, r->batch, r->context, r->median_us, r->floor_us,
+               100.0 * r->floor_us / r->median_us);
+        if (j == 1) printf("%8.2fx\n", r->speedup);
+        else printf("%9s\n", "-");
+    }
+}
+
+/* The table: every point of g (none with --topk-only), two records each into recs. */
+static int decode_points(const decode_opts *o, const decode_grid *g, const bench_env *e, const float *pool,
+                         int32_t pool_n, bench_rec *recs, int cap, int *n_recs) {
+    assert(g->nbat >= 1 && g->nctx >= 1);
+    assert(cap >= 2 * (g->nbat * g->nctx + 1));
+    (void)cap;
+    int err = 0;
+    printf("%-5s %6s %8s %12s %10s %8s %9s\n", "mode", "batch", "context", "median_us", "floor_us", "of_floor", "speedup");
+    for (int bi = 0; bi <= g->nbat && !err && !o->topk_only; bi++) {
+        for (int ci = 0; ci < g->nctx && !err; ci++) {
+            int32_t batch, context;
+            if (bi == g->nbat) { /* batch 1 at 1M, once */
+                if (ci > 0 || g->quick) break;
+                batch = 1;
+                context = 1 << 20;
+            } else {
+                batch = g->batches[bi];
+                context = g->contexts[ci];
+            }
+            err = bench_point(batch, context, pool, pool_n, e->copy_gbps, o->reps, &recs[*n_recs], &recs[*n_recs + 1]);
+            if (err) break;
+            print_point(&recs[*n_recs]);
+            *n_recs += 2;
+        }
+    }
+    return err;
+}
+
+/* The top-k alone at batch 1 and 64 (not with --batch / --context). */
+static int decode_topk(const decode_opts *o, double topk_us[2]) {
+    assert(o && topk_us);
+    int err = 0;
+    for (int i = 0; i < 2 && !err && !o->one_batch; i++) {
+        err = bench_topk(k_topk_batch[i], 131072, 2048, o->reps, &topk_us[i]);
+        if (!err) printf("topk  %6d %8d %12.1f   (k=2048 of 128K scores, top-k alone)\n", k_topk_batch[i], 131072, topk_us[i]);
+    }
+    return err;
+}
+
+static int decode_write_json(const char *json, const bench_env *e, const bench_rec *recs, int n_recs,
+                             const double topk_us[2]) {
+    assert(json && e && topk_us);
+    FILE *f = fopen(json, "w");
+    if (!f) {
+        fprintf(stderr, "hisa bench decode: cannot write %s\n", json);
+        return TOOL_EXIT_USAGE;
+    }
+    fprintf(f, "[\n");
+    for (int i = 0; i < n_recs; i++) {
+        const bench_rec *r = &recs[i];
+        fprintf(f, "  {\"device\": ");
+        tool_json_string(f, e->prop.name);
+        fprintf(f, ", \"date\": \"%s\", \"mode\": \"%s\", \"batch\": %d, \"context\": %d, \"key_format\": \"fp8\", "
+                   "\"heads\": 64, \"block_size\": 128, \"top_blocks\": 64, \"topk\": 2048, "
+                   "\"median_us\": %.2f, \"floor_us\": %.2f, \"copy_gbps\": %.1f, \"bytes_read\": %.0f",
+                e->date, r->mode, r->batch, r->context, r->median_us, r->floor_us, e->copy_gbps, r->bytes);
+        if (strcmp(r->mode, "hisa") == 0) fprintf(f, ", \"speedup_vs_flat\": %.3f", r->speedup);
+        fprintf(f, "},\n");
+    }
+    for (int i = 0; i < 2; i++) {
+        fprintf(f, "  {\"device\": ");
+        tool_json_string(f, e->prop.name);
+        fprintf(f, ", \"date\": \"%s\", \"mode\": \"topk\", \"batch\": %d, \"context\": 131072, \"key_format\": \"fp8\", "
+                   "\"topk\": 2048, \"median_us\": %.2f, \"copy_gbps\": %.1f}%s\n",
+                e->date, k_topk_batch[i], topk_us[i], e->copy_gbps, i == 1 ? "" : ",");
+    }
+    fprintf(f, "]\n");
+    fclose(f);
+    printf("wrote %s\n", json);
+    return 0;
+}
+
+static int bench_decode(int argc, char **argv) {
+    decode_opts o;
+    int rc = decode_parse(argc, argv, &o);
+    if (rc < 0) {
+        print_help();
+        return 0;
+    }
+    if (rc) return rc;
     if (!tool_cuda_available()) {
         fprintf(stderr, "hisa bench decode: needs a CUDA device (none found)\n");
         return TOOL_EXIT_FAIL;
     }
-    struct cudaDeviceProp prop;
-    BENCH_CUDA(cudaGetDeviceProperties(&prop, 0));
-    char date[32];
-    time_t now = time(NULL);
-    strftime(date, sizeof date, "%Y-%m-%dT%H:%M:%SZ", gmtime(&now));
-    double copy_gbps = 0;
-    if (measure_copy(&copy_gbps)) return TOOL_EXIT_FAIL;
-    printf("device %s (%d SMs), copy %.0f GB/s (read + write)\n", prop.name, prop.multiProcessorCount, copy_gbps);
-
+    bench_env env;
+    if (decode_env(&env)) return TOOL_EXIT_FAIL;
     const int32_t pool_n = 1 << 16;
     float *pool = make_key_pool(pool_n, 42);
     if (!pool) return TOOL_EXIT_FAIL;
-    int32_t batches_full[] = {1, 16, 64}, contexts_full[] = {8192, 32768, 65536, 131072};
-    int32_t batches_quick[] = {1, 64}, contexts_quick[] = {32768, 131072};
-    int32_t *batches = quick ? batches_quick : batches_full, *contexts = quick ? contexts_quick : contexts_full;
-    int nbat = quick ? 2 : 3, nctx = quick ? 2 : 4;
-    if (one_batch > 0 || one_context > 0) { /* one point (profiling) */
-        if (one_batch < 1 || one_batch > 256 || one_context < 1) {
-            fprintf(stderr, "hisa bench decode: --batch (1..256) and --context go together\n");
-            return TOOL_EXIT_USAGE;
-        }
-        batches = &one_batch;
-        contexts = &one_context;
-        nbat = nctx = 1;
-        quick = 1;
+    decode_grid g;
+    rc = decode_grid_pick(&o, &g); /* after the device line, as it always was */
+    if (rc) {
+        free(pool);
+        return rc;
     }
     bench_rec recs[64];
-    int n_recs = 0, err = 0;
-    printf("%-5s %6s %8s %12s %10s %8s %9s\n", "mode", "batch", "context", "median_us", "floor_us", "of_floor", "speedup");
-    for (int bi = 0; bi <= nbat && !err && !topk_only; bi++) {
-        for (int ci = 0; ci < nctx && !err; ci++) {
-            int32_t batch, context;
-            if (bi == nbat) { /* batch 1 at 1M, once */
-                if (ci > 0 || quick) break;
-                batch = 1;
-                context = 1 << 20;
-            } else {
-                batch = batches[bi];
-                context = contexts[ci];
-            }
-            err = bench_point(batch, context, pool, pool_n, copy_gbps, reps, &recs[n_recs], &recs[n_recs + 1]);
-            if (err) break;
-            for (int j = 0; j < 2; j++) {
-                bench_rec *r = &recs[n_recs + j];
-                printf("%-5s %6d %8d %12.1f %10.1f %7.0f%% ", r->mode, r->batch, r->context, r->median_us,
-                       r->floor_us, 100.0 * r->floor_us / r->median_us);
-                if (j == 1) printf("%8.2fx\n", r->speedup);
-                else printf("%9s\n", "-");
-            }
-            n_recs += 2;
-        }
-    }
+    int n_recs = 0;
+    int err = decode_points(&o, &g, &env, pool, pool_n, recs, 64, &n_recs);
     free(pool);
     double topk_us[2] = {0, 0};
-    int32_t topk_batch[2] = {1, 64};
-    for (int i = 0; i < 2 && !err && !one_batch; i++) {
-        err = bench_topk(topk_batch[i], 131072, 2048, prop.multiProcessorCount, reps, &topk_us[i]);
-        if (!err) printf("topk  %6d %8d %12.1f   (k=2048 of 128K scores, top-k alone)\n", topk_batch[i], 131072, topk_us[i]);
-    }
+    if (!err) err = decode_topk(&o, topk_us);
     if (err) return err;
-    if (json) {
-        FILE *f = fopen(json, "w");
-        if (!f) {
-            fprintf(stderr, "hisa bench decode: cannot write %s\n", json);
-            return TOOL_EXIT_USAGE;
-        }
-        fprintf(f, "[\n");
-        for (int i = 0; i < n_recs; i++) {
-            bench_rec *r = &recs[i];
-            fprintf(f, "  {\"device\": ");
-            tool_json_string(f, prop.name);
-            fprintf(f, ", \"date\": \"%s\", \"mode\": \"%s\", \"batch\": %d, \"context\": %d, \"key_format\": \"fp8\", "
-                       "\"heads\": 64, \"block_size\": 128, \"top_blocks\": 64, \"topk\": 2048, "
-                       "\"median_us\": %.2f, \"floor_us\": %.2f, \"copy_gbps\": %.1f, \"bytes_read\": %.0f",
-                    date, r->mode, r->batch, r->context, r->median_us, r->floor_us, copy_gbps, r->bytes);
-            if (strcmp(r->mode, "hisa") == 0) fprintf(f, ", \"speedup_vs_flat\": %.3f", r->speedup);
-            fprintf(f, "},\n");
-        }
-        for (int i = 0; i < 2; i++) {
-            fprintf(f, "  {\"device\": ");
-            tool_json_string(f, prop.name);
-            fprintf(f, ", \"date\": \"%s\", \"mode\": \"topk\", \"batch\": %d, \"context\": 131072, \"key_format\": \"fp8\", "
-                       "\"topk\": 2048, \"median_us\": %.2f, \"copy_gbps\": %.1f}%s\n",
-                    date, topk_batch[i], topk_us[i], copy_gbps, i == 1 ? "" : ",");
-        }
-        fprintf(f, "]\n");
-        fclose(f);
-        printf("wrote %s\n", json);
-    }
-    return 0;
+    return o.json ? decode_write_json(o.json, &env, recs, n_recs, topk_us) : 0;
 }
 
 int hisa_cmd_bench(int argc, char **argv) {

@@ -10,8 +10,9 @@
  * Method: keys written through the public API (hisa_write_range, HISA_HOST_IO) from the
  * structured synthetic generator (never zeros); one 128K sequence serves every context, since a
  * query at t sees only positions <= t. Each point is timed with CUDA events around one call of
- * the CUDA prefill path (runtime/cuda_prefill.c, device pointers, the runtime's stream), after
- * warm-up, median of --reps calls: the whole selection (scoring + top-k) and the scoring alone.
+ * hisa_dev_prefill (runtime/hisa_dev.h: the prefill selection with device pointers on the
+ * runtime's stream, and its stage switches), after warm-up, median of --reps calls: the whole
+ * selection (scoring + top-k, no switch) and the scoring alone (HISA_DEV_SCORING_ONLY).
  * tflops counts useful scoring flops only: flat 2*H*128*(t+1) per query; HISA 2*H*128 per
  * ranked block (1..last-1) plus per candidate token ((m-1)*B + t%B + 1), divided by the
  * scoring-only time.
@@ -20,6 +21,7 @@
  * key_format, median_us, scoring_us, tflops, gemm_tflops, pct_of_gemm, speedup_vs_flat). */
 #include "bench_prefill.h"
 
+#include <assert.h>
 #include <dlfcn.h>
 #include <math.h>
 #include <stdio.h>
@@ -27,14 +29,18 @@
 #include <string.h>
 #include <time.h>
 
-#include "../runtime/internal.h"
 #include "synth.h"
 #include "tools.h"
 
 #if HISA_CUDA
 #include <cuda_runtime_api.h>
 
+#include "../runtime/hisa_dev.h"
+
 #define PB_CUDA(stmt) TOOL_CUDA("bench prefill", stmt)
+
+/* The paper's setting: H heads, blocks of B tokens, m blocks kept, k selected. */
+enum { PB_H = 64, PB_B = 128, PB_M = 64, PB_K = 2048 };
 
 typedef struct pb_rec {
     const char *mode;
@@ -60,6 +66,16 @@ static uint64_t pb_rng(uint64_t *s) {
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
     z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
     return z ^ (z >> 31);
+}
+
+/* n random bf16 values in [-1, 1): sign, exponent 120..126, mantissa (seeded). */
+static void pb_fill_bf16(uint16_t *h, size_t n) {
+    assert(h && n > 0);
+    uint64_t s = 7;
+    for (size_t i = 0; i < n; i++) {
+        uint64_t r = pb_rng(&s);
+        h[i] = (uint16_t)(((r & 1) << 15) | ((120 + (r >> 1) % 7) << 7) | ((r >> 8) & 0x7f));
+    }
 }
 
 /* Median TFLOP/s of an n^3 bf16 GEMM (C bf16, fp32 compute, A and B random). 0 when cuBLAS is
@@ -92,11 +108,7 @@ static double pb_gemm_tflops(int n, int reps, cudaStream_t st, char *lib_used, s
         result = -1;
         goto out;
     }
-    uint64_t s = 7;
-    for (size_t i = 0; i < (size_t)n * n; i++) { /* bf16 in [-1, 1): sign, exponent 120..126, mantissa */
-        uint64_t r = pb_rng(&s);
-        ha[i] = (uint16_t)(((r & 1) << 15) | ((120 + (r >> 1) % 7) << 7) | ((r >> 8) & 0x7f));
-    }
+    pb_fill_bf16(ha, (size_t)n * n);
     if (cudaMemcpy(a, ha, bytes, cudaMemcpyHostToDevice) || cudaMemcpy(b, ha, bytes, cudaMemcpyHostToDevice) ||
         cudaEventCreate(&e0) || cudaEventCreate(&e1)) {
         result = -1;
@@ -134,9 +146,11 @@ out:
 
 /* --- one point ------------------------------------------------------------------------------ */
 
-/* Median microseconds of `reps` calls after 3 warm-ups. */
-static int pb_time(hisa_runtime *rt, cudaStream_t st, hisa_mode mode, int32_t seq, int32_t t0, int32_t n_q,
-                   const float *dq, const float *dw, int32_t *dout, uint32_t flags, int reps, double *median_us) {
+/* Median microseconds of `reps` calls of req after 3 warm-ups. */
+static int pb_time(hisa_runtime *rt, cudaStream_t st, const hisa_prefill *req, uint32_t dev_flags, int reps,
+                   double *median_us) {
+    assert(rt && req && median_us);
+    assert(reps >= 5);
     cudaEvent_t e0, e1;
     PB_CUDA(cudaEventCreate(&e0));
     PB_CUDA(cudaEventCreate(&e1));
@@ -145,7 +159,7 @@ static int pb_time(hisa_runtime *rt, cudaStream_t st, hisa_mode mode, int32_t se
     for (int i = 0; i < reps + 3 && !err; i++) {
         float ms = 0;
         if (cudaEventRecord(e0, st)) err = 1;
-        int e = hisa__cuda_prefill(rt, 0, mode, seq, t0, n_q, dq, dw, dout, flags);
+        int e = hisa_dev_prefill(rt, req, dev_flags);
         if (e) {
             fprintf(stderr, "hisa bench prefill: prefill: %s (%s)\n", hisa_strerror(e), hisa_error_detail(rt));
             err = 1;
@@ -185,167 +199,279 @@ static void print_help(void) {
            "  --variant 1: fp8 keys scored with bf16 MMA operands instead of fp16.\n");
 }
 
-int hisa_cmd_bench_prefill(int argc, char **argv) {
-    const char *json = NULL, *fmt_name = "fp8";
-    int32_t reps = 20, n_q = 1024, one_context = 0, variant = 0;
-    tool_opt opts[] = {{"json", TOOL_OPT_STR, &json},
-                       {"reps", TOOL_OPT_INT, &reps},
-                       {"queries", TOOL_OPT_INT, &n_q},
-                       {"context", TOOL_OPT_INT, &one_context},
-                       {"key-format", TOOL_OPT_STR, &fmt_name},
-                       {"variant", TOOL_OPT_INT, &variant}};
+/* --- hisa bench prefill --------------------------------------------------------------------- */
+
+typedef struct pb_opts {
+    const char *json, *fmt_name;
+    int32_t reps, n_q, one_context, variant;
+    int32_t fmt; /* HISA_KEY_* of fmt_name */
+} pb_opts;
+
+/* What every record repeats, and the stream everything runs on. */
+typedef struct pb_env {
+    struct cudaDeviceProp prop;
+    char date[32], gemm_lib[32];
+    int rtv, drv;
+    double gemm; /* bf16 GEMM TFLOP/s, 0 without cuBLAS */
+    cudaStream_t st;
+} pb_env;
+
+/* The device inputs of the chunk: queries, head weights, room for the selection. */
+typedef struct pb_bufs {
+    float *q, *w;
+    int32_t *out;
+} pb_bufs;
+
+/* Options into o. Returns tool_parse_opts's codes (-1: --help) or TOOL_EXIT_USAGE. */
+static int pb_parse(int argc, char **argv, pb_opts *o) {
+    assert(argc >= 1 && o);
+    *o = (pb_opts){.fmt_name = "fp8", .reps = 20, .n_q = 1024};
+    tool_opt opts[] = {{"json", TOOL_OPT_STR, &o->json},
+                       {"reps", TOOL_OPT_INT, &o->reps},
+                       {"queries", TOOL_OPT_INT, &o->n_q},
+                       {"context", TOOL_OPT_INT, &o->one_context},
+                       {"key-format", TOOL_OPT_STR, &o->fmt_name},
+                       {"variant", TOOL_OPT_INT, &o->variant}};
     int perr = tool_parse_opts("bench prefill", argc, argv, opts, 6);
-    if (perr < 0) {
-        print_help();
-        return 0;
-    }
     if (perr) return perr;
-    int32_t fmt = strcmp(fmt_name, "fp8") == 0 ? HISA_KEY_FP8 : strcmp(fmt_name, "bf16") == 0 ? HISA_KEY_BF16 : 0;
-    if (reps < 5 || n_q < 1 || n_q > 1024 || !fmt || one_context < 0 || (one_context && one_context < n_q) ||
-        variant < 0 || variant > 1) {
+    o->fmt = strcmp(o->fmt_name, "fp8") == 0 ? HISA_KEY_FP8 : strcmp(o->fmt_name, "bf16") == 0 ? HISA_KEY_BF16 : 0;
+    if (o->reps < 5 || o->n_q < 1 || o->n_q > 1024 || !o->fmt || o->one_context < 0 ||
+        (o->one_context && o->one_context < o->n_q) || o->variant < 0 || o->variant > 1) {
         fprintf(stderr, "hisa bench prefill: need --reps >= 5, --queries 1..1024, --key-format fp8|bf16, "
                         "--context >= queries, --variant 0|1\n");
         return TOOL_EXIT_USAGE;
     }
-    if (!tool_cuda_available()) {
-        fprintf(stderr, "hisa bench prefill: needs a CUDA device (none found)\n");
-        return TOOL_EXIT_FAIL;
-    }
-    int32_t contexts_all[] = {8192, 16384, 32768, 65536, 131072};
-    int32_t *contexts = one_context ? &one_context : contexts_all, n_ctx = one_context ? 1 : 5;
-    int32_t max_ctx = contexts[n_ctx - 1];
-    const int32_t H = 64, B = 128, m = 64, k = 2048;
+    return 0;
+}
 
-    struct cudaDeviceProp prop;
-    PB_CUDA(cudaGetDeviceProperties(&prop, 0));
-    char date[32];
+/* The device, the date, the versions, the stream and the GEMM rate, printed as the first line. */
+static int pb_env_init(pb_env *e) {
+    assert(e);
+    PB_CUDA(cudaGetDeviceProperties(&e->prop, 0));
     time_t now = time(NULL);
-    strftime(date, sizeof date, "%Y-%m-%dT%H:%M:%SZ", gmtime(&now));
-    int rtv = 0, drv = 0;
-    cudaRuntimeGetVersion(&rtv);
-    cudaDriverGetVersion(&drv);
-    cudaStream_t st;
-    PB_CUDA(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
-    char gemm_lib[32];
-    double gemm = pb_gemm_tflops(8192, 10, st, gemm_lib, sizeof gemm_lib);
-    if (gemm < 0) {
+    strftime(e->date, sizeof e->date, "%Y-%m-%dT%H:%M:%SZ", gmtime(&now));
+    e->rtv = e->drv = 0;
+    cudaRuntimeGetVersion(&e->rtv);
+    cudaDriverGetVersion(&e->drv);
+    PB_CUDA(cudaStreamCreateWithFlags(&e->st, cudaStreamNonBlocking));
+    e->gemm = pb_gemm_tflops(8192, 10, e->st, e->gemm_lib, sizeof e->gemm_lib);
+    if (e->gemm < 0) {
         fprintf(stderr, "hisa bench prefill: the GEMM measurement failed\n");
         return TOOL_EXIT_FAIL;
     }
-    printf("device %s (%d SMs), CUDA runtime %d, driver %d; bf16 GEMM 8192^3 (%s): %.1f TFLOP/s\n", prop.name,
-           prop.multiProcessorCount, rtv, drv, gemm_lib, gemm);
+    printf("device %s (%d SMs), CUDA runtime %d, driver %d; bf16 GEMM 8192^3 (%s): %.1f TFLOP/s\n", e->prop.name,
+           e->prop.multiProcessorCount, e->rtv, e->drv, e->gemm_lib, e->gemm);
+    return 0;
+}
 
-    hisa_config cfg = {.n_heads = H, .block_size = B, .top_blocks = m, .topk = k, .key_format = fmt,
+/* A runtime for the paper's setting on st, one sequence of max_ctx tokens. */
+static int pb_open(int32_t fmt, cudaStream_t st, int32_t max_ctx, hisa_runtime **rt, int32_t *seq) {
+    assert(rt && seq);
+    assert(max_ctx >= 1);
+    hisa_config cfg = {.n_heads = PB_H, .block_size = PB_B, .top_blocks = PB_M, .topk = PB_K, .key_format = fmt,
                        .max_context = max_ctx, .max_seqs = 1, .max_prefill_queries = 1024,
                        .device = HISA_DEVICE_CUDA(0)};
-    hisa_runtime *rt = NULL;
-    int err = tool_open("bench prefill", &cfg, &rt);
+    int err = tool_open("bench prefill", &cfg, rt);
     if (err) return err;
-    hisa_set_stream(rt, st);
-    int32_t seq = -1;
-    err = hisa_seq_open(rt, &seq);
-    if (!err) err = hisa_seq_extend(rt, seq, max_ctx);
+    hisa_set_stream(*rt, st);
+    *seq = -1;
+    err = hisa_seq_open(*rt, seq);
+    if (!err) err = hisa_seq_extend(*rt, *seq, max_ctx);
     if (err) {
-        hisa_close(rt);
+        hisa_close(*rt);
+        *rt = NULL;
         return tool_lib_error("bench prefill", "sequence", err, NULL);
     }
-    synth_params sp;
-    synth_params_default(&sp);
-    sp.seed = 4;
-    sp.n_heads = H;
-    synth_gen gen;
-    if (synth_init(&gen, &sp)) {
-        hisa_close(rt);
+    return 0;
+}
+
+/* Every key of the sequence from the generator, through the public write path. */
+static int pb_write_keys(hisa_runtime *rt, int32_t seq, int32_t max_ctx, const char *fmt_name, synth_gen *gen) {
+    assert(rt && gen && fmt_name);
+    assert(max_ctx >= 1);
+    float *keys = malloc(sizeof(float) * 1024 * 128);
+    if (!keys) {
         fprintf(stderr, "hisa bench prefill: out of memory\n");
         return TOOL_EXIT_FAIL;
     }
-    float *keys = malloc(sizeof(float) * 1024 * 128);
+    int err = 0;
     double t_write = tool_now_s();
     for (int32_t pos = 0; pos < max_ctx && !err; pos += 1024) {
         int32_t c = max_ctx - pos < 1024 ? max_ctx - pos : 1024;
-        synth_keys(&gen, c, keys, (int64_t)c * 128);
+        synth_keys(gen, c, keys, (int64_t)c * 128);
         hisa_write w = {.layer = 0, .n_tokens = c, .keys = keys, .flags = HISA_HOST_IO};
         err = hisa_write_range(rt, seq, pos, &w);
     }
     free(keys);
-    if (err) {
-        synth_free(&gen);
-        hisa_close(rt);
-        return tool_lib_error("bench prefill", "hisa_write_range", err, NULL);
-    }
+    if (err) return tool_lib_error("bench prefill", "hisa_write_range", err, NULL);
     printf("wrote %d keys (%s) in %.2f s\n", max_ctx, fmt_name, tool_now_s() - t_write);
-    float *hq = malloc(sizeof(float) * (size_t)n_q * H * 128), *hw = malloc(sizeof(float) * (size_t)n_q * H);
-    for (int32_t i = 0; i < n_q; i++) synth_query(&gen, 0, 0, hq + (int64_t)i * H * 128, hw + (int64_t)i * H);
-    synth_free(&gen);
-    float *dq = NULL, *dw = NULL;
-    int32_t *dout = NULL;
-    PB_CUDA(cudaMalloc((void **)&dq, sizeof(float) * (size_t)n_q * H * 128));
-    PB_CUDA(cudaMalloc((void **)&dw, sizeof(float) * (size_t)n_q * H));
-    PB_CUDA(cudaMalloc((void **)&dout, sizeof(int32_t) * (size_t)n_q * k));
-    PB_CUDA(cudaMemcpy(dq, hq, sizeof(float) * (size_t)n_q * H * 128, cudaMemcpyHostToDevice));
-    PB_CUDA(cudaMemcpy(dw, hw, sizeof(float) * (size_t)n_q * H, cudaMemcpyHostToDevice));
+    return 0;
+}
+
+static int pb_copy(const float *hq, const float *hw, int32_t n_q, pb_bufs *d) {
+    assert(hq && hw && d);
+    assert(n_q >= 1);
+    PB_CUDA(cudaMalloc((void **)&d->q, sizeof(float) * (size_t)n_q * PB_H * 128));
+    PB_CUDA(cudaMalloc((void **)&d->w, sizeof(float) * (size_t)n_q * PB_H));
+    PB_CUDA(cudaMalloc((void **)&d->out, sizeof(int32_t) * (size_t)n_q * PB_K));
+    PB_CUDA(cudaMemcpy(d->q, hq, sizeof(float) * (size_t)n_q * PB_H * 128, cudaMemcpyHostToDevice));
+    PB_CUDA(cudaMemcpy(d->w, hw, sizeof(float) * (size_t)n_q * PB_H, cudaMemcpyHostToDevice));
+    return 0;
+}
+
+/* n_q decode-style queries from the generator (the same at every context), on the device. */
+static int pb_upload_queries(synth_gen *gen, int32_t n_q, pb_bufs *d) {
+    assert(gen && d);
+    assert(n_q >= 1 && n_q <= 1024);
+    float *hq = malloc(sizeof(float) * (size_t)n_q * PB_H * 128), *hw = malloc(sizeof(float) * (size_t)n_q * PB_H);
+    if (!hq || !hw) {
+        free(hq);
+        free(hw);
+        fprintf(stderr, "hisa bench prefill: out of memory\n");
+        return TOOL_EXIT_FAIL;
+    }
+    for (int32_t i = 0; i < n_q; i++) synth_query(gen, 0, 0, hq + (int64_t)i * PB_H * 128, hw + (int64_t)i * PB_H);
+    int rc = pb_copy(hq, hw, n_q, d);
     free(hq);
     free(hw);
+    return rc;
+}
 
-    pb_rec recs[16];
-    int n_recs = 0;
+/* The runtime with every key written, and the chunk's queries on the device. */
+static int pb_prepare(const pb_opts *o, cudaStream_t st, int32_t max_ctx, hisa_runtime **rt, int32_t *seq,
+                      pb_bufs *d) {
+    assert(o && rt && seq && d);
+    int rc = pb_open(o->fmt, st, max_ctx, rt, seq);
+    if (rc) return rc;
+    synth_params sp;
+    synth_params_default(&sp);
+    sp.seed = 4;
+    sp.n_heads = PB_H;
+    synth_gen gen;
+    if (synth_init(&gen, &sp)) {
+        hisa_close(*rt);
+        fprintf(stderr, "hisa bench prefill: out of memory\n");
+        return TOOL_EXIT_FAIL;
+    }
+    rc = pb_write_keys(*rt, *seq, max_ctx, o->fmt_name, &gen);
+    if (!rc) rc = pb_upload_queries(&gen, o->n_q, d);
+    synth_free(&gen);
+    if (rc) {
+        hisa_close(*rt);
+        cudaFree(d->q);
+        cudaFree(d->w);
+        cudaFree(d->out);
+    }
+    return rc;
+}
+
+/* One mode at one context: the chunk is the last n_q queries of context L. */
+static int pb_point(const pb_opts *o, cudaStream_t st, hisa_runtime *rt, int32_t seq, const pb_bufs *d,
+                    int32_t L, int mi, pb_rec *r) {
+    assert(o && rt && d && r);
+    assert(L >= o->n_q && (mi == 0 || mi == 1));
+    hisa_mode mode = mi == 0 ? HISA_MODE_FLAT : HISA_MODE_HISA;
+    int32_t t0 = L - o->n_q;
+    r->mode = mi == 0 ? "flat" : "hisa";
+    r->queries = o->n_q;
+    r->context = L;
+    hisa_prefill req = {.layer = 0, .mode = mode, .seq = seq, .t0 = t0, .n_q = o->n_q, .q = d->q, .w = d->w,
+                        .out = d->out};
+    uint32_t vf = o->variant ? HISA_DEV_VARIANT_ALT : 0u;
+    int err = pb_time(rt, st, &req, vf, o->reps, &r->median_us);
+    if (!err) err = pb_time(rt, st, &req, vf | HISA_DEV_SCORING_ONLY, o->reps, &r->scoring_us);
+    if (err) return err;
+    r->flops = pb_flops(mode, t0, o->n_q, PB_H, PB_B, PB_M, PB_K);
+    r->tflops = r->flops / (r->scoring_us * 1e-6) / 1e12;
+    return 0;
+}
+
+/* The table: flat and HISA at every context, into recs. */
+static int pb_run(const pb_opts *o, const pb_env *e, hisa_runtime *rt, int32_t seq, const pb_bufs *d,
+                  const int32_t *contexts, int32_t n_ctx, pb_rec *recs, int *n_recs) {
+    assert(o && e && rt && d && recs && n_recs);
+    assert(n_ctx >= 1 && 2 * n_ctx <= 16);
+    int err = 0;
     printf("%-5s %7s %8s %11s %11s %8s %8s %8s\n", "mode", "queries", "context", "median_us", "scoring_us", "tflops",
            "of_gemm", "speedup");
     for (int ci = 0; ci < n_ctx && !err; ci++) {
-        int32_t L = contexts[ci], t0 = L - n_q;
         for (int mi = 0; mi < 2 && !err; mi++) {
-            hisa_mode mode = mi == 0 ? HISA_MODE_FLAT : HISA_MODE_HISA;
-            pb_rec *r = &recs[n_recs];
-            r->mode = mi == 0 ? "flat" : "hisa";
-            r->queries = n_q;
-            r->context = L;
-            uint32_t vf = variant ? HISA__PF_VARIANT_ALT : 0u;
-            err = pb_time(rt, st, mode, seq, t0, n_q, dq, dw, dout, vf, reps, &r->median_us);
-            if (!err)
-                err = pb_time(rt, st, mode, seq, t0, n_q, dq, dw, dout, vf | HISA__PF_SCORING_ONLY, reps, &r->scoring_us);
+            pb_rec *r = &recs[*n_recs];
+            err = pb_point(o, e->st, rt, seq, d, contexts[ci], mi, r);
             if (err) break;
-            r->flops = pb_flops(mode, t0, n_q, H, B, m, k);
-            r->tflops = r->flops / (r->scoring_us * 1e-6) / 1e12;
-            r->speedup = mi == 1 ? recs[n_recs - 1].median_us / r->median_us : 1.0;
-            printf("%-5s %7d %8d %11.1f %11.1f %8.1f %7.1f%% ", r->mode, n_q, L, r->median_us, r->scoring_us, r->tflops,
-                   gemm > 0 ? 100.0 * r->tflops / gemm : 0.0);
+            r->speedup = mi == 1 ? recs[*n_recs - 1].median_us / r->median_us : 1.0;
+            printf("%-5s %7d %8d %11.1f %11.1f %8.1f %7.1f%% ", r->mode, r->queries, r->context, r->median_us,
+                   r->scoring_us, r->tflops, e->gemm > 0 ? 100.0 * r->tflops / e->gemm : 0.0);
             if (mi == 1) printf("%7.2fx\n", r->speedup);
             else printf("%8s\n", "-");
-            n_recs++;
+            (*n_recs)++;
         }
     }
-    cudaFree(dq);
-    cudaFree(dw);
-    cudaFree(dout);
-    hisa_close(rt);
-    cudaStreamDestroy(st);
-    if (err) return TOOL_EXIT_FAIL;
-    if (json) {
-        FILE *f = fopen(json, "w");
-        if (!f) {
-            fprintf(stderr, "hisa bench prefill: cannot write %s\n", json);
-            return TOOL_EXIT_USAGE;
-        }
-        fprintf(f, "[\n");
-        for (int i = 0; i < n_recs; i++) {
-            pb_rec *r = &recs[i];
-            fprintf(f, "  {\"device\": ");
-            tool_json_string(f, prop.name);
-            fprintf(f,
-                    ", \"date\": \"%s\", \"mode\": \"%s\", \"queries\": %d, \"context\": %d, \"key_format\": \"%s\", "
-                    "\"heads\": %d, \"block_size\": %d, \"top_blocks\": %d, \"topk\": %d, \"median_us\": %.2f, "
-                    "\"scoring_us\": %.2f, \"scoring_flops\": %.6g, \"tflops\": %.2f, \"gemm_tflops\": %.2f, "
-                    "\"gemm_lib\": \"%s\", \"pct_of_gemm\": %.2f, \"cuda_runtime\": %d, \"driver\": %d, \"variant\": %d",
-                    date, r->mode, r->queries, r->context, fmt_name, H, B, m, k, r->median_us, r->scoring_us, r->flops,
-                    r->tflops, gemm, gemm_lib, gemm > 0 ? 100.0 * r->tflops / gemm : 0.0, rtv, drv, variant);
-            if (strcmp(r->mode, "hisa") == 0) fprintf(f, ", \"speedup_vs_flat\": %.3f", r->speedup);
-            fprintf(f, "}%s\n", i + 1 < n_recs ? "," : "");
-        }
-        fprintf(f, "]\n");
-        fclose(f);
-        printf("wrote %s\n", json);
+    return err;
+}
+
+static int pb_write_json(const pb_opts *o, const pb_env *e, const pb_rec *recs, int n_recs) {
+    assert(o && o->json && e && recs);
+    FILE *f = fopen(o->json, "w");
+    if (!f) {
+        fprintf(stderr, "hisa bench prefill: cannot write %s\n", o->json);
+        return TOOL_EXIT_USAGE;
     }
+    fprintf(f, "[\n");
+    for (int i = 0; i < n_recs; i++) {
+        const pb_rec *r = &recs[i];
+        fprintf(f, "  {\"device\": ");
+        tool_json_string(f, e->prop.name);
+        fprintf(f,
+                ", \"date\": \"%s\", \"mode\": \"%s\", \"queries\": %d, \"context\": %d, \"key_format\": \"%s\", "
+                "\"heads\": %d, \"block_size\": %d, \"top_blocks\": %d, \"topk\": %d, \"median_us\": %.2f, "
+                "\"scoring_us\": %.2f, \"scoring_flops\": %.6g, \"tflops\": %.2f, \"gemm_tflops\": %.2f, "
+                "\"gemm_lib\": \"%s\", \"pct_of_gemm\": %.2f, \"cuda_runtime\": %d, \"driver\": %d, \"variant\": %d",
+                e->date, r->mode, r->queries, r->context, o->fmt_name, PB_H, PB_B, PB_M, PB_K, r->median_us,
+                r->scoring_us, r->flops, r->tflops, e->gemm, e->gemm_lib,
+                e->gemm > 0 ? 100.0 * r->tflops / e->gemm : 0.0, e->rtv, e->drv, o->variant);
+        if (strcmp(r->mode, "hisa") == 0) fprintf(f, ", \"speedup_vs_flat\": %.3f", r->speedup);
+        fprintf(f, "}%s\n", i + 1 < n_recs ? "," : "");
+    }
+    fprintf(f, "]\n");
+    fclose(f);
+    printf("wrote %s\n", o->json);
     return 0;
+}
+
+int hisa_cmd_bench_prefill(int argc, char **argv) {
+    pb_opts o;
+    int rc = pb_parse(argc, argv, &o);
+    if (rc < 0) {
+        print_help();
+        return 0;
+    }
+    if (rc) return rc;
+    if (!tool_cuda_available()) {
+        fprintf(stderr, "hisa bench prefill: needs a CUDA device (none found)\n");
+        return TOOL_EXIT_FAIL;
+    }
+    static const int32_t contexts_all[] = {8192, 16384, 32768, 65536, 131072};
+    const int32_t *contexts = o.one_context ? &o.one_context : contexts_all;
+    int32_t n_ctx = o.one_context ? 1 : 5, max_ctx = contexts[n_ctx - 1];
+    pb_env env;
+    rc = pb_env_init(&env);
+    if (rc) return rc;
+    hisa_runtime *rt = NULL;
+    int32_t seq = -1;
+    pb_bufs d = {0};
+    rc = pb_prepare(&o, env.st, max_ctx, &rt, &seq, &d);
+    if (rc) return rc;
+    pb_rec recs[16];
+    int n_recs = 0;
+    int err = pb_run(&o, &env, rt, seq, &d, contexts, n_ctx, recs, &n_recs);
+    cudaFree(d.q);
+    cudaFree(d.w);
+    cudaFree(d.out);
+    hisa_close(rt);
+    cudaStreamDestroy(env.st);
+    if (err) return TOOL_EXIT_FAIL;
+    return o.json ? pb_write_json(&o, &env, recs, n_recs) : 0;
 }
 
 #else /* !HISA_CUDA */

@@ -1,5 +1,6 @@
 /* common.c: option parsing, device choice, error reporting and small helpers shared by the
  * subcommands of the hisa tool (declared in tools.h). */
+#include <assert.h>
 #include <errno.h>
 #include <math.h>
 #include <stdlib.h>
@@ -61,6 +62,66 @@ const char *tool_fmt_bytes(uint64_t bytes, char *buf, size_t buf_len) {
 }
 
 /* --- options ------------------------------------------------------------------------------ */
+
+/* The option of opts named name[0..name_len), or NULL. */
+static const tool_opt *find_opt(const tool_opt *opts, int n_opts, const char *name,
+                                size_t name_len) {
+    assert(opts && name);
+    assert(n_opts >= 0);
+    const tool_opt *o = NULL;
+    for (int k = 0; k < n_opts; k++)
+        if (strlen(opts[k].name) == name_len && strncmp(opts[k].name, name, name_len) == 0)
+            o = &opts[k];
+    return o;
+}
+
+/* Stores val into the destination of o (not a flag) by its kind. Returns 0, or
+ * TOOL_EXIT_USAGE after printing what was expected. */
+static int set_opt(const char *cmd, const tool_opt *o, const char *val) {
+    assert(cmd && o && val);
+    assert(o->kind != TOOL_OPT_FLAG);
+    int64_t iv;
+    switch (o->kind) {
+    case TOOL_OPT_INT:
+        if (tool_parse_i64(val, &iv) != 0 || iv < INT32_MIN || iv > INT32_MAX) {
+            fprintf(stderr, "hisa %s: --%s: '%s' is not an integer (suffixes K, M, G)\n", cmd,
+                    o->name, val);
+            return TOOL_EXIT_USAGE;
+        }
+        *(int32_t *)o->dest = (int32_t)iv;
+        break;
+    case TOOL_OPT_I64:
+        if (tool_parse_i64(val, &iv) != 0) {
+            fprintf(stderr, "hisa %s: --%s: '%s' is not an integer (suffixes K, M, G)\n", cmd,
+                    o->name, val);
+            return TOOL_EXIT_USAGE;
+        }
+        *(int64_t *)o->dest = iv;
+        break;
+    case TOOL_OPT_SIZE:
+        if (tool_parse_size(val, (uint64_t *)o->dest) != 0) {
+            fprintf(stderr, "hisa %s: --%s: '%s' is not a size (e.g. 80G, 512M, 1.5T)\n", cmd,
+                    o->name, val);
+            return TOOL_EXIT_USAGE;
+        }
+        break;
+    case TOOL_OPT_DOUBLE: {
+        char *end;
+        errno = 0;
+        double d = strtod(val, &end);
+        if (errno || end == val || *end || !isfinite(d)) {
+            fprintf(stderr, "hisa %s: --%s: '%s' is not a number\n", cmd, o->name, val);
+            return TOOL_EXIT_USAGE;
+        }
+        *(double *)o->dest = d;
+        break;
+    }
+    case TOOL_OPT_STR: *(const char **)o->dest = val; break;
+    case TOOL_OPT_FLAG: break;
+    }
+    return 0;
+}
+
 int tool_parse_opts(const char *cmd, int argc, char **argv, const tool_opt *opts, int n_opts) {
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -72,10 +133,7 @@ int tool_parse_opts(const char *cmd, int argc, char **argv, const tool_opt *opts
         }
         const char *name = a + 2, *eq = strchr(name, '=');
         size_t name_len = eq ? (size_t)(eq - name) : strlen(name);
-        const tool_opt *o = NULL;
-        for (int k = 0; k < n_opts; k++)
-            if (strlen(opts[k].name) == name_len && strncmp(opts[k].name, name, name_len) == 0)
-                o = &opts[k];
+        const tool_opt *o = find_opt(opts, n_opts, name, name_len);
         if (!o) {
             fprintf(stderr, "hisa %s: unknown option '--%.*s' (see hisa %s --help)\n", cmd,
                     (int)name_len, name, cmd);
@@ -89,55 +147,12 @@ int tool_parse_opts(const char *cmd, int argc, char **argv, const tool_opt *opts
             *(int *)o->dest = 1;
             continue;
         }
-        const char *val;
-        if (eq) {
-            val = eq + 1;
-        } else {
-            if (i + 1 >= argc) {
-                fprintf(stderr, "hisa %s: option --%s needs a value\n", cmd, o->name);
-                return TOOL_EXIT_USAGE;
-            }
-            val = argv[++i];
+        if (!eq && i + 1 >= argc) {
+            fprintf(stderr, "hisa %s: option --%s needs a value\n", cmd, o->name);
+            return TOOL_EXIT_USAGE;
         }
-        int64_t iv;
-        switch (o->kind) {
-        case TOOL_OPT_INT:
-            if (tool_parse_i64(val, &iv) != 0 || iv < INT32_MIN || iv > INT32_MAX) {
-                fprintf(stderr, "hisa %s: --%s: '%s' is not an integer (suffixes K, M, G)\n",
-                        cmd, o->name, val);
-                return TOOL_EXIT_USAGE;
-            }
-            *(int32_t *)o->dest = (int32_t)iv;
-            break;
-        case TOOL_OPT_I64:
-            if (tool_parse_i64(val, &iv) != 0) {
-                fprintf(stderr, "hisa %s: --%s: '%s' is not an integer (suffixes K, M, G)\n",
-                        cmd, o->name, val);
-                return TOOL_EXIT_USAGE;
-            }
-            *(int64_t *)o->dest = iv;
-            break;
-        case TOOL_OPT_SIZE:
-            if (tool_parse_size(val, (uint64_t *)o->dest) != 0) {
-                fprintf(stderr, "hisa %s: --%s: '%s' is not a size (e.g. 80G, 512M, 1.5T)\n",
-                        cmd, o->name, val);
-                return TOOL_EXIT_USAGE;
-            }
-            break;
-        case TOOL_OPT_DOUBLE: {
-            char *end;
-            errno = 0;
-            double d = strtod(val, &end);
-            if (errno || end == val || *end || !isfinite(d)) {
-                fprintf(stderr, "hisa %s: --%s: '%s' is not a number\n", cmd, o->name, val);
-                return TOOL_EXIT_USAGE;
-            }
-            *(double *)o->dest = d;
-            break;
-        }
-        case TOOL_OPT_STR: *(const char **)o->dest = val; break;
-        case TOOL_OPT_FLAG: break;
-        }
+        int rc = set_opt(cmd, o, eq ? eq + 1 : argv[++i]);
+        if (rc) return rc;
     }
     return 0;
 }

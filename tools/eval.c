@@ -1,6 +1,7 @@
 /* eval.c: `hisa eval`, HISA against flat DSA on the same .npy inputs: per query the IoU of
  * the two selections (SPEC "Quality figures"), the recall of planted needles, and the time of
  * each mode. */
+#include <assert.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -38,6 +39,28 @@ static void eval_help(void) {
         "Exit status: 0 ok, 2 usage or input error, 1 runtime failure.\n");
 }
 
+typedef struct eval_opts {
+    tool_inputs in; /* the four input paths; loaded by the command */
+    tool_cfg_opts c;
+    const char *needles_path;
+    int json;
+    int32_t show, repeat;
+} eval_opts;
+
+/* What eval measured, per query and in all. */
+typedef struct eval_query {
+    double iou;
+    int64_t vis, found_flat, found_hisa; /* needles visible to it, and found by each mode */
+} eval_query;
+
+typedef struct eval_result {
+    int32_t *flat, *hisa, *scratch; /* [n_q, k], [n_q, k], [2k] */
+    eval_query *q;                  /* [n_q] */
+    double t_flat, t_hisa;          /* mean seconds per run of each mode */
+    double iou_sum, iou_min;
+    int64_t vis_total, found_flat_total, found_hisa_total;
+} eval_result;
+
 /* Needles visible to query i (at position t) and how many of them sel holds. */
 static void needle_counts(const npy_array *nd, int32_t i, int32_t t, const int32_t *sel, int32_t k,
                           int64_t *visible, int64_t *found) {
@@ -50,182 +73,241 @@ static void needle_counts(const npy_array *nd, int32_t i, int32_t t, const int32
     }
 }
 
-int hisa_cmd_eval(int argc, char **argv) {
-    const char *cmd = "eval";
-    tool_inputs in = {0};
-    tool_cfg_opts c = {0};
-    const char *needles_path = NULL;
-    int json = 0;
-    int32_t show = 32, repeat = 1;
+/* --- parse -------------------------------------------------------------------------------- */
+
+/* Options into o. Returns tool_parse_opts's codes (-1: --help) or TOOL_EXIT_USAGE. */
+static int eval_parse(int argc, char **argv, eval_opts *o) {
+    assert(argc >= 1 && o);
+    *o = (eval_opts){.show = 32, .repeat = 1};
     tool_opt opts[20];
     int n = 0;
-    opts[n++] = (tool_opt){"keys", TOOL_OPT_STR, &in.keys_path};
-    opts[n++] = (tool_opt){"scales", TOOL_OPT_STR, &in.scales_path};
-    opts[n++] = (tool_opt){"queries", TOOL_OPT_STR, &in.queries_path};
-    opts[n++] = (tool_opt){"weights", TOOL_OPT_STR, &in.weights_path};
-    opts[n++] = (tool_opt){"needles", TOOL_OPT_STR, &needles_path};
-    opts[n++] = (tool_opt){"json", TOOL_OPT_FLAG, &json};
-    opts[n++] = (tool_opt){"show", TOOL_OPT_INT, &show};
-    opts[n++] = (tool_opt){"repeat", TOOL_OPT_INT, &repeat};
-    tool_cfg_opts_add(opts, &n, &c);
-    int rc = tool_parse_opts(cmd, argc, argv, opts, n);
+    opts[n++] = (tool_opt){"keys", TOOL_OPT_STR, &o->in.keys_path};
+    opts[n++] = (tool_opt){"scales", TOOL_OPT_STR, &o->in.scales_path};
+    opts[n++] = (tool_opt){"queries", TOOL_OPT_STR, &o->in.queries_path};
+    opts[n++] = (tool_opt){"weights", TOOL_OPT_STR, &o->in.weights_path};
+    opts[n++] = (tool_opt){"needles", TOOL_OPT_STR, &o->needles_path};
+    opts[n++] = (tool_opt){"json", TOOL_OPT_FLAG, &o->json};
+    opts[n++] = (tool_opt){"show", TOOL_OPT_INT, &o->show};
+    opts[n++] = (tool_opt){"repeat", TOOL_OPT_INT, &o->repeat};
+    tool_cfg_opts_add(opts, &n, &o->c);
+    assert(n <= (int)(sizeof opts / sizeof opts[0]));
+    int rc = tool_parse_opts("eval", argc, argv, opts, n);
+    if (rc) return rc;
+    if (o->repeat < 1 || o->show < 0) {
+        fprintf(stderr, "hisa eval: --repeat must be >= 1 and --show >= 0\n");
+        return TOOL_EXIT_USAGE;
+    }
+    return 0;
+}
+
+/* Checks the needle file against the inputs: int32 [n] or [n_q,n], positions in 0..L-1 or -1.
+ * Returns 0, or -1 with the message in err. */
+static int needles_check(const npy_array *nd, const char *path, const tool_inputs *in, char *err,
+                         size_t err_len) {
+    assert(nd && path && in && err);
+    if (nd->dtype != NPY_I4 || nd->ndim < 1 || nd->ndim > 2 ||
+        (nd->ndim == 2 && nd->shape[0] != in->n_q)) {
+        char got[96];
+        snprintf(err, err_len,
+                 "%s: expected needle positions int32 [n] or [n_q,n] with n_q=%d from %s; "
+                 "got %s %s",
+                 path, in->n_q, in->queries_path, npy_dtype_name(nd->dtype),
+                 npy_shape_str(nd->shape, nd->ndim, got, sizeof got));
+        return -1;
+    }
+    for (int64_t j = 0; j < nd->count; j++) {
+        int32_t p = ((const int32_t *)nd->data)[j];
+        if (p < -1 || p >= in->L) {
+            snprintf(err, err_len,
+                     "%s: needle position %d out of range; expected 0..%d (L of %s) or -1", path,
+                     p, in->L - 1, in->keys_path);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* Reads --needles into nd (left empty without it). Returns 0 or TOOL_EXIT_USAGE. */
+static int needles_load(const eval_opts *o, npy_array *nd) {
+    assert(o && nd);
+    if (!o->needles_path) return 0;
+    char err[NPY_ERR_MAX];
+    int bad = npy_read(o->needles_path, nd, err, sizeof err) != 0;
+    if (!bad) bad = needles_check(nd, o->needles_path, &o->in, err, sizeof err) != 0;
+    if (bad) {
+        fprintf(stderr, "hisa eval: %s\n", err);
+        npy_free(nd);
+        return TOOL_EXIT_USAGE;
+    }
+    return 0;
+}
+
+/* --- run ---------------------------------------------------------------------------------- */
+
+static int result_alloc(eval_result *res, int32_t n_q, int32_t k) {
+    assert(res && n_q >= 1 && k >= 1);
+    size_t cells = (size_t)n_q * (size_t)k;
+    res->flat = malloc(sizeof(int32_t) * cells);
+    res->hisa = malloc(sizeof(int32_t) * cells);
+    res->scratch = malloc(sizeof(int32_t) * 2 * (size_t)k);
+    res->q = calloc((size_t)n_q, sizeof *res->q);
+    if (!res->flat || !res->hisa || !res->scratch || !res->q) {
+        fprintf(stderr, "hisa eval: out of memory\n");
+        return TOOL_EXIT_FAIL;
+    }
+    return 0;
+}
+
+static void result_free(eval_result *res) {
+    assert(res);
+    free(res->flat);
+    free(res->hisa);
+    free(res->scratch);
+    free(res->q);
+}
+
+/* Both modes --repeat times (the mean time of each), then per query the IoU and, with needles,
+ * the needles it sees and finds. Returns 0 or an exit code (the message printed). */
+static int eval_run(hisa_runtime *rt, int32_t seq, const eval_opts *o, const npy_array *nd,
+                    eval_result *res) {
+    assert(rt && o && nd && res);
+    const tool_inputs *in = &o->in;
+    const int32_t k = hisa_get_config(rt)->topk;
+    int rc = result_alloc(res, in->n_q, k);
+    if (rc) return rc;
+    for (int32_t r = 0; r < o->repeat; r++) {
+        double s;
+        int err = tool_inputs_select(rt, seq, in, HISA_MODE_FLAT, res->flat, &s);
+        res->t_flat += s;
+        if (!err) err = tool_inputs_select(rt, seq, in, HISA_MODE_HISA, res->hisa, &s);
+        res->t_hisa += s;
+        if (err) return tool_lib_error("eval", "selecting", err, NULL);
+    }
+    res->t_flat /= o->repeat;
+    res->t_hisa /= o->repeat;
+    res->iou_sum = 0, res->iou_min = 1;
+    for (int32_t i = 0; i < in->n_q; i++) {
+        eval_query *q = &res->q[i];
+        const int32_t *flat = res->flat + (size_t)i * k, *hisa = res->hisa + (size_t)i * k;
+        q->iou = tool_iou(flat, hisa, k, res->scratch);
+        res->iou_sum += q->iou;
+        if (q->iou < res->iou_min) res->iou_min = q->iou;
+        if (o->needles_path) {
+            int32_t t = in->L - in->n_q + i;
+            int64_t dummy = 0;
+            needle_counts(nd, i, t, flat, k, &q->vis, &q->found_flat);
+            needle_counts(nd, i, t, hisa, k, &dummy, &q->found_hisa);
+        }
+        res->vis_total += q->vis;
+        res->found_flat_total += q->found_flat;
+        res->found_hisa_total += q->found_hisa;
+    }
+    return 0;
+}
+
+/* --- report ------------------------------------------------------------------------------- */
+
+static void report_json(const eval_opts *o, const hisa_config *cfg, const char *dev,
+                        const eval_result *res) {
+    assert(o && cfg && dev && res);
+    const tool_inputs *in = &o->in;
+    printf("{\"device\": \"%s\", \"L\": %d, \"n_q\": %d, \"heads\": %d, \"block_size\": %d, "
+           "\"top_blocks\": %d, \"topk\": %d, \"key_format\": \"%s\", \"queries\": [",
+           dev, in->L, in->n_q, in->H, cfg->block_size, cfg->top_blocks, cfg->topk,
+           tool_key_format_name(cfg->key_format));
+    for (int32_t i = 0; i < in->n_q; i++) {
+        const eval_query *q = &res->q[i];
+        printf("%s{\"query\": %d, \"position\": %d, \"iou\": %.6f", i ? ", " : "", i,
+               in->L - in->n_q + i, q->iou);
+        if (o->needles_path)
+            printf(", \"needles\": %lld, \"found_flat\": %lld, \"found_hisa\": %lld",
+                   (long long)q->vis, (long long)q->found_flat, (long long)q->found_hisa);
+        printf("}");
+    }
+    printf("], \"iou_mean\": %.6f, \"iou_min\": %.6f, \"time_flat_s\": %.6g, "
+           "\"time_hisa_s\": %.6g",
+           res->iou_sum / in->n_q, res->iou_min, res->t_flat, res->t_hisa);
+    if (o->needles_path)
+        printf(", \"needles_visible\": %lld, \"recall_flat\": %.6f, \"recall_hisa\": %.6f",
+               (long long)res->vis_total,
+               res->vis_total ? (double)res->found_flat_total / (double)res->vis_total : 1.0,
+               res->vis_total ? (double)res->found_hisa_total / (double)res->vis_total : 1.0);
+    printf("}\n");
+}
+
+/* The text report's summary lines: IoU, needle recall, times. */
+static void report_text_summary(const eval_opts *o, const eval_result *res) {
+    assert(o && res);
+    const tool_inputs *in = &o->in;
+    if (in->n_q > o->show) printf("   ... %d more queries (--show N, or --json)\n", in->n_q - o->show);
+    printf("IoU HISA vs flat: mean %.4f, min %.4f over %d queries\n", res->iou_sum / in->n_q,
+           res->iou_min, in->n_q);
+    if (o->needles_path) {
+        if (res->vis_total)
+            printf("needle recall: flat %.4f (%lld/%lld), hisa %.4f (%lld/%lld)\n",
+                   (double)res->found_flat_total / (double)res->vis_total,
+                   (long long)res->found_flat_total, (long long)res->vis_total,
+                   (double)res->found_hisa_total / (double)res->vis_total,
+                   (long long)res->found_hisa_total, (long long)res->vis_total);
+        else
+            printf("needle recall: no needle is visible to any query\n");
+    }
+    printf("time: flat %.3f ms, hisa %.3f ms (%.3f / %.3f ms per query)%s\n", res->t_flat * 1e3,
+           res->t_hisa * 1e3, res->t_flat * 1e3 / in->n_q, res->t_hisa * 1e3 / in->n_q,
+           o->repeat > 1 ? " (mean of --repeat runs)" : "");
+}
+
+static void report_text(const eval_opts *o, const hisa_config *cfg, const char *dev,
+                        const eval_result *res) {
+    assert(o && cfg && dev && res);
+    const tool_inputs *in = &o->in;
+    printf("hisa eval: device %s, L=%d, n_q=%d, H=%d, B=%d, m=%d, k=%d, keys %s\n", dev, in->L,
+           in->n_q, in->H, cfg->block_size, cfg->top_blocks, cfg->topk,
+           tool_key_format_name(cfg->key_format));
+    printf("%8s %8s %8s%s\n", "query", "position", "IoU",
+           o->needles_path ? "   needles  flat  hisa" : "");
+    for (int32_t i = 0; i < in->n_q && i < o->show; i++) {
+        const eval_query *q = &res->q[i];
+        printf("%8d %8d %8.4f", i, in->L - in->n_q + i, q->iou);
+        if (o->needles_path)
+            printf("   %7lld %5lld %5lld", (long long)q->vis, (long long)q->found_flat,
+                   (long long)q->found_hisa);
+        printf("\n");
+    }
+    report_text_summary(o, res);
+}
+
+int hisa_cmd_eval(int argc, char **argv) {
+    eval_opts o;
+    int rc = eval_parse(argc, argv, &o);
     if (rc < 0) {
         eval_help();
         return TOOL_EXIT_OK;
     }
     if (rc) return rc;
-    if (repeat < 1 || show < 0) {
-        fprintf(stderr, "hisa eval: --repeat must be >= 1 and --show >= 0\n");
-        return TOOL_EXIT_USAGE;
-    }
-    rc = tool_inputs_load(cmd, &in);
+    rc = tool_inputs_load("eval", &o.in);
     if (rc) return rc;
-
     npy_array nd = {0};
-    if (needles_path) {
-        char err[NPY_ERR_MAX];
-        int bad = npy_read(needles_path, &nd, err, sizeof err) != 0;
-        if (!bad && (nd.dtype != NPY_I4 || nd.ndim < 1 || nd.ndim > 2 ||
-                     (nd.ndim == 2 && nd.shape[0] != in.n_q))) {
-            char got[96];
-            snprintf(err, sizeof err,
-                     "%s: expected needle positions int32 [n] or [n_q,n] with n_q=%d from %s; "
-                     "got %s %s",
-                     needles_path, in.n_q, in.queries_path, npy_dtype_name(nd.dtype),
-                     npy_shape_str(nd.shape, nd.ndim, got, sizeof got));
-            bad = 1;
-        }
-        for (int64_t j = 0; !bad && j < nd.count; j++) {
-            int32_t p = ((const int32_t *)nd.data)[j];
-            if (p < -1 || p >= in.L) {
-                snprintf(err, sizeof err,
-                         "%s: needle position %d out of range; expected 0..%d (L of %s) or -1",
-                         needles_path, p, in.L - 1, in.keys_path);
-                bad = 1;
-            }
-        }
-        if (bad) {
-            fprintf(stderr, "hisa eval: %s\n", err);
-            npy_free(&nd);
-            tool_inputs_free(&in);
-            return TOOL_EXIT_USAGE;
-        }
+    rc = needles_load(&o, &nd);
+    if (rc) {
+        tool_inputs_free(&o.in);
+        return rc;
     }
-
     hisa_runtime *rt = NULL;
     int32_t seq;
-    int32_t *flat = NULL, *hisa = NULL, *scratch = NULL;
-    double *iou = NULL;
-    rc = tool_inputs_open(cmd, &in, &c, &rt, &seq);
-    if (rc) goto done;
-    const hisa_config *cfg = hisa_get_config(rt);
-    int32_t k = cfg->topk;
-    size_t cells = (size_t)in.n_q * (size_t)k;
-    flat = malloc(sizeof(int32_t) * cells);
-    hisa = malloc(sizeof(int32_t) * cells);
-    scratch = malloc(sizeof(int32_t) * 2 * (size_t)k);
-    iou = malloc(sizeof(double) * (size_t)in.n_q);
-    if (!flat || !hisa || !scratch || !iou) {
-        fprintf(stderr, "hisa eval: out of memory\n");
-        rc = TOOL_EXIT_FAIL;
-        goto done;
+    eval_result res = {0};
+    rc = tool_inputs_open("eval", &o.in, &o.c, &rt, &seq);
+    if (!rc) rc = eval_run(rt, seq, &o, &nd, &res);
+    if (!rc) {
+        const hisa_config *cfg = hisa_get_config(rt);
+        char dev[32];
+        tool_device_name(cfg->device, dev, sizeof dev);
+        if (o.json) report_json(&o, cfg, dev, &res);
+        else report_text(&o, cfg, dev, &res);
     }
-    double t_flat = 0, t_hisa = 0;
-    for (int32_t r = 0; r < repeat; r++) {
-        double s;
-        int err = tool_inputs_select(rt, seq, &in, HISA_MODE_FLAT, flat, &s);
-        t_flat += s;
-        if (!err) err = tool_inputs_select(rt, seq, &in, HISA_MODE_HISA, hisa, &s);
-        t_hisa += s;
-        if (err) {
-            rc = tool_lib_error(cmd, "selecting", err, NULL);
-            goto done;
-        }
-    }
-    t_flat /= repeat;
-    t_hisa /= repeat;
-
-    double iou_sum = 0, iou_min = 1;
-    int64_t vis_total = 0, found_flat_total = 0, found_hisa_total = 0;
-    for (int32_t i = 0; i < in.n_q; i++) {
-        iou[i] = tool_iou(flat + (size_t)i * k, hisa + (size_t)i * k, k, scratch);
-        iou_sum += iou[i];
-        if (iou[i] < iou_min) iou_min = iou[i];
-    }
-    char dev[32];
-    tool_device_name(cfg->device, dev, sizeof dev);
-    if (json) {
-        printf("{\"device\": \"%s\", \"L\": %d, \"n_q\": %d, \"heads\": %d, \"block_size\": %d, "
-               "\"top_blocks\": %d, \"topk\": %d, \"key_format\": \"%s\", \"queries\": [",
-               dev, in.L, in.n_q, in.H, cfg->block_size, cfg->top_blocks, k,
-               tool_key_format_name(cfg->key_format));
-    } else {
-        printf("hisa eval: device %s, L=%d, n_q=%d, H=%d, B=%d, m=%d, k=%d, keys %s\n", dev, in.L,
-               in.n_q, in.H, cfg->block_size, cfg->top_blocks, k,
-               tool_key_format_name(cfg->key_format));
-        printf("%8s %8s %8s%s\n", "query", "position", "IoU",
-               needles_path ? "   needles  flat  hisa" : "");
-    }
-    for (int32_t i = 0; i < in.n_q; i++) {
-        int32_t t = in.L - in.n_q + i;
-        int64_t vis = 0, ff = 0, fh = 0, dummy = 0;
-        if (needles_path) {
-            needle_counts(&nd, i, t, flat + (size_t)i * k, k, &vis, &ff);
-            needle_counts(&nd, i, t, hisa + (size_t)i * k, k, &dummy, &fh);
-        }
-        vis_total += vis;
-        found_flat_total += ff;
-        found_hisa_total += fh;
-        if (json) {
-            printf("%s{\"query\": %d, \"position\": %d, \"iou\": %.6f", i ? ", " : "", i, t,
-                   iou[i]);
-            if (needles_path)
-                printf(", \"needles\": %lld, \"found_flat\": %lld, \"found_hisa\": %lld",
-                       (long long)vis, (long long)ff, (long long)fh);
-            printf("}");
-        } else if (i < show) {
-            printf("%8d %8d %8.4f", i, t, iou[i]);
-            if (needles_path)
-                printf("   %7lld %5lld %5lld", (long long)vis, (long long)ff, (long long)fh);
-            printf("\n");
-        }
-    }
-    double iou_mean = iou_sum / in.n_q;
-    if (json) {
-        printf("], \"iou_mean\": %.6f, \"iou_min\": %.6f, \"time_flat_s\": %.6g, "
-               "\"time_hisa_s\": %.6g",
-               iou_mean, iou_min, t_flat, t_hisa);
-        if (needles_path)
-            printf(", \"needles_visible\": %lld, \"recall_flat\": %.6f, \"recall_hisa\": %.6f",
-                   (long long)vis_total,
-                   vis_total ? (double)found_flat_total / (double)vis_total : 1.0,
-                   vis_total ? (double)found_hisa_total / (double)vis_total : 1.0);
-        printf("}\n");
-    } else {
-        if (in.n_q > show) printf("   ... %d more queries (--show N, or --json)\n", in.n_q - show);
-        printf("IoU HISA vs flat: mean %.4f, min %.4f over %d queries\n", iou_mean, iou_min,
-               in.n_q);
-        if (needles_path) {
-            if (vis_total)
-                printf("needle recall: flat %.4f (%lld/%lld), hisa %.4f (%lld/%lld)\n",
-                       (double)found_flat_total / (double)vis_total, (long long)found_flat_total,
-                       (long long)vis_total, (double)found_hisa_total / (double)vis_total,
-                       (long long)found_hisa_total, (long long)vis_total);
-            else
-                printf("needle recall: no needle is visible to any query\n");
-        }
-        printf("time: flat %.3f ms, hisa %.3f ms (%.3f / %.3f ms per query)%s\n", t_flat * 1e3,
-               t_hisa * 1e3, t_flat * 1e3 / in.n_q, t_hisa * 1e3 / in.n_q,
-               repeat > 1 ? " (mean of --repeat runs)" : "");
-    }
-    rc = TOOL_EXIT_OK;
-done:
-    free(flat);
-    free(hisa);
-    free(scratch);
-    free(iou);
+    result_free(&res);
     hisa_close(rt);
     npy_free(&nd);
-    tool_inputs_free(&in);
+    tool_inputs_free(&o.in);
     return rc;
 }

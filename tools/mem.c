@@ -1,6 +1,7 @@
 /* mem.c: `hisa mem`, the memory plan of a configuration region by region, and how many
  * sequences of a context fit in a GPU. Nothing is reserved: it is hisa_plan_compute alone, the
  * same arithmetic hisa_open uses, so the numbers are exact. */
+#include <assert.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -94,103 +95,107 @@ static int32_t fit_seqs(hisa_config base, const mem_opts *o, hisa_plan *best,
     return lo;
 }
 
-int hisa_cmd_mem(int argc, char **argv) {
-    const char *cmd = "mem";
-    mem_opts o = {0};
+/* The --gpu-mem answer: how many sequences fit, their plan, and the configuration limit that
+ * stopped the search (NULL when memory did). */
+typedef struct mem_fit {
+    int32_t seqs;
+    hisa_plan plan;
+    const char *limit;
+} mem_fit;
+
+/* --- parse -------------------------------------------------------------------------------- */
+
+/* Options into o. Returns tool_parse_opts's codes (-1: --help) or TOOL_EXIT_USAGE. */
+static int mem_parse(int argc, char **argv, mem_opts *o) {
+    assert(argc >= 1 && o);
+    *o = (mem_opts){0};
     tool_opt opts[24];
     int n = 0;
-    opts[n++] = (tool_opt){"context", TOOL_OPT_INT, &o.context};
-    opts[n++] = (tool_opt){"seqs", TOOL_OPT_INT, &o.seqs};
-    opts[n++] = (tool_opt){"layers", TOOL_OPT_INT, &o.c.layers};
-    opts[n++] = (tool_opt){"payload-bytes", TOOL_OPT_INT, &o.payload_bytes};
-    opts[n++] = (tool_opt){"pages", TOOL_OPT_INT, &o.pages};
-    opts[n++] = (tool_opt){"max-batch", TOOL_OPT_INT, &o.max_batch};
-    opts[n++] = (tool_opt){"prefill-queries", TOOL_OPT_INT, &o.prefill_queries};
-    opts[n++] = (tool_opt){"gpu-mem", TOOL_OPT_SIZE, &o.gpu_mem};
-    opts[n++] = (tool_opt){"json", TOOL_OPT_FLAG, &o.json};
-    tool_cfg_opts_add(opts, &n, &o.c);
-    int rc = tool_parse_opts(cmd, argc, argv, opts, n);
-    if (rc < 0) {
-        mem_help();
-        return TOOL_EXIT_OK;
-    }
+    opts[n++] = (tool_opt){"context", TOOL_OPT_INT, &o->context};
+    opts[n++] = (tool_opt){"seqs", TOOL_OPT_INT, &o->seqs};
+    opts[n++] = (tool_opt){"layers", TOOL_OPT_INT, &o->c.layers};
+    opts[n++] = (tool_opt){"payload-bytes", TOOL_OPT_INT, &o->payload_bytes};
+    opts[n++] = (tool_opt){"pages", TOOL_OPT_INT, &o->pages};
+    opts[n++] = (tool_opt){"max-batch", TOOL_OPT_INT, &o->max_batch};
+    opts[n++] = (tool_opt){"prefill-queries", TOOL_OPT_INT, &o->prefill_queries};
+    opts[n++] = (tool_opt){"gpu-mem", TOOL_OPT_SIZE, &o->gpu_mem};
+    opts[n++] = (tool_opt){"json", TOOL_OPT_FLAG, &o->json};
+    tool_cfg_opts_add(opts, &n, &o->c);
+    assert(n <= (int)(sizeof opts / sizeof opts[0]));
+    int rc = tool_parse_opts("mem", argc, argv, opts, n);
     if (rc) return rc;
-    if (o.context < 0 || o.seqs < 0 || o.payload_bytes < 0 || o.pages < 0 || o.max_batch < 0 ||
-        o.prefill_queries < 0) {
+    if (o->context < 0 || o->seqs < 0 || o->payload_bytes < 0 || o->pages < 0 ||
+        o->max_batch < 0 || o->prefill_queries < 0) {
         fprintf(stderr, "hisa mem: sizes must not be negative\n");
         return TOOL_EXIT_USAGE;
     }
-    hisa_config cfg = {0};
-    rc = tool_cfg_apply(cmd, &o.c, &cfg);
+    return 0;
+}
+
+/* The configuration of the options (0 = the library's default) and the device planned for. */
+static int mem_configure(const mem_opts *o, hisa_config *cfg) {
+    assert(o && cfg);
+    *cfg = (hisa_config){0};
+    int rc = tool_cfg_apply("mem", &o->c, cfg);
     if (rc) return rc;
-    cfg.max_context = o.context;
-    cfg.max_seqs = o.seqs;
-    cfg.payload_bytes = o.payload_bytes;
-    cfg.n_pages = o.pages;
-    cfg.max_batch = o.max_batch;
-    cfg.max_prefill_queries = o.prefill_queries;
-    if (o.gpu_mem && !o.c.device) {
-        cfg.device = HISA_DEVICE_CUDA(0); /* sizing a GPU: plan for the CUDA backend */
-    } else {
-        rc = tool_pick_device(cmd, o.c.device, &cfg.device, NULL);
-        if (rc) return rc;
+    cfg->max_context = o->context;
+    cfg->max_seqs = o->seqs;
+    cfg->payload_bytes = o->payload_bytes;
+    cfg->n_pages = o->pages;
+    cfg->max_batch = o->max_batch;
+    cfg->max_prefill_queries = o->prefill_queries;
+    if (o->gpu_mem && !o->c.device) {
+        cfg->device = HISA_DEVICE_CUDA(0); /* sizing a GPU: plan for the CUDA backend */
+        return 0;
     }
-    hisa_plan plan;
-    int err = hisa_plan_compute(&cfg, &plan);
-    if (err) return tool_lib_error(cmd, "configuration", err, &plan);
-    const hisa_config *rcfg = &plan.config;
-    char dev[32], b1[32], b2[32];
-    tool_device_name(rcfg->device, dev, sizeof dev);
+    return tool_pick_device("mem", o->c.device, &cfg->device, NULL);
+}
 
-    hisa_plan fit_plan = {0};
-    int32_t fit = 0;
-    const char *fit_limit = NULL;
-    if (o.gpu_mem) fit = fit_seqs(cfg, &o, &fit_plan, &fit_limit);
+/* --- report ------------------------------------------------------------------------------- */
 
-    if (o.json) {
-        printf("{");
-        print_config_json(rcfg, dev);
-        printf(", \"regions\": [");
-        for (int32_t i = 0; i < plan.n_regions; i++) {
-            const hisa_region *r = &plan.regions[i];
-            printf("%s{\"name\": ", i ? ", " : "");
-            tool_json_string(stdout, r->name);
-            printf(", \"arena\": \"%s\", \"offset\": %llu, \"bytes\": %llu, \"align\": %u}",
-                   r->on_device ? "device" : "host", (unsigned long long)r->offset,
-                   (unsigned long long)r->bytes, r->align);
-        }
-        printf("], \"device_bytes\": %llu, \"host_bytes\": %llu",
-               (unsigned long long)plan.device_bytes, (unsigned long long)plan.host_bytes);
-        if (o.gpu_mem) {
-            printf(", \"fit\": {\"gpu_mem_bytes\": %llu, \"context\": %d, \"max_seqs\": %d",
-                   (unsigned long long)o.gpu_mem, rcfg->max_context, fit);
-            if (fit)
-                printf(", \"device_bytes\": %llu, \"host_bytes\": %llu",
-                       (unsigned long long)fit_plan.device_bytes,
-                       (unsigned long long)fit_plan.host_bytes);
-            if (fit_limit) {
-                printf(", \"limited_by\": ");
-                tool_json_string(stdout, fit_limit);
-            }
-            printf("}");
-        }
-        printf("}\n");
-        return TOOL_EXIT_OK;
+static void print_json(const mem_opts *o, const hisa_plan *plan, const char *dev,
+                       const mem_fit *fit) {
+    assert(o && plan && dev && fit);
+    printf("{");
+    print_config_json(&plan->config, dev);
+    printf(", \"regions\": [");
+    for (int32_t i = 0; i < plan->n_regions; i++) {
+        const hisa_region *r = &plan->regions[i];
+        printf("%s{\"name\": ", i ? ", " : "");
+        tool_json_string(stdout, r->name);
+        printf(", \"arena\": \"%s\", \"offset\": %llu, \"bytes\": %llu, \"align\": %u}",
+               r->on_device ? "device" : "host", (unsigned long long)r->offset,
+               (unsigned long long)r->bytes, r->align);
     }
+    printf("], \"device_bytes\": %llu, \"host_bytes\": %llu",
+           (unsigned long long)plan->device_bytes, (unsigned long long)plan->host_bytes);
+    if (o->gpu_mem) {
+        printf(", \"fit\": {\"gpu_mem_bytes\": %llu, \"context\": %d, \"max_seqs\": %d",
+               (unsigned long long)o->gpu_mem, plan->config.max_context, fit->seqs);
+        if (fit->seqs)
+            printf(", \"device_bytes\": %llu, \"host_bytes\": %llu",
+                   (unsigned long long)fit->plan.device_bytes,
+                   (unsigned long long)fit->plan.host_bytes);
+        if (fit->limit) {
+            printf(", \"limited_by\": ");
+            tool_json_string(stdout, fit->limit);
+        }
+        printf("}");
+    }
+    printf("}\n");
+}
 
-    printf("hisa mem: plan for %s (nothing reserved)\n", dev);
-    printf("config: %d layer%s, H=%d, B=%d, m=%d, k=%d, keys %s, payload %d B/token/layer,\n"
-           "        %d sequences x %d tokens, %d pages, decode batch %d, prefill chunk %d\n",
-           rcfg->n_layers, rcfg->n_layers == 1 ? "" : "s", rcfg->n_heads, rcfg->block_size,
-           rcfg->top_blocks, rcfg->topk, tool_key_format_name(rcfg->key_format),
-           rcfg->payload_bytes, rcfg->max_seqs, rcfg->max_context, rcfg->n_pages,
-           rcfg->max_batch, rcfg->max_prefill_queries);
+/* The non-empty regions, device arena first; a count of the empty ones. */
+static void print_regions(const hisa_plan *plan) {
+    assert(plan);
+    assert(plan->n_regions >= 0);
+    char b1[32];
     printf("\n%-24s %-6s %14s %16s %12s %6s\n", "region", "arena", "offset", "bytes", "", "align");
     int32_t n_empty = 0;
     for (int pass = 0; pass < 2; pass++) {
         int on_device = pass == 0;
-        for (int32_t i = 0; i < plan.n_regions; i++) {
-            const hisa_region *r = &plan.regions[i];
+        for (int32_t i = 0; i < plan->n_regions; i++) {
+            const hisa_region *r = &plan->regions[i];
             if (r->on_device != on_device) continue;
             /* Regions of the other backend (or of unused features) are planned empty. */
             if (r->bytes == 0) {
@@ -205,23 +210,65 @@ int hisa_cmd_mem(int argc, char **argv) {
     if (n_empty)
         printf("(%d empty regions, of the other backend or unused features, not shown)\n",
                n_empty);
+}
+
+static void print_fit(const mem_opts *o, const hisa_config *rcfg, const mem_fit *fit) {
+    assert(o && o->gpu_mem && rcfg && fit);
+    char b1[32], b2[32];
+    printf("\n%s of device memory holds %d sequence%s of %d tokens",
+           tool_fmt_bytes(o->gpu_mem, b1, sizeof b1), fit->seqs, fit->seqs == 1 ? "" : "s",
+           rcfg->max_context);
+    if (fit->seqs)
+        printf(" (device %s, host %s)", tool_fmt_bytes(fit->plan.device_bytes, b1, sizeof b1),
+               tool_fmt_bytes(fit->plan.host_bytes, b2, sizeof b2));
+    printf("\n");
+    if (fit->limit) printf("  (bounded by the configuration limit on %s)\n", fit->limit);
+    if (!fit->seqs) printf("  not even one sequence fits: shorten --context or raise --gpu-mem\n");
+}
+
+static void print_text(const mem_opts *o, const hisa_plan *plan, const char *dev,
+                       const mem_fit *fit) {
+    assert(o && plan && dev && fit);
+    const hisa_config *rcfg = &plan->config;
+    char b1[32], b2[32];
+    printf("hisa mem: plan for %s (nothing reserved)\n", dev);
+    printf("config: %d layer%s, H=%d, B=%d, m=%d, k=%d, keys %s, payload %d B/token/layer,\n"
+           "        %d sequences x %d tokens, %d pages, decode batch %d, prefill chunk %d\n",
+           rcfg->n_layers, rcfg->n_layers == 1 ? "" : "s", rcfg->n_heads, rcfg->block_size,
+           rcfg->top_blocks, rcfg->topk, tool_key_format_name(rcfg->key_format),
+           rcfg->payload_bytes, rcfg->max_seqs, rcfg->max_context, rcfg->n_pages,
+           rcfg->max_batch, rcfg->max_prefill_queries);
+    print_regions(plan);
     printf("\ntotal: device %llu bytes (%s), host %llu bytes (%s)\n",
-           (unsigned long long)plan.device_bytes, tool_fmt_bytes(plan.device_bytes, b1, sizeof b1),
-           (unsigned long long)plan.host_bytes, tool_fmt_bytes(plan.host_bytes, b2, sizeof b2));
+           (unsigned long long)plan->device_bytes,
+           tool_fmt_bytes(plan->device_bytes, b1, sizeof b1),
+           (unsigned long long)plan->host_bytes, tool_fmt_bytes(plan->host_bytes, b2, sizeof b2));
     if (rcfg->max_seqs > 0)
         printf("per sequence slot: %s device (total / %d sequences)\n",
-               tool_fmt_bytes(plan.device_bytes / (uint64_t)rcfg->max_seqs, b1, sizeof b1),
+               tool_fmt_bytes(plan->device_bytes / (uint64_t)rcfg->max_seqs, b1, sizeof b1),
                rcfg->max_seqs);
-    if (o.gpu_mem) {
-        printf("\n%s of device memory holds %d sequence%s of %d tokens", 
-               tool_fmt_bytes(o.gpu_mem, b1, sizeof b1), fit, fit == 1 ? "" : "s",
-               rcfg->max_context);
-        if (fit)
-            printf(" (device %s, host %s)", tool_fmt_bytes(fit_plan.device_bytes, b1, sizeof b1),
-                   tool_fmt_bytes(fit_plan.host_bytes, b2, sizeof b2));
-        printf("\n");
-        if (fit_limit) printf("  (bounded by the configuration limit on %s)\n", fit_limit);
-        if (!fit) printf("  not even one sequence fits: shorten --context or raise --gpu-mem\n");
+    if (o->gpu_mem) print_fit(o, rcfg, fit);
+}
+
+int hisa_cmd_mem(int argc, char **argv) {
+    mem_opts o;
+    int rc = mem_parse(argc, argv, &o);
+    if (rc < 0) {
+        mem_help();
+        return TOOL_EXIT_OK;
     }
+    if (rc) return rc;
+    hisa_config cfg;
+    rc = mem_configure(&o, &cfg);
+    if (rc) return rc;
+    hisa_plan plan;
+    int err = hisa_plan_compute(&cfg, &plan);
+    if (err) return tool_lib_error("mem", "configuration", err, &plan);
+    char dev[32];
+    tool_device_name(plan.config.device, dev, sizeof dev);
+    mem_fit fit = {0};
+    if (o.gpu_mem) fit.seqs = fit_seqs(cfg, &o, &fit.plan, &fit.limit);
+    if (o.json) print_json(&o, &plan, dev, &fit);
+    else print_text(&o, &plan, dev, &fit);
     return TOOL_EXIT_OK;
 }

@@ -2,6 +2,7 @@
  * needle depth it plants one needle token in a structured synthetic haystack, asks a decode
  * query aligned with it, and records whether flat DSA and HISA select the needle. Output: the
  * grid as text, a CSV, and an SVG heatmap in the style of the HISA paper's NIAH figure. */
+#include <assert.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -250,161 +251,246 @@ static void print_grid(const char *title, const int32_t *ctx, int nc, const doub
     }
 }
 
-int hisa_cmd_niah(int argc, char **argv) {
-    const char *cmd = "niah";
-    tool_cfg_opts c = {0};
-    const char *contexts_s = NULL, *depths_s = "0,10,20,30,40,50,60,70,80,90,100";
-    const char *csv_path = "niah.csv", *svg_path = "niah.svg";
-    int32_t trials = 1;
-    int64_t seed = 1;
-    double gain = 0;
+typedef struct niah_opts {
+    tool_cfg_opts c;
+    const char *contexts_s, *depths_s; /* contexts_s NULL: the device's default */
+    const char *csv_path, *svg_path;
+    int32_t trials;
+    int64_t seed;
+    double gain; /* 0: the generator's default */
+} niah_opts;
+
+/* The grid: context lengths (columns) x needle depths (rows). */
+typedef struct niah_grid {
+    int32_t ctx[NIAH_MAX_CONTEXTS], max_ctx;
+    double dep[NIAH_MAX_DEPTHS];
+    int nc, nd;
+} niah_grid;
+
+/* Per cell (index depth * nc + context), the means over the trials. */
+typedef struct niah_cells {
+    double *rec_flat, *rec_hisa, *iou;
+    int32_t *pos;
+    double t0; /* when the run began, for the timings */
+} niah_cells;
+
+/* --- parse -------------------------------------------------------------------------------- */
+
+/* Options into o. Returns tool_parse_opts's codes (-1: --help) or TOOL_EXIT_USAGE. */
+static int niah_parse(int argc, char **argv, niah_opts *o) {
+    assert(argc >= 1 && o);
+    *o = (niah_opts){.depths_s = "0,10,20,30,40,50,60,70,80,90,100", .csv_path = "niah.csv",
+                     .svg_path = "niah.svg", .trials = 1, .seed = 1};
     tool_opt opts[20];
     int n = 0;
-    opts[n++] = (tool_opt){"contexts", TOOL_OPT_STR, &contexts_s};
-    opts[n++] = (tool_opt){"depths", TOOL_OPT_STR, &depths_s};
-    opts[n++] = (tool_opt){"trials", TOOL_OPT_INT, &trials};
-    opts[n++] = (tool_opt){"needle-gain", TOOL_OPT_DOUBLE, &gain};
-    opts[n++] = (tool_opt){"seed", TOOL_OPT_I64, &seed};
-    opts[n++] = (tool_opt){"csv", TOOL_OPT_STR, &csv_path};
-    opts[n++] = (tool_opt){"svg", TOOL_OPT_STR, &svg_path};
-    tool_cfg_opts_add(opts, &n, &c);
-    int rc = tool_parse_opts(cmd, argc, argv, opts, n);
+    opts[n++] = (tool_opt){"contexts", TOOL_OPT_STR, &o->contexts_s};
+    opts[n++] = (tool_opt){"depths", TOOL_OPT_STR, &o->depths_s};
+    opts[n++] = (tool_opt){"trials", TOOL_OPT_INT, &o->trials};
+    opts[n++] = (tool_opt){"needle-gain", TOOL_OPT_DOUBLE, &o->gain};
+    opts[n++] = (tool_opt){"seed", TOOL_OPT_I64, &o->seed};
+    opts[n++] = (tool_opt){"csv", TOOL_OPT_STR, &o->csv_path};
+    opts[n++] = (tool_opt){"svg", TOOL_OPT_STR, &o->svg_path};
+    tool_cfg_opts_add(opts, &n, &o->c);
+    assert(n <= (int)(sizeof opts / sizeof opts[0]));
+    int rc = tool_parse_opts("niah", argc, argv, opts, n);
+    if (rc) return rc;
+    if (o->trials < 1) {
+        fprintf(stderr, "hisa niah: --trials must be >= 1\n");
+        return TOOL_EXIT_USAGE;
+    }
+    if (o->gain < 0) {
+        fprintf(stderr, "hisa niah: --needle-gain must be positive\n");
+        return TOOL_EXIT_USAGE;
+    }
+    return 0;
+}
+
+/* The configuration, the device (then the default contexts, which depend on it) and the grid.
+ * One layer, one sequence of the longest context. */
+static int niah_configure(niah_opts *o, hisa_config *cfg, niah_grid *g, const char **why) {
+    assert(o && cfg && g && why);
+    *cfg = (hisa_config){0};
+    int rc = tool_cfg_apply("niah", &o->c, cfg);
+    if (rc) return rc;
+    rc = tool_pick_device("niah", o->c.device, &cfg->device, why);
+    if (rc) return rc;
+    int gpu = cfg->device != HISA_DEVICE_CPU;
+    if (!o->contexts_s) o->contexts_s = gpu ? "8K,16K,32K,64K,128K" : "8K,16K,32K";
+    double ctx_d[NIAH_MAX_CONTEXTS];
+    g->nc = parse_list("niah", "contexts", o->contexts_s, ctx_d, NIAH_MAX_CONTEXTS, 1);
+    if (g->nc < 0) return TOOL_EXIT_USAGE;
+    g->nd = parse_list("niah", "depths", o->depths_s, g->dep, NIAH_MAX_DEPTHS, 0);
+    if (g->nd < 0) return TOOL_EXIT_USAGE;
+    g->max_ctx = 0;
+    for (int i = 0; i < g->nc; i++) {
+        g->ctx[i] = (int32_t)ctx_d[i];
+        if (g->ctx[i] > g->max_ctx) g->max_ctx = g->ctx[i];
+    }
+    cfg->n_layers = 1;
+    cfg->max_seqs = 1;
+    cfg->max_batch = 1;
+    cfg->max_context = g->max_ctx;
+    cfg->max_prefill_queries = 1024;
+    return 0;
+}
+
+/* --- run ---------------------------------------------------------------------------------- */
+
+static int cells_alloc(niah_cells *cl, size_t cells) {
+    assert(cl && cells > 0);
+    cl->rec_flat = calloc(cells, sizeof(double));
+    cl->rec_hisa = calloc(cells, sizeof(double));
+    cl->iou = calloc(cells, sizeof(double));
+    cl->pos = calloc(cells, sizeof(int32_t));
+    if (!cl->rec_flat || !cl->rec_hisa || !cl->iou || !cl->pos) {
+        fprintf(stderr, "hisa niah: out of memory\n");
+        return TOOL_EXIT_FAIL;
+    }
+    return 0;
+}
+
+static void cells_free(niah_cells *cl) {
+    assert(cl);
+    free(cl->rec_flat);
+    free(cl->rec_hisa);
+    free(cl->iou);
+    free(cl->pos);
+}
+
+/* Every cell, --trials haystacks each (each trial its own seed), context by context with a
+ * progress line on stderr. Returns 0 or an exit code (the message printed). */
+static int niah_run(hisa_runtime *rt, synth_params *sp, const niah_opts *o, const niah_grid *g,
+                    niah_cells *cl) {
+    assert(rt && sp && o && g && cl);
+    assert(o->trials >= 1);
+    cl->t0 = tool_now_s();
+    for (int ci = 0; ci < g->nc; ci++) {
+        for (int di = 0; di < g->nd; di++) {
+            size_t cell = (size_t)di * g->nc + ci;
+            for (int32_t t = 0; t < o->trials; t++) {
+                tool_niah_result r;
+                sp->seed = (uint64_t)o->seed * 0x100000001b3ull + (uint64_t)ci * 7919u +
+                           (uint64_t)di * 104729u + (uint64_t)t * 1299709u;
+                int err = tool_niah_cell(rt, sp, g->ctx[ci], g->dep[di], &r);
+                if (err) return tool_lib_error("niah", "running a cell", err, NULL);
+                cl->rec_flat[cell] += r.found_flat;
+                cl->rec_hisa[cell] += r.found_hisa;
+                cl->iou[cell] += r.iou;
+                cl->pos[cell] = r.needle_pos;
+            }
+            cl->rec_flat[cell] /= o->trials;
+            cl->rec_hisa[cell] /= o->trials;
+            cl->iou[cell] /= o->trials;
+        }
+        fprintf(stderr, "  context %d done (%.1f s)\n", g->ctx[ci], tool_now_s() - cl->t0);
+    }
+    return 0;
+}
+
+/* --- report ------------------------------------------------------------------------------- */
+
+static void niah_header(const hisa_config *cfg, const char *dev, const char *why,
+                        const synth_params *sp, int32_t trials) {
+    assert(cfg && dev && why && sp);
+    assert(trials >= 1);
+    printf("hisa niah: device %s%s%s%s; H=%d, B=%d, m=%d, k=%d, keys %s; needle gain %g, "
+           "%d trial%s per cell\n",
+           dev, *why ? " (" : "", why, *why ? ")" : "", cfg->n_heads, cfg->block_size,
+           cfg->top_blocks, cfg->topk, tool_key_format_name(cfg->key_format),
+           (double)sp->needle_gain, trials, trials == 1 ? "" : "s");
+    fflush(stdout);
+}
+
+/* The two grids and the means over every cell. */
+static void niah_print(const niah_grid *g, const niah_cells *cl) {
+    assert(g && cl);
+    assert(g->nc >= 1 && g->nd >= 1);
+    print_grid("needle recall, flat DSA (rows: depth, columns: context length)", g->ctx, g->nc,
+               g->dep, g->nd, cl->rec_flat);
+    print_grid("needle recall, HISA", g->ctx, g->nc, g->dep, g->nd, cl->rec_hisa);
+    size_t cells = (size_t)g->nc * (size_t)g->nd;
+    double sum_f = 0, sum_h = 0, sum_i = 0;
+    for (size_t i = 0; i < cells; i++)
+        sum_f += cl->rec_flat[i], sum_h += cl->rec_hisa[i], sum_i += cl->iou[i];
+    printf("mean recall: flat %.3f, HISA %.3f; mean IoU HISA vs flat %.3f; %.1f s\n",
+           sum_f / (double)cells, sum_h / (double)cells, sum_i / (double)cells,
+           tool_now_s() - cl->t0);
+}
+
+/* One line per cell, context-major. Returns 0 or TOOL_EXIT_FAIL (the message printed). */
+static int niah_write_csv(const char *path, const niah_grid *g, const niah_cells *cl,
+                          int32_t trials) {
+    assert(path && g && cl);
+    FILE *csv = fopen(path, "w");
+    if (!csv) {
+        fprintf(stderr, "hisa niah: %s: cannot create\n", path);
+        return TOOL_EXIT_FAIL;
+    }
+    fprintf(csv, "context,depth_percent,needle_position,trials,recall_flat,recall_hisa,iou\n");
+    for (int ci = 0; ci < g->nc; ci++)
+        for (int di = 0; di < g->nd; di++) {
+            size_t cell = (size_t)di * g->nc + ci;
+            fprintf(csv, "%d,%g,%d,%d,%.4f,%.4f,%.4f\n", g->ctx[ci], g->dep[di], cl->pos[cell],
+                    trials, cl->rec_flat[cell], cl->rec_hisa[cell], cl->iou[cell]);
+        }
+    if (fclose(csv) != 0) {
+        fprintf(stderr, "hisa niah: %s: write error\n", path);
+        return TOOL_EXIT_FAIL;
+    }
+    return 0;
+}
+
+/* The grids on stdout, then the CSV and the SVG. */
+static int niah_report(const niah_opts *o, const hisa_config *cfg, const char *dev,
+                       const synth_params *sp, const niah_grid *g, const niah_cells *cl) {
+    assert(o && cfg && dev && sp && g && cl);
+    niah_print(g, cl);
+    int rc = niah_write_csv(o->csv_path, g, cl, o->trials);
+    if (rc) return rc;
+    char subtitle[256];
+    snprintf(subtitle, sizeof subtitle,
+             "%s, H=%d, B=%d, m=%d, k=%d, keys %s, needle gain %g, %d trial%s per cell", dev,
+             cfg->n_heads, cfg->block_size, cfg->top_blocks, cfg->topk,
+             tool_key_format_name(cfg->key_format), (double)sp->needle_gain, o->trials,
+             o->trials == 1 ? "" : "s");
+    if (write_svg(o->svg_path, g->ctx, g->nc, g->dep, g->nd, cl->rec_flat, cl->rec_hisa,
+                  subtitle) != 0) {
+        fprintf(stderr, "hisa niah: %s: cannot write\n", o->svg_path);
+        return TOOL_EXIT_FAIL;
+    }
+    printf("wrote %s and %s\n", o->csv_path, o->svg_path);
+    return 0;
+}
+
+int hisa_cmd_niah(int argc, char **argv) {
+    niah_opts o;
+    int rc = niah_parse(argc, argv, &o);
     if (rc < 0) {
         niah_help();
         return TOOL_EXIT_OK;
     }
     if (rc) return rc;
-    if (trials < 1) {
-        fprintf(stderr, "hisa niah: --trials must be >= 1\n");
-        return TOOL_EXIT_USAGE;
-    }
-    if (gain < 0) {
-        fprintf(stderr, "hisa niah: --needle-gain must be positive\n");
-        return TOOL_EXIT_USAGE;
-    }
-    hisa_config cfg = {0};
-    rc = tool_cfg_apply(cmd, &c, &cfg);
-    if (rc) return rc;
+    hisa_config cfg;
+    niah_grid g;
     const char *why;
-    rc = tool_pick_device(cmd, c.device, &cfg.device, &why);
+    rc = niah_configure(&o, &cfg, &g, &why);
     if (rc) return rc;
-    int gpu = cfg.device != HISA_DEVICE_CPU;
-    if (!contexts_s) contexts_s = gpu ? "8K,16K,32K,64K,128K" : "8K,16K,32K";
-    double ctx_d[NIAH_MAX_CONTEXTS], dep[NIAH_MAX_DEPTHS];
-    int nc = parse_list(cmd, "contexts", contexts_s, ctx_d, NIAH_MAX_CONTEXTS, 1);
-    if (nc < 0) return TOOL_EXIT_USAGE;
-    int nd = parse_list(cmd, "depths", depths_s, dep, NIAH_MAX_DEPTHS, 0);
-    if (nd < 0) return TOOL_EXIT_USAGE;
-    int32_t ctx[NIAH_MAX_CONTEXTS], max_ctx = 0;
-    for (int i = 0; i < nc; i++) {
-        ctx[i] = (int32_t)ctx_d[i];
-        if (ctx[i] > max_ctx) max_ctx = ctx[i];
-    }
-    cfg.n_layers = 1;
-    cfg.max_seqs = 1;
-    cfg.max_batch = 1;
-    cfg.max_context = max_ctx;
-    cfg.max_prefill_queries = 1024;
     hisa_runtime *rt = NULL;
-    rc = tool_open(cmd, &cfg, &rt);
+    rc = tool_open("niah", &cfg, &rt);
     if (rc) return rc;
     const hisa_config *rcfg = hisa_get_config(rt);
     char dev[32];
     tool_device_name(rcfg->device, dev, sizeof dev);
-
     synth_params sp;
     synth_params_default(&sp);
     sp.n_heads = rcfg->n_heads;
-    if (gain > 0) sp.needle_gain = (float)gain;
-    printf("hisa niah: device %s%s%s%s; H=%d, B=%d, m=%d, k=%d, keys %s; needle gain %g, "
-           "%d trial%s per cell\n",
-           dev, *why ? " (" : "", why, *why ? ")" : "", rcfg->n_heads, rcfg->block_size,
-           rcfg->top_blocks, rcfg->topk, tool_key_format_name(rcfg->key_format),
-           (double)sp.needle_gain, trials, trials == 1 ? "" : "s");
-    fflush(stdout);
-
-    size_t cells = (size_t)nc * (size_t)nd;
-    double *rec_flat = calloc(cells, sizeof(double)), *rec_hisa = calloc(cells, sizeof(double));
-    double *iou = calloc(cells, sizeof(double));
-    int32_t *pos = calloc(cells, sizeof(int32_t));
-    FILE *csv = NULL;
-    if (!rec_flat || !rec_hisa || !iou || !pos) {
-        fprintf(stderr, "hisa niah: out of memory\n");
-        rc = TOOL_EXIT_FAIL;
-        goto done;
-    }
-    double t0 = tool_now_s();
-    for (int ci = 0; ci < nc; ci++) {
-        for (int di = 0; di < nd; di++) {
-            size_t cell = (size_t)di * nc + ci;
-            for (int32_t t = 0; t < trials; t++) {
-                tool_niah_result r;
-                sp.seed = (uint64_t)seed * 0x100000001b3ull + (uint64_t)ci * 7919u +
-                          (uint64_t)di * 104729u + (uint64_t)t * 1299709u;
-                int err = tool_niah_cell(rt, &sp, ctx[ci], dep[di], &r);
-                if (err) {
-                    rc = tool_lib_error(cmd, "running a cell", err, NULL);
-                    goto done;
-                }
-                rec_flat[cell] += r.found_flat;
-                rec_hisa[cell] += r.found_hisa;
-                iou[cell] += r.iou;
-                pos[cell] = r.needle_pos;
-            }
-            rec_flat[cell] /= trials;
-            rec_hisa[cell] /= trials;
-            iou[cell] /= trials;
-        }
-        fprintf(stderr, "  context %d done (%.1f s)\n", ctx[ci], tool_now_s() - t0);
-    }
-
-    print_grid("needle recall, flat DSA (rows: depth, columns: context length)", ctx, nc, dep, nd,
-               rec_flat);
-    print_grid("needle recall, HISA", ctx, nc, dep, nd, rec_hisa);
-    double sum_f = 0, sum_h = 0, sum_i = 0;
-    for (size_t i = 0; i < cells; i++) sum_f += rec_flat[i], sum_h += rec_hisa[i], sum_i += iou[i];
-    printf("mean recall: flat %.3f, HISA %.3f; mean IoU HISA vs flat %.3f; %.1f s\n",
-           sum_f / (double)cells, sum_h / (double)cells, sum_i / (double)cells, tool_now_s() - t0);
-
-    csv = fopen(csv_path, "w");
-    if (!csv) {
-        fprintf(stderr, "hisa niah: %s: cannot create\n", csv_path);
-        rc = TOOL_EXIT_FAIL;
-        goto done;
-    }
-    fprintf(csv, "context,depth_percent,needle_position,trials,recall_flat,recall_hisa,iou\n");
-    for (int ci = 0; ci < nc; ci++)
-        for (int di = 0; di < nd; di++) {
-            size_t cell = (size_t)di * nc + ci;
-            fprintf(csv, "%d,%g,%d,%d,%.4f,%.4f,%.4f\n", ctx[ci], dep[di], pos[cell], trials,
-                    rec_flat[cell], rec_hisa[cell], iou[cell]);
-        }
-    if (fclose(csv) != 0) {
-        csv = NULL;
-        fprintf(stderr, "hisa niah: %s: write error\n", csv_path);
-        rc = TOOL_EXIT_FAIL;
-        goto done;
-    }
-    csv = NULL;
-    char subtitle[256];
-    snprintf(subtitle, sizeof subtitle,
-             "%s, H=%d, B=%d, m=%d, k=%d, keys %s, needle gain %g, %d trial%s per cell", dev,
-             rcfg->n_heads, rcfg->block_size, rcfg->top_blocks, rcfg->topk,
-             tool_key_format_name(rcfg->key_format), (double)sp.needle_gain, trials,
-             trials == 1 ? "" : "s");
-    if (write_svg(svg_path, ctx, nc, dep, nd, rec_flat, rec_hisa, subtitle) != 0) {
-        fprintf(stderr, "hisa niah: %s: cannot write\n", svg_path);
-        rc = TOOL_EXIT_FAIL;
-        goto done;
-    }
-    printf("wrote %s and %s\n", csv_path, svg_path);
-    rc = TOOL_EXIT_OK;
-done:
-    if (csv) fclose(csv);
-    free(rec_flat);
-    free(rec_hisa);
-    free(iou);
-    free(pos);
+    if (o.gain > 0) sp.needle_gain = (float)o.gain;
+    niah_header(rcfg, dev, why, &sp, o.trials);
+    niah_cells cl = {0};
+    rc = cells_alloc(&cl, (size_t)g.nc * (size_t)g.nd);
+    if (!rc) rc = niah_run(rt, &sp, &o, &g, &cl);
+    if (!rc) rc = niah_report(&o, rcfg, dev, &sp, &g, &cl);
+    cells_free(&cl);
     hisa_close(rt);
     return rc;
 }

@@ -7,6 +7,7 @@
  * we half-understand would feed garbage keys to the indexer. */
 #include "npy.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -146,9 +147,11 @@ static int parse_descr(const char *d, npy_dtype *dt) {
     return 0;
 }
 
-int npy_parse(const char *name, const uint8_t *buf, size_t len, npy_array *out, char *err,
-              size_t err_len) {
-    memset(out, 0, sizeof *out);
+/* The preamble: the magic, the version (1.0 or 2.0), the header length. Sets *header_off and
+ * *header_len, the header checked to lie within len. */
+static int parse_preamble(const char *name, const uint8_t *buf, size_t len, size_t *header_off,
+                          size_t *header_len, char *err, size_t err_len) {
+    assert(name && header_off && header_len);
     if (len < 8 || memcmp(buf, k_magic, 6) != 0) {
         if (len < 6 && memcmp(buf, k_magic, len) == 0)
             return fail(err, err_len, "%s: truncated: %zu bytes, shorter than the .npy magic",
@@ -158,133 +161,172 @@ int npy_parse(const char *name, const uint8_t *buf, size_t len, npy_array *out, 
                     name);
     }
     uint8_t major = buf[6], minor = buf[7];
-    size_t header_len, header_off;
     if (major == 1 && minor == 0) {
         if (len < 10) return fail(err, err_len, "%s: truncated in the header length", name);
-        header_len = (size_t)buf[8] | (size_t)buf[9] << 8;
-        header_off = 10;
+        *header_len = (size_t)buf[8] | (size_t)buf[9] << 8;
+        *header_off = 10;
     } else if (major == 2 && minor == 0) {
         if (len < 12) return fail(err, err_len, "%s: truncated in the header length", name);
-        header_len = (size_t)buf[8] | (size_t)buf[9] << 8 | (size_t)buf[10] << 16 |
-                     (size_t)buf[11] << 24;
-        header_off = 12;
+        *header_len = (size_t)buf[8] | (size_t)buf[9] << 8 | (size_t)buf[10] << 16 |
+                      (size_t)buf[11] << 24;
+        *header_off = 12;
     } else {
         return fail(err, err_len,
                     "%s: .npy format version %u.%u is not supported; expected 1.0 or 2.0", name,
                     major, minor);
     }
-    if (header_len > len - header_off)
+    if (*header_len > len - *header_off)
         return fail(err, err_len,
                     "%s: truncated: the header says %zu header bytes, the file has %zu after "
                     "the length field",
-                    name, header_len, len - header_off);
+                    name, *header_len, len - *header_off);
+    return 0;
+}
 
-    cursor c = {(const char *)buf + header_off, (const char *)buf + header_off + header_len};
-    char descr[64] = "";
-    int have_descr = 0, have_fortran = 0, have_shape = 0, fortran = 0;
+/* What the header dict says. A key given twice counts twice (the last value wins; shape
+ * entries add up, and the dimension limit catches a runaway). */
+typedef struct npy_header {
+    char descr[64];
+    int fortran, have_descr, have_fortran, have_shape;
     int64_t shape[NPY_DIMS_MAX];
-    int32_t ndim = 0;
-    if (!eat(&c, '{'))
-        return fail(err, err_len, "%s: malformed .npy header: expected a '{' dict", name);
-    for (;;) {
-        if (eat(&c, '}')) break;
-        char key[32];
-        if (parse_str(&c, key, sizeof key) != 0 || !eat(&c, ':'))
-            return fail(err, err_len, "%s: malformed .npy header: expected 'key': value", name);
-        if (strcmp(key, "descr") == 0) {
-            if (parse_str(&c, descr, sizeof descr) != 0)
-                return fail(err, err_len,
-                            "%s: .npy header: 'descr' is not a simple dtype string (structured "
-                            "dtypes are not supported)",
-                            name);
-            have_descr = 1;
-        } else if (strcmp(key, "fortran_order") == 0) {
-            if (parse_word(&c, "True")) fortran = 1;
-            else if (parse_word(&c, "False")) fortran = 0;
-            else
-                return fail(err, err_len,
-                            "%s: malformed .npy header: fortran_order must be True or False",
-                            name);
-            have_fortran = 1;
-        } else if (strcmp(key, "shape") == 0) {
-            if (!eat(&c, '('))
-                return fail(err, err_len, "%s: malformed .npy header: shape must be a tuple",
-                            name);
-            while (!eat(&c, ')')) {
-                if (ndim >= NPY_DIMS_MAX)
-                    return fail(err, err_len, "%s: more than %d dimensions", name, NPY_DIMS_MAX);
-                if (parse_int(&c, &shape[ndim]) != 0)
-                    return fail(err, err_len,
-                                "%s: malformed .npy header: shape entries must be non-negative "
-                                "integers",
-                                name);
-                ndim++;
-                if (!eat(&c, ',')) {
-                    if (!eat(&c, ')'))
-                        return fail(err, err_len, "%s: malformed .npy header: bad shape tuple",
-                                    name);
-                    break;
-                }
-            }
-            have_shape = 1;
-        } else {
-            return fail(err, err_len, "%s: .npy header has an unexpected key '%s'", name, key);
+    int32_t ndim;
+} npy_header;
+
+/* The shape tuple: "()", "(5,)", "(3, 4)", a trailing comma allowed. */
+static int parse_shape(cursor *c, const char *name, npy_header *h, char *err, size_t err_len) {
+    assert(c && name && h);
+    assert(h->ndim >= 0 && h->ndim <= NPY_DIMS_MAX);
+    if (!eat(c, '('))
+        return fail(err, err_len, "%s: malformed .npy header: shape must be a tuple", name);
+    while (!eat(c, ')')) {
+        if (h->ndim >= NPY_DIMS_MAX)
+            return fail(err, err_len, "%s: more than %d dimensions", name, NPY_DIMS_MAX);
+        if (parse_int(c, &h->shape[h->ndim]) != 0)
+            return fail(err, err_len,
+                        "%s: malformed .npy header: shape entries must be non-negative "
+                        "integers",
+                        name);
+        h->ndim++;
+        if (!eat(c, ',')) {
+            if (!eat(c, ')'))
+                return fail(err, err_len, "%s: malformed .npy header: bad shape tuple", name);
+            break;
         }
-        if (!eat(&c, ',')) {
-            if (!eat(&c, '}'))
+    }
+    h->have_shape = 1;
+    return 0;
+}
+
+/* One "'key': value" entry of the dict: descr, fortran_order or shape, nothing else. */
+static int parse_entry(cursor *c, const char *name, npy_header *h, char *err, size_t err_len) {
+    assert(c && name && h);
+    char key[32];
+    if (parse_str(c, key, sizeof key) != 0 || !eat(c, ':'))
+        return fail(err, err_len, "%s: malformed .npy header: expected 'key': value", name);
+    if (strcmp(key, "descr") == 0) {
+        if (parse_str(c, h->descr, sizeof h->descr) != 0)
+            return fail(err, err_len,
+                        "%s: .npy header: 'descr' is not a simple dtype string (structured "
+                        "dtypes are not supported)",
+                        name);
+        h->have_descr = 1;
+        return 0;
+    }
+    if (strcmp(key, "fortran_order") == 0) {
+        if (parse_word(c, "True")) h->fortran = 1;
+        else if (parse_word(c, "False")) h->fortran = 0;
+        else
+            return fail(err, err_len,
+                        "%s: malformed .npy header: fortran_order must be True or False", name);
+        h->have_fortran = 1;
+        return 0;
+    }
+    if (strcmp(key, "shape") == 0) return parse_shape(c, name, h, err, err_len);
+    return fail(err, err_len, "%s: .npy header has an unexpected key '%s'", name, key);
+}
+
+/* The whole dict, which must fill the header exactly (trailing whitespace aside). */
+static int parse_dict(cursor *c, const char *name, npy_header *h, char *err, size_t err_len) {
+    assert(c && name && h);
+    assert(c->p <= c->end);
+    memset(h, 0, sizeof *h);
+    if (!eat(c, '{'))
+        return fail(err, err_len, "%s: malformed .npy header: expected a '{' dict", name);
+    for (;;) { /* each entry consumes input, so this ends by the header's end */
+        if (eat(c, '}')) break;
+        if (parse_entry(c, name, h, err, err_len) != 0) return -1;
+        if (!eat(c, ',')) {
+            if (!eat(c, '}'))
                 return fail(err, err_len, "%s: malformed .npy header: expected ',' or '}'",
                             name);
             break;
         }
     }
-    if (!have_descr || !have_fortran || !have_shape)
+    if (!h->have_descr || !h->have_fortran || !h->have_shape)
         return fail(err, err_len, "%s: .npy header lacks '%s'", name,
-                    !have_descr ? "descr" : !have_fortran ? "fortran_order" : "shape");
-    skip_ws(&c);
-    if (c.p != c.end)
+                    !h->have_descr ? "descr" : !h->have_fortran ? "fortran_order" : "shape");
+    skip_ws(c);
+    if (c->p != c->end)
         return fail(err, err_len, "%s: malformed .npy header: text after the dict", name);
+    return 0;
+}
 
+/* The data after the header: a supported dtype in C order, exactly the bytes of the shape,
+ * copied into out. */
+static int parse_data(const char *name, const npy_header *h, const uint8_t *buf, size_t len,
+                      size_t data_off, npy_array *out, char *err, size_t err_len) {
+    assert(name && h && out);
+    assert(data_off <= len);
     npy_dtype dt;
-    if (parse_descr(descr, &dt) != 0)
+    if (parse_descr(h->descr, &dt) != 0)
         return fail(err, err_len,
                     "%s: dtype '%s' (%s) is not supported; expected little-endian float32 "
                     "'<f4', int32 '<i4' or uint8 '|u1'",
-                    name, descr, descr_hint(descr));
-    if (fortran)
+                    name, h->descr, descr_hint(h->descr));
+    if (h->fortran)
         return fail(err, err_len,
                     "%s: fortran_order is True; expected C order (save with "
                     "np.ascontiguousarray)",
                     name);
-
     size_t item = npy_dtype_size(dt);
     int64_t count = 1;
-    for (int32_t i = 0; i < ndim; i++) {
-        if (shape[i] != 0 && count > (INT64_MAX / (int64_t)item) / shape[i])
+    for (int32_t i = 0; i < h->ndim; i++) {
+        if (h->shape[i] != 0 && count > (INT64_MAX / (int64_t)item) / h->shape[i])
             return fail(err, err_len, "%s: shape too large", name);
-        count *= shape[i];
+        count *= h->shape[i];
     }
-    size_t data_off = header_off + header_len;
     size_t need = (size_t)count * item, have = len - data_off;
     char sbuf[160];
     if (have < need)
         return fail(err, err_len,
                     "%s: truncated: shape %s %s needs %zu data bytes, the file has %zu", name,
-                    npy_shape_str(shape, ndim, sbuf, sizeof sbuf), npy_dtype_name(dt), need,
+                    npy_shape_str(h->shape, h->ndim, sbuf, sizeof sbuf), npy_dtype_name(dt), need,
                     have);
     if (have > need)
         return fail(err, err_len,
                     "%s: %zu bytes after the data of shape %s %s (%zu bytes); expected none",
-                    name, have - need, npy_shape_str(shape, ndim, sbuf, sizeof sbuf),
+                    name, have - need, npy_shape_str(h->shape, h->ndim, sbuf, sizeof sbuf),
                     npy_dtype_name(dt), need);
     void *data = malloc(need ? need : 1);
     if (!data) return fail(err, err_len, "%s: out of memory for %zu bytes", name, need);
     memcpy(data, buf + data_off, need);
     out->dtype = dt;
-    out->ndim = ndim;
-    memcpy(out->shape, shape, sizeof(int64_t) * (size_t)ndim);
+    out->ndim = h->ndim;
+    memcpy(out->shape, h->shape, sizeof(int64_t) * (size_t)h->ndim);
     out->count = count;
     out->data = data;
     return 0;
+}
+
+int npy_parse(const char *name, const uint8_t *buf, size_t len, npy_array *out, char *err,
+              size_t err_len) {
+    memset(out, 0, sizeof *out);
+    size_t header_off = 0, header_len = 0;
+    if (parse_preamble(name, buf, len, &header_off, &header_len, err, err_len) != 0) return -1;
+    cursor c = {(const char *)buf + header_off, (const char *)buf + header_off + header_len};
+    npy_header h;
+    if (parse_dict(&c, name, &h, err, err_len) != 0) return -1;
+    return parse_data(name, &h, buf, len, header_off + header_len, out, err, err_len);
 }
 
 int npy_read(const char *path, npy_array *out, char *err, size_t err_len) {

@@ -1,5 +1,6 @@
 /* select.c: `hisa select`, top-k selection on tensors a user dumped from their own model, and
  * the .npy input machinery that `hisa eval` shares. */
+#include <assert.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -20,6 +21,80 @@ static int input_error(const char *cmd, const char *msg) {
     return TOOL_EXIT_USAGE;
 }
 
+/* --keys into in: float32 [L,128], or uint8 fp8 e4m3 codes [L,128] with --scales [L] float32.
+ * Sets L and fp8_codes. Returns 0, or -1 with the message in err. */
+static int load_keys(tool_inputs *in, char *err, size_t err_len) {
+    assert(in && in->keys_path && err);
+    if (npy_read(in->keys_path, &in->keys, err, err_len) != 0) return -1;
+    int64_t shape[2] = {-1, D};
+    if (in->keys.dtype == NPY_U1) {
+        in->fp8_codes = 1;
+        if (npy_expect(&in->keys, in->keys_path, "fp8 key codes [L,128]", NPY_U1, 2, shape, err,
+                       err_len) != 0)
+            return -1;
+        if (!in->scales_path) {
+            snprintf(err, err_len,
+                     "%s: uint8 keys are fp8 e4m3 codes and need --scales S.npy [L] float32",
+                     in->keys_path);
+            return -1;
+        }
+    } else {
+        if (npy_expect(&in->keys, in->keys_path, "keys [L,128] (or uint8 fp8 codes)", NPY_F4,
+                       2, shape, err, err_len) != 0)
+            return -1;
+        if (in->scales_path) {
+            snprintf(err, err_len,
+                     "%s: --scales goes with uint8 fp8 codes, but %s holds float32 keys",
+                     in->scales_path, in->keys_path);
+            return -1;
+        }
+    }
+    if (in->keys.shape[0] < 1 || in->keys.shape[0] > INT32_MAX) {
+        snprintf(err, err_len, "%s: expected at least one key row (L >= 1), got L=%lld",
+                 in->keys_path, (long long)in->keys.shape[0]);
+        return -1;
+    }
+    in->L = (int32_t)in->keys.shape[0];
+    if (!in->fp8_codes) return 0;
+    if (npy_read(in->scales_path, &in->scales, err, err_len) != 0) return -1;
+    int64_t scales_shape[1] = {in->L};
+    char what[96];
+    snprintf(what, sizeof what, "fp8 scales [L] with L=%d rows of %s", in->L, in->keys_path);
+    return npy_expect(&in->scales, in->scales_path, what, NPY_F4, 1, scales_shape, err, err_len);
+}
+
+/* --queries [n_q,H,128] (1 <= n_q <= L, 1 <= H <= 128) and --weights [n_q,H] into in; sets n_q
+ * and H. Returns 0, or -1 with the message in err. */
+static int load_queries(tool_inputs *in, char *err, size_t err_len) {
+    assert(in && in->queries_path && in->weights_path && err);
+    assert(in->L >= 1);
+    if (npy_read(in->queries_path, &in->queries, err, err_len) != 0) return -1;
+    int64_t shape[3] = {-1, -1, D};
+    if (npy_expect(&in->queries, in->queries_path, "queries [n_q,H,128]", NPY_F4, 3, shape, err,
+                   err_len) != 0)
+        return -1;
+    if (in->queries.shape[0] < 1 || in->queries.shape[0] > in->L) {
+        snprintf(err, err_len,
+                 "%s: expected 1 <= n_q <= L=%d queries (they stand at the last n_q positions "
+                 "of %s), got n_q=%lld",
+                 in->queries_path, in->L, in->keys_path, (long long)in->queries.shape[0]);
+        return -1;
+    }
+    if (in->queries.shape[1] < 1 || in->queries.shape[1] > 128) {
+        snprintf(err, err_len, "%s: expected 1..128 heads, got H=%lld", in->queries_path,
+                 (long long)in->queries.shape[1]);
+        return -1;
+    }
+    in->n_q = (int32_t)in->queries.shape[0];
+    in->H = (int32_t)in->queries.shape[1];
+    if (npy_read(in->weights_path, &in->weights, err, err_len) != 0) return -1;
+    int64_t w_shape[2] = {in->n_q, in->H};
+    char what[96];
+    snprintf(what, sizeof what, "weights [n_q,H] with n_q=%d, H=%d from %s", in->n_q, in->H,
+             in->queries_path);
+    return npy_expect(&in->weights, in->weights_path, what, NPY_F4, 2, w_shape, err, err_len);
+}
+
 int tool_inputs_load(const char *cmd, tool_inputs *in) {
     char err[NPY_ERR_MAX];
     const struct {
@@ -32,80 +107,11 @@ int tool_inputs_load(const char *cmd, tool_inputs *in) {
                     need[i].opt, cmd);
             return TOOL_EXIT_USAGE;
         }
-    if (npy_read(in->keys_path, &in->keys, err, sizeof err) != 0) goto fail;
-    if (in->keys.dtype == NPY_U1) {
-        in->fp8_codes = 1;
-        int64_t shape[2] = {-1, D};
-        if (npy_expect(&in->keys, in->keys_path, "fp8 key codes [L,128]", NPY_U1, 2, shape, err,
-                       sizeof err) != 0)
-            goto fail;
-        if (!in->scales_path) {
-            snprintf(err, sizeof err,
-                     "%s: uint8 keys are fp8 e4m3 codes and need --scales S.npy [L] float32",
-                     in->keys_path);
-            goto fail;
-        }
-    } else {
-        int64_t shape[2] = {-1, D};
-        if (npy_expect(&in->keys, in->keys_path, "keys [L,128] (or uint8 fp8 codes)", NPY_F4,
-                       2, shape, err, sizeof err) != 0)
-            goto fail;
-        if (in->scales_path) {
-            snprintf(err, sizeof err,
-                     "%s: --scales goes with uint8 fp8 codes, but %s holds float32 keys",
-                     in->scales_path, in->keys_path);
-            goto fail;
-        }
-    }
-    if (in->keys.shape[0] < 1 || in->keys.shape[0] > INT32_MAX) {
-        snprintf(err, sizeof err, "%s: expected at least one key row (L >= 1), got L=%lld",
-                 in->keys_path, (long long)in->keys.shape[0]);
-        goto fail;
-    }
-    in->L = (int32_t)in->keys.shape[0];
-    if (in->fp8_codes) {
-        if (npy_read(in->scales_path, &in->scales, err, sizeof err) != 0) goto fail;
-        int64_t shape[1] = {in->L};
-        char what[96];
-        snprintf(what, sizeof what, "fp8 scales [L] with L=%d rows of %s", in->L,
-                 in->keys_path);
-        if (npy_expect(&in->scales, in->scales_path, what, NPY_F4, 1, shape, err, sizeof err))
-            goto fail;
-    }
-    if (npy_read(in->queries_path, &in->queries, err, sizeof err) != 0) goto fail;
-    {
-        int64_t shape[3] = {-1, -1, D};
-        if (npy_expect(&in->queries, in->queries_path, "queries [n_q,H,128]", NPY_F4, 3, shape,
-                       err, sizeof err) != 0)
-            goto fail;
-    }
-    if (in->queries.shape[0] < 1 || in->queries.shape[0] > in->L) {
-        snprintf(err, sizeof err,
-                 "%s: expected 1 <= n_q <= L=%d queries (they stand at the last n_q positions "
-                 "of %s), got n_q=%lld",
-                 in->queries_path, in->L, in->keys_path, (long long)in->queries.shape[0]);
-        goto fail;
-    }
-    if (in->queries.shape[1] < 1 || in->queries.shape[1] > 128) {
-        snprintf(err, sizeof err, "%s: expected 1..128 heads, got H=%lld", in->queries_path,
-                 (long long)in->queries.shape[1]);
-        goto fail;
-    }
-    in->n_q = (int32_t)in->queries.shape[0];
-    in->H = (int32_t)in->queries.shape[1];
-    if (npy_read(in->weights_path, &in->weights, err, sizeof err) != 0) goto fail;
-    {
-        int64_t shape[2] = {in->n_q, in->H};
-        char what[96];
-        snprintf(what, sizeof what, "weights [n_q,H] with n_q=%d, H=%d from %s", in->n_q, in->H,
-                 in->queries_path);
-        if (npy_expect(&in->weights, in->weights_path, what, NPY_F4, 2, shape, err, sizeof err))
-            goto fail;
+    if (load_keys(in, err, sizeof err) != 0 || load_queries(in, err, sizeof err) != 0) {
+        tool_inputs_free(in);
+        return input_error(cmd, err);
     }
     return 0;
-fail:
-    tool_inputs_free(in);
-    return input_error(cmd, err);
 }
 
 int tool_inputs_open(const char *cmd, const tool_inputs *in, const tool_cfg_opts *c,
@@ -232,88 +238,107 @@ static void select_help(void) {
         "expected), 1 runtime failure.\n");
 }
 
-int hisa_cmd_select(int argc, char **argv) {
-    const char *cmd = "select";
-    tool_inputs in = {0};
-    tool_cfg_opts c = {0};
-    const char *mode_s = "hisa", *out_path = NULL;
+typedef struct select_opts {
+    tool_inputs in; /* the input paths; loaded by the command */
+    tool_cfg_opts c;
+    const char *mode_s, *out_path;
+    hisa_mode mode; /* of mode_s */
+} select_opts;
+
+/* Options into o. Returns tool_parse_opts's codes (-1: --help) or TOOL_EXIT_USAGE. */
+static int select_parse(int argc, char **argv, select_opts *o) {
+    assert(argc >= 1 && o);
+    *o = (select_opts){.mode_s = "hisa"};
     tool_opt opts[16];
     int n = 0;
-    opts[n++] = (tool_opt){"keys", TOOL_OPT_STR, &in.keys_path};
-    opts[n++] = (tool_opt){"scales", TOOL_OPT_STR, &in.scales_path};
-    opts[n++] = (tool_opt){"queries", TOOL_OPT_STR, &in.queries_path};
-    opts[n++] = (tool_opt){"weights", TOOL_OPT_STR, &in.weights_path};
-    opts[n++] = (tool_opt){"mode", TOOL_OPT_STR, &mode_s};
-    opts[n++] = (tool_opt){"out", TOOL_OPT_STR, &out_path};
-    tool_cfg_opts_add(opts, &n, &c);
-    int rc = tool_parse_opts(cmd, argc, argv, opts, n);
+    opts[n++] = (tool_opt){"keys", TOOL_OPT_STR, &o->in.keys_path};
+    opts[n++] = (tool_opt){"scales", TOOL_OPT_STR, &o->in.scales_path};
+    opts[n++] = (tool_opt){"queries", TOOL_OPT_STR, &o->in.queries_path};
+    opts[n++] = (tool_opt){"weights", TOOL_OPT_STR, &o->in.weights_path};
+    opts[n++] = (tool_opt){"mode", TOOL_OPT_STR, &o->mode_s};
+    opts[n++] = (tool_opt){"out", TOOL_OPT_STR, &o->out_path};
+    tool_cfg_opts_add(opts, &n, &o->c);
+    assert(n <= (int)(sizeof opts / sizeof opts[0]));
+    int rc = tool_parse_opts("select", argc, argv, opts, n);
+    if (rc) return rc;
+    if (strcmp(o->mode_s, "hisa") == 0) o->mode = HISA_MODE_HISA;
+    else if (strcmp(o->mode_s, "flat") == 0) o->mode = HISA_MODE_FLAT;
+    else {
+        fprintf(stderr, "hisa select: --mode: '%s'; expected hisa or flat\n", o->mode_s);
+        return TOOL_EXIT_USAGE;
+    }
+    return 0;
+}
+
+/* The summary line, then the selections out [n_q, k] (rows sorted) into --out or on stdout. */
+static int select_report(const select_opts *o, const hisa_config *cfg, const int32_t *out,
+                         double seconds) {
+    assert(o && cfg && out);
+    const tool_inputs *in = &o->in;
+    const int32_t k = cfg->topk;
+    char dev[32];
+    /* The summary goes to stderr when the selections themselves go to stdout, so that
+     * stdout stays machine-readable. */
+    FILE *info = o->out_path ? stdout : stderr;
+    fprintf(info,
+            "hisa select: device %s, mode %s, L=%d, n_q=%d, H=%d, B=%d, m=%d, k=%d, keys %s%s: "
+            "%.3f ms\n",
+            tool_device_name(cfg->device, dev, sizeof dev), o->mode_s, in->L, in->n_q, in->H,
+            cfg->block_size, cfg->top_blocks, k, tool_key_format_name(cfg->key_format),
+            in->fp8_codes ? " (fp8 codes given)" : "", seconds * 1e3);
+    if (o->out_path) {
+        char nerr[NPY_ERR_MAX];
+        int64_t shape[2] = {in->n_q, k};
+        if (npy_write(o->out_path, NPY_I4, 2, shape, out, nerr, sizeof nerr) != 0) {
+            fprintf(stderr, "hisa select: %s\n", nerr);
+            return TOOL_EXIT_FAIL;
+        }
+        printf("wrote %s [%d,%d] int32\n", o->out_path, in->n_q, k);
+        return TOOL_EXIT_OK;
+    }
+    for (int32_t i = 0; i < in->n_q; i++) {
+        printf("%d:", in->L - in->n_q + i);
+        for (int32_t j = 0; j < k && out[(size_t)i * k + j] >= 0; j++)
+            printf(" %d", out[(size_t)i * k + j]);
+        printf("\n");
+    }
+    return TOOL_EXIT_OK;
+}
+
+int hisa_cmd_select(int argc, char **argv) {
+    select_opts o;
+    int rc = select_parse(argc, argv, &o);
     if (rc < 0) {
         select_help();
         return TOOL_EXIT_OK;
     }
     if (rc) return rc;
-    hisa_mode mode;
-    if (strcmp(mode_s, "hisa") == 0) mode = HISA_MODE_HISA;
-    else if (strcmp(mode_s, "flat") == 0) mode = HISA_MODE_FLAT;
-    else {
-        fprintf(stderr, "hisa select: --mode: '%s'; expected hisa or flat\n", mode_s);
-        return TOOL_EXIT_USAGE;
-    }
-    rc = tool_inputs_load(cmd, &in);
+    rc = tool_inputs_load("select", &o.in);
     if (rc) return rc;
     hisa_runtime *rt = NULL;
     int32_t seq;
-    rc = tool_inputs_open(cmd, &in, &c, &rt, &seq);
+    rc = tool_inputs_open("select", &o.in, &o.c, &rt, &seq);
     if (rc) {
-        tool_inputs_free(&in);
+        tool_inputs_free(&o.in);
         return rc;
     }
     const hisa_config *cfg = hisa_get_config(rt);
-    int32_t k = cfg->topk;
-    int32_t *out = malloc(sizeof(int32_t) * (size_t)in.n_q * (size_t)k);
+    int32_t *out = malloc(sizeof(int32_t) * (size_t)o.in.n_q * (size_t)cfg->topk);
+    double seconds = 0;
+    int err = 0;
     if (!out) {
         fprintf(stderr, "hisa select: out of memory for the output\n");
         rc = TOOL_EXIT_FAIL;
-        goto done;
-    }
-    double seconds;
-    int err = tool_inputs_select(rt, seq, &in, mode, out, &seconds);
-    if (err) {
-        rc = tool_lib_error(cmd, "selecting", err, NULL);
-        goto done;
-    }
-    tool_sort_rows(out, in.n_q, k);
-    char dev[32];
-    /* The summary goes to stderr when the selections themselves go to stdout, so that
-     * stdout stays machine-readable. */
-    FILE *info = out_path ? stdout : stderr;
-    fprintf(info,
-            "hisa select: device %s, mode %s, L=%d, n_q=%d, H=%d, B=%d, m=%d, k=%d, keys %s%s: "
-            "%.3f ms\n",
-            tool_device_name(cfg->device, dev, sizeof dev), mode_s, in.L, in.n_q, in.H,
-            cfg->block_size, cfg->top_blocks, k, tool_key_format_name(cfg->key_format),
-            in.fp8_codes ? " (fp8 codes given)" : "", seconds * 1e3);
-    if (out_path) {
-        char nerr[NPY_ERR_MAX];
-        int64_t shape[2] = {in.n_q, k};
-        if (npy_write(out_path, NPY_I4, 2, shape, out, nerr, sizeof nerr) != 0) {
-            fprintf(stderr, "hisa select: %s\n", nerr);
-            rc = TOOL_EXIT_FAIL;
-            goto done;
-        }
-        printf("wrote %s [%d,%d] int32\n", out_path, in.n_q, k);
     } else {
-        for (int32_t i = 0; i < in.n_q; i++) {
-            printf("%d:", in.L - in.n_q + i);
-            for (int32_t j = 0; j < k && out[(size_t)i * k + j] >= 0; j++)
-                printf(" %d", out[(size_t)i * k + j]);
-            printf("\n");
-        }
+        err = tool_inputs_select(rt, seq, &o.in, o.mode, out, &seconds);
+        if (err) rc = tool_lib_error("select", "selecting", err, NULL);
     }
-    rc = TOOL_EXIT_OK;
-done:
+    if (!rc) {
+        tool_sort_rows(out, o.in.n_q, cfg->topk);
+        rc = select_report(&o, cfg, out, seconds);
+    }
     free(out);
     hisa_close(rt);
-    tool_inputs_free(&in);
+    tool_inputs_free(&o.in);
     return rc;
 }

@@ -2,6 +2,7 @@
  * the way an inference engine drives the indexer: prefill the prompt's keys, then per step
  * append one token's key to every layer and select with HISA; every few steps it checks HISA
  * against flat DSA on the same query. */
+#include <assert.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -61,6 +62,28 @@ typedef struct stream_opts {
     tool_cfg_opts c;
 } stream_opts;
 
+/* The run: the runtime, its sizes, the generators and buffers allocated once before the
+ * prompt, and what it measured (for the report). */
+typedef struct stream_run {
+    hisa_runtime *rt;
+    int32_t L, H, B, k, chunk;
+    synth_gen *gens; /* one per stream, each with its own seed */
+    int32_t *seqs;
+    int32_t n_gens, n_seqs; /* how many are live, for the cleanup */
+    float *prefill_keys;    /* [L, chunk, D] */
+    float *step_keys;       /* [L, B, D] */
+    float *qs, *ws;         /* [L, B, H, D], [L, B, H] */
+    int32_t *sel, *sel_flat, *scratch;
+    const char *what; /* the call that failed, for the message */
+    /* measured */
+    double t_prefill, t_write, t_decode;
+    double *lat;      /* [steps + 1, L] select latency per layer */
+    double *step_lat; /* [steps + 1] */
+    double iou_sum, iou_min, last_iou;
+    int64_t iou_n;
+    int32_t checks;
+} stream_run;
+
 static void progress(int tty, int32_t step, int32_t steps, int64_t context, double step_s,
                      int32_t batch, double last_iou, int final) {
     char iou[32] = "";
@@ -74,288 +97,399 @@ static void progress(int tty, int32_t step, int32_t steps, int64_t context, doub
                 (long long)context, step_s * 1e3, step_s > 0 ? batch / step_s : 0.0, iou);
 }
 
-int hisa_cmd_stream(int argc, char **argv) {
-    const char *cmd = "stream";
-    stream_opts o = {0};
-    o.seed = 1;
+/* --- parse -------------------------------------------------------------------------------- */
+
+/* Options into o (0 = the default, which depends on the device: stream_configure).
+ * Returns tool_parse_opts's codes (-1: --help) or TOOL_EXIT_USAGE. */
+static int stream_parse(int argc, char **argv, stream_opts *o) {
+    assert(argc >= 1 && o);
+    *o = (stream_opts){.seed = 1};
     tool_opt opts[24];
     int n = 0;
-    opts[n++] = (tool_opt){"context", TOOL_OPT_INT, &o.context};
-    opts[n++] = (tool_opt){"steps", TOOL_OPT_INT, &o.steps};
-    opts[n++] = (tool_opt){"batch", TOOL_OPT_INT, &o.batch};
-    opts[n++] = (tool_opt){"layers", TOOL_OPT_INT, &o.c.layers};
-    opts[n++] = (tool_opt){"check-every", TOOL_OPT_INT, &o.check_every};
-    opts[n++] = (tool_opt){"prefill-chunk", TOOL_OPT_INT, &o.prefill_chunk};
-    opts[n++] = (tool_opt){"seed", TOOL_OPT_I64, &o.seed};
-    opts[n++] = (tool_opt){"profile", TOOL_OPT_FLAG, &o.profile};
-    tool_cfg_opts_add(opts, &n, &o.c);
-    int rc = tool_parse_opts(cmd, argc, argv, opts, n);
+    opts[n++] = (tool_opt){"context", TOOL_OPT_INT, &o->context};
+    opts[n++] = (tool_opt){"steps", TOOL_OPT_INT, &o->steps};
+    opts[n++] = (tool_opt){"batch", TOOL_OPT_INT, &o->batch};
+    opts[n++] = (tool_opt){"layers", TOOL_OPT_INT, &o->c.layers};
+    opts[n++] = (tool_opt){"check-every", TOOL_OPT_INT, &o->check_every};
+    opts[n++] = (tool_opt){"prefill-chunk", TOOL_OPT_INT, &o->prefill_chunk};
+    opts[n++] = (tool_opt){"seed", TOOL_OPT_I64, &o->seed};
+    opts[n++] = (tool_opt){"profile", TOOL_OPT_FLAG, &o->profile};
+    tool_cfg_opts_add(opts, &n, &o->c);
+    assert(n <= (int)(sizeof opts / sizeof opts[0]));
+    int rc = tool_parse_opts("stream", argc, argv, opts, n);
+    if (rc) return rc;
+    if (o->context < 0 || o->steps < 0 || o->batch < 0 || o->check_every < 0 ||
+        o->prefill_chunk < 0) {
+        fprintf(stderr, "hisa stream: --context, --steps, --batch, --check-every and "
+                        "--prefill-chunk must not be negative\n");
+        return TOOL_EXIT_USAGE;
+    }
+    return 0;
+}
+
+/* The device, then the defaults that depend on it, then the configuration. *why gets
+ * tool_pick_device's reason for the CPU. */
+static int stream_configure(stream_opts *o, hisa_config *cfg, const char **why) {
+    assert(o && cfg && why);
+    *cfg = (hisa_config){0};
+    int rc = tool_pick_device("stream", o->c.device, &cfg->device, why);
+    if (rc) return rc;
+    int gpu = cfg->device != HISA_DEVICE_CPU;
+    if (!o->context) o->context = gpu ? 65536 : 8192;
+    if (!o->steps) o->steps = gpu ? 512 : 64;
+    if (!o->batch) o->batch = gpu ? 4 : 1;
+    if (!o->c.layers) o->c.layers = gpu ? 4 : 2;
+    if (!o->c.top_blocks && !gpu) o->c.top_blocks = 32;
+    if (!o->check_every) o->check_every = o->steps >= 8 ? o->steps / 8 : 1;
+    if (!o->prefill_chunk) o->prefill_chunk = 1024;
+    if (o->context < 1) {
+        fprintf(stderr, "hisa stream: --context must be at least 1\n");
+        return TOOL_EXIT_USAGE;
+    }
+    if ((int64_t)o->context + o->steps > INT32_MAX) {
+        fprintf(stderr, "hisa stream: --context + --steps is too large\n");
+        return TOOL_EXIT_USAGE;
+    }
+    rc = tool_cfg_apply("stream", &o->c, cfg);
+    if (rc) return rc;
+    cfg->max_seqs = o->batch;
+    cfg->max_batch = o->batch;
+    cfg->max_context = o->context + o->steps;
+    cfg->max_prefill_queries = o->prefill_chunk;
+    return 0;
+}
+
+/* --- run ---------------------------------------------------------------------------------- */
+
+/* Every buffer of the run and one generator per stream; sizes from the open runtime. */
+static int stream_alloc(stream_run *r, const stream_opts *o) {
+    assert(r && r->rt && o);
+    const hisa_config *cfg = hisa_get_config(r->rt);
+    r->L = cfg->n_layers, r->H = cfg->n_heads, r->B = o->batch, r->k = cfg->topk;
+    r->chunk = cfg->max_prefill_queries;
+    const size_t L = (size_t)r->L, B = (size_t)r->B, H = (size_t)r->H, k = (size_t)r->k;
+    const size_t steps = (size_t)o->steps + 1;
+    r->gens = calloc(B, sizeof *r->gens);
+    r->seqs = calloc(B, sizeof *r->seqs);
+    r->prefill_keys = malloc(sizeof(float) * L * (size_t)r->chunk * D);
+    r->step_keys = malloc(sizeof(float) * L * B * D);
+    r->qs = malloc(sizeof(float) * L * B * H * D);
+    r->ws = malloc(sizeof(float) * L * B * H);
+    r->sel = malloc(sizeof(int32_t) * B * k);
+    r->sel_flat = malloc(sizeof(int32_t) * B * k);
+    r->scratch = malloc(sizeof(int32_t) * 2 * k);
+    r->lat = malloc(sizeof(double) * steps * L);
+    r->step_lat = malloc(sizeof(double) * steps);
+    if (!r->gens || !r->seqs || !r->prefill_keys || !r->step_keys || !r->qs || !r->ws ||
+        !r->sel || !r->sel_flat || !r->scratch || !r->lat || !r->step_lat) {
+        fprintf(stderr, "hisa stream: out of memory\n");
+        return TOOL_EXIT_FAIL;
+    }
+    for (int32_t b = 0; b < r->B; b++, r->n_gens++) {
+        synth_params sp;
+        synth_params_default(&sp);
+        sp.seed = (uint64_t)o->seed * 1000003u + (uint64_t)b;
+        sp.n_heads = r->H;
+        sp.n_layers = r->L;
+        if (synth_init(&r->gens[b], &sp) != 0) {
+            fprintf(stderr, "hisa stream: out of memory for the synthetic generator\n");
+            return TOOL_EXIT_FAIL;
+        }
+    }
+    return 0;
+}
+
+/* Closes the sequences and the runtime, frees what stream_alloc got (any part of it). */
+static void stream_free(stream_run *r) {
+    assert(r);
+    assert(r->n_seqs == 0 || r->rt);
+    for (int32_t b = 0; b < r->n_seqs; b++) hisa_seq_close(r->rt, r->seqs[b]);
+    for (int32_t b = 0; b < r->n_gens; b++) synth_free(&r->gens[b]);
+    free(r->gens);
+    free(r->seqs);
+    free(r->prefill_keys);
+    free(r->step_keys);
+    free(r->qs);
+    free(r->ws);
+    free(r->sel);
+    free(r->sel_flat);
+    free(r->scratch);
+    free(r->lat);
+    free(r->step_lat);
+    hisa_close(r->rt);
+}
+
+/* The prompt of stream b: its keys chunk by chunk, every layer. Only the library calls count
+ * into t_write; the generator is the model's work. */
+static int prefill_stream(stream_run *r, const stream_opts *o, int32_t b) {
+    assert(r && o);
+    assert(b >= 0 && b < r->n_seqs);
+    int err = 0;
+    for (int32_t p0 = 0; p0 < o->context && !err; p0 += r->chunk) {
+        int32_t m = o->context - p0 < r->chunk ? o->context - p0 : r->chunk;
+        synth_keys(&r->gens[b], m, r->prefill_keys, (int64_t)m * D);
+        double t0 = tool_now_s();
+        r->what = "extending a sequence for the prompt";
+        err = hisa_seq_extend(r->rt, r->seqs[b], m);
+        for (int32_t l = 0; l < r->L && !err; l++) {
+            hisa_write req = {.layer = l, .n_tokens = m,
+                              .keys = r->prefill_keys + (size_t)l * (size_t)m * D,
+                              .flags = HISA_HOST_IO};
+            r->what = "writing the prompt's keys";
+            err = hisa_write_range(r->rt, r->seqs[b], p0, &req);
+        }
+        r->t_write += tool_now_s() - t0;
+    }
+    return err;
+}
+
+/* Opens one sequence per stream and writes its prompt. Returns 0 or a library error. */
+static int stream_prefill(stream_run *r, const stream_opts *o) {
+    assert(r && o);
+    assert(r->n_seqs == 0);
+    int err = 0;
+    r->t_prefill = tool_now_s();
+    r->t_write = 0;
+    for (int32_t b = 0; b < r->B && !err; b++) {
+        r->what = "opening a sequence";
+        err = hisa_seq_open(r->rt, &r->seqs[b]);
+        if (err) break;
+        r->n_seqs++;
+        err = prefill_stream(r, o, b);
+    }
+    if (!err) r->t_prefill = tool_now_s() - r->t_prefill;
+    return err;
+}
+
+/* The check: flat DSA on the same queries as req (the HISA selection is in r->sel), the IoU of
+ * every stream's two selections. */
+static int check_flat(stream_run *r, hisa_decode req) {
+    assert(r && req.out == r->sel);
+    req.mode = HISA_MODE_FLAT;
+    req.out = r->sel_flat;
+    r->what = "selecting with flat DSA for the check";
+    int err = hisa_select_decode(r->rt, &req);
+    for (int32_t b = 0; b < r->B && !err; b++) {
+        double v = tool_iou(r->sel + (size_t)b * r->k, r->sel_flat + (size_t)b * r->k, r->k,
+                            r->scratch);
+        r->iou_sum += v;
+        r->iou_n++;
+        if (v < r->iou_min) r->iou_min = v;
+        r->last_iou = v;
+    }
+    return err;
+}
+
+/* One decode step s: every stream grows by one token, its key goes to every layer, then one
+ * HISA select per layer for all streams (timed per layer into lat), with the flat check every
+ * check_every steps. step_lat[s] is the step without the checks. */
+static int stream_step(stream_run *r, const stream_opts *o, int32_t s) {
+    assert(r && o);
+    assert(s >= 0 && s < o->steps);
+    const int32_t L = r->L, B = r->B, H = r->H;
+    int err = 0;
+    double t_step = tool_now_s();
+    for (int32_t b = 0; b < B && !err; b++) {
+        r->what = "extending a sequence by one token";
+        err = hisa_seq_extend(r->rt, r->seqs[b], 1);
+    }
+    for (int32_t l = 0; l < L && !err; l++) {
+        hisa_write req = {.layer = l, .n_tokens = B, .seq_ids = r->seqs, .positions = NULL,
+                          .keys = r->step_keys + (size_t)l * B * D, .flags = HISA_HOST_IO};
+        r->what = "appending the new token's key";
+        err = hisa_write_keys(r->rt, &req);
+    }
+    for (int32_t l = 0; l < L && !err; l++) {
+        hisa_decode req = {.layer = l, .mode = HISA_MODE_HISA, .n_seqs = B, .seq_ids = r->seqs,
+                           .q = r->qs + (size_t)l * B * H * D, .w = r->ws + (size_t)l * B * H,
+                           .out = r->sel, .flags = HISA_HOST_IO};
+        double t0 = tool_now_s();
+        r->what = "selecting with HISA";
+        err = hisa_select_decode(r->rt, &req);
+        r->lat[(size_t)s * L + l] = tool_now_s() - t0;
+        if (err || (s + 1) % o->check_every != 0) continue;
+        double t_check = tool_now_s();
+        err = check_flat(r, req);
+        t_step += tool_now_s() - t_check; /* the check stays outside the step's time */
+    }
+    if (!err) r->step_lat[s] = tool_now_s() - t_step;
+    return err;
+}
+
+/* The new token's key and this step's queries come from the generator; that is the model's
+ * work, not the indexer's, so it stays outside the timed region. */
+static void step_inputs(stream_run *r) {
+    assert(r && r->n_gens == r->B);
+    const int32_t L = r->L, B = r->B, H = r->H;
+    for (int32_t b = 0; b < B; b++) {
+        synth_keys(&r->gens[b], 1, r->step_keys + (size_t)b * D, (int64_t)B * D);
+        for (int32_t l = 0; l < L; l++)
+            synth_query(&r->gens[b], l, 0, r->qs + ((size_t)l * B + b) * (size_t)H * D,
+                        r->ws + ((size_t)l * B + b) * (size_t)H);
+    }
+}
+
+/* Every decode step, with the live progress line (at most 10 a second on a terminal, a few
+ * plain lines otherwise). Returns 0 or a library error. */
+static int stream_decode(stream_run *r, const stream_opts *o) {
+    assert(r && o);
+    assert(o->check_every >= 1);
+    int tty = isatty(2);
+    int32_t plain_every = o->steps >= 4 ? o->steps / 4 : 1;
+    double t_last_print = 0;
+    r->iou_sum = 0, r->iou_min = 1, r->last_iou = -1, r->iou_n = 0, r->checks = 0;
+    r->t_decode = tool_now_s();
+    for (int32_t s = 0; s < o->steps; s++) {
+        step_inputs(r);
+        int err = stream_step(r, o, s);
+        if (err) {
+            if (tty) fprintf(stderr, "\n");
+            return err;
+        }
+        if ((s + 1) % o->check_every == 0) r->checks++;
+        int64_t ctx_now = (int64_t)o->context + s + 1;
+        double now = tool_now_s();
+        if (tty) {
+            if (now - t_last_print > 0.1 || s + 1 == o->steps) {
+                progress(1, s + 1, o->steps, ctx_now, r->step_lat[s], r->B, r->last_iou,
+                         s + 1 == o->steps);
+                t_last_print = now;
+            }
+        } else if ((s + 1) % plain_every == 0 || s + 1 == o->steps) {
+            progress(0, s + 1, o->steps, ctx_now, r->step_lat[s], r->B, r->last_iou, 0);
+        }
+    }
+    r->t_decode = tool_now_s() - r->t_decode;
+    return 0;
+}
+
+/* --- report ------------------------------------------------------------------------------- */
+
+static void report_header(const stream_run *r, const stream_opts *o, const char *why) {
+    assert(r && r->rt && o && why);
+    const hisa_config *cfg = hisa_get_config(r->rt);
+    char dev[32];
+    tool_device_name(cfg->device, dev, sizeof dev);
+    printf("hisa stream: device %s%s%s%s\n", dev, *why ? " (" : "", why, *why ? ")" : "");
+    printf("  %d stream%s x %d layer%s, H=%d, B=%d, m=%d, k=%d, keys %s; prompt %d tokens, "
+           "%d decode steps\n",
+           o->batch, o->batch == 1 ? "" : "s", cfg->n_layers, cfg->n_layers == 1 ? "" : "s",
+           cfg->n_heads, cfg->block_size, cfg->top_blocks, cfg->topk,
+           tool_key_format_name(cfg->key_format), o->context, o->steps);
+    fflush(stdout);
+}
+
+static void report_prefill(const stream_run *r, const stream_opts *o) {
+    assert(r && o);
+    const int32_t L = r->L, B = r->B;
+    printf("prefill: %d tokens x %d layer%s x %d stream%s in %.2f s (hisa writes %.2f s, "
+           "%.2f M keys/s)\n",
+           o->context, L, L == 1 ? "" : "s", B, B == 1 ? "" : "s", r->t_prefill, r->t_write,
+           r->t_write > 0 ? (double)o->context * B * L / r->t_write / 1e6 : 0.0);
+    fflush(stdout);
+}
+
+/* p50 / p99 of every layer's select latency (lat is [steps, L]). */
+static void report_layers(const stream_run *r, int32_t steps) {
+    assert(r && steps > 0);
+    printf("select latency per layer, HISA decode of %d stream%s (ms):\n", r->B,
+           r->B == 1 ? "" : "s");
+    double *col = malloc(sizeof(double) * (size_t)steps);
+    if (!col) return;
+    for (int32_t l = 0; l < r->L; l++) {
+        for (int32_t s = 0; s < steps; s++) col[s] = r->lat[(size_t)s * r->L + l];
+        double c50 = tool_percentile(col, steps, 50);
+        double c99 = tool_percentile(col, steps, 99);
+        printf("  layer %d: p50 %.3f  p99 %.3f\n", l, c50 * 1e3, c99 * 1e3);
+    }
+    free(col);
+}
+
+/* The decode figures and the IoU. Sorts step_lat (the percentiles), so it runs once. */
+static void report_decode(stream_run *r, const stream_opts *o) {
+    assert(r && o);
+    const int32_t L = r->L, B = r->B;
+    double step_sum = 0;
+    for (int32_t s = 0; s < o->steps; s++) step_sum += r->step_lat[s];
+    printf("decode: %d steps in %.2f s wall", o->steps, r->t_decode);
+    if (o->steps > 0) {
+        double p50 = tool_percentile(r->step_lat, o->steps, 50);
+        double p99 = tool_percentile(r->step_lat, o->steps, 99);
+        printf("; per step (append + HISA select, all layers): p50 %.3f ms, p99 %.3f ms\n",
+               p50 * 1e3, p99 * 1e3);
+        printf("  %.1f steps/s, %.1f tokens/s (indexer time only; %.1f steps/s wall with the "
+               "synthetic model and the flat checks)\n",
+               step_sum > 0 ? o->steps / step_sum : 0.0,
+               step_sum > 0 ? (double)o->steps * B / step_sum : 0.0,
+               r->t_decode > 0 ? o->steps / r->t_decode : 0.0);
+        report_layers(r, o->steps);
+    } else {
+        printf("\n");
+    }
+    if (r->iou_n)
+        printf("IoU HISA vs flat: mean %.4f, min %.4f (%d checks x %d layer%s x %d stream%s)\n",
+               r->iou_sum / (double)r->iou_n, r->iou_min, r->checks, L, L == 1 ? "" : "s", B,
+               B == 1 ? "" : "s");
+    else
+        printf("IoU HISA vs flat: no checks ran (--check-every > --steps)\n");
+}
+
+/* The arena's figures; with --profile the pool's and the plan's non-empty regions too. */
+static void report_memory(hisa_runtime *rt, int profile) {
+    assert(rt);
+    hisa_memory_report mr;
+    if (hisa_memory_report_get(rt, &mr) != HISA_OK) return;
+    char bd[32], bh[32];
+    printf("arena: %s device + %s host reserved at open; pages %d of %d used (%.1f%%), "
+           "%lld tokens in %d sequence%s\n",
+           tool_fmt_bytes(mr.device_bytes, bd, sizeof bd),
+           tool_fmt_bytes(mr.host_bytes, bh, sizeof bh), mr.pages_used, mr.pages_total,
+           mr.pages_total ? 100.0 * mr.pages_used / mr.pages_total : 0.0,
+           (long long)mr.tokens, mr.seqs_open, mr.seqs_open == 1 ? "" : "s");
+    if (!profile) return;
+    printf("pool (profile): pages total %d, used %d, free %d, high-water %d; sequences "
+           "open %d, high-water %d; tokens %lld\n",
+           mr.pages_total, mr.pages_used, mr.pages_free, mr.pages_high_water, mr.seqs_open,
+           mr.seqs_high_water, (long long)mr.tokens);
+    const hisa_plan *plan = hisa_get_plan(rt);
+    printf("plan regions (non-empty; hisa mem lists them all):\n");
+    for (int32_t i = 0; i < plan->n_regions; i++) {
+        const hisa_region *reg = &plan->regions[i];
+        if (reg->bytes == 0) continue; /* the other backend's regions */
+        printf("  %-22s %-6s %12s\n", reg->name, reg->on_device ? "device" : "host",
+               tool_fmt_bytes(reg->bytes, bd, sizeof bd));
+    }
+}
+
+int hisa_cmd_stream(int argc, char **argv) {
+    stream_opts o;
+    int rc = stream_parse(argc, argv, &o);
     if (rc < 0) {
         stream_help();
         return TOOL_EXIT_OK;
     }
     if (rc) return rc;
-    if (o.context < 0 || o.steps < 0 || o.batch < 0 || o.check_every < 0 || o.prefill_chunk < 0) {
-        fprintf(stderr, "hisa stream: --context, --steps, --batch, --check-every and "
-                        "--prefill-chunk must not be negative\n");
-        return TOOL_EXIT_USAGE;
-    }
-
-    hisa_config cfg = {0};
+    hisa_config cfg;
     const char *why;
-    rc = tool_pick_device(cmd, o.c.device, &cfg.device, &why);
+    rc = stream_configure(&o, &cfg, &why);
     if (rc) return rc;
-    int gpu = cfg.device != HISA_DEVICE_CPU;
-    if (!o.context) o.context = gpu ? 65536 : 8192;
-    if (!o.steps) o.steps = gpu ? 512 : 64;
-    if (!o.batch) o.batch = gpu ? 4 : 1;
-    if (!o.c.layers) o.c.layers = gpu ? 4 : 2;
-    if (!o.c.top_blocks && !gpu) o.c.top_blocks = 32;
-    if (!o.check_every) o.check_every = o.steps >= 8 ? o.steps / 8 : 1;
-    if (!o.prefill_chunk) o.prefill_chunk = 1024;
-    if (o.context < 1) {
-        fprintf(stderr, "hisa stream: --context must be at least 1\n");
-        return TOOL_EXIT_USAGE;
-    }
-    if ((int64_t)o.context + o.steps > INT32_MAX) {
-        fprintf(stderr, "hisa stream: --context + --steps is too large\n");
-        return TOOL_EXIT_USAGE;
-    }
-    rc = tool_cfg_apply(cmd, &o.c, &cfg);
+    stream_run r = {.what = ""};
+    rc = tool_open("stream", &cfg, &r.rt);
     if (rc) return rc;
-    cfg.max_seqs = o.batch;
-    cfg.max_batch = o.batch;
-    cfg.max_context = o.context + o.steps;
-    cfg.max_prefill_queries = o.prefill_chunk;
-
-    hisa_runtime *rt = NULL;
-    rc = tool_open(cmd, &cfg, &rt);
-    if (rc) return rc;
-    const hisa_config *rc_cfg = hisa_get_config(rt);
-    const int32_t L = rc_cfg->n_layers, H = rc_cfg->n_heads, B = o.batch, k = rc_cfg->topk;
-    const int32_t chunk = rc_cfg->max_prefill_queries;
-    char dev[32];
-    tool_device_name(rc_cfg->device, dev, sizeof dev);
-    printf("hisa stream: device %s%s%s%s\n", dev, *why ? " (" : "", why, *why ? ")" : "");
-    printf("  %d stream%s x %d layer%s, H=%d, B=%d, m=%d, k=%d, keys %s; prompt %d tokens, "
-           "%d decode steps\n",
-           B, B == 1 ? "" : "s", L, L == 1 ? "" : "s", H, rc_cfg->block_size,
-           rc_cfg->top_blocks, k, tool_key_format_name(rc_cfg->key_format), o.context, o.steps);
-    fflush(stdout);
-
-    synth_gen *gens = calloc((size_t)B, sizeof *gens);
-    int32_t *seqs = calloc((size_t)B, sizeof *seqs);
-    float *prefill_keys = malloc(sizeof(float) * (size_t)L * (size_t)chunk * D);
-    float *step_keys = malloc(sizeof(float) * (size_t)L * (size_t)B * D);
-    float *qs = malloc(sizeof(float) * (size_t)L * (size_t)B * (size_t)H * D);
-    float *ws = malloc(sizeof(float) * (size_t)L * (size_t)B * (size_t)H);
-    int32_t *sel = malloc(sizeof(int32_t) * (size_t)B * (size_t)k);
-    int32_t *sel_flat = malloc(sizeof(int32_t) * (size_t)B * (size_t)k);
-    int32_t *scratch = malloc(sizeof(int32_t) * 2 * (size_t)k);
-    double *lat = malloc(sizeof(double) * ((size_t)o.steps + 1) * (size_t)L);
-    double *step_lat = malloc(sizeof(double) * ((size_t)o.steps + 1));
-    int32_t n_gens = 0, n_seqs = 0;
-    rc = TOOL_EXIT_FAIL;
-    if (!gens || !seqs || !prefill_keys || !step_keys || !qs || !ws || !sel || !sel_flat ||
-        !scratch || !lat || !step_lat) {
-        fprintf(stderr, "hisa stream: out of memory\n");
-        goto done;
-    }
-    for (int32_t b = 0; b < B; b++, n_gens++) {
-        synth_params sp;
-        synth_params_default(&sp);
-        sp.seed = (uint64_t)o.seed * 1000003u + (uint64_t)b;
-        sp.n_heads = H;
-        sp.n_layers = L;
-        if (synth_init(&gens[b], &sp) != 0) {
-            fprintf(stderr, "hisa stream: out of memory for the synthetic generator\n");
-            goto done;
-        }
-    }
+    report_header(&r, &o, why);
+    rc = stream_alloc(&r, &o);
     int err = 0;
-    const char *what = "";
-
-    /* --- prefill: the prompt's keys, chunk by chunk, every layer ---------------------------- */
-    double t_prefill = tool_now_s(), t_write = 0;
-    for (int32_t b = 0; b < B && !err; b++) {
-        what = "opening a sequence";
-        err = hisa_seq_open(rt, &seqs[b]);
-        if (err) break;
-        n_seqs++;
-        for (int32_t p0 = 0; p0 < o.context && !err; p0 += chunk) {
-            int32_t m = o.context - p0 < chunk ? o.context - p0 : chunk;
-            synth_keys(&gens[b], m, prefill_keys, (int64_t)m * D);
-            double t0 = tool_now_s();
-            what = "extending a sequence for the prompt";
-            err = hisa_seq_extend(rt, seqs[b], m);
-            for (int32_t l = 0; l < L && !err; l++) {
-                hisa_write req = {.layer = l, .n_tokens = m,
-                                  .keys = prefill_keys + (size_t)l * (size_t)m * D,
-                                  .flags = HISA_HOST_IO};
-                what = "writing the prompt's keys";
-                err = hisa_write_range(rt, seqs[b], p0, &req);
-            }
-            t_write += tool_now_s() - t0;
-        }
-    }
-    if (err) goto lib_fail;
-    t_prefill = tool_now_s() - t_prefill;
-    printf("prefill: %d tokens x %d layer%s x %d stream%s in %.2f s (hisa writes %.2f s, "
-           "%.2f M keys/s)\n",
-           o.context, L, L == 1 ? "" : "s", B, B == 1 ? "" : "s", t_prefill, t_write,
-           t_write > 0 ? (double)o.context * B * L / t_write / 1e6 : 0.0);
-    fflush(stdout);
-
-    /* --- decode ---------------------------------------------------------------------------- */
-    int tty = isatty(2);
-    int32_t plain_every = o.steps >= 4 ? o.steps / 4 : 1;
-    double iou_sum = 0, iou_min = 1, last_iou = -1, t_last_print = 0;
-    int64_t iou_n = 0;
-    int32_t checks = 0;
-    double t_decode = tool_now_s();
-    for (int32_t s = 0; s < o.steps; s++) {
-        /* The new token's key and this step's queries come from the generator; that is the
-         * model's work, not the indexer's, so it stays outside the timed region. */
-        for (int32_t b = 0; b < B; b++) {
-            synth_keys(&gens[b], 1, step_keys + (size_t)b * D, (int64_t)B * D);
-            for (int32_t l = 0; l < L; l++)
-                synth_query(&gens[b], l, 0, qs + ((size_t)l * B + b) * (size_t)H * D,
-                            ws + ((size_t)l * B + b) * (size_t)H);
-        }
-        double t_step = tool_now_s();
-        for (int32_t b = 0; b < B && !err; b++) {
-            what = "extending a sequence by one token";
-            err = hisa_seq_extend(rt, seqs[b], 1);
-        }
-        for (int32_t l = 0; l < L && !err; l++) {
-            hisa_write req = {.layer = l, .n_tokens = B, .seq_ids = seqs, .positions = NULL,
-                              .keys = step_keys + (size_t)l * B * D, .flags = HISA_HOST_IO};
-            what = "appending the new token's key";
-            err = hisa_write_keys(rt, &req);
-        }
-        for (int32_t l = 0; l < L && !err; l++) {
-            hisa_decode req = {.layer = l, .mode = HISA_MODE_HISA, .n_seqs = B, .seq_ids = seqs,
-                               .q = qs + (size_t)l * B * H * D, .w = ws + (size_t)l * B * H,
-                               .out = sel, .flags = HISA_HOST_IO};
-            double t0 = tool_now_s();
-            what = "selecting with HISA";
-            err = hisa_select_decode(rt, &req);
-            lat[(size_t)s * L + l] = tool_now_s() - t0;
-            if (err || (s + 1) % o.check_every != 0) continue;
-            /* The check: flat DSA on the same queries, outside the step's timing. */
-            double t_check = tool_now_s();
-            req.mode = HISA_MODE_FLAT;
-            req.out = sel_flat;
-            what = "selecting with flat DSA for the check";
-            err = hisa_select_decode(rt, &req);
-            for (int32_t b = 0; b < B && !err; b++) {
-                double v = tool_iou(sel + (size_t)b * k, sel_flat + (size_t)b * k, k, scratch);
-                iou_sum += v;
-                iou_n++;
-                if (v < iou_min) iou_min = v;
-                last_iou = v;
-            }
-            t_step += tool_now_s() - t_check;
-        }
-        if (err) break;
-        step_lat[s] = tool_now_s() - t_step;
-        if ((s + 1) % o.check_every == 0) checks++;
-        int64_t ctx_now = (int64_t)o.context + s + 1;
-        double now = tool_now_s();
-        if (tty) {
-            if (now - t_last_print > 0.1 || s + 1 == o.steps) {
-                progress(1, s + 1, o.steps, ctx_now, step_lat[s], B, last_iou, s + 1 == o.steps);
-                t_last_print = now;
-            }
-        } else if ((s + 1) % plain_every == 0 || s + 1 == o.steps) {
-            progress(0, s + 1, o.steps, ctx_now, step_lat[s], B, last_iou, 0);
-        }
+    if (!rc) err = stream_prefill(&r, &o);
+    if (!rc && !err) report_prefill(&r, &o);
+    if (!rc && !err) err = stream_decode(&r, &o);
+    if (!rc && !err) {
+        report_decode(&r, &o);
+        report_memory(r.rt, o.profile);
     }
     if (err) {
-        if (tty) fprintf(stderr, "\n");
-        goto lib_fail;
+        rc = tool_lib_error("stream", r.what, err, NULL);
+        if (err == HISA_EDEVICE) fprintf(stderr, "  detail: %s\n", hisa_error_detail(r.rt));
     }
-    t_decode = tool_now_s() - t_decode;
-
-    /* --- summary --------------------------------------------------------------------------- */
-    double step_sum = 0;
-    for (int32_t s = 0; s < o.steps; s++) step_sum += step_lat[s];
-    printf("decode: %d steps in %.2f s wall", o.steps, t_decode);
-    if (o.steps > 0) {
-        double p50 = tool_percentile(step_lat, o.steps, 50);
-        double p99 = tool_percentile(step_lat, o.steps, 99);
-        printf("; per step (append + HISA select, all layers): p50 %.3f ms, p99 %.3f ms\n",
-               p50 * 1e3, p99 * 1e3);
-        printf("  %.1f steps/s, %.1f tokens/s (indexer time only; %.1f steps/s wall with the "
-               "synthetic model and the flat checks)\n",
-               step_sum > 0 ? o.steps / step_sum : 0.0,
-               step_sum > 0 ? (double)o.steps * B / step_sum : 0.0,
-               t_decode > 0 ? o.steps / t_decode : 0.0);
-        printf("select latency per layer, HISA decode of %d stream%s (ms):\n", B,
-               B == 1 ? "" : "s");
-        double *col = malloc(sizeof(double) * (size_t)o.steps);
-        if (col) {
-            for (int32_t l = 0; l < L; l++) {
-                for (int32_t s = 0; s < o.steps; s++) col[s] = lat[(size_t)s * L + l];
-                double c50 = tool_percentile(col, o.steps, 50);
-                double c99 = tool_percentile(col, o.steps, 99);
-                printf("  layer %d: p50 %.3f  p99 %.3f\n", l, c50 * 1e3, c99 * 1e3);
-            }
-            free(col);
-        }
-    } else {
-        printf("\n");
-    }
-    if (iou_n)
-        printf("IoU HISA vs flat: mean %.4f, min %.4f (%d checks x %d layer%s x %d stream%s)\n",
-               iou_sum / (double)iou_n, iou_min, checks, L, L == 1 ? "" : "s", B,
-               B == 1 ? "" : "s");
-    else
-        printf("IoU HISA vs flat: no checks ran (--check-every > --steps)\n");
-    hisa_memory_report mr;
-    if (hisa_memory_report_get(rt, &mr) == HISA_OK) {
-        char bd[32], bh[32];
-        printf("arena: %s device + %s host reserved at open; pages %d of %d used (%.1f%%), "
-               "%lld tokens in %d sequence%s\n",
-               tool_fmt_bytes(mr.device_bytes, bd, sizeof bd),
-               tool_fmt_bytes(mr.host_bytes, bh, sizeof bh), mr.pages_used, mr.pages_total,
-               mr.pages_total ? 100.0 * mr.pages_used / mr.pages_total : 0.0,
-               (long long)mr.tokens, mr.seqs_open, mr.seqs_open == 1 ? "" : "s");
-        if (o.profile) {
-            printf("pool (profile): pages total %d, used %d, free %d, high-water %d; sequences "
-                   "open %d, high-water %d; tokens %lld\n",
-                   mr.pages_total, mr.pages_used, mr.pages_free, mr.pages_high_water,
-                   mr.seqs_open, mr.seqs_high_water, (long long)mr.tokens);
-            const hisa_plan *plan = hisa_get_plan(rt);
-            printf("plan regions (non-empty; hisa mem lists them all):\n");
-            for (int32_t i = 0; i < plan->n_regions; i++) {
-                const hisa_region *r = &plan->regions[i];
-                if (r->bytes == 0) continue; /* the other backend's regions */
-                printf("  %-22s %-6s %12s\n", r->name, r->on_device ? "device" : "host",
-                       tool_fmt_bytes(r->bytes, bd, sizeof bd));
-            }
-        }
-    }
-    rc = TOOL_EXIT_OK;
-    goto done;
-
-lib_fail:
-    rc = tool_lib_error(cmd, what, err, NULL);
-    if (err == HISA_EDEVICE) fprintf(stderr, "  detail: %s\n", hisa_error_detail(rt));
-done:
-    for (int32_t b = 0; b < n_seqs; b++) hisa_seq_close(rt, seqs[b]);
-    for (int32_t b = 0; b < n_gens; b++) synth_free(&gens[b]);
-    free(gens);
-    free(seqs);
-    free(prefill_keys);
-    free(step_keys);
-    free(qs);
-    free(ws);
-    free(sel);
-    free(sel_flat);
-    free(scratch);
-    free(lat);
-    free(step_lat);
-    hisa_close(rt);
+    stream_free(&r);
     return rc;
 }

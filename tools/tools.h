@@ -1,8 +1,9 @@
 /* tools.h: declarations shared by the files of the `hisa` command line (the files in tools/).
  *
- * The tools use only the public header hisa.h. Each subcommand is one function
- * `int hisa_cmd_NAME(int argc, char **argv)` that returns the process exit code:
- * 0 success, 2 usage or input error (the message names the option or file and what was
+ * The tools use only the public header hisa.h (the benchmarks also the development hooks of
+ * runtime/hisa_dev.h, never the runtime's or the kernels' private headers). Each subcommand
+ * is one function `int hisa_cmd_NAME(int argc, char **argv)` that returns the process exit
+ * code: 0 success, 2 usage or input error (the message names the option or file and what was
  * expected), 1 runtime failure. argv[0] is the subcommand name. The test binary links every
  * file in tools/ except main.c, so the commands and helpers here are callable from tests. */
 #ifndef HISA_TOOLS_H
