@@ -1,6 +1,7 @@
 /* common.cuh: device helpers shared by hisa's kernels (number formats, the score order, error
- * codes). Why a header: cache.cu and select.cu must quantize, dequantize and rank bit-for-bit
- * the way runtime/cpu_backend.c and kvcache/quant.c do, so those rules live in one place.
+ * the fp16 scaling of queries). Why a header: cache.cu, decode/select.cu and prefill/prefill.cu
+ * must quantize, dequantize and rank bit-for-bit the way kvcache/quant.c, kvcache/host.c and
+ * runtime/cpu_backend.c do, and score queries the same way, so those rules live in one place.
  * Invariants: every conversion here is exact or round-to-nearest-even like its C twin; no
  * function here reads memory other than its arguments. Only .cu files include this. */
 #ifndef HISA_KERNELS_COMMON_CUH
@@ -12,14 +13,12 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 
-#include "../runtime/hisa.h"
 #include "kernels.h"
 
-/* launcher error codes, kept in step with hisa.h */
-#define HISA_K_OK 0
-#define HISA_K_EINVAL HISA_EINVAL
-#define HISA_K_ELIMIT HISA_ELIMIT
-#define HISA_K_EDEVICE HISA_EDEVICE
+/* The per-device setup of each kernel file (shared-memory limits, occupancy), run by hisa_k_init
+ * (device.cu) for every runtime with its device current. */
+int hisa__k_select_init(hisa_k_device *dev);
+int hisa__k_prefill_init(void);
 
 /* A launch error (bad configuration) is reported by the launcher; it never syncs. */
 static inline int hisa__k_launch_status(void) {
@@ -53,6 +52,33 @@ __device__ __forceinline__ uint32_t hisa__k_order_key(float x) {
     if ((u & 0x7fffffffu) > 0x7f800000u) return 0u;
     if (u == 0x80000000u) u = 0u;
     return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+/* fp8 keys are scored with fp16 operands: e4m3 codes convert exactly, and a query head (bf16
+ * values) is scaled by 2^shift so its largest |element| lies in [2^14, 2^15), exact in fp16
+ * except elements below 2^-24 of that largest (whose products are below fp32 resolution of the
+ * head's dot anyway); the weight takes 2^-shift. amax 0 or not finite: shift 0. The clamp keeps
+ * 2^shift and 2^-shift normal floats. */
+__device__ __forceinline__ int hisa__k_q_f16_shift(float amax) {
+    if (!(amax > 0.0f) || !(amax <= 3.0e38f)) return 0;
+    int ex;
+    (void)frexpf(amax, &ex); /* amax in [2^(ex-1), 2^ex) */
+    return min(max(15 - ex, -120), 120);
+}
+
+/* The launchers' one check of a cache description: what their indexing relies on (the
+ * configuration's rules themselves are checked once, at plan time, by runtime/plan.c). */
+static inline bool hisa__k_cache_ok(const hisa_k_cache &c) {
+    return c.keys && c.sums && c.sum_pages && c.means && c.masks && c.page_table && c.seq_len && c.n_layers >= 1 &&
+           c.n_pages >= 1 && c.block_size >= HISA_BLOCK_MIN && c.block_size <= HISA_BLOCK_MAX &&
+           (c.block_size & (c.block_size - 1)) == 0 && c.max_seqs >= 1 && c.pages_per_seq >= 1 &&
+           c.n_heads >= 1 && c.n_heads <= HISA_HEADS_MAX &&
+           (c.key_format == HISA__FMT_FP8 || c.key_format == HISA__FMT_BF16);
+}
+/* ... and of a selection's shape: the caps its fixed-size arrays are sized by. */
+static inline bool hisa__k_select_shape_ok(const hisa_k_cache &c, int layer, int top_blocks, int topk) {
+    return hisa__k_cache_ok(c) && layer >= 0 && layer < c.n_layers && topk >= 1 && topk <= HISA_TOPK_MAX &&
+           top_blocks >= 2 && top_blocks <= HISA_TOP_BLOCKS_MAX;
 }
 
 #define HISA_K_NAN_SCORE __uint_as_float(0x7fffffffu) /* a padding candidate: key 0, never chosen */

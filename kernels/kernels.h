@@ -2,34 +2,46 @@
  *
  * Every launcher takes an explicit cudaStream_t (as void *), a params struct passed by value to
  * the kernel (so a launch captured in a CUDA graph replays the same arguments), returns 0 or a
- * negative HISA_E* code, and rejects sizes over the caps of runtime/limits.h. Launchers never
- * allocate and never synchronize. Every kernel has a C twin in runtime/cpu_backend.c that
- * defines what it must compute (shared/SPEC.md).
- *
- * Device layout of the paged cache (one page = one HISA block of B tokens):
- *   keys     [n_layers][n_pages][page_bytes]   fp8: B x 128 e4m3 codes, then B fp32 scales
- *                                              bf16: B x 128 bf16
- *   sums     [n_layers][n_pages][128] fp32      running sum of the written tokens' dequantized keys
- *   means    [n_layers][n_pages][128] bf16      bf16(sum / popcount(mask))
- *   masks    [n_layers][n_pages][B / 32] u32    bit i: offset i of the page was written
- *   payload  [n_layers][n_pages * B][payload_bytes]
- *   page_table [max_seqs][pages_per_seq] i32, seq_len [max_seqs] i32: device mirror of the
- *   host's tables, updated only by hisa_k_seq_set / hisa_k_truncate in stream order. */
+ * negative code (the values of hisa.h's, below), and rejects sizes over the caps of
+ * kvcache/limits.h. Launchers never allocate and never synchronize. Every kernel has a C twin
+ * (kvcache/host.c for the cache, runtime/cpu_backend.c for selection) that defines what it must
+ * compute (docs/SPEC.md). The cache's bytes are kvcache/layout.h's; page_table and seq_len are
+ * the device mirror of the host's tables, updated only by hisa_k_seq_set / hisa_k_truncate in
+ * stream order. */
 #ifndef HISA_KERNELS_H
 #define HISA_KERNELS_H
 
 #include <stddef.h>
 #include <stdint.h>
 
-#include "../runtime/limits.h"
+#include "../kvcache/layout.h"
 
 #ifdef __cplusplus
 extern "C" {
 #endif
 
+/* Launcher results: the values of hisa.h's HISA_OK / EINVAL / ELIMIT / EDEVICE (internal.h
+ * asserts it). Modes: hisa_mode's values. */
+#define HISA_K_OK 0
+#define HISA_K_EINVAL (-1)
+#define HISA_K_ELIMIT (-12)
+#define HISA_K_EDEVICE (-6)
+#define HISA_K_MODE_HISA 0
+#define HISA_K_MODE_FLAT 1
+
+/* The device, read once per runtime at open by hisa_k_init: what the launchers size grids by. */
+typedef struct hisa_k_device {
+    int32_t ordinal;
+    int32_t sm_count;
+    int32_t cc_major, cc_minor;
+    /* decode scoring kernel CTAs per SM: [fp8 keys, bf16 keys, means][heads / 16 - 1] */
+    int32_t score_ctas_per_sm[3][HISA_HEADS_MAX / 16];
+} hisa_k_device;
+
 typedef struct hisa_k_cache {
     uint8_t *keys;         /* [n_layers, n_pages, page_bytes] */
-    float *sums;           /* [n_layers, n_pages, 128] */
+    float *sums;           /* [n_layers, max_seqs, 128] running sum of each sequence's last-written block */
+    int32_t *sum_pages;    /* [n_layers, max_seqs] the page each running sum belongs to, -1 none */
     uint16_t *means;       /* [n_layers, n_pages, 128] bf16 bits */
     uint32_t *masks;       /* [n_layers, n_pages, B / 32] */
     uint8_t *payload;      /* [n_layers, n_pages * B, payload_bytes] or NULL */
@@ -44,8 +56,9 @@ typedef struct hisa_k_cache {
 
 #define HISA_K_SEQ_SET_PAGES 512 /* page-table entries per hisa_k_seq_set launch */
 
-/* seq_len[seq] = len; page_table[seq][first_index + i] = pages[i] for i < n_pages_new; and
- * the summaries of those fresh pages (all layers) reset: sums 0, means 0, masks 0. */
+/* seq_len[seq] = len; page_table[seq][first_index + i] = pages[i] for i < n_pages_new; the
+ * summaries of those fresh pages (all layers) reset: means 0, masks 0; when len is 0, seq's
+ * running sums forgotten (sum_pages -1). */
 typedef struct hisa_k_seq_set_params {
     hisa_k_cache cache;
     int32_t seq, len;
@@ -55,8 +68,8 @@ typedef struct hisa_k_seq_set_params {
 int hisa_k_seq_set(void *stream, const hisa_k_seq_set_params *p);
 
 /* Rollback to len: in page `page` (the block holding position len - 1, when len % B != 0),
- * clear mask bits of offsets >= len % B and recompute sum (fp32, in offset order over the
- * written tokens) and mean, for every layer; then seq_len[seq] = len. */
+ * clear mask bits of offsets >= len % B and recompute the block's sum into seq's running sum
+ * (sum_pages = page, or -1 without a page) and its mean, for every layer; seq_len[seq] = len. */
 typedef struct hisa_k_truncate_params {
     hisa_k_cache cache;
     int32_t seq, len;
@@ -64,8 +77,8 @@ typedef struct hisa_k_truncate_params {
 } hisa_k_truncate_params;
 int hisa_k_truncate(void *stream, const hisa_k_truncate_params *p);
 
-/* Write keys: quantize (or copy fp8 codes + scales), store, and update the block's sum, mask and
- * mean. A token already written (mask bit set) is replaced: its old value leaves the sum.
+/* Write keys: quantize (or copy fp8 codes + scales), store, and update the block's mask, mean
+ * and the sequence's running sum by the rule of layout.h (kvcache/host.c is the twin).
  * Two shapes: a batch of one token per distinct sequence (position -1 = seq_len - 1, read on the
  * device, so a captured graph appends at the growing end), or a contiguous range of one sequence
  * (one CTA per page touched; tokens summed in position order). */
@@ -123,20 +136,19 @@ typedef struct hisa_k_scratch_sizes {
 } hisa_k_scratch_sizes;
 
 static inline hisa_k_scratch_sizes hisa_k_scratch_bytes(int64_t rows, int64_t max_context,
-                                                        int64_t pages_per_seq, int64_t top_blocks,
-                                                        int64_t topk) {
+                                                        int64_t pages_per_seq, int64_t top_blocks) {
     hisa_k_scratch_sizes s;
     s.scores_bytes = (uint64_t)(rows * max_context * 4);
     s.block_scores_bytes = (uint64_t)(rows * pages_per_seq * 4);
     s.blocks_bytes = (uint64_t)(rows * top_blocks * 4);
     s.work_bytes = (uint64_t)(rows * hisa_k_work_row_words(max_context) * 4);
-    (void)topk;
     return s;
 }
 
-/* One-time setup (raises kernels' dynamic shared-memory limits). Call once per process/device
- * before any launch; not a stream operation. */
-int hisa_k_init(void);
+/* Per runtime, at open, with dev->ordinal current: read the device (refusing one that is not
+ * compute capability 9.x: HISA_K_EINVAL), raise the kernels' dynamic shared-memory limits on it,
+ * and fill *dev. Not a stream operation; the only call here that queries the device. */
+int hisa_k_init(hisa_k_device *dev);
 
 /* Decode selection for n_rows queries: row r is the query of seq_ids[r] at t = seq_len - 1, read
  * on the device (so a captured graph follows growing sequences); prefill chunks go to
@@ -158,7 +170,7 @@ typedef struct hisa_k_select_params {
     const float *w;                   /* [n_rows, H] fp32 */
     int32_t *out;                     /* [n_rows, topk] */
     int32_t max_context;              /* scratch row stride of scores */
-    int32_t sm_count;                 /* read once at open */
+    hisa_k_device dev;                /* read once at open (hisa_k_init) */
     int32_t scratch_rows;             /* rows the scratch holds (>= n_rows) */
 } hisa_k_select_params;
 int hisa_k_select(void *stream, const hisa_k_select_params *p);
@@ -172,7 +184,7 @@ typedef struct hisa_k_topk_params {
     int32_t n, k, n_rows;
     uint32_t *work;                   /* [n_rows, hisa_k_work_row_words(n)], zero between calls */
     int32_t *out;
-    int32_t sm_count;
+    hisa_k_device dev;                /* read once at open (hisa_k_init) */
 } hisa_k_topk_params;
 int hisa_k_topk(void *stream, const hisa_k_topk_params *p);
 
@@ -201,7 +213,7 @@ typedef struct hisa_k_prefill_params {
     int32_t max_context;              /* row stride of scratch.scores */
     int32_t scratch_rows;             /* rows the scratch holds */
     int32_t stop_after_scoring;       /* 0 normally */
-    int32_t sm_count;                 /* sizes the flat grid; 0: assume 132 */
+    hisa_k_device dev;                /* read once at open (hisa_k_init) */
     int32_t variant;                  /* fp8 keys: 0 fp16 operands (default), 1 bf16 operands */
 } hisa_k_prefill_params;
 int hisa_k_prefill(void *stream, const hisa_k_prefill_params *p);

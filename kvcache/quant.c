@@ -7,7 +7,7 @@
 #include <math.h>
 #include <string.h>
 
-#include "../runtime/internal.h"
+#include "kvcache.h"
 
 uint16_t hisa__bf16_from_f32(float x) {
     uint32_t u;
@@ -69,21 +69,4 @@ void hisa__quantize_fp8(const float *x, uint8_t *codes, float *scale) {
     for (int d = 0; d < HISA_D; d++) codes[d] = hisa__e4m3_from_f32(x[d] / s);
     *scale = s;
     assert(*scale > 0.0f);
-}
-
-void hisa__dequant_token(const hisa_runtime *rt, const uint8_t *page, int32_t offset, float *out) {
-    assert(offset >= 0 && offset < rt->g.block_size);
-    if (rt->g.key_format == HISA_KEY_FP8) {
-        const uint8_t *codes = page + (int64_t)offset * HISA_D;
-        float s;
-        memcpy(&s, page + rt->g.block_size * HISA_D + (int64_t)offset * 4, 4);
-        for (int d = 0; d < HISA_D; d++) out[d] = hisa__e4m3_to_f32(codes[d]) * s;
-    } else {
-        const uint8_t *p = page + (int64_t)offset * HISA_D * 2;
-        for (int d = 0; d < HISA_D; d++) {
-            uint16_t b;
-            memcpy(&b, p + 2 * d, 2);
-            out[d] = hisa__bf16_to_f32(b);
-        }
-    }
 }

@@ -1,7 +1,6 @@
 /* api.c: the public C API of runtime/hisa.h: validation, then dispatch to the cache state
- * machine (kvcache/), the CPU reference (cpu_backend.c) or the CUDA glue (cuda_backend.c).
- * Every entry point checks all of its input before it changes anything; library code never
- * prints and never exits. */
+ * machine (kvcache/) or to the backend chosen at open (rt->be). Every entry point checks all of
+ * its input before it changes anything; library code never prints and never exits. */
 #include <assert.h>
 #include <stdio.h> /* snprintf only: the library never prints */
 #include <string.h>
@@ -18,7 +17,7 @@ const char *hisa_strerror(int err) {
     case HISA_ECONFIG: return "invalid configuration";
     case HISA_EOVERFLOW: return "configuration sizes overflow";
     case HISA_ENOMEM: return "cannot reserve the arena";
-    case HISA_ENODEVICE: return "no CUDA device (or built without CUDA)";
+    case HISA_ENODEVICE: return "no supported CUDA device (or built without CUDA)";
     case HISA_EDEVICE: return "CUDA call failed; runtime poisoned";
     case HISA_EPOISONED: return "runtime poisoned by an earlier device failure";
     case HISA_ESEQ: return "unknown or closed sequence";
@@ -32,54 +31,90 @@ const char *hisa_strerror(int err) {
     }
 }
 
+/* --- configuration, open, close ------------------------------------------------------------ */
+
+static _Thread_local char g_open_detail[256]; /* hisa_open_detail: per thread, so race-free */
+
+const char *hisa_open_detail(void) { return g_open_detail; }
+
 int hisa_config_resolve(const hisa_config *cfg, hisa_config *resolved) {
     HISA__CHECK(cfg && resolved, HISA_EINVAL);
-    const char *field;
-    return hisa__config_resolve(cfg, resolved, &field);
+    const char *field, *rule;
+    return hisa__config_check(cfg, resolved, &field, &rule);
 }
 
 int hisa_plan_compute(const hisa_config *cfg, hisa_plan *plan) {
     HISA__CHECK(cfg && plan, HISA_EINVAL);
     hisa_config resolved;
-    const char *field = NULL;
-    int err = hisa__config_resolve(cfg, &resolved, &field);
+    const char *field = NULL, *rule = NULL;
+    int err = hisa__config_check(cfg, &resolved, &field, &rule);
     if (!err) err = hisa__plan_build(&resolved, plan);
-    if (err) {
+    if (err && field) { /* a rule broke: the plan says which (an overflow says it itself) */
         memset(plan, 0, sizeof *plan);
         plan->config = *cfg;
-        plan->invalid_field = field ? field : "max_context";
+        plan->invalid_field = field;
+        plan->invalid_rule = rule;
     }
     return err;
 }
 
+/* The runtime's cache view: its tables and data in the arena, its backend's operations. */
+static void kv_bind(hisa_runtime *rt) {
+    hisa__kv *kv = &rt->kv;
+    const hisa__geom *g = &rt->g;
+    *kv = (hisa__kv){.n_layers = (int32_t)g->n_layers, .n_pages = (int32_t)g->n_pages,
+                     .block_size = (int32_t)g->block_size, .key_format = (int32_t)g->key_format,
+                     .payload_bytes = (int32_t)g->payload_bytes, .max_seqs = (int32_t)g->max_seqs,
+                     .max_context = (int32_t)g->max_context, .pages_per_seq = (int32_t)g->pages_per_seq,
+                     .mask_words = (int32_t)g->mask_words, .page_bytes = g->page_bytes,
+                     .seq_len = rt->r.seq_len, .seq_is_open = rt->r.seq_is_open, .page_table = rt->r.page_table,
+                     .free_pages = rt->r.free_pages, .free_seqs = rt->r.free_seqs, .keys = rt->r.keys,
+                     .means = rt->r.block_means, .masks = rt->r.block_masks, .sums = rt->r.block_sums,
+                     .sum_pages = rt->r.sum_pages, .payload = rt->r.payload, .ops = rt->be->kv_ops, .be = rt};
+}
+
+static int open_fail(int err, const char *what) {
+    if (!g_open_detail[0]) snprintf(g_open_detail, sizeof g_open_detail, "%s", what);
+    return err;
+}
+
 int hisa_open(hisa_runtime **out, const hisa_config *cfg, const hisa_memory *mem) {
+    g_open_detail[0] = 0;
     HISA__CHECK(out && cfg, HISA_EINVAL);
     hisa_plan plan;
     int err = hisa_plan_compute(cfg, &plan);
-    if (err) return err;
-    int32_t is_cuda = plan.config.device != HISA_DEVICE_CPU, sm_count = 0;
-    if (is_cuda) {
-        err = hisa__cuda_probe(plan.config.device - 1, &sm_count);
-        if (err) return err;
-    }
+    if (err) return open_fail(err, plan.invalid_rule ? plan.invalid_rule : "invalid configuration");
+    const hisa__backend *be = plan.config.device == HISA_DEVICE_CPU ? &hisa__cpu_backend : &hisa__cuda_backend;
+    hisa_k_device dev = {.ordinal = plan.config.device - 1};
+    err = be->probe(plan.config.device, &dev, g_open_detail, sizeof g_open_detail);
+    if (err) return open_fail(err, "no such device");
     hisa__arena arena;
-    hisa__regions regions;
-    err = hisa__arena_open(&arena, &plan, mem, plan.config.device - 1, &regions);
-    if (err) return err;
-    hisa_runtime *rt = regions.runtime; /* the runtime lives in its own host arena */
+    void *slots[HISA__REGION_COUNT];
+    hisa__arena_region rows[HISA__REGION_COUNT];
+    for (int32_t i = 0; i < plan.n_regions; i++)
+        rows[i] = (hisa__arena_region){plan.regions[i].name, plan.regions[i].offset, plan.regions[i].bytes,
+                                       plan.regions[i].align, plan.regions[i].on_device};
+    uint64_t bytes[2] = {plan.host_bytes, plan.device_bytes};
+    void *const base[2] = {mem ? mem->host_base : NULL, mem ? mem->device_base : NULL};
+    const uint64_t have[2] = {mem ? mem->host_bytes : 0, mem ? mem->device_bytes : 0};
+    if (hisa__arena_open(&arena, be->mem, bytes, base, have, rows, plan.n_regions, slots))
+        return open_fail(HISA_ENOMEM, "cannot reserve (or adopt) the planned memory");
+    hisa_runtime *rt = slots[0]; /* the runtime lives in its own host arena (region 0) */
+    _Static_assert(offsetof(hisa__regions, runtime) == 0, "the runtime is region 0");
+    memcpy(&rt->r, slots, sizeof rt->r);
     rt->plan = plan;
     rt->arena = arena;
-    rt->r = regions;
+    rt->be = be;
+    rt->dev = dev;
     hisa__geom_from_config(&plan.config, &rt->g);
-    rt->is_cuda = is_cuda;
-    rt->cuda_ordinal = is_cuda ? plan.config.device - 1 : -1;
-    rt->sm_count = sm_count;
-    err = hisa__kv_init(rt);
-    if (!err && is_cuda) err = hisa__cuda_after_open(rt);
+    kv_bind(rt);
+    err = be->start(rt);
     if (err) {
+        if (!g_open_detail[0]) snprintf(g_open_detail, sizeof g_open_detail, "%s", rt->error_detail);
         hisa__arena_release(arena);
         return err;
     }
+    hisa__kv_init(&rt->kv);
     hisa__arena_seal(&rt->arena);
     *out = rt;
     return HISA_OK;
@@ -87,7 +122,7 @@ int hisa_open(hisa_runtime **out, const hisa_config *cfg, const hisa_memory *mem
 
 void hisa_close(hisa_runtime *rt) {
     if (!rt) return;
-    if (rt->is_cuda && !rt->poisoned) (void)hisa__cuda_sync(rt);
+    if (!rt->poisoned) (void)rt->be->sync(rt);
     hisa__arena arena = rt->arena; /* rt itself is inside the arena being released */
     hisa__arena_release(arena);
 }
@@ -96,58 +131,67 @@ const hisa_config *hisa_get_config(const hisa_runtime *rt) { return rt ? &rt->pl
 const hisa_plan *hisa_get_plan(const hisa_runtime *rt) { return rt ? &rt->plan : NULL; }
 const char *hisa_error_detail(const hisa_runtime *rt) { return rt ? rt->error_detail : ""; }
 
-int hisa__device_failed(hisa_runtime *rt, const char *stmt, const char *file, int line,
-                        const char *msg) {
+int hisa__device_failed(hisa_runtime *rt, const char *stmt, const char *file, int line, const char *msg) {
     assert(rt && stmt && file);
     if (!rt->poisoned) /* keep the first failure: later ones are usually its echo */
-        snprintf(rt->error_detail, sizeof rt->error_detail, "%s at %s:%d: %s", stmt, file, line,
-                 msg ? msg : "");
+        snprintf(rt->error_detail, sizeof rt->error_detail, "%s at %s:%d: %s", stmt, file, line, msg ? msg : "");
     rt->poisoned = 1;
     return HISA_EDEVICE;
 }
 
-#define HISA__LIVE(rt)                                   \
-    do {                                                 \
-        HISA__CHECK((rt) != NULL, HISA_EINVAL);          \
-        HISA__CHECK(!(rt)->poisoned, HISA_EPOISONED);    \
+#define HISA__LIVE(rt)                                \
+    do {                                              \
+        HISA__CHECK((rt) != NULL, HISA_EINVAL);       \
+        HISA__CHECK(!(rt)->poisoned, HISA_EPOISONED); \
     } while (0)
 
 int hisa_set_stream(hisa_runtime *rt, void *cuda_stream) {
     HISA__LIVE(rt);
-    rt->stream = rt->is_cuda ? cuda_stream : NULL;
+    rt->stream = hisa__is_cuda(rt) ? cuda_stream : NULL;
     return HISA_OK;
 }
 
 int hisa_sync(hisa_runtime *rt) {
     HISA__LIVE(rt);
-    return rt->is_cuda ? hisa__cuda_sync(rt) : HISA_OK;
+    return rt->be->sync(rt);
 }
+
+/* --- sequences ------------------------------------------------------------------------------ */
 
 int hisa_seq_open(hisa_runtime *rt, int32_t *seq_out) {
     HISA__LIVE(rt);
     HISA__CHECK(seq_out != NULL, HISA_EINVAL);
-    return hisa__kv_seq_open(rt, seq_out);
+    HISA__CHECK(rt->kv.n_free_seqs > 0, HISA_ESEQFULL);
+    return hisa__kv_seq_open(&rt->kv, seq_out);
 }
 
 int hisa_seq_close(hisa_runtime *rt, int32_t seq) {
     HISA__LIVE(rt);
-    return hisa__kv_seq_close(rt, seq);
+    HISA__CHECK(hisa__seq_valid(rt, seq), HISA_ESEQ);
+    return hisa__kv_seq_close(&rt->kv, seq);
 }
 
 int hisa_seq_extend(hisa_runtime *rt, int32_t seq, int32_t n) {
     HISA__LIVE(rt);
-    return hisa__kv_seq_extend(rt, seq, n);
+    HISA__CHECK(hisa__seq_valid(rt, seq), HISA_ESEQ);
+    HISA__CHECK(n >= 0, HISA_EINVAL);
+    int64_t new_len = (int64_t)rt->kv.seq_len[seq] + n;
+    HISA__CHECK(new_len <= rt->g.max_context, HISA_ELIMIT);
+    HISA__CHECK(hisa__kv_pages_needed(&rt->kv, seq, new_len) <= rt->kv.n_free_pages, HISA_EPOOL);
+    return hisa__kv_seq_extend(&rt->kv, seq, n);
 }
 
 int hisa_seq_truncate(hisa_runtime *rt, int32_t seq, int32_t len) {
     HISA__LIVE(rt);
-    return hisa__kv_seq_truncate(rt, seq, len);
+    HISA__CHECK(hisa__seq_valid(rt, seq), HISA_ESEQ);
+    HISA__CHECK(len >= 0 && len <= rt->kv.seq_len[seq], HISA_ERANGE);
+    return hisa__kv_seq_truncate(&rt->kv, seq, len);
 }
 
 int hisa_seq_length(const hisa_runtime *rt, int32_t seq, int32_t *len_out) {
     HISA__CHECK(rt && len_out, HISA_EINVAL);
     HISA__CHECK(hisa__seq_valid(rt, seq), HISA_ESEQ);
-    *len_out = rt->r.seq_len[seq];
+    *len_out = rt->kv.seq_len[seq];
     return HISA_OK;
 }
 
@@ -155,34 +199,77 @@ int hisa_seq_pages(const hisa_runtime *rt, int32_t seq, int32_t *pages_out, int3
                    int32_t *n_pages_out) {
     HISA__CHECK(rt && pages_out && n_pages_out, HISA_EINVAL);
     HISA__CHECK(hisa__seq_valid(rt, seq), HISA_ESEQ);
-    int32_t n = hisa__blocks_of(rt->r.seq_len[seq], (int32_t)rt->g.block_size);
+    int32_t n = hisa__blocks_of(rt->kv.seq_len[seq], rt->kv.block_size);
     HISA__CHECK(n <= pages_max, HISA_ELIMIT);
-    memcpy(pages_out, rt->r.page_table + (int64_t)seq * rt->g.pages_per_seq, (size_t)n * sizeof(int32_t));
+    memcpy(pages_out, hisa__kv_pages(&rt->kv, seq), (size_t)n * sizeof(int32_t));
     *n_pages_out = n;
+    return HISA_OK;
+}
+
+/* --- writes --------------------------------------------------------------------------------- */
+
+/* The batch shape's own rules: live, distinct sequences; positions inside them. */
+static int write_batch_validate(const hisa_runtime *rt, const hisa_write *req) {
+    HISA__CHECK(req->n_tokens <= rt->g.max_batch, HISA_ELIMIT);
+    HISA__CHECK(req->seq_ids != NULL, HISA_EINVAL);
+    for (int32_t i = 0; i < req->n_tokens; i++) {
+        int32_t seq = req->seq_ids[i];
+        HISA__CHECK(hisa__seq_valid(rt, seq), HISA_ESEQ);
+        int32_t len = rt->kv.seq_len[seq];
+        if (req->positions)
+            HISA__CHECK(req->positions[i] >= 0 && req->positions[i] < len, HISA_ERANGE);
+        else
+            HISA__CHECK(len >= 1, HISA_ERANGE);
+        for (int32_t j = 0; j < i; j++) HISA__CHECK(req->seq_ids[j] != seq, HISA_EINVAL);
+    }
+    return HISA_OK;
+}
+
+/* Validate a write completely before anything is stored; range_seq < 0: the batch shape. */
+static int write_validate(const hisa_runtime *rt, const hisa_write *req, int32_t range_seq, int32_t pos0) {
+    HISA__CHECK(req != NULL, HISA_EINVAL);
+    HISA__CHECK(req->layer >= 0 && req->layer < rt->g.n_layers, HISA_ERANGE);
+    HISA__CHECK(req->n_tokens >= 1, HISA_EINVAL);
+    HISA__CHECK((req->keys != NULL) != (req->codes != NULL), HISA_EINVAL);
+    HISA__CHECK(!req->codes || rt->g.key_format == HISA_KEY_FP8, HISA_EFORMAT);
+    HISA__CHECK(!req->codes || req->scales, HISA_EINVAL);
+    HISA__CHECK(!req->payload || rt->g.payload_bytes > 0, HISA_EINVAL);
+    HISA__CHECK((req->flags & ~HISA_HOST_IO) == 0, HISA_EINVAL);
+    if (range_seq < 0) {
+        int err = write_batch_validate(rt, req);
+        if (err) return err;
+    } else {
+        HISA__CHECK(req->n_tokens <= rt->g.max_prefill, HISA_ELIMIT);
+        HISA__CHECK(pos0 >= 0 && (int64_t)pos0 + req->n_tokens <= rt->kv.seq_len[range_seq], HISA_ERANGE);
+    }
+    /* Scales must be positive: the kernels apply them after the ReLU (SPEC). Checkable only
+     * where they are in host memory. */
+    if (req->codes && (!hisa__is_cuda(rt) || (req->flags & HISA_HOST_IO)))
+        for (int32_t i = 0; i < req->n_tokens; i++)
+            HISA__CHECK(req->scales[i] > 0.0f && req->scales[i] < 3.0e38f, HISA_EINVAL);
     return HISA_OK;
 }
 
 int hisa_write_keys(hisa_runtime *rt, const hisa_write *req) {
     HISA__LIVE(rt);
-    return hisa__kv_write(rt, req, -1, -1, 0);
+    int err = write_validate(rt, req, -1, -1);
+    return err ? err : rt->be->write(rt, req, -1, -1);
 }
 
 int hisa_write_range(hisa_runtime *rt, int32_t seq, int32_t pos0, const hisa_write *req) {
     HISA__LIVE(rt);
-    return hisa__kv_write(rt, req, seq, pos0, 1);
+    HISA__CHECK(hisa__seq_valid(rt, seq), HISA_ESEQ);
+    int err = write_validate(rt, req, seq, pos0);
+    return err ? err : rt->be->write(rt, req, seq, pos0);
 }
 
-/* CPU only: every position <= t must have been written for this layer. */
+/* --- selection ------------------------------------------------------------------------------ */
+
+/* CPU only (CUDA cannot check without a sync): every position <= t must be written. */
 static int check_written(const hisa_runtime *rt, int32_t layer, int32_t seq, int32_t t) {
-    int32_t B = (int32_t)rt->g.block_size;
-    const int32_t *pt = rt->r.page_table + (int64_t)seq * rt->g.pages_per_seq;
-    for (int32_t b = 0; b <= t / B; b++) {
-        const uint32_t *mask =
-            rt->r.block_masks + hisa__summary_index(rt, layer, pt[b]) * rt->g.mask_words;
-        int32_t n_in = t - b * B + 1 < B ? t - b * B + 1 : B;
-        for (int32_t off = 0; off < n_in; off++)
-            if (!(mask[off / 32] & (1u << (off % 32)))) return HISA_EUNWRITTEN;
-    }
+    if (hisa__is_cuda(rt)) return HISA_OK;
+    for (int32_t s = 0; s <= t; s++)
+        HISA__CHECK(hisa__kv_written(&rt->kv, layer, seq, s), HISA_EUNWRITTEN);
     return HISA_OK;
 }
 
@@ -203,28 +290,15 @@ int hisa_select_decode(hisa_runtime *rt, const hisa_decode *req) {
     HISA__CHECK(req->n_seqs >= 1 && req->seq_ids, HISA_EINVAL);
     HISA__CHECK(req->n_seqs <= rt->g.max_batch, HISA_ELIMIT);
     for (int32_t i = 0; i < req->n_seqs; i++) {
-        HISA__CHECK(hisa__seq_valid(rt, req->seq_ids[i]), HISA_ESEQ);
-        HISA__CHECK(rt->r.seq_len[req->seq_ids[i]] >= 1, HISA_ERANGE);
-        if (!rt->is_cuda) {
-            err = check_written(rt, req->layer, req->seq_ids[i], rt->r.seq_len[req->seq_ids[i]] - 1);
-            if (err) return err;
-        }
-    }
-    if (rt->is_cuda)
-        return hisa__cuda_select(rt, req->layer, req->mode, req->n_seqs, req->seq_ids, req->q,
-                                 req->w, req->out, req->flags);
-    int64_t H = rt->g.n_heads, k = rt->g.topk;
-    for (int32_t i = 0; i < req->n_seqs; i++) {
         int32_t seq = req->seq_ids[i];
-        err = hisa__cpu_select_one(rt, req->layer, req->mode, seq, rt->r.seq_len[seq] - 1,
-                                   req->q + i * H * HISA_D, req->w + i * H,
-                                   (req->flags & HISA_SLOTS) != 0, req->out + i * k);
-        assert(err == HISA_OK);
+        HISA__CHECK(hisa__seq_valid(rt, seq), HISA_ESEQ);
+        HISA__CHECK(rt->kv.seq_len[seq] >= 1, HISA_ERANGE);
+        if ((err = check_written(rt, req->layer, seq, rt->kv.seq_len[seq] - 1))) return err;
     }
-    return HISA_OK;
+    return rt->be->decode(rt, req);
 }
 
-static int prefill_run(hisa_runtime *rt, const hisa_prefill *req, uint32_t internal_flags) {
+static int prefill_run(hisa_runtime *rt, const hisa_prefill *req, uint32_t dev_flags) {
     HISA__LIVE(rt);
     HISA__CHECK(req != NULL, HISA_EINVAL);
     int err = select_common(rt, req->layer, req->mode, req->q, req->w, req->out, req->flags);
@@ -232,56 +306,46 @@ static int prefill_run(hisa_runtime *rt, const hisa_prefill *req, uint32_t inter
     HISA__CHECK(hisa__seq_valid(rt, req->seq), HISA_ESEQ);
     HISA__CHECK(req->n_q >= 1, HISA_EINVAL);
     HISA__CHECK(req->n_q <= rt->g.max_prefill, HISA_ELIMIT);
-    HISA__CHECK(req->t0 >= 0 && (int64_t)req->t0 + req->n_q <= rt->r.seq_len[req->seq], HISA_ERANGE);
-    if (rt->is_cuda)
-        return hisa__cuda_prefill(rt, req->layer, req->mode, req->seq, req->t0, req->n_q, req->q,
-                                  req->w, req->out, req->flags | internal_flags); /* tensor cores */
-    assert(internal_flags == 0);
-    err = check_written(rt, req->layer, req->seq, req->t0 + req->n_q - 1);
-    if (err) return err;
-    int64_t H = rt->g.n_heads, k = rt->g.topk;
-    for (int32_t i = 0; i < req->n_q; i++) {
-        err = hisa__cpu_select_one(rt, req->layer, req->mode, req->seq, req->t0 + i,
-                                   req->q + i * H * HISA_D, req->w + i * H,
-                                   (req->flags & HISA_SLOTS) != 0, req->out + i * k);
-        assert(err == HISA_OK);
-    }
-    return HISA_OK;
+    HISA__CHECK(req->t0 >= 0 && (int64_t)req->t0 + req->n_q <= rt->kv.seq_len[req->seq], HISA_ERANGE);
+    if ((err = check_written(rt, req->layer, req->seq, req->t0 + req->n_q - 1))) return err;
+    return rt->be->prefill(rt, req, dev_flags);
 }
 
 int hisa_select_prefill(hisa_runtime *rt, const hisa_prefill *req) { return prefill_run(rt, req, 0); }
 
 int hisa_dev_prefill(hisa_runtime *rt, const hisa_prefill *req, uint32_t dev_flags) {
     HISA__LIVE(rt);
-    HISA__CHECK(rt->is_cuda, HISA_ENODEVICE);
+    HISA__CHECK(hisa__is_cuda(rt), HISA_ENODEVICE);
     HISA__CHECK(req && (req->flags & HISA_HOST_IO) == 0, HISA_EINVAL);
     HISA__CHECK((dev_flags & ~(HISA_DEV_SCORING_ONLY | HISA_DEV_VARIANT_ALT)) == 0, HISA_EINVAL);
-    return prefill_run(rt, req, ((dev_flags & HISA_DEV_SCORING_ONLY) ? HISA__PF_SCORING_ONLY : 0) |
-                                    ((dev_flags & HISA_DEV_VARIANT_ALT) ? HISA__PF_VARIANT_ALT : 0));
+    return prefill_run(rt, req, dev_flags);
 }
+
+/* --- memory --------------------------------------------------------------------------------- */
 
 int hisa_payload_pool(hisa_runtime *rt, int32_t layer, void **base_out) {
     HISA__LIVE(rt);
     HISA__CHECK(base_out != NULL, HISA_EINVAL);
     HISA__CHECK(layer >= 0 && layer < rt->g.n_layers, HISA_ERANGE);
     HISA__CHECK(rt->g.payload_bytes > 0, HISA_EINVAL);
-    *base_out = rt->r.payload + (int64_t)layer * rt->g.n_pages * rt->g.block_size * rt->g.payload_bytes;
+    *base_out = rt->r.payload + hisa__payload_offset(layer, rt->kv.n_pages, rt->kv.block_size, 0, rt->kv.payload_bytes);
     return HISA_OK;
 }
 
 int hisa_memory_report_get(const hisa_runtime *rt, hisa_memory_report *out) {
     HISA__CHECK(rt && out, HISA_EINVAL);
+    const hisa__kv *kv = &rt->kv;
     memset(out, 0, sizeof *out);
-    out->device_bytes = rt->arena.dev_bytes;
-    out->host_bytes = rt->arena.host_bytes;
-    out->pages_total = (int32_t)rt->g.n_pages;
-    out->pages_free = rt->n_free_pages;
+    out->device_bytes = rt->arena.bytes[HISA__ARENA_DEVICE];
+    out->host_bytes = rt->arena.bytes[HISA__ARENA_HOST];
+    out->pages_total = kv->n_pages;
+    out->pages_free = kv->n_free_pages;
     out->pages_used = out->pages_total - out->pages_free;
-    out->pages_high_water = rt->pages_high_water;
-    out->seqs_open = (int32_t)rt->g.max_seqs - rt->n_free_seqs;
-    out->seqs_high_water = rt->seqs_high_water;
-    for (int32_t s = 0; s < rt->g.max_seqs; s++)
-        if (rt->r.seq_is_open[s]) out->tokens += rt->r.seq_len[s];
+    out->pages_high_water = kv->pages_high_water;
+    out->seqs_open = kv->max_seqs - kv->n_free_seqs;
+    out->seqs_high_water = kv->seqs_high_water;
+    for (int32_t s = 0; s < kv->max_seqs; s++)
+        if (kv->seq_is_open[s]) out->tokens += kv->seq_len[s];
     out->poisoned = rt->poisoned;
     return HISA_OK;
 }

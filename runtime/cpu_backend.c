@@ -1,96 +1,16 @@
-/* cpu_backend.c: the reference. Plain C that computes exactly what shared/SPEC.md says; every
- * CUDA kernel is tested against it. It is also a usable backend: a 128K-token flat selection
- * takes well under a second (the dot products are written with 8 independent accumulators so
- * the compiler can vectorize them without reassociating anything).
+/* cpu_backend.c: the reference backend. Plain C that computes exactly what the SPEC says; every
+ * CUDA kernel is tested against it (cache writes against kvcache/host.c, which this backend uses
+ * for its cache). It is also a usable backend: a 128K-token flat selection takes well under a
+ * second (the dot products are written with 8 independent accumulators so the compiler can
+ * vectorize them without reassociating anything).
  *
- * Determinism rules the kernels share: block sums add dequantized keys in fp32, one token at a
- * time in the order they are written (range writes: position order); a write that replaces a
- * written token recomputes the block's sum from its stored keys in offset order; the mean is
- * bf16_rne(sum / count); fp8 scale = amax / 448, or 1 where that is 0; ranking uses an order-preserving uint32 image of the fp32 score
- * (NaN lowest, -0 == +0) and ties go to the lower position. */
+ * Ranking uses an order-preserving uint32 image of the fp32 score (NaN lowest, -0 == +0) and
+ * ties go to the lower position. */
 #include <assert.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "internal.h"
-
-/* --- writes ---------------------------------------------------------------------------------- */
-
-static int32_t popcount_words(const uint32_t *w, int64_t n) {
-    int32_t c = 0;
-    for (int64_t i = 0; i < n; i++) c += __builtin_popcount(w[i]);
-    return c;
-}
-
-static void refresh_mean(hisa_runtime *rt, int64_t si) {
-    const float *sum = rt->r.block_sums + si * HISA_D;
-    uint16_t *mean = rt->r.block_means + si * HISA_D;
-    int32_t count = popcount_words(rt->r.block_masks + si * rt->g.mask_words, rt->g.mask_words);
-    for (int d = 0; d < HISA_D; d++) mean[d] = count ? hisa__bf16_from_f32(sum[d] / (float)count) : 0;
-}
-
-int hisa__cpu_write_token(hisa_runtime *rt, int32_t layer, int32_t seq, int32_t pos,
-                          const float *key, const uint8_t *codes, const float *scale,
-                          const uint8_t *payload) {
-    int32_t B = (int32_t)rt->g.block_size;
-    assert(pos >= 0 && pos < rt->r.seq_len[seq] && (key || codes));
-    int32_t page = rt->r.page_table[(int64_t)seq * rt->g.pages_per_seq + pos / B], off = pos % B;
-    uint8_t *p = hisa__page(rt, layer, page);
-    int64_t si = hisa__summary_index(rt, layer, page);
-    float *sum = rt->r.block_sums + si * HISA_D;
-    uint32_t *mask = rt->r.block_masks + si * rt->g.mask_words;
-    float deq[HISA_D];
-    int replacing = (mask[off / 32] >> (off % 32)) & 1;
-    if (rt->g.key_format == HISA_KEY_FP8) {
-        uint8_t c[HISA_D];
-        float s;
-        if (codes) {
-            memcpy(c, codes, HISA_D);
-            s = *scale;
-        } else {
-            hisa__quantize_fp8(key, c, &s);
-        }
-        memcpy(p + (int64_t)off * HISA_D, c, HISA_D);
-        memcpy(p + (int64_t)B * HISA_D + (int64_t)off * 4, &s, 4);
-    } else {
-        assert(key);
-        uint8_t *dst = p + (int64_t)off * HISA_D * 2;
-        for (int d = 0; d < HISA_D; d++) {
-            uint16_t b = hisa__bf16_from_f32(key[d]);
-            memcpy(dst + 2 * d, &b, 2);
-        }
-    }
-    mask[off / 32] |= 1u << (off % 32);
-    if (replacing) {
-        /* Recompute rather than subtract: exact (the block is what it would be had the old key
-         * never been written), and a NaN or inf key that is replaced leaves no trace. */
-        hisa__cpu_recompute_block(rt, layer, page);
-    } else {
-        hisa__dequant_token(rt, p, off, deq);
-        for (int d = 0; d < HISA_D; d++) sum[d] += deq[d];
-        refresh_mean(rt, si);
-    }
-    if (payload) {
-        int64_t pb = rt->g.payload_bytes;
-        memcpy(rt->r.payload + ((int64_t)layer * rt->g.n_pages * B + (int64_t)page * B + off) * pb,
-               payload, (size_t)pb);
-    }
-    return HISA_OK;
-}
-
-void hisa__cpu_recompute_block(hisa_runtime *rt, int32_t layer, int32_t page) {
-    int64_t si = hisa__summary_index(rt, layer, page);
-    float *sum = rt->r.block_sums + si * HISA_D;
-    const uint32_t *mask = rt->r.block_masks + si * rt->g.mask_words;
-    const uint8_t *p = hisa__page(rt, layer, page);
-    float deq[HISA_D];
-    memset(sum, 0, HISA_D * sizeof(float));
-    for (int32_t off = 0; off < rt->g.block_size; off++) {
-        if (!(mask[off / 32] & (1u << (off % 32)))) continue;
-        hisa__dequant_token(rt, p, off, deq);
-        for (int d = 0; d < HISA_D; d++) sum[d] += deq[d];
-    }
-    refresh_mean(rt, si);
-}
 
 /* --- scores ---------------------------------------------------------------------------------- */
 
@@ -111,21 +31,20 @@ static float index_score(const float *q, const float *w, int32_t H, const float 
     return total;
 }
 
-static void round_query(hisa_runtime *rt, const float *q) {
+static void round_query(const hisa_runtime *rt, const float *q) {
     int64_t n = rt->g.n_heads * HISA_D;
     for (int64_t i = 0; i < n; i++) rt->r.cpu_q[i] = hisa__bf16_to_f32(hisa__bf16_from_f32(q[i]));
 }
 
-static float token_score(hisa_runtime *rt, int32_t layer, int32_t seq, int32_t s, const float *w) {
-    int32_t B = (int32_t)rt->g.block_size;
-    int32_t page = rt->r.page_table[(int64_t)seq * rt->g.pages_per_seq + s / B];
+static float token_score(const hisa_runtime *rt, int32_t layer, int32_t seq, int32_t s, const float *w) {
+    int32_t B = rt->kv.block_size;
     float key[HISA_D];
-    hisa__dequant_token(rt, hisa__page(rt, layer, page), s % B, key);
+    hisa__kv_dequant(&rt->kv, hisa__page(rt, layer, hisa__kv_pages(&rt->kv, seq)[s / B]), s % B, key);
     return index_score(rt->r.cpu_q, w, (int32_t)rt->g.n_heads, key);
 }
 
-static float block_score(hisa_runtime *rt, int32_t layer, int32_t seq, int32_t b, const float *w) {
-    int32_t page = rt->r.page_table[(int64_t)seq * rt->g.pages_per_seq + b];
+static float block_score(const hisa_runtime *rt, int32_t layer, int32_t seq, int32_t b, const float *w) {
+    int32_t page = hisa__kv_pages(&rt->kv, seq)[b];
     const uint16_t *mean = rt->r.block_means + hisa__summary_index(rt, layer, page) * HISA_D;
     float kbar[HISA_D];
     for (int d = 0; d < HISA_D; d++) kbar[d] = hisa__bf16_to_f32(mean[d]);
@@ -134,7 +53,7 @@ static float block_score(hisa_runtime *rt, int32_t layer, int32_t seq, int32_t b
 
 int hisa__cpu_scores(hisa_runtime *rt, int32_t layer, int32_t seq, int32_t t, const float *q,
                      const float *w, float *I, float *J) {
-    assert(rt && !rt->is_cuda && hisa__seq_valid(rt, seq) && t < rt->r.seq_len[seq]);
+    assert(rt && !hisa__is_cuda(rt) && hisa__seq_valid(rt, seq) && t < rt->kv.seq_len[seq]);
     int32_t B = (int32_t)rt->g.block_size;
     round_query(rt, q);
     for (int32_t s = 0; s <= t; s++) I[s] = token_score(rt, layer, seq, s, w);
@@ -188,47 +107,129 @@ int32_t hisa__topk_ref(const float *scores, const int32_t *ids, int32_t n, int32
 
 /* --- selection ------------------------------------------------------------------------------- */
 
-int hisa__cpu_select_one(hisa_runtime *rt, int32_t layer, hisa_mode mode, int32_t seq, int32_t t,
-                         const float *q, const float *w, int32_t out_slots, int32_t *out) {
-    int32_t B = (int32_t)rt->g.block_size, k = (int32_t)rt->g.topk, m = (int32_t)rt->g.top_blocks;
-    int32_t n = t + 1, nb = hisa__blocks_of(n, B), last = nb - 1;
-    const int32_t *pt = rt->r.page_table + (int64_t)seq * rt->g.pages_per_seq;
-    assert(t >= 0 && t < rt->r.seq_len[seq]);
+/* SPEC 4: blocks 0 and last forced, the best m-2 of 1..last-1; the kept blocks' tokens scored
+ * into scores/ids (position order). Returns the candidate count. */
+static int32_t hisa_candidates(const hisa_runtime *rt, int32_t layer, int32_t seq, int32_t n, const float *w) {
+    int32_t B = rt->kv.block_size, m = (int32_t)rt->g.top_blocks, last = hisa__blocks_of(n, B) - 1;
     float *scores = rt->r.cpu_scores;
-    int32_t *ids = rt->r.cpu_ids, n_sel;
+    int32_t *ids = rt->r.cpu_ids, *kept = rt->r.cpu_blocks;
+    for (int32_t b = 1; b < last; b++) {
+        scores[b - 1] = block_score(rt, layer, seq, b, w);
+        ids[b - 1] = b;
+    }
+    int32_t n_mid = hisa__topk_ref(scores, ids, last - 1, m - 2, kept + 1);
+    assert(n_mid == m - 2); /* nb > m */
+    (void)n_mid;
+    hisa__keep_forced(kept, m, last);
+    int32_t n_cand = 0;
+    for (int32_t i = 0; i < m; i++) {
+        int32_t end = kept[i] * B + B < n ? kept[i] * B + B : n;
+        for (int32_t s = kept[i] * B; s < end; s++) {
+            scores[n_cand] = token_score(rt, layer, seq, s, w);
+            ids[n_cand++] = s;
+        }
+    }
+    assert(n_cand >= rt->g.topk); /* (m - 1) * B >= k */
+    return n_cand;
+}
+
+int hisa__cpu_select_one(const hisa_runtime *rt, int32_t layer, hisa_mode mode, int32_t seq, int32_t t,
+                         const float *q, const float *w, int out_slots, int32_t *out) {
+    int32_t B = rt->kv.block_size, k = (int32_t)rt->g.topk, m = (int32_t)rt->g.top_blocks;
+    int32_t n = t + 1, nb = hisa__blocks_of(n, B), n_sel;
+    assert(t >= 0 && t < rt->kv.seq_len[seq]);
     if (n <= k) { /* SPEC 1: everything */
         for (int32_t s = 0; s < n; s++) out[s] = s;
         n_sel = n;
     } else if (mode == HISA_MODE_FLAT || nb <= m) { /* SPEC 2, 3 */
         round_query(rt, q);
         for (int32_t s = 0; s < n; s++) {
-            scores[s] = token_score(rt, layer, seq, s, w);
-            ids[s] = s;
+            rt->r.cpu_scores[s] = token_score(rt, layer, seq, s, w);
+            rt->r.cpu_ids[s] = s;
         }
-        n_sel = hisa__topk_ref(scores, ids, n, k, out);
-    } else { /* SPEC 4: blocks 0 and last forced, the best m-2 of 1..last-1 */
+        n_sel = hisa__topk_ref(rt->r.cpu_scores, rt->r.cpu_ids, n, k, out);
+    } else { /* SPEC 4 */
         round_query(rt, q);
-        int32_t *kept = rt->r.cpu_blocks;
-        for (int32_t b = 1; b < last; b++) {
-            scores[b - 1] = block_score(rt, layer, seq, b, w);
-            ids[b - 1] = b;
-        }
-        int32_t n_mid = hisa__topk_ref(scores, ids, last - 1, m - 2, kept + 1);
-        kept[0] = 0;
-        kept[n_mid + 1] = last;
-        int32_t n_cand = 0;
-        for (int32_t i = 0; i < n_mid + 2; i++) {
-            int32_t end = kept[i] * B + B < n ? kept[i] * B + B : n;
-            for (int32_t s = kept[i] * B; s < end; s++) {
-                scores[n_cand] = token_score(rt, layer, seq, s, w);
-                ids[n_cand++] = s;
-            }
-        }
-        assert(n_cand >= k); /* (m - 1) * B >= k */
-        n_sel = hisa__topk_ref(scores, ids, n_cand, k, out);
+        int32_t n_cand = hisa_candidates(rt, layer, seq, n, w);
+        n_sel = hisa__topk_ref(rt->r.cpu_scores, rt->r.cpu_ids, n_cand, k, out);
     }
     for (int32_t i = n_sel; i < k; i++) out[i] = -1;
+    const int32_t *pt = hisa__kv_pages(&rt->kv, seq);
     if (out_slots)
-        for (int32_t i = 0; i < n_sel; i++) out[i] = pt[out[i] / B] * B + out[i] % B;
+        for (int32_t i = 0; i < n_sel; i++) out[i] = (int32_t)hisa__slot(pt[out[i] / B], B, out[i] % B);
     return HISA_OK;
 }
+
+/* --- the backend table ---------------------------------------------------------------------- */
+
+static void *cpu_reserve(uint64_t bytes, int32_t space) {
+    (void)space;
+    return aligned_alloc(HISA_ALIGN, bytes);
+}
+static void cpu_release(void *p, int32_t space) {
+    (void)space;
+    free(p);
+}
+static int cpu_zero(void *p, uint64_t bytes, int32_t space) {
+    (void)space;
+    memset(p, 0, bytes);
+    return 0;
+}
+static const hisa__arena_mem cpu_mem = {cpu_reserve, cpu_release, cpu_zero};
+
+static int cpu_probe(int32_t device, hisa_k_device *dev, char *detail, size_t detail_bytes) {
+    (void)device, (void)dev, (void)detail, (void)detail_bytes;
+    assert(device == HISA_DEVICE_CPU);
+    return HISA_OK;
+}
+
+static int cpu_start(hisa_runtime *rt) {
+    rt->kv.be = &rt->kv; /* kvcache/host.c's operations work on the cache view itself */
+#ifndef NDEBUG
+    memset(rt->r.keys, 0xff, (size_t)(rt->g.n_layers * rt->g.n_pages * rt->g.page_bytes));
+#endif
+    return HISA_OK;
+}
+
+static int cpu_sync(hisa_runtime *rt) {
+    (void)rt;
+    return HISA_OK;
+}
+
+static int cpu_write(hisa_runtime *rt, const hisa_write *req, int32_t range_seq, int32_t range_pos0) {
+    int32_t pb = rt->kv.payload_bytes;
+    for (int32_t i = 0; i < req->n_tokens; i++) {
+        int32_t seq = range_seq >= 0 ? range_seq : req->seq_ids[i];
+        int32_t pos = range_seq >= 0 ? range_pos0 + i
+                                     : (req->positions ? req->positions[i] : rt->kv.seq_len[seq] - 1);
+        hisa__kv_host_write(&rt->kv, req->layer, seq, pos, req->keys ? req->keys + (int64_t)i * HISA_D : NULL,
+                            req->codes ? req->codes + (int64_t)i * HISA_D : NULL,
+                            req->codes ? req->scales + i : NULL,
+                            req->payload ? (const uint8_t *)req->payload + (int64_t)i * pb : NULL);
+    }
+    return HISA_OK;
+}
+
+static int cpu_decode(hisa_runtime *rt, const hisa_decode *req) {
+    int64_t H = rt->g.n_heads, k = rt->g.topk;
+    for (int32_t i = 0; i < req->n_seqs; i++) {
+        int32_t seq = req->seq_ids[i];
+        (void)hisa__cpu_select_one(rt, req->layer, req->mode, seq, rt->kv.seq_len[seq] - 1, req->q + i * H * HISA_D,
+                   req->w + i * H, (req->flags & HISA_SLOTS) != 0, req->out + i * k);
+    }
+    return HISA_OK;
+}
+
+static int cpu_prefill(hisa_runtime *rt, const hisa_prefill *req, uint32_t dev_flags) {
+    int64_t H = rt->g.n_heads, k = rt->g.topk;
+    assert(dev_flags == 0);
+    (void)dev_flags;
+    for (int32_t i = 0; i < req->n_q; i++)
+        (void)hisa__cpu_select_one(rt, req->layer, req->mode, req->seq, req->t0 + i, req->q + i * H * HISA_D, req->w + i * H,
+                   (req->flags & HISA_SLOTS) != 0, req->out + i * k);
+    return HISA_OK;
+}
+
+const hisa__backend hisa__cpu_backend = {
+    .name = "cpu", .mem = &cpu_mem, .kv_ops = &hisa__kv_host_ops, .probe = cpu_probe, .start = cpu_start,
+    .sync = cpu_sync, .write = cpu_write, .decode = cpu_decode, .prefill = cpu_prefill};

@@ -1,9 +1,10 @@
-/* cuda_backend.c: the C11 glue between the runtime's state and the CUDA kernels (kernels.h).
+/* cuda_backend.c: the CUDA backend: the C11 glue between the runtime's state and the CUDA
+ * kernels (kernels.h), as one operations table (hisa__cuda_backend).
  *
  * Why: the runtime (api.c, kvcache/) is backend-neutral; this file maps its host-side state
  * (regions, tables, stream) onto the kernels' plain-C launch structs, and stages host tensors
- * for HISA_HOST_IO requests. It allocates nothing (the arena did that at open) and syncs only
- * in HISA_HOST_IO paths, hisa__cuda_sync and hisa__cuda_probe.
+ * for HISA_HOST_IO requests. It reserves only through the arena (cuda_mem, at open), and syncs
+ * only in HISA_HOST_IO paths, sync, probe and start.
  *
  * Every CUDA runtime call and every launcher goes through HISA_CUDA_TRY / HISA_LAUNCH_TRY, which
  * record the statement, file and line in rt->error_detail and poison the runtime (HISA_EDEVICE).
@@ -18,8 +19,6 @@
 #if HISA_CUDA
 #include "cuda_check.h"
 
-#include "../kernels/kernels.h"
-
 
 static cudaStream_t stream_of(const hisa_runtime *rt) { return (cudaStream_t)rt->stream; }
 
@@ -28,6 +27,7 @@ static hisa_k_cache cache_of(const hisa_runtime *rt) {
     memset(&c, 0, sizeof c);
     c.keys = rt->r.keys;
     c.sums = rt->r.block_sums;
+    c.sum_pages = rt->r.sum_pages;
     c.means = rt->r.block_means;
     c.masks = rt->r.block_masks;
     c.payload = rt->g.payload_bytes > 0 ? rt->r.payload : NULL;
@@ -77,32 +77,38 @@ static int stage_out(hisa_runtime *rt, int32_t n_rows, int32_t *out_host) {
     return HISA_OK;
 }
 
-int hisa__cuda_probe(int32_t ordinal, int32_t *sm_count) {
-    assert(sm_count);
-    int n = 0;
+static int cuda_probe(int32_t device, hisa_k_device *dev, char *detail, size_t detail_bytes) {
+    assert(dev && device >= 1);
+    int n = 0, ordinal = device - 1, major = 0, minor = 0;
     if (cudaGetDeviceCount(&n) != cudaSuccess || n <= 0) {
         (void)cudaGetLastError(); /* clear the sticky "no device" status */
+        snprintf(detail, detail_bytes, "no CUDA device");
         return HISA_ENODEVICE;
     }
-    if (ordinal < 0 || ordinal >= n) return HISA_ENODEVICE;
-    if (cudaSetDevice(ordinal) != cudaSuccess) return HISA_ENODEVICE;
-    int sms = 0;
-    if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, ordinal) != cudaSuccess || sms <= 0)
+    if (ordinal >= n || cudaSetDevice(ordinal) != cudaSuccess ||
+        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, ordinal) != cudaSuccess ||
+        cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, ordinal) != cudaSuccess) {
+        snprintf(detail, detail_bytes, "CUDA device %d: not present (%d devices)", ordinal, n);
         return HISA_ENODEVICE;
-    *sm_count = sms;
+    }
+    if (major != 9) { /* the kernels are sm_90a code (wgmma, griddepcontrol) */
+        snprintf(detail, detail_bytes, "CUDA device %d has compute capability %d.%d; hisa's kernels need 9.0 (Hopper)",
+                 ordinal, major, minor);
+        return HISA_ENODEVICE;
+    }
+    dev->ordinal = ordinal;
     return HISA_OK;
 }
 
-int hisa__cuda_after_open(hisa_runtime *rt) {
-    assert(rt && rt->is_cuda && rt->sm_count > 0);
-    HISA_CUDA_TRY(rt, cudaSetDevice(rt->cuda_ordinal));
-    HISA_LAUNCH_TRY(rt, hisa_k_init());
+static int cuda_start(hisa_runtime *rt) {
+    assert(rt && hisa__is_cuda(rt));
+    HISA_CUDA_TRY(rt, cudaSetDevice(rt->dev.ordinal));
+    HISA_LAUNCH_TRY(rt, hisa_k_init(&rt->dev));
     /* The device mirrors start empty; the top-k histograms start (and stay) zero. */
     cudaStream_t s = stream_of(rt);
-    HISA_CUDA_TRY(rt, cudaMemsetAsync(rt->r.dev_seq_len, 0, (size_t)rt->g.max_seqs * sizeof(int32_t), s));
     HISA_CUDA_TRY(rt, cudaMemsetAsync(rt->r.dev_page_table, 0xff,
                                       (size_t)(rt->g.max_seqs * rt->g.pages_per_seq) * sizeof(int32_t), s));
-    HISA_CUDA_TRY(rt, cudaMemsetAsync(rt->r.sel_work, 0, (size_t)hisa__sel_work_words(&rt->g) * sizeof(uint32_t), s));
+    HISA_CUDA_TRY(rt, cudaMemsetAsync(rt->r.sum_pages, 0xff, (size_t)(rt->g.n_layers * rt->g.max_seqs) * sizeof(int32_t), s));
 #ifndef NDEBUG
     HISA_CUDA_TRY(rt, cudaMemsetAsync(rt->r.keys, 0xff, (size_t)(rt->g.n_layers * rt->g.n_pages * rt->g.page_bytes), s));
 #endif
@@ -110,16 +116,19 @@ int hisa__cuda_after_open(hisa_runtime *rt) {
     return HISA_OK;
 }
 
-int hisa__cuda_seq_set(hisa_runtime *rt, int32_t seq, int32_t first_index, int32_t n_new) {
-    assert(rt && seq >= 0 && seq < rt->g.max_seqs && first_index >= 0 && n_new >= 0);
-    const int32_t *pt = rt->r.page_table + (int64_t)seq * rt->g.pages_per_seq;
+/* --- the cache's device copy (hisa__kv_ops, be = the runtime) ------------------------------- */
+
+static int cuda_seq_set(void *be, int32_t seq, int32_t first_index, int32_t n_new) {
+    hisa_runtime *rt = be;
+    assert(seq >= 0 && seq < rt->g.max_seqs && first_index >= 0 && n_new >= 0);
+    const int32_t *pt = hisa__kv_pages(&rt->kv, seq);
     hisa_k_seq_set_params p;
     int32_t done = 0;
     do { /* at least one launch: seq_len changes even when no page is added */
         int32_t n = n_new - done < HISA_K_SEQ_SET_PAGES ? n_new - done : HISA_K_SEQ_SET_PAGES;
         p.cache = cache_of(rt);
         p.seq = seq;
-        p.len = rt->r.seq_len[seq];
+        p.len = rt->kv.seq_len[seq];
         p.first_index = first_index + done;
         p.n_pages_new = n;
         for (int32_t i = 0; i < n; i++) p.pages[i] = pt[first_index + done + i];
@@ -129,28 +138,31 @@ int hisa__cuda_seq_set(hisa_runtime *rt, int32_t seq, int32_t first_index, int32
     return HISA_OK;
 }
 
-int hisa__cuda_truncate(hisa_runtime *rt, int32_t seq, int32_t len, int32_t page) {
-    assert(rt && seq >= 0 && seq < rt->g.max_seqs && len >= 0);
+static int cuda_truncate(void *be, int32_t seq, int32_t page) {
+    hisa_runtime *rt = be;
+    assert(seq >= 0 && seq < rt->g.max_seqs);
     hisa_k_truncate_params p;
     p.cache = cache_of(rt);
     p.seq = seq;
-    p.len = len;
+    p.len = rt->kv.seq_len[seq];
     p.page = page;
     HISA_LAUNCH_TRY(rt, hisa_k_truncate(rt->stream, &p));
     return HISA_OK;
 }
 
-int hisa__cuda_poison_page(hisa_runtime *rt, int32_t page) {
-    assert(rt && page >= 0 && page < rt->g.n_pages);
-    for (int64_t l = 0; l < rt->g.n_layers; l++)
-        HISA_CUDA_TRY(rt, cudaMemsetAsync(rt->r.keys + (l * rt->g.n_pages + page) * rt->g.page_bytes, 0xff,
-                                          (size_t)rt->g.page_bytes, stream_of(rt)));
+static int cuda_poison_page(void *be, int32_t page) {
+    hisa_runtime *rt = be;
+    assert(page >= 0 && page < rt->g.n_pages);
+    for (int32_t l = 0; l < rt->g.n_layers; l++)
+        HISA_CUDA_TRY(rt, cudaMemsetAsync(hisa__page(rt, l, page), 0xff, (size_t)rt->g.page_bytes, stream_of(rt)));
     return HISA_OK;
 }
 
-int hisa__cuda_write(hisa_runtime *rt, const hisa_write *req, int32_t range_seq, int32_t range_pos0,
-                     int is_range) {
+static const hisa__kv_ops cuda_kv_ops = {cuda_seq_set, cuda_truncate, cuda_poison_page};
+
+static int cuda_write(hisa_runtime *rt, const hisa_write *req, int32_t range_seq, int32_t range_pos0) {
     assert(rt && req && req->n_tokens >= 1 && req->n_tokens <= rt->g.rows);
+    const int is_range = range_seq >= 0;
     cudaStream_t s = stream_of(rt);
     const int host_io = (req->flags & HISA_HOST_IO) != 0;
     const int64_t n = req->n_tokens, pb = rt->g.payload_bytes;
@@ -195,25 +207,27 @@ int hisa__cuda_write(hisa_runtime *rt, const hisa_write *req, int32_t range_seq,
     return HISA_OK;
 }
 
-int hisa__cuda_select(hisa_runtime *rt, int32_t layer, hisa_mode mode, int32_t n_rows,
-                      const int32_t *seq_ids, const float *q, const float *w, int32_t *out,
-                      uint32_t flags) {
-    assert(rt && seq_ids && n_rows >= 1 && n_rows <= HISA_BATCH_MAX && q && w && out);
+static int cuda_decode(hisa_runtime *rt, const hisa_decode *req) {
+    const int32_t n_rows = req->n_seqs;
+    const float *q = req->q, *w = req->w;
+    int32_t *out = req->out;
+    const uint32_t flags = req->flags;
+    assert(rt && req->seq_ids && n_rows >= 1 && n_rows <= HISA_BATCH_MAX && q && w && out);
     const int host_io = (flags & HISA_HOST_IO) != 0;
     int32_t *out_host = out;
     hisa_k_select_params p;
     memset(&p, 0, sizeof p);
     p.cache = cache_of(rt);
     p.scratch = scratch_of(rt);
-    p.layer = layer;
-    p.mode = (int32_t)mode;
+    p.layer = req->layer;
+    p.mode = (int32_t)req->mode;
     p.top_blocks = (int32_t)rt->g.top_blocks;
     p.topk = (int32_t)rt->g.topk;
     p.out_slots = (flags & HISA_SLOTS) != 0;
     p.n_rows = n_rows;
-    for (int32_t i = 0; i < n_rows; i++) p.seq_ids[i] = seq_ids[i];
+    for (int32_t i = 0; i < n_rows; i++) p.seq_ids[i] = req->seq_ids[i];
     p.max_context = (int32_t)rt->g.max_context;
-    p.sm_count = rt->sm_count;
+    p.dev = rt->dev;
     p.scratch_rows = (int32_t)rt->g.rows;
     if (host_io) {
         int err = stage_in(rt, n_rows, &q, &w, &out);
@@ -226,8 +240,11 @@ int hisa__cuda_select(hisa_runtime *rt, int32_t layer, hisa_mode mode, int32_t n
     return host_io ? stage_out(rt, n_rows, out_host) : HISA_OK;
 }
 
-int hisa__cuda_prefill(hisa_runtime *rt, int32_t layer, hisa_mode mode, int32_t seq, int32_t t0,
-                       int32_t n_q, const float *q, const float *w, int32_t *out, uint32_t flags) {
+static int cuda_prefill(hisa_runtime *rt, const hisa_prefill *req, uint32_t dev_flags) {
+    const int32_t n_q = req->n_q;
+    const float *q = req->q, *w = req->w;
+    int32_t *out = req->out;
+    const uint32_t flags = req->flags;
     assert(rt && q && w && out && n_q >= 1 && n_q <= rt->g.max_prefill && n_q <= rt->g.rows);
     const int host_io = (flags & HISA_HOST_IO) != 0;
     int32_t *out_host = out;
@@ -235,19 +252,19 @@ int hisa__cuda_prefill(hisa_runtime *rt, int32_t layer, hisa_mode mode, int32_t 
     memset(&p, 0, sizeof p);
     p.cache = cache_of(rt);
     p.scratch = scratch_of(rt);
-    p.layer = layer;
-    p.mode = (int32_t)mode;
+    p.layer = req->layer;
+    p.mode = (int32_t)req->mode;
     p.top_blocks = (int32_t)rt->g.top_blocks;
     p.topk = (int32_t)rt->g.topk;
     p.out_slots = (flags & HISA_SLOTS) != 0;
-    p.seq = seq;
-    p.t0 = t0;
+    p.seq = req->seq;
+    p.t0 = req->t0;
     p.n_q = n_q;
     p.max_context = (int32_t)rt->g.max_context;
     p.scratch_rows = (int32_t)rt->g.rows;
-    p.stop_after_scoring = (flags & HISA__PF_SCORING_ONLY) != 0;
-    p.sm_count = rt->sm_count;
-    p.variant = (flags & HISA__PF_VARIANT_ALT) != 0;
+    p.stop_after_scoring = (dev_flags & HISA_DEV_SCORING_ONLY) != 0;
+    p.dev = rt->dev;
+    p.variant = (dev_flags & HISA_DEV_VARIANT_ALT) != 0;
     if (host_io) {
         int err = stage_in(rt, n_q, &q, &w, &out);
         if (err) return err;
@@ -267,65 +284,59 @@ int hisa_dev_topk(hisa_runtime *rt, const float *scores, int64_t stride, int32_t
                   int32_t n_rows, void *work, int32_t *out) {
     HISA__CHECK(rt && scores && work && out, HISA_EINVAL);
     HISA__CHECK(!rt->poisoned, HISA_EPOISONED);
-    HISA__CHECK(rt->is_cuda, HISA_ENODEVICE);
+    HISA__CHECK(hisa__is_cuda(rt), HISA_ENODEVICE);
     HISA__CHECK(n >= 1 && k >= 1 && n_rows >= 1 && stride >= n, HISA_EINVAL);
     hisa_k_topk_params p = {.scores = scores, .stride = stride, .n = n, .k = k, .n_rows = n_rows,
-                            .work = (uint32_t *)work, .out = out, .sm_count = rt->sm_count};
+                            .work = (uint32_t *)work, .out = out, .dev = rt->dev};
     HISA_LAUNCH_TRY(rt, hisa_k_topk(rt->stream, &p));
     return HISA_OK;
 }
 
-int hisa__cuda_sync(hisa_runtime *rt) {
+static int cuda_sync(hisa_runtime *rt) {
     assert(rt);
     HISA_CUDA_TRY(rt, cudaStreamSynchronize(stream_of(rt)));
     return HISA_OK;
 }
 
+/* --- the arena's memory: device blocks and pinned host blocks -------------------------------- */
+
+static void *cuda_reserve(uint64_t bytes, int32_t space) {
+    void *p = NULL;
+    cudaError_t e = space == HISA__ARENA_DEVICE ? cudaMalloc(&p, bytes) : cudaHostAlloc(&p, bytes, cudaHostAllocDefault);
+    if (e == cudaSuccess) return p;
+    (void)cudaGetLastError(); /* clear the error so later calls are clean */
+    return NULL;
+}
+static void cuda_release(void *p, int32_t space) {
+    if (space == HISA__ARENA_DEVICE)
+        (void)cudaFree(p);
+    else
+        (void)cudaFreeHost(p);
+}
+static int cuda_zero(void *p, uint64_t bytes, int32_t space) {
+    if (space == HISA__ARENA_HOST) {
+        memset(p, 0, bytes);
+        return 0;
+    }
+    return cudaMemset(p, 0, bytes) != cudaSuccess;
+}
+static const hisa__arena_mem cuda_mem = {cuda_reserve, cuda_release, cuda_zero};
+
+const hisa__backend hisa__cuda_backend = {
+    .name = "cuda", .mem = &cuda_mem, .kv_ops = &cuda_kv_ops, .probe = cuda_probe, .start = cuda_start,
+    .sync = cuda_sync, .write = cuda_write, .decode = cuda_decode, .prefill = cuda_prefill};
+
 #else /* !HISA_CUDA */
 
-int hisa__cuda_probe(int32_t ordinal, int32_t *sm_count) {
-    (void)ordinal;
-    (void)sm_count;
+static int cuda_probe(int32_t device, hisa_k_device *dev, char *detail, size_t detail_bytes) {
+    (void)device, (void)dev;
+    snprintf(detail, detail_bytes, "hisa was built without CUDA");
     return HISA_ENODEVICE;
 }
-int hisa__cuda_after_open(hisa_runtime *rt) {
-    (void)rt;
-    return HISA_ENODEVICE;
-}
-int hisa__cuda_seq_set(hisa_runtime *rt, int32_t seq, int32_t first_index, int32_t n_new) {
-    (void)rt, (void)seq, (void)first_index, (void)n_new;
-    return HISA_ENODEVICE;
-}
-int hisa__cuda_truncate(hisa_runtime *rt, int32_t seq, int32_t len, int32_t page) {
-    (void)rt, (void)seq, (void)len, (void)page;
-    return HISA_ENODEVICE;
-}
-int hisa__cuda_poison_page(hisa_runtime *rt, int32_t page) {
-    (void)rt, (void)page;
-    return HISA_ENODEVICE;
-}
-int hisa__cuda_write(hisa_runtime *rt, const hisa_write *req, int32_t range_seq, int32_t range_pos0,
-                     int is_range) {
-    (void)rt, (void)req, (void)range_seq, (void)range_pos0, (void)is_range;
-    return HISA_ENODEVICE;
-}
-int hisa__cuda_select(hisa_runtime *rt, int32_t layer, hisa_mode mode, int32_t n_rows,
-                      const int32_t *seq_ids, const float *q, const float *w, int32_t *out,
-                      uint32_t flags) {
-    (void)rt, (void)layer, (void)mode, (void)n_rows, (void)seq_ids;
-    (void)q, (void)w, (void)out, (void)flags;
-    return HISA_ENODEVICE;
-}
-int hisa__cuda_prefill(hisa_runtime *rt, int32_t layer, hisa_mode mode, int32_t seq, int32_t t0,
-                       int32_t n_q, const float *q, const float *w, int32_t *out, uint32_t flags) {
-    (void)rt, (void)layer, (void)mode, (void)seq, (void)t0, (void)n_q, (void)q, (void)w, (void)out;
-    (void)flags;
-    return HISA_ENODEVICE;
-}
-int hisa__cuda_sync(hisa_runtime *rt) {
-    (void)rt;
-    return HISA_ENODEVICE;
-}
+
+/* Without CUDA the probe refuses every device, so no other entry is ever reached. */
+const hisa__backend hisa__cuda_backend = {.name = "cuda (not built)", .probe = cuda_probe};
+
 uint64_t hisa_dev_topk_work_bytes(int32_t n, int32_t n_rows) {
     (void)n, (void)n_rows;
     return 0;

@@ -1,4 +1,4 @@
-/* cuda_check.h: the one wrapper around CUDA calls in the C glue (cuda_backend.c, cuda_prefill.c).
+/* cuda_check.h: the one wrapper around CUDA calls in the C glue (cuda_backend.c).
  * Include only under HISA_CUDA. A failed call records its statement, file, line and CUDA's
  * message in rt->error_detail and poisons the runtime (HISA_EDEVICE). Each call first asks the
  * fault injector (runtime/fault.h), so tests can fail the n-th CUDA call of any path. */

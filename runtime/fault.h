@@ -6,7 +6,8 @@
  * hisa__fault_cuda_at(n): the n-th wrapped call from then on fails, once. The arena's own
  * reservations have their injector in arena/arena.h (hisa__arena_fail_at).
  *
- * Process-wide state, meant for single-threaded tests; disarmed (n = 0) it costs one branch. */
+ * Process-wide state (atomics: race-free), meant for single-threaded fault tests; disarmed it costs
+ * one relaxed increment per wrapped call. */
 #ifndef HISA_FAULT_H
 #define HISA_FAULT_H
 

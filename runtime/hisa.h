@@ -6,7 +6,8 @@
  * block always), then score only the tokens of those blocks. ../shared/SPEC.md is the contract.
  *
  * Memory: every byte is planned from the configuration (hisa_plan) and reserved once at open.
- * Nothing is allocated afterwards. Threading: one runtime is used by one thread at a time.
+ * Nothing is allocated afterwards. Threading: one runtime is used by one thread at a time;
+ * separate runtimes (on one GPU or several) share no state and may run on separate threads.
  * Errors: 0 is success, a negative HISA_E* code is failure and leaves all state unchanged
  * (except HISA_EDEVICE, which poisons the runtime: every later call fails with HISA_EPOISONED).
  *
@@ -31,11 +32,19 @@ extern "C" {
 
 #define HISA_HEAD_DIM 128 /* D: the only head size (DeepSeek-V3.2, GLM-5) */
 
+/* The limits a configuration or a call can hit (hisa_config fields, call sizes). */
+#define HISA_MAX_HEADS 128             /* n_heads */
+#define HISA_MAX_BATCH 256             /* max_batch: sequences per hisa_write_keys / decode call */
+#define HISA_MAX_PREFILL_QUERIES 16384 /* max_prefill_queries: tokens per range write, queries per prefill */
+#define HISA_MAX_CONTEXT (1 << 24)     /* max_context: tokens per sequence */
+#define HISA_MAX_TOPK 16384            /* topk */
+#define HISA_MAX_TOP_BLOCKS 1024       /* top_blocks */
+
 /* Error codes. hisa_strerror() names them. */
 enum {
     HISA_OK = 0,
     HISA_EINVAL = -1,     /* null pointer, or an argument outside its domain */
-    HISA_ECONFIG = -2,    /* invalid configuration; hisa_plan.invalid_field names the field */
+    HISA_ECONFIG = -2,    /* invalid configuration; hisa_plan.invalid_field / invalid_rule say why */
     HISA_EOVERFLOW = -3,  /* the configuration's byte counts overflow 64 bits */
     HISA_ENOMEM = -4,     /* reserving the arena failed, or caller memory is too small */
     HISA_ENODEVICE = -5,  /* no CUDA device, or hisa was built without CUDA */
@@ -95,6 +104,7 @@ typedef struct hisa_region {
 typedef struct hisa_plan {
     hisa_config config;           /* resolved: every default filled in */
     const char *invalid_field;    /* on HISA_ECONFIG / HISA_EOVERFLOW: the offending field */
+    const char *invalid_rule;     /* and the rule it broke, e.g. "(top_blocks - 1) * block_size >= topk" */
     int32_t n_regions;
     hisa_region regions[HISA_PLAN_REGIONS_MAX];
     uint64_t device_bytes;        /* one device reservation */
@@ -128,8 +138,12 @@ int hisa_config_resolve(const hisa_config *cfg, hisa_config *resolved);
 /* The plan for a configuration, without reserving anything (size a GPU with it). */
 int hisa_plan_compute(const hisa_config *cfg, hisa_plan *plan);
 
-/* Open: plan, reserve (or take mem), carve, seal. mem may be NULL. */
+/* Open: plan, reserve (or take mem), carve, seal. mem may be NULL. CUDA devices must be
+ * Hopper (compute capability 9.0); another gets HISA_ENODEVICE. */
 int hisa_open(hisa_runtime **out, const hisa_config *cfg, const hisa_memory *mem);
+/* Why the last failed hisa_open of this thread failed, in words (the device and its compute
+ * capability, the memory it could not reserve, the configuration rule), or "". */
+const char *hisa_open_detail(void);
 void hisa_close(hisa_runtime *rt); /* NULL is a no-op */
 
 /* Resolved configuration and plan of an open runtime. */

@@ -1,104 +1,165 @@
-/* internal.h: the runtime's private state, shared by runtime/, kvcache/ and the tests.
- * Not installed. Host C11 only. */
+/* internal.h: the runtime's private state, shared by the files of runtime/ and by the tests.
+ * Not installed. Host C11 only.
+ *
+ * The runtime owns a plan, an arena carved from it, the cache state (kvcache/) and one backend,
+ * an operations table chosen at open (the CPU reference, or CUDA). api.c validates every call,
+ * then dispatches to the cache or the backend; nothing below runtime/ calls a backend by name. */
 #ifndef HISA_INTERNAL_H
 #define HISA_INTERNAL_H
 
 #include <assert.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "../arena/arena.h"
+#include "../kernels/kernels.h"
+#include "../kvcache/kvcache.h"
 #include "hisa.h"
-#include "limits.h"
+
+/* The facts hisa.h publishes are the ones the lower layers use. */
+_Static_assert(HISA_HEAD_DIM == HISA_D, "head dim");
+_Static_assert(HISA_MAX_HEADS == HISA_HEADS_MAX && HISA_MAX_BATCH == HISA_BATCH_MAX, "published limits");
+_Static_assert(HISA_MAX_PREFILL_QUERIES == HISA_PREFILL_MAX && HISA_MAX_CONTEXT == HISA_CONTEXT_MAX,
+               "published limits");
+_Static_assert(HISA_MAX_TOPK == HISA_TOPK_MAX && HISA_MAX_TOP_BLOCKS == HISA_TOP_BLOCKS_MAX, "published limits");
+_Static_assert((int)HISA_KEY_FP8 == (int)HISA__FMT_FP8 && (int)HISA_KEY_BF16 == (int)HISA__FMT_BF16, "key formats");
+_Static_assert(HISA_MODE_HISA == HISA_K_MODE_HISA && HISA_MODE_FLAT == HISA_K_MODE_FLAT, "modes");
+_Static_assert(HISA_K_EINVAL == HISA_EINVAL && HISA_K_ELIMIT == HISA_ELIMIT && HISA_K_EDEVICE == HISA_EDEVICE,
+               "launcher codes");
+
+/* Geometry derived once from a resolved configuration (plan.c). */
+typedef struct hisa__geom {
+    int64_t n_layers, n_heads, block_size, top_blocks, topk, key_format, payload_bytes;
+    int64_t max_seqs, max_context, n_pages, max_batch, max_prefill;
+    int64_t pages_per_seq;  /* ceil(max_context / B) */
+    int64_t page_bytes;     /* layout.h */
+    int64_t mask_words;     /* B / 32 */
+    int64_t rows;           /* max(max_batch, max_prefill): queries in flight on the GPU */
+    int64_t cpu, cuda;      /* 1/0 selectors for backend-only regions */
+} hisa__geom;
+
+struct hisa_runtime;
+
+/* The size table: X(name, c_type, space, count), count an expression over `const hisa__geom *g`
+ * (0 drops a region). It generates the plan's rows (plan.c) and the pointer struct below. */
+/* clang-format off */
+#define HISA__REGIONS(X) \
+    /* host: the runtime itself and the authoritative sequence tables */                          \
+    X(runtime,        struct hisa_runtime, HOST, 1)                                               \
+    X(seq_len,        int32_t,  HOST,   g->max_seqs)                                             \
+    X(seq_is_open,    uint8_t,  HOST,   g->max_seqs)                                             \
+    X(page_table,     int32_t,  HOST,   g->max_seqs * g->pages_per_seq)                          \
+    X(free_pages,     int32_t,  HOST,   g->n_pages)                                              \
+    X(free_seqs,      int32_t,  HOST,   g->max_seqs)                                             \
+    /* host, CPU backend only: selection scratch for one query */                                \
+    X(cpu_q,          float,    HOST,   g->cpu * g->n_heads * HISA_D)                            \
+    X(cpu_scores,     float,    HOST,   g->cpu * g->max_context)                                 \
+    X(cpu_ids,        int32_t,  HOST,   g->cpu * g->max_context)                                 \
+    X(cpu_blocks,     int32_t,  HOST,   g->cpu * g->top_blocks)                                  \
+    /* device (host memory on the CPU backend): the paged cache, layout.h */                     \
+    X(keys,           uint8_t,  DEVICE, g->n_layers * g->n_pages * g->page_bytes)                \
+    X(block_means,    uint16_t, DEVICE, g->n_layers * g->n_pages * HISA_D)                       \
+    X(block_masks,    uint32_t, DEVICE, g->n_layers * g->n_pages * g->mask_words)                \
+    X(block_sums,     float,    DEVICE, g->n_layers * g->max_seqs * HISA_D)                      \
+    X(sum_pages,      int32_t,  DEVICE, g->n_layers * g->max_seqs)                               \
+    X(payload,        uint8_t,  DEVICE, g->n_layers * g->n_pages * g->block_size * g->payload_bytes) \
+    /* device, CUDA only: mirrors of the sequence tables, selection scratch, staging */          \
+    X(dev_page_table, int32_t,  DEVICE, g->cuda * g->max_seqs * g->pages_per_seq)                \
+    X(dev_seq_len,    int32_t,  DEVICE, g->cuda * g->max_seqs)                                   \
+    X(sel_scores,     float,    DEVICE, g->cuda * g->rows * g->max_context)                      \
+    X(sel_block_scores, float,  DEVICE, g->cuda * g->rows * g->pages_per_seq)                    \
+    X(sel_blocks,     int32_t,  DEVICE, g->cuda * g->rows * g->top_blocks)                       \
+    X(sel_work,       uint32_t, DEVICE, g->cuda * hisa__sel_work_words(g))                       \
+    X(io_q,           float,    DEVICE, g->cuda * g->rows * g->n_heads * HISA_D)                 \
+    X(io_w,           float,    DEVICE, g->cuda * g->rows * g->n_heads)                          \
+    X(io_out,         int32_t,  DEVICE, g->cuda * g->rows * g->topk)                             \
+    X(io_keys,        float,    DEVICE, g->cuda * g->rows * HISA_D)                              \
+    X(io_codes,       uint8_t,  DEVICE, g->cuda * g->rows * HISA_D)                              \
+    X(io_scales,      float,    DEVICE, g->cuda * g->rows)                                       \
+    X(io_payload,     uint8_t,  DEVICE, g->cuda * g->rows * g->payload_bytes)
+/* clang-format on */
+
+#define HISA__REGION_FIELD(name, type, space, count) type *name;
+typedef struct hisa__regions {
+    HISA__REGIONS(HISA__REGION_FIELD)
+} hisa__regions;
+#undef HISA__REGION_FIELD
+
+#define HISA__REGION_ONE(name, type, space, count) +1
+enum { HISA__REGION_COUNT = 0 HISA__REGIONS(HISA__REGION_ONE) };
+#undef HISA__REGION_ONE
+
+_Static_assert(sizeof(hisa__regions) == HISA__REGION_COUNT * sizeof(void *), "region table and struct");
+_Static_assert(HISA__REGION_COUNT <= HISA_PLAN_REGIONS_MAX, "plan has too few region slots");
+
+/* A backend: the operations table chosen at open (cpu_backend.c, cuda_backend.c). Every entry
+ * gets validated input (api.c) and returns 0 or a negative HISA_E* code. */
+typedef struct hisa__backend {
+    const char *name;
+    const hisa__arena_mem *mem;   /* how the arena reserves for this backend */
+    const hisa__kv_ops *kv_ops;   /* the cache's device copy; be = start's choice (rt->kv.be) */
+    /* Before the arena: is the device there and supported? detail gets the reason if not. */
+    int (*probe)(int32_t device, hisa_k_device *dev, char *detail, size_t detail_bytes);
+    /* After carving, before the seal: device state, the cache's device copy emptied. */
+    int (*start)(struct hisa_runtime *rt);
+    int (*sync)(struct hisa_runtime *rt);
+    /* Keys of a batch (range_seq < 0: req->seq_ids / positions) or of a range of one sequence. */
+    int (*write)(struct hisa_runtime *rt, const hisa_write *req, int32_t range_seq, int32_t range_pos0);
+    int (*decode)(struct hisa_runtime *rt, const hisa_decode *req);
+    /* dev_flags: hisa_dev.h's HISA_DEV_* (0 for hisa_select_prefill). */
+    int (*prefill)(struct hisa_runtime *rt, const hisa_prefill *req, uint32_t dev_flags);
+} hisa__backend;
+
+extern const hisa__backend hisa__cpu_backend;
+extern const hisa__backend hisa__cuda_backend; /* without CUDA: probe says HISA_ENODEVICE */
 
 struct hisa_runtime {
-    hisa_plan plan;      /* plan.config is the resolved configuration */
+    hisa_plan plan;          /* plan.config is the resolved configuration */
     hisa__arena arena;
-    hisa__regions r;     /* every pointer carved from the arena */
+    hisa__regions r;         /* every pointer carved from the arena */
     hisa__geom g;
-
-    int32_t n_free_pages;     /* free_pages[0 .. n_free_pages) is the free stack */
-    int32_t pages_high_water;
-    int32_t n_free_seqs;      /* free_seqs[0 .. n_free_seqs) */
-    int32_t seqs_high_water;
-
-    int32_t is_cuda, cuda_ordinal, sm_count;
-    void *stream;             /* cudaStream_t */
+    hisa__kv kv;             /* page pool and sequence tables (kvcache/) */
+    const hisa__backend *be;
+    hisa_k_device dev;       /* CUDA: the device as read once at open (kernels.h) */
+    void *stream;            /* cudaStream_t */
     int32_t poisoned;
     char error_detail[256];
 };
 
-#define HISA__CHECK(cond, code) \
-    do {                        \
+#define HISA__CHECK(cond, code)     \
+    do {                            \
         if (!(cond)) return (code); \
     } while (0)
 
-/* Cheap bf16 / fp8 conversions shared by the CPU backend and the tests (kvcache/quant.c). */
-uint16_t hisa__bf16_from_f32(float x); /* round to nearest even; NaN stays NaN */
-float hisa__bf16_to_f32(uint16_t b);
-uint8_t hisa__e4m3_from_f32(float x);  /* RNE, saturating at +-448; NaN -> 0x7f */
-float hisa__e4m3_to_f32(uint8_t c);
-/* SPEC fp8 quantization of one 128-float key: scale = amax / 448 (1 if 0). */
-void hisa__quantize_fp8(const float *x, uint8_t *codes, float *scale);
-/* Dequantize token `offset` of a page into 128 floats (either format). */
-void hisa__dequant_token(const hisa_runtime *rt, const uint8_t *page, int32_t offset, float *out);
+/* plan.c: configuration rules, geometry, the plan. */
+int hisa__config_check(const hisa_config *in, hisa_config *out, const char **field, const char **rule);
+void hisa__geom_from_config(const hisa_config *resolved, hisa__geom *g);
+int64_t hisa__sel_work_words(const hisa__geom *g);
+int hisa__plan_build(const hisa_config *resolved, hisa_plan *plan);
 
-/* Page-level pointers. */
-static inline uint8_t *hisa__page(const hisa_runtime *rt, int32_t layer, int32_t page) {
-    return rt->r.keys + ((int64_t)layer * rt->g.n_pages + page) * rt->g.page_bytes;
+/* Record a failed device call and poison the runtime; returns HISA_EDEVICE. */
+int hisa__device_failed(struct hisa_runtime *rt, const char *stmt, const char *file, int line, const char *msg);
+
+/* Shorthands over layout.h for the runtime's own cache. */
+static inline uint8_t *hisa__page(const struct hisa_runtime *rt, int32_t layer, int32_t page) {
+    return hisa__kv_page(&rt->kv, layer, page);
 }
-static inline int64_t hisa__summary_index(const hisa_runtime *rt, int32_t layer, int32_t page) {
-    return (int64_t)layer * rt->g.n_pages + page;
+static inline int64_t hisa__summary_index(const struct hisa_runtime *rt, int32_t layer, int32_t page) {
+    return hisa__layer_index(layer, rt->g.n_pages, page);
 }
-static inline int32_t hisa__blocks_of(int64_t len, int32_t B) { return (int32_t)((len + B - 1) / B); }
+static inline int hisa__seq_valid(const struct hisa_runtime *rt, int32_t seq) { return hisa__kv_seq_valid(&rt->kv, seq); }
+static inline int hisa__is_cuda(const struct hisa_runtime *rt) { return rt->be == &hisa__cuda_backend; }
 
-/* kvcache/ : the cache state machine (host tables, CPU data path, CUDA mirrors through kernels). */
-int hisa__kv_init(hisa_runtime *rt);
-int hisa__kv_seq_open(hisa_runtime *rt, int32_t *seq_out);
-int hisa__kv_seq_close(hisa_runtime *rt, int32_t seq);
-int hisa__kv_seq_extend(hisa_runtime *rt, int32_t seq, int32_t n);
-int hisa__kv_seq_truncate(hisa_runtime *rt, int32_t seq, int32_t len);
-int hisa__kv_write(hisa_runtime *rt, const hisa_write *req, int32_t range_seq, int32_t range_pos0,
-                   int is_range);
-int hisa__seq_valid(const hisa_runtime *rt, int32_t seq);
-
-/* runtime/cpu_backend.c: the reference. */
-int hisa__cpu_write_token(hisa_runtime *rt, int32_t layer, int32_t seq, int32_t pos,
-                          const float *key, const uint8_t *codes, const float *scale,
-                          const uint8_t *payload);
-void hisa__cpu_recompute_block(hisa_runtime *rt, int32_t layer, int32_t page);
-int hisa__cpu_select_one(hisa_runtime *rt, int32_t layer, hisa_mode mode, int32_t seq, int32_t t,
-                         const float *q, const float *w, int32_t out_slots, int32_t *out);
-/* Scores for tests: I(s) for s in 0..t into I[t+1]; J(b) for b in 0..last into J[last+1]
- * (J of blocks 0 and last is computed too, though never ranked). */
-int hisa__cpu_scores(hisa_runtime *rt, int32_t layer, int32_t seq, int32_t t, const float *q,
+/* cpu_backend.c: the reference selection, for the tests too. */
+/* Scores: I(s) for s in 0..t into I[t+1]; J(b) for b in 0..t/B into J[t/B+1] (J of blocks 0 and
+ * last too, though never ranked). */
+int hisa__cpu_scores(struct hisa_runtime *rt, int32_t layer, int32_t seq, int32_t t, const float *q,
                      const float *w, float *I, float *J);
+/* One query at position t of seq (validated): k entries into out, -1 padded; slots on request. */
+int hisa__cpu_select_one(const struct hisa_runtime *rt, int32_t layer, hisa_mode mode, int32_t seq, int32_t t,
+                         const float *q, const float *w, int out_slots, int32_t *out);
 /* Top-k of scores[i] for ids[i] (ids ascending); ties to the lower id. Writes the selected ids
  * in ascending order into out, returns how many (min(n, k)). Reference radix select. */
 int32_t hisa__topk_ref(const float *scores, const int32_t *ids, int32_t n, int32_t k, int32_t *out);
-
-/* runtime/cuda_backend.c (compiled with CUDA=1; stubs returning HISA_ENODEVICE otherwise). */
-int hisa__cuda_probe(int32_t ordinal, int32_t *sm_count);
-int hisa__cuda_after_open(hisa_runtime *rt);
-int hisa__cuda_seq_set(hisa_runtime *rt, int32_t seq, int32_t first_index, int32_t n_new);
-int hisa__cuda_truncate(hisa_runtime *rt, int32_t seq, int32_t len, int32_t page);
-int hisa__cuda_poison_page(hisa_runtime *rt, int32_t page);
-int hisa__cuda_write(hisa_runtime *rt, const hisa_write *req, int32_t range_seq, int32_t range_pos0,
-                     int is_range);
-/* Decode selection: one query per sequence at its last position. */
-int hisa__cuda_select(hisa_runtime *rt, int32_t layer, hisa_mode mode, int32_t n_rows,
-                      const int32_t *seq_ids, const float *q, const float *w, int32_t *out,
-                      uint32_t flags);
-/* Prefill chunk: n_q queries at t0 .. t0+n_q-1 of seq (validated by the caller). Two internal
- * flags, for benchmarks and tests only (hisa_select_prefill refuses them): run the scoring
- * kernels alone (out untouched; scores and kept blocks stay in the scratch), and score fp8 keys
- * with bf16 instead of fp16 operands (hisa_k_prefill_params.variant 1). */
-#define HISA__PF_SCORING_ONLY (1u << 30)
-#define HISA__PF_VARIANT_ALT (1u << 29)
-int hisa__cuda_prefill(hisa_runtime *rt, int32_t layer, hisa_mode mode, int32_t seq, int32_t t0,
-                       int32_t n_q, const float *q, const float *w, int32_t *out, uint32_t flags);
-int hisa__cuda_sync(hisa_runtime *rt);
-/* Record a failed CUDA call and poison the runtime; returns HISA_EDEVICE. */
-int hisa__device_failed(hisa_runtime *rt, const char *stmt, const char *file, int line,
-                        const char *msg);
 
 #endif /* HISA_INTERNAL_H */

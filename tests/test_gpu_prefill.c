@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../runtime/hisa_dev.h"
 #include "../runtime/internal.h"
 #include "common.h"
 #include "test.h"
@@ -88,13 +89,25 @@ static int pf_truncate(hisa_test_ctx *ctx, pf_pair *p, int32_t len) {
     return (e1 || e2) ? -1 : 0;
 }
 
+/* The CUDA backend's prefill entry straight (validation is api.c's, tested elsewhere); PF_ALT
+ * in flags asks for the bf16-operand variant of the fp8 path (hisa_dev.h). */
+#define PF_ALT (1u << 29)
+static int pf_call(hisa_runtime *g, hisa_mode mode, int32_t seq, int32_t t0, int32_t n_q, const float *q,
+                   const float *w, int32_t *out, uint32_t flags) {
+    hisa_prefill req = {.layer = 0, .mode = mode, .seq = seq, .t0 = t0, .n_q = n_q, .q = q, .w = w, .out = out,
+                        .flags = flags & ~PF_ALT};
+    return g->be->prefill(g, &req, (flags & PF_ALT) ? HISA_DEV_VARIANT_ALT : 0);
+}
+
 /* The CPU runtime's cache bytes and page table into the GPU runtime's device arena. */
 static int pf_sync_bytes(hisa_test_ctx *ctx, pf_pair *p) {
     hisa_runtime *c = p->cpu, *g = p->gpu;
     int64_t L = c->g.n_layers, pages = c->g.n_pages;
     int ok = hisa_sync(g) == HISA_OK;
     ok = ok && cudaMemcpy(g->r.keys, c->r.keys, (size_t)(L * pages * c->g.page_bytes), cudaMemcpyHostToDevice) == cudaSuccess;
-    ok = ok && cudaMemcpy(g->r.block_sums, c->r.block_sums, sizeof(float) * (size_t)(L * pages * 128),
+    ok = ok && cudaMemcpy(g->r.block_sums, c->r.block_sums, sizeof(float) * (size_t)(L * c->g.max_seqs * 128),
+                          cudaMemcpyHostToDevice) == cudaSuccess;
+    ok = ok && cudaMemcpy(g->r.sum_pages, c->r.sum_pages, sizeof(int32_t) * (size_t)(L * c->g.max_seqs),
                           cudaMemcpyHostToDevice) == cudaSuccess;
     ok = ok && cudaMemcpy(g->r.block_means, c->r.block_means, sizeof(uint16_t) * (size_t)(L * pages * 128),
                           cudaMemcpyHostToDevice) == cudaSuccess;
@@ -122,7 +135,7 @@ static void pf_token_key(const pf_pair *p, int32_t s, float *key) {
     const hisa_runtime *c = p->cpu;
     int32_t B = (int32_t)c->g.block_size;
     int32_t page = c->r.page_table[(int64_t)p->seq * c->g.pages_per_seq + s / B];
-    hisa__dequant_token(c, hisa__page(c, 0, page), s % B, key);
+    hisa__kv_dequant(&c->kv, hisa__page(c, 0, page), s % B, key);
 }
 static void pf_mean_key(const pf_pair *p, int32_t b, float *key) {
     const hisa_runtime *c = p->cpu;
@@ -247,14 +260,14 @@ static void pf_chunk(hisa_test_ctx *ctx, pf_pair *p, hisa_mode mode, int32_t t0,
         REQUIRE(cudaMemcpy(dq, q, sizeof(float) * (size_t)n_q * H * 128, cudaMemcpyHostToDevice) == cudaSuccess);
         REQUIRE(cudaMemcpy(dw, w, sizeof(float) * (size_t)n_q * H, cudaMemcpyHostToDevice) == cudaSuccess);
         REQUIRE(cudaMemcpy(dout, out, sizeof(int32_t) * (size_t)n_q * k, cudaMemcpyHostToDevice) == cudaSuccess);
-        err = hisa__cuda_prefill(g, 0, mode, p->seq, t0, n_q, dq, dw, dout, flags);
+        err = pf_call(g, mode, p->seq, t0, n_q, dq, dw, dout, flags);
         REQUIRE(hisa_sync(g) == HISA_OK);
         REQUIRE(cudaMemcpy(out, dout, sizeof(int32_t) * (size_t)n_q * k, cudaMemcpyDeviceToHost) == cudaSuccess);
         cudaFree(dq);
         cudaFree(dw);
         cudaFree(dout);
     } else {
-        err = hisa__cuda_prefill(g, 0, mode, p->seq, t0, n_q, q, w, out, flags | HISA_HOST_IO);
+        err = pf_call(g, mode, p->seq, t0, n_q, q, w, out, flags | HISA_HOST_IO);
     }
     CHECKF(err == HISA_OK, "%s: prefill: %s (%s)", what, hisa_strerror(err), hisa_error_detail(g));
     if (err) goto out;
@@ -321,7 +334,7 @@ HISA_TEST(gpu_prefill_short) {
             snprintf(what, sizeof what, "fmt %d mode %d chunk 1023+1024 device io", fmt, mode);
             pf_chunk(ctx, &p, (hisa_mode)mode, 1023, 1024, 0, 1, 0, 500, what);
             snprintf(what, sizeof what, "fmt %d mode %d chunk 500+128 bf16 operands", fmt, mode);
-            pf_chunk(ctx, &p, (hisa_mode)mode, 500, 128, HISA__PF_VARIANT_ALT, 0, 0, 550, what);
+            pf_chunk(ctx, &p, (hisa_mode)mode, 500, 128, PF_ALT, 0, 0, 550, what);
         }
         pf_close(&p);
     }
@@ -349,7 +362,7 @@ HISA_TEST(gpu_prefill_truncate) {
 }
 
 /* Head counts that pad (20 -> 32) and the other tile shapes (64: 4 queries per tile, 128: 2);
- * both operand types of the fp8 path (fp16 by default, bf16 with HISA__PF_VARIANT_ALT). */
+ * both operand types of the fp8 path (fp16 by default, bf16 with PF_ALT). */
 HISA_TEST(gpu_prefill_heads) {
     static const int32_t heads[] = {20, 64, 128};
     for (int hi = 0; hi < 3; hi++)
@@ -367,7 +380,7 @@ HISA_TEST(gpu_prefill_heads) {
                 pf_chunk(ctx, &p, (hisa_mode)mode, 3000 - n_q, n_q, 0, 0, 0, 800, what);
                 snprintf(what, sizeof what, "H %d fmt %d mode %d chunk %d+%d bf16 operands", heads[hi], fmt, mode,
                          3000 - n_q, n_q);
-                pf_chunk(ctx, &p, (hisa_mode)mode, 3000 - n_q, n_q, HISA__PF_VARIANT_ALT, 0, 0, 850, what);
+                pf_chunk(ctx, &p, (hisa_mode)mode, 3000 - n_q, n_q, PF_ALT, 0, 0, 850, what);
             }
             pf_close(&p);
         }
@@ -386,7 +399,7 @@ HISA_TEST(gpu_prefill_long) {
         snprintf(what, sizeof what, "32K fmt %d hisa", fmt);
         pf_chunk(ctx, &p, HISA_MODE_HISA, 32768 - 1024, 1024, 0, 1, 12, 900, what);
         snprintf(what, sizeof what, "32K fmt %d hisa bf16 operands", fmt);
-        pf_chunk(ctx, &p, HISA_MODE_HISA, 32768 - 1024, 1024, HISA__PF_VARIANT_ALT, 1, 6, 905, what);
+        pf_chunk(ctx, &p, HISA_MODE_HISA, 32768 - 1024, 1024, PF_ALT, 1, 6, 905, what);
         snprintf(what, sizeof what, "32K fmt %d flat", fmt);
         pf_chunk(ctx, &p, HISA_MODE_FLAT, 32768 - 128, 128, 0, 0, 4, 901, what);
         if (pf_append(ctx, &p, 131072 - 32768, 41) || pf_sync_bytes(ctx, &p)) {
@@ -423,7 +436,7 @@ HISA_TEST(gpu_prefill_decode_agree) {
             int32_t dblocks[8], pblocks[8];
             int e1 = hisa_select_decode(p.gpu, &d);
             int ok = !e1 && cudaMemcpy(dblocks, p.gpu->r.sel_blocks, sizeof dblocks, cudaMemcpyDeviceToHost) == cudaSuccess;
-            int e2 = hisa__cuda_prefill(p.gpu, 0, (hisa_mode)mode, p.seq, t, 1, q, w, pre, HISA_HOST_IO);
+            int e2 = pf_call(p.gpu, (hisa_mode)mode, p.seq, t, 1, q, w, pre, HISA_HOST_IO);
             ok = ok && !e2 && cudaMemcpy(pblocks, p.gpu->r.sel_blocks, sizeof pblocks, cudaMemcpyDeviceToHost) == cudaSuccess;
             CHECKF(ok, "fmt %d mode %d: decode %s, prefill %s (%s)", fmt, mode, hisa_strerror(e1), hisa_strerror(e2),
                    hisa_error_detail(p.gpu));
@@ -464,7 +477,6 @@ HISA_TEST(gpu_prefill_short) {
     int err = hisa_open(&rt, &cfg, NULL);
     hisa_close(rt);
     CHECK_EQ_INT(err, HISA_ENODEVICE);
-    CHECK_EQ_INT(hisa__cuda_prefill(NULL, 0, HISA_MODE_HISA, 0, 0, 1, NULL, NULL, NULL, 0), HISA_ENODEVICE);
     SKIP("no CUDA device");
 }
 

@@ -170,7 +170,8 @@ HISA_TEST(limits_largest_plan_is_exact) {
                 unsigned __int128 bytes;
             } want[] = {
                 {"keys", L * P * page_bytes},
-                {"block_sums", L * P * 128 * 4},
+                {"block_sums", L * HISA_SEQS_MAX * 128 * 4}, /* one running sum per sequence */
+                {"sum_pages", L * HISA_SEQS_MAX * 4},
                 {"block_means", L * P * 128 * 2},
                 {"payload", L * P * B * HISA_PAYLOAD_MAX},
                 {"page_table", (unsigned __int128)HISA_SEQS_MAX * (HISA_CONTEXT_MAX / 32) * 4},
@@ -320,7 +321,7 @@ static void tiny_key_child(void *arg) {
     if (hisa_write_keys(rt, &w)) _exit(12);
     float deq[128];
     int32_t page = rt->r.page_table[0];
-    hisa__dequant_token(rt, hisa__page(rt, 0, page), 0, deq);
+    hisa__kv_dequant(&rt->kv, hisa__page(rt, 0, page), 0, deq);
     for (int d = 0; d < 128; d++) {
         if (!isfinite(deq[d]) || fabsf(deq[d] - key[d]) > 1e-30f) _exit(13);
         if (!isfinite(hisa__bf16_to_f32(rt->r.block_means[page * 128 + d]))) _exit(14);
@@ -384,19 +385,20 @@ HISA_TEST(limits_non_finite_keys_do_not_poison_summaries) {
             double exact[128] = {0};
             float deq[128];
             for (int32_t off = 0; off < 20; off++) {
-                hisa__dequant_token(rt, hisa__page(rt, 0, page), off, deq);
+                hisa__kv_dequant(&rt->kv, hisa__page(rt, 0, page), off, deq);
                 for (int d = 0; d < 128; d++) exact[d] += deq[d];
             }
             int bad_dims = 0;
+            CHECK_EQ_INT(rt->r.sum_pages[seq], page); /* layer 0's running sum is this block's */
             for (int d = 0; d < 128; d++) {
-                float sum = rt->r.block_sums[page * 128 + d], mean = hisa__bf16_to_f32(rt->r.block_means[page * 128 + d]);
+                float sum = rt->r.block_sums[seq * 128 + d], mean = hisa__bf16_to_f32(rt->r.block_means[page * 128 + d]);
                 if (!(fabs(sum - exact[d]) <= 1e-4) || !(fabs(mean - exact[d] / 20) <= fabs(exact[d] / 20) * 0x1p-7 + 1e-5))
                     bad_dims++;
             }
             CHECKF(bad_dims == 0, "fmt %d %s written then replaced: %d dims of the block summary are wrong "
                                   "(sum[9] = %g, mean[9] = %g, want %g)",
                    fmt, kind == 0 ? "NaN key" : kind == 1 ? "+inf key" : kind == 2 ? "-inf key" : "NaN fp8 code",
-                   bad_dims, rt->r.block_sums[page * 128 + 9], hisa__bf16_to_f32(rt->r.block_means[page * 128 + 9]),
+                   bad_dims, rt->r.block_sums[seq * 128 + 9], hisa__bf16_to_f32(rt->r.block_means[page * 128 + 9]),
                    exact[9] / 20);
             hisa_close(rt);
         }
@@ -427,7 +429,7 @@ static void two_blocks_child(void *arg) {
     if (hisa_select_decode(rt, &d)) _exit(13);
     for (int32_t s = 0; s < n; s++) {
         int32_t page = rt->r.page_table[s / B];
-        hisa__dequant_token(rt, hisa__page(rt, 0, page), s % B, deq + s * 128);
+        hisa__kv_dequant(&rt->kv, hisa__page(rt, 0, page), s % B, deq + s * 128);
     }
     for (int32_t b = 0; b < 7; b++)
         for (int dd = 0; dd < 128; dd++) means[b * 128 + dd] = hisa__bf16_to_f32(rt->r.block_means[rt->r.page_table[b] * 128 + dd]);

@@ -43,7 +43,7 @@
 #include <string.h>
 #include <cub/block/block_scan.cuh>
 
-#include "common.cuh"
+#include "../common.cuh"
 
 namespace {
 
@@ -115,7 +115,7 @@ __device__ __forceinline__ row_desc describe(const sel_args &a, int r) {
     d.n = max(d.n, 0);
     d.nb = (d.n + B - 1) / B;
     d.last = d.nb - 1;
-    d.path = d.n <= k ? PATH_TRIVIAL : ((p.mode == HISA_MODE_FLAT || d.nb <= m) ? PATH_FLAT : PATH_HISA);
+    d.path = d.n <= k ? PATH_TRIVIAL : ((p.mode == HISA_K_MODE_FLAT || d.nb <= m) ? PATH_FLAT : PATH_HISA);
     if (a.stage == STAGE_BLOCKS) {
         d.active = d.path == PATH_HISA;
         d.L = d.valid = d.active ? d.last - 1 : 0;
@@ -143,7 +143,7 @@ __device__ __forceinline__ int32_t token_value(const sel_args &a, const row_desc
     const int B = p.cache.block_size;
     int pos = idx;
     if (d.path == PATH_HISA) pos = p.scratch.blocks[(int64_t)d.crow * p.top_blocks + idx / B] * B + idx % B;
-    if (p.out_slots) pos = p.cache.page_table[(int64_t)d.seq * p.cache.pages_per_seq + pos / B] * B + pos % B;
+    if (p.out_slots) pos = (int32_t)hisa__slot(p.cache.page_table[(int64_t)d.seq * p.cache.pages_per_seq + pos / B], B, pos % B);
     return pos;
 }
 
@@ -344,13 +344,7 @@ __global__ void __launch_bounds__(kScoreThreads, 3) score_kernel(const sel_args 
             for (int idx = n_vec + tid; idx < n_mt * 16 * (HISA_D / 4); idx += kScoreThreads) qb[idx] = make_uint2(0u, 0u);
             __syncthreads();
             for (int h = tid; h < n_mt * 16; h += kScoreThreads) {
-                int e = 0;
-                float mx = __uint_as_float(amax_s[h]);
-                if (F16 && h < H && mx > 0.0f && isfinite(mx)) {
-                    int ex;
-                    frexpf(mx, &ex); /* mx < 2^ex */
-                    e = min(max(15 - ex, -120), 120);
-                }
+                const int e = F16 && h < H ? hisa__k_q_f16_shift(__uint_as_float(amax_s[h])) : 0;
                 esm[h] = e;
                 wsm[h] = h < H ? w[h] * pow2(-e) : 0.0f;
             }
@@ -419,14 +413,14 @@ __global__ void __launch_bounds__(kScoreThreads, 3) score_kernel(const sel_args 
                 } else {
                     const int page = pg[e0 / B - s0], off0 = e0 % B;
                     const uint8_t *pbase = cache.keys + (layer_pages + page) * cache.page_bytes;
-                    const uint8_t *src = pbase + (int64_t)off0 * kRowBytes;
+                    const uint8_t *src = pbase + (F16 ? hisa__code_offset(off0) : hisa__bf16_offset(off0));
                     constexpr int CHUNKS = kRowBytes / 16;
 #pragma unroll
                     for (int k = 0; k < 32 * CHUNKS / 32; k++) {
                         int q = lane + 32 * k, t = q / CHUNKS, ch = q % CHUNKS;
                         cp_async16(dst + t * kRowBytes + 16 * (ch ^ ((t & 1) << 2)), src + 16 * q);
                     }
-                    if (F16 && lane < 8) cp_async16(dst + 32 * kRowBytes + 16 * lane, pbase + (int64_t)B * 128 + off0 * 4 + 16 * lane);
+                    if (F16 && lane < 8) cp_async16(dst + 32 * kRowBytes + 16 * lane, pbase + hisa__scale_offset(B, off0) + 16 * lane);
                 }
             }
             cp_async_commit(); /* possibly empty: keeps the group count uniform */
@@ -756,10 +750,7 @@ __device__ void finish_row(const sel_args &a, const row_desc &d, uint32_t *cand_
             for (int j = 0; j < n_mid; j++) rank += cand_s[j] < v;
             blocks[1 + rank] = (int32_t)v;
         }
-        if (tid == 0) {
-            blocks[0] = 0;
-            blocks[m - 1] = d.last;
-        }
+        if (tid == 0) hisa__keep_forced(blocks, m, d.last);
     }
 }
 
@@ -858,23 +849,26 @@ size_t score_dyn_smem(int src, int n_mt) {
 
 constexpr size_t kFinishDynSmem = 2 * kSmemCand * sizeof(uint32_t);
 
-int g_init_done = 0;
-
-int init_once(void) {
-    if (g_init_done) return HISA_K_OK;
-    if (cudaFuncSetAttribute(select_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)kFinishDynSmem) !=
-            cudaSuccess ||
-        cudaFuncSetAttribute(score_kernel<SRC_FP8>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             (int)score_dyn_smem(SRC_FP8, kMaxMTiles)) != cudaSuccess ||
-        cudaFuncSetAttribute(score_kernel<SRC_BF16>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             (int)score_dyn_smem(SRC_BF16, kMaxMTiles)) != cudaSuccess ||
-        cudaFuncSetAttribute(score_kernel<SRC_MEANS>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             (int)score_dyn_smem(SRC_MEANS, kMaxMTiles)) != cudaSuccess)
-        return HISA_K_EDEVICE;
-    g_init_done = 1;
-    return HISA_K_OK;
+int set_smem(const void *kernel, size_t bytes) {
+    return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes) == cudaSuccess
+               ? HISA_K_OK
+               : HISA_K_EDEVICE;
 }
 
+/* The scoring kernel's CTAs per SM for each head-tile count (its grid is one full wave; its
+ * shared memory, so its occupancy, grows with the heads). */
+template <int SRC>
+int score_init(hisa_k_device *dev) {
+    if (set_smem((const void *)score_kernel<SRC>, score_dyn_smem(SRC, kMaxMTiles))) return HISA_K_EDEVICE;
+    for (int n_mt = 1; n_mt <= kMaxMTiles; n_mt++) {
+        int occ = 0;
+        if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, score_kernel<SRC>, kScoreThreads,
+                                                          score_dyn_smem(SRC, n_mt)) != cudaSuccess)
+            return HISA_K_EDEVICE;
+        dev->score_ctas_per_sm[SRC][n_mt - 1] = occ > 0 ? occ : 1;
+    }
+    return HISA_K_OK;
+}
 
 /* Launch with or without a programmatic dependency on the previous kernel of the stream. */
 template <typename... Args>
@@ -897,10 +891,7 @@ template <int SRC>
 int launch_score(const sel_args &a, cudaStream_t s, bool pdl) {
     int n_mt = (a.p.cache.n_heads + 15) / 16;
     size_t smem = score_dyn_smem(SRC, n_mt);
-    int occ = 0;
-    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, score_kernel<SRC>, kScoreThreads, smem) != cudaSuccess)
-        return HISA_K_EDEVICE;
-    int grid = max(1, a.p.sm_count) * max(1, occ);
+    int grid = a.p.dev.sm_count * a.p.dev.score_ctas_per_sm[SRC][n_mt - 1];
     return launch(score_kernel<SRC>, dim3(grid), dim3(kScoreThreads), smem, s, pdl, a);
 }
 
@@ -913,60 +904,60 @@ int slices_for(int sm_count, int n_rows, int64_t max_len) {
 }
 
 int launch_topk(const sel_args &a, int64_t max_len, cudaStream_t s) {
-    int X = slices_for(a.p.sm_count, a.n_rows, max_len);
+    int X = slices_for(a.p.dev.sm_count, a.n_rows, max_len);
     return launch(select_kernel, dim3(X, a.n_rows), dim3(kFinishThreads), kFinishDynSmem, s, true, a, X);
 }
 
 } // namespace
 
-extern "C" int hisa_k_init(void) { return init_once(); }
+/* Called by hisa_k_init (device.cu) for every runtime, with its device current. */
+int hisa__k_select_init(hisa_k_device *dev) {
+    int err = set_smem((const void *)select_kernel, kFinishDynSmem);
+    if (!err) err = score_init<SRC_FP8>(dev);
+    if (!err) err = score_init<SRC_BF16>(dev);
+    if (!err) err = score_init<SRC_MEANS>(dev);
+    return err;
+}
 
 extern "C" int hisa_k_select(void *stream, const hisa_k_select_params *p) {
     if (!p || !p->q || !p->w || !p->out || !p->scratch.scores || !p->scratch.block_scores ||
         !p->scratch.blocks || !p->scratch.work)
         return HISA_K_EINVAL;
     const hisa_k_cache &c = p->cache;
-    if (c.n_heads < 1 || c.n_heads > HISA_HEADS_MAX || c.block_size < HISA_BLOCK_MIN ||
-        c.block_size > HISA_BLOCK_MAX || (c.block_size & 31) || p->layer < 0 || p->layer >= c.n_layers)
-        return HISA_K_EINVAL;
-    if (p->topk < 1 || p->topk > HISA_TOPK_MAX || p->top_blocks < 2 || p->top_blocks > HISA_TOP_BLOCKS_MAX ||
-        (int64_t)(p->top_blocks - 1) * c.block_size < p->topk)
-        return HISA_K_EINVAL;
+    if (!hisa__k_select_shape_ok(c, p->layer, p->top_blocks, p->topk)) return HISA_K_EINVAL;
     if (p->n_rows < 1 || p->n_rows > HISA_BATCH_MAX ||
         p->n_rows > p->scratch_rows)
         return HISA_K_ELIMIT;
     if (p->max_context < 1 || p->max_context > HISA_CONTEXT_MAX) return HISA_K_ELIMIT;
     if ((int64_t)p->scratch_rows * hisa_k_work_row_words(p->max_context) > p->scratch.work_words) return HISA_K_EINVAL;
-    if (p->mode != HISA_MODE_HISA && p->mode != HISA_MODE_FLAT) return HISA_K_EINVAL;
-    int err = init_once();
-    if (err) return err;
+    if (p->mode != HISA_K_MODE_HISA && p->mode != HISA_K_MODE_FLAT) return HISA_K_EINVAL;
+    if (p->dev.sm_count < 1) return HISA_K_EINVAL; /* hisa_k_init not run */
+    int err = HISA_K_OK;
     cudaStream_t s = (cudaStream_t)stream;
-    for (int row0 = 0; row0 < p->n_rows; row0 += HISA_K_ROWS_PER_LAUNCH) {
-        sel_args a;
-        a.p = *p;
-        a.row0 = row0;
-        a.n_rows = min(HISA_K_ROWS_PER_LAUNCH, p->n_rows - row0);
-        a.raw_scores = nullptr;
-        a.raw_stride = 0;
-        a.raw_n = 0;
-        a.work_row_words = hisa_k_work_row_words(p->max_context);
-        a.cand_cap = (int)hisa_k_cand_cap(p->max_context);
-        /* the chain's first kernel follows foreign work (key writes, table updates): no PDL */
-        if (p->mode == HISA_MODE_HISA) {
-            a.stage = STAGE_BLOCKS;
-            if ((err = launch_score<SRC_MEANS>(a, s, false))) return err;
-            if ((err = launch_topk(a, c.pages_per_seq, s))) return err;
-        }
-        a.stage = STAGE_TOKENS;
-        const bool pdl = p->mode == HISA_MODE_HISA;
-        err = c.key_format == HISA_KEY_FP8 ? launch_score<SRC_FP8>(a, s, pdl) : launch_score<SRC_BF16>(a, s, pdl);
-        if (err) return err;
-        /* in HISA mode no row scores more than m * B entries */
-        int64_t max_len = p->mode == HISA_MODE_HISA ? min((int64_t)p->max_context, (int64_t)p->top_blocks * c.block_size)
-                                                    : (int64_t)p->max_context;
-        if ((err = launch_topk(a, max_len, s))) return err;
+    static_assert(HISA_BATCH_MAX <= HISA_K_ROWS_PER_LAUNCH, "a decode batch is one launch group");
+    sel_args a;
+    a.p = *p;
+    a.row0 = 0;
+    a.n_rows = p->n_rows;
+    a.raw_scores = nullptr;
+    a.raw_stride = 0;
+    a.raw_n = 0;
+    a.work_row_words = hisa_k_work_row_words(p->max_context);
+    a.cand_cap = (int)hisa_k_cand_cap(p->max_context);
+    /* the chain's first kernel follows foreign work (key writes, table updates): no PDL */
+    if (p->mode == HISA_K_MODE_HISA) {
+        a.stage = STAGE_BLOCKS;
+        if ((err = launch_score<SRC_MEANS>(a, s, false))) return err;
+        if ((err = launch_topk(a, c.pages_per_seq, s))) return err;
     }
-    return HISA_K_OK;
+    a.stage = STAGE_TOKENS;
+    const bool pdl = p->mode == HISA_K_MODE_HISA;
+    err = c.key_format == HISA__FMT_FP8 ? launch_score<SRC_FP8>(a, s, pdl) : launch_score<SRC_BF16>(a, s, pdl);
+    if (err) return err;
+    /* in HISA mode no row scores more than m * B entries */
+    int64_t max_len = p->mode == HISA_K_MODE_HISA ? min((int64_t)p->max_context, (int64_t)p->top_blocks * c.block_size)
+                                                : (int64_t)p->max_context;
+    return launch_topk(a, max_len, s);
 }
 
 extern "C" int hisa_k_topk(void *stream, const hisa_k_topk_params *tp) {
@@ -974,15 +965,15 @@ extern "C" int hisa_k_topk(void *stream, const hisa_k_topk_params *tp) {
     if (tp->k < 1 || tp->k > HISA_TOPK_MAX || tp->n < 0 || tp->n > HISA_CONTEXT_MAX || tp->stride < tp->n)
         return HISA_K_EINVAL;
     if (tp->n_rows < 1 || tp->n_rows > HISA_K_ROWS_PER_LAUNCH) return HISA_K_ELIMIT;
-    int err = init_once();
-    if (err) return err;
+    if (tp->dev.sm_count < 1) return HISA_K_EINVAL; /* hisa_k_init not run */
+    int err = HISA_K_OK;
     cudaStream_t s = (cudaStream_t)stream;
     sel_args a;
     memset(&a, 0, sizeof a);
     a.p.topk = tp->k;
     a.p.out = tp->out;
     a.p.scratch.work = tp->work;
-    a.p.sm_count = tp->sm_count;
+    a.p.dev = tp->dev;
     a.stage = STAGE_RAW;
     a.row0 = 0;
     a.n_rows = tp->n_rows;
@@ -992,7 +983,7 @@ extern "C" int hisa_k_topk(void *stream, const hisa_k_topk_params *tp) {
     a.work_row_words = hisa_k_work_row_words(tp->n);
     a.cand_cap = (int)hisa_k_cand_cap(tp->n);
     /* the histogram is a plain streaming pass: many small slices (several CTAs per SM) */
-    const int want = (8 * max(tp->sm_count, 1) + tp->n_rows - 1) / tp->n_rows;
+    const int want = (8 * tp->dev.sm_count + tp->n_rows - 1) / tp->n_rows;
     const int X = max(1, min(want, (tp->n + 2047) / 2048));
     hist_kernel<<<dim3(X, tp->n_rows), kSplitThreads, 0, s>>>(a, X);
     if ((err = hisa__k_launch_status())) return err;

@@ -39,7 +39,7 @@
 #include <assert.h>
 #include <string.h>
 
-#include "common.cuh"
+#include "../common.cuh"
 #include "prefill.cuh"
 
 namespace {
@@ -146,9 +146,7 @@ __global__ void __launch_bounds__(kScoreThreads, N >= 128 ? 1 : 2) score_kernel(
             }
 #pragma unroll
             for (int o = 1; o < 16; o <<= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
-            int ex = 0;
-            if (amax > 0.0f && amax <= 3.0e38f) (void)frexpf(amax, &ex); /* amax in [2^(ex-1), 2^ex) */
-            const int sh = amax > 0.0f ? 15 - ex : 0;                /* amax * 2^sh in [2^14, 2^15) */
+            const int sh = hisa__k_q_f16_shift(amax);
 #pragma unroll
             for (int e = 0; e < 4; e++) {
                 __half2 hv = __floats2half2_rn(ldexpf(v[e].x, sh), ldexpf(v[e].y, sh));
@@ -204,10 +202,10 @@ __global__ void __launch_bounds__(kScoreThreads, N >= 128 ? 1 : 2) score_kernel(
                 const uint8_t *page = c.keys + (layer_pages + page_id) * c.page_bytes;
                 int off = r % B;
                 if (FP8) {
-                    row = page + (int64_t)off * HISA_D;
-                    sc[hr] = __ldg(reinterpret_cast<const float *>(page + (int64_t)B * HISA_D) + off);
+                    row = page + hisa__code_offset(off);
+                    sc[hr] = __ldg(reinterpret_cast<const float *>(page + hisa__scale_offset(B, off)));
                 } else {
-                    row = page + (int64_t)off * HISA_D * 2;
+                    row = page + hisa__bf16_offset(off);
                 }
             }
             const uint4 *src = reinterpret_cast<const uint4 *>(row) + RAW * t4;
@@ -463,7 +461,8 @@ __device__ void row_topk(const float *row, int n, int k, topk_smem<CAP> &s, Emit
 
 __device__ __forceinline__ int to_slot(const hisa_k_prefill_params &p, int pos) {
     const int B = p.cache.block_size;
-    return p.out_slots ? p.cache.page_table[(int64_t)p.seq * p.cache.pages_per_seq + pos / B] * B + pos % B : pos;
+    return p.out_slots ? (int)hisa__slot(p.cache.page_table[(int64_t)p.seq * p.cache.pages_per_seq + pos / B], B, pos % B)
+                       : pos;
 }
 
 /* HISA rows: kept blocks = 0, the best m-2 of 1..last-1 by J, last; ascending. */
@@ -483,10 +482,7 @@ __global__ void __launch_bounds__(kTopkThreads) keep_kernel(const pf_args a) {
         for (int l = 0; l < m - 2; l++) rank += s.kept[l] < v;
         dst[rank + 1] = v;
     }
-    if (threadIdx.x == 0) {
-        dst[0] = 0;
-        dst[m - 1] = last;
-    }
+    if (threadIdx.x == 0) hisa__keep_forced(dst, m, last);
 }
 
 /* rows [row_begin, row_end): flat-scored rows (and n <= k rows) with CAP = kCandCap, HISA rows
@@ -524,7 +520,6 @@ constexpr size_t score_smem() {
 
 template <class K>
 int set_smem(K kernel, size_t bytes) {
-    /* per launch (cheap, per current device, not a stream operation, so graph capture is fine) */
     return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes) == cudaSuccess
                ? HISA_K_OK
                : HISA_K_EDEVICE;
@@ -533,7 +528,6 @@ int set_smem(K kernel, size_t bytes) {
 template <int N, int HP, int SRC, bool FP8, bool F16 = false>
 int launch_score(cudaStream_t s, const pf_args &a, int lim_max) {
     constexpr int NQ = N / HP;
-    if (set_smem(score_kernel<N, HP, SRC, FP8, F16>, score_smem<N>())) return HISA_K_EDEVICE;
     dim3 grid((unsigned)((lim_max + a.span - 1) / a.span), (unsigned)((a.row_end - a.row_begin + NQ - 1) / NQ));
     score_kernel<N, HP, SRC, FP8, F16><<<grid, kScoreThreads, score_smem<N>(), s>>>(a);
     return hisa__k_launch_status();
@@ -541,7 +535,7 @@ int launch_score(cudaStream_t s, const pf_args &a, int lim_max) {
 
 template <int HP>
 int launch_all(cudaStream_t s, const hisa_k_prefill_params &p, int flat_begin, int hisa_begin) {
-    const bool fp8 = p.cache.key_format == HISA_KEY_FP8;
+    const bool fp8 = p.cache.key_format == HISA__FMT_FP8;
     const int B = p.cache.block_size, n_q = p.n_q;
     pf_args a;
     a.p = p;
@@ -553,7 +547,7 @@ int launch_all(cudaStream_t s, const hisa_k_prefill_params &p, int flat_begin, i
         /* spans: about 8 waves of CTAs (one CTA per SM), long enough to amortize the Q tile;
          * a multiple of 256 (>= B: spans start on block boundaries), at most 1024 blocks */
         int64_t groups = (hisa_begin - flat_begin + 255 / HP) / (256 / HP);
-        int64_t want = (8 * (int64_t)(p.sm_count > 0 ? p.sm_count : 132) + groups - 1) / groups;
+        int64_t want = (8 * (int64_t)p.dev.sm_count + groups - 1) / groups;
         int64_t span = ((lim + want - 1) / want + 255) / 256 * 256;
         span = span < 2048 ? 2048 : span;
         span = span > 1024 * B ? 1024 * B : span;
@@ -569,7 +563,6 @@ int launch_all(cudaStream_t s, const hisa_k_prefill_params &p, int flat_begin, i
         a.span = 512;
         err = launch_score<256, HP, SRC_MEAN, false>(s, a, (p.t0 + n_q - 1) / B);
         if (err) return err;
-        if (set_smem(keep_kernel, sizeof(topk_smem<kCandCapSmall>))) return HISA_K_EDEVICE;
         keep_kernel<<<n_q - hisa_begin, kTopkThreads, sizeof(topk_smem<kCandCapSmall>), s>>>(a);
         if ((err = hisa__k_launch_status())) return err;
         int lim = p.top_blocks * B;
@@ -581,14 +574,12 @@ int launch_all(cudaStream_t s, const hisa_k_prefill_params &p, int flat_begin, i
     }
     if (p.stop_after_scoring) return HISA_K_OK;
     if (hisa_begin > 0) {
-        if (set_smem(topk_kernel<kCandCap>, sizeof(topk_smem<kCandCap>))) return HISA_K_EDEVICE;
         a.row_begin = 0;
         a.row_end = hisa_begin;
         topk_kernel<kCandCap><<<hisa_begin, kTopkThreads, sizeof(topk_smem<kCandCap>), s>>>(a, hisa_begin);
         if ((err = hisa__k_launch_status())) return err;
     }
     if (hisa_begin < n_q) {
-        if (set_smem(topk_kernel<kCandCapSmall>, sizeof(topk_smem<kCandCapSmall>))) return HISA_K_EDEVICE;
         a.row_begin = hisa_begin;
         a.row_end = n_q;
         topk_kernel<kCandCapSmall><<<n_q - hisa_begin, kTopkThreads, sizeof(topk_smem<kCandCapSmall>), s>>>(a, hisa_begin);
@@ -597,22 +588,43 @@ int launch_all(cudaStream_t s, const hisa_k_prefill_params &p, int flat_begin, i
     return HISA_K_OK;
 }
 
+/* Every kernel a launch_all<HP> may run gets its shared-memory limit raised. */
+template <int HP>
+int init_heads() {
+    int err = set_smem(score_kernel<256, HP, SRC_TOK, false, false>, score_smem<256>());
+    if (!err) err = set_smem(score_kernel<256, HP, SRC_TOK, true, true>, score_smem<256>());
+    if (!err) err = set_smem(score_kernel<256, HP, SRC_TOK, true, false>, score_smem<256>());
+    if (!err) err = set_smem(score_kernel<256, HP, SRC_MEAN, false, false>, score_smem<256>());
+    if (!err) err = set_smem(score_kernel<HP, HP, SRC_CAND, false, false>, score_smem<HP>());
+    if (!err) err = set_smem(score_kernel<HP, HP, SRC_CAND, true, true>, score_smem<HP>());
+    if (!err) err = set_smem(score_kernel<HP, HP, SRC_CAND, true, false>, score_smem<HP>());
+    return err;
+}
+
 } /* namespace */
+
+/* Called by hisa_k_init (device.cu) for every runtime, with its device current: the attributes
+ * are per device, so a second GPU gets its own. */
+int hisa__k_prefill_init(void) {
+    int err = set_smem(keep_kernel, sizeof(topk_smem<kCandCapSmall>));
+    if (!err) err = set_smem(topk_kernel<kCandCap>, sizeof(topk_smem<kCandCap>));
+    if (!err) err = set_smem(topk_kernel<kCandCapSmall>, sizeof(topk_smem<kCandCapSmall>));
+    if (!err) err = init_heads<16>();
+    if (!err) err = init_heads<32>();
+    if (!err) err = init_heads<64>();
+    if (!err) err = init_heads<128>();
+    return err;
+}
 
 extern "C" int hisa_k_prefill(void *stream, const hisa_k_prefill_params *p) {
     if (!p || !p->q || !p->w || (!p->out && !p->stop_after_scoring) || !p->scratch.scores ||
         !p->scratch.block_scores || !p->scratch.blocks)
         return HISA_K_EINVAL;
     const hisa_k_cache &c = p->cache;
-    if (!c.keys || !c.means || !c.page_table || c.n_heads < 1 || c.n_heads > HISA_HEADS_MAX ||
-        c.block_size < HISA_BLOCK_MIN || c.block_size > HISA_BLOCK_MAX || (c.block_size & (c.block_size - 1)) ||
-        p->layer < 0 || p->layer >= c.n_layers || p->seq < 0 || p->seq >= c.max_seqs ||
-        (c.key_format != HISA_KEY_FP8 && c.key_format != HISA_KEY_BF16))
+    if (!hisa__k_select_shape_ok(c, p->layer, p->top_blocks, p->topk) || p->seq < 0 || p->seq >= c.max_seqs)
         return HISA_K_EINVAL;
-    if (p->topk < 1 || p->topk > HISA_TOPK_MAX || p->top_blocks < 2 || p->top_blocks > HISA_TOP_BLOCKS_MAX ||
-        (int64_t)(p->top_blocks - 1) * c.block_size < p->topk)
-        return HISA_K_EINVAL;
-    if (p->mode != HISA_MODE_HISA && p->mode != HISA_MODE_FLAT) return HISA_K_EINVAL;
+    if (p->mode != HISA_K_MODE_HISA && p->mode != HISA_K_MODE_FLAT) return HISA_K_EINVAL;
+    if (p->dev.sm_count < 1) return HISA_K_EINVAL; /* hisa_k_init not run */
     if (p->n_q < 1 || p->n_q > HISA_PREFILL_MAX || p->n_q > p->scratch_rows) return HISA_K_ELIMIT;
     if (p->t0 < 0 || p->max_context < 1 || p->max_context > HISA_CONTEXT_MAX ||
         (int64_t)p->t0 + p->n_q > p->max_context ||
@@ -620,7 +632,7 @@ extern "C" int hisa_k_prefill(void *stream, const hisa_k_prefill_params *p) {
         return HISA_K_ELIMIT;
     /* rows partition by t = t0 + i: short (t + 1 <= k), flat, HISA (t + 1 > m * B) */
     const int64_t k = p->topk, mB = (int64_t)p->top_blocks * c.block_size;
-    int64_t fb = k - p->t0, hb = p->mode == HISA_MODE_HISA ? mB - p->t0 : p->n_q;
+    int64_t fb = k - p->t0, hb = p->mode == HISA_K_MODE_HISA ? mB - p->t0 : p->n_q;
     fb = fb < 0 ? 0 : (fb > p->n_q ? p->n_q : fb);
     hb = hb < fb ? fb : (hb > p->n_q ? p->n_q : hb);
     cudaStream_t s = (cudaStream_t)stream;
