@@ -6,12 +6,16 @@
  * bit patterns as keys: NaN, infinities, denormals). After every call the target checks the
  * invariants hisa promises and aborts on a violation:
  *   - a call returns 0 or one of the HISA_E* codes; an error changes nothing (host tables, masks,
- *     sums, means, keys and the caller's output buffer are byte-identical afterwards);
+ *     means, running sums and the pages they name, and the caller's output buffer are
+ *     byte-identical afterwards);
  *   - sequence lengths and open/closed state match a tiny model; every page is free or owned by
  *     exactly one open sequence (hisa_seq_pages, the free stack, hisa_memory_report agree);
  *   - the written-mask of every block equals the model's written positions;
- *   - block sums equal the sum of the stored (dequantized) keys they cover, within fp32 rounding,
- *     whenever those keys are finite;
+ *   - block summaries follow their definition (kvcache/layout.h) bit for bit: with sum the fp32
+ *     sum of a block's stored (dequantized) keys, written offsets added in order from 0, its mean
+ *     is bf16_rne(sum / count) (0 when empty), and a sequence's running-sum slot names -1 or one
+ *     of its own pages and, when it names a page, holds that page's sum (with finite keys exactly
+ *     these bits; with NaN among them, NaN where the definition gives NaN);
  *   - a selection has min(t + 1, k) distinct entries in [0, t] (or their slots), then -1s.
  * ASan and UBSan catch memory and arithmetic errors. Build and run: `make fuzz`. */
 #include <math.h>
@@ -70,15 +74,8 @@ typedef struct {
     hisa_runtime *rt;
     int32_t L, B, k, ctx, max_seqs, n_pages, max_batch, max_prefill, payload;
     mseq seq[F_SEQS];
-    /* Error bound of each page's running sums: hist[d] bounds |every intermediate sum| since
-     * the page was handed out (or recomputed by a truncate), upd counts the rounding steps. */
-    double hist[F_LAYERS][F_PAGES][128];
-    int32_t upd[F_LAYERS][F_PAGES];
     int32_t owner_prev[F_PAGES]; /* seq owning each page at the last check, -1 free */
-    uint8_t dirty[F_LAYERS][F_PAGES]; /* sums to check after this call (all at the end) */
-    /* pages a write is about to touch, and their magnitudes before it */
-    int32_t n_touch, touch_layer[3 * F_PREFILL], touch_page[3 * F_PREFILL], touch_tokens[3 * F_PREFILL];
-    double touch_pre[3 * F_PREFILL][128];
+    uint8_t dirty[F_LAYERS][F_PAGES]; /* summaries to check after this call (all at the end) */
     /* snapshot for "an error changes nothing" */
     uint8_t *snap_host, *snap_dev;
 } fuzz;
@@ -97,26 +94,43 @@ NOCOV static void check_code(int err) {
 }
 
 /* What an error must leave alone: the whole host arena (the runtime struct, the tables, even the
- * selection scratch) and the block summaries (sums, means, masks). The keys themselves are covered
- * by the sum check: a key changed behind the sum's back breaks it. */
-static size_t summary_bytes(const fuzz *f) { return (size_t)(f->L * f->n_pages) * (128 * 4 + 128 * 2); }
-static size_t mask_bytes(const fuzz *f) { return (size_t)(f->L * f->n_pages) * (size_t)(f->B / 32) * 4; }
+ * selection scratch) and the cache's summary state: means [L, n_pages, 128] bf16, masks
+ * [L, n_pages, B / 32], the running sums [L, max_seqs, 128] fp32 and sum_pages [L, max_seqs]. The
+ * keys themselves are covered by the mean check (a key changed behind the summary's back shows
+ * in its block's mean, up to bf16 rounding) and by the slot's exact sum. */
+typedef struct {
+    const void *base;
+    size_t bytes;
+} region;
+NOCOV static int summary_regions(const fuzz *f, region *r) {
+    const hisa_runtime *rt = f->rt;
+    size_t pages = (size_t)(rt->g.n_layers * rt->g.n_pages), slots = (size_t)(rt->g.n_layers * rt->g.max_seqs);
+    r[0] = (region){rt->r.block_means, pages * 128 * sizeof(uint16_t)};
+    r[1] = (region){rt->r.block_masks, pages * (size_t)rt->g.mask_words * sizeof(uint32_t)};
+    r[2] = (region){rt->r.block_sums, slots * 128 * sizeof(float)};
+    r[3] = (region){rt->r.sum_pages, slots * sizeof(int32_t)};
+    return 4;
+}
+NOCOV static size_t summary_bytes(const fuzz *f) {
+    region r[4];
+    size_t n = 0;
+    for (int i = 0, k = summary_regions(f, r); i < k; i++) n += r[i].bytes;
+    return n;
+}
 NOCOV static void snapshot(fuzz *f) {
     hisa__arena *a = &f->rt->arena;
-    memcpy(f->snap_host, a->host_base, a->host_bytes);
+    memcpy(f->snap_host, a->base[HISA__ARENA_HOST], a->bytes[HISA__ARENA_HOST]);
+    region r[4];
     uint8_t *d = f->snap_dev;
-    memcpy(d, f->rt->r.block_sums, (size_t)(f->L * f->n_pages) * 128 * 4);
-    memcpy(d + (size_t)(f->L * f->n_pages) * 128 * 4, f->rt->r.block_means, (size_t)(f->L * f->n_pages) * 128 * 2);
-    memcpy(d + summary_bytes(f), f->rt->r.block_masks, mask_bytes(f));
+    for (int i = 0, k = summary_regions(f, r); i < k; d += r[i].bytes, i++) memcpy(d, r[i].base, r[i].bytes);
 }
 NOCOV static void check_unchanged(fuzz *f) {
     hisa__arena *a = &f->rt->arena;
+    FUZZ_ASSERT(memcmp(f->snap_host, a->base[HISA__ARENA_HOST], a->bytes[HISA__ARENA_HOST]) == 0);
+    region r[4];
     const uint8_t *d = f->snap_dev;
-    FUZZ_ASSERT(memcmp(f->snap_host, a->host_base, a->host_bytes) == 0);
-    FUZZ_ASSERT(memcmp(d, f->rt->r.block_sums, (size_t)(f->L * f->n_pages) * 128 * 4) == 0);
-    FUZZ_ASSERT(memcmp(d + (size_t)(f->L * f->n_pages) * 128 * 4, f->rt->r.block_means,
-                       (size_t)(f->L * f->n_pages) * 128 * 2) == 0);
-    FUZZ_ASSERT(memcmp(d + summary_bytes(f), f->rt->r.block_masks, mask_bytes(f)) == 0);
+    for (int i = 0, k = summary_regions(f, r); i < k; d += r[i].bytes, i++)
+        FUZZ_ASSERT(memcmp(d, r[i].base, r[i].bytes) == 0);
 }
 
 static int32_t pick_seq(fuzz *f, stream *s) {
@@ -174,61 +188,50 @@ static void fill_keys(stream *s, float *keys, int32_t n) {
     }
 }
 
-/* Per-dimension sum of |stored key| over the written tokens of a page. */
-NOCOV static void page_mag(const hisa_runtime *rt, int32_t layer, int32_t page, double *mag) {
-    float deq[128];
-    const uint32_t *mask = rt->r.block_masks + hisa__summary_index(rt, layer, page) * rt->g.mask_words;
-    for (int d = 0; d < 128; d++) mag[d] = 0.0;
-    for (int32_t off = 0; off < rt->g.block_size; off++) {
-        if (!(mask[off / 32] >> (off % 32) & 1)) continue;
-        hisa_tmodel_dequant((int32_t)rt->g.key_format, (int32_t)rt->g.block_size, hisa__page(rt, layer, page), off, deq);
-        for (int d = 0; d < 128; d++) mag[d] += fabs(deq[d]);
-    }
-}
-
-/* Before a write: remember the page (if the write can touch it) and its magnitude. */
-NOCOV static void touch(fuzz *f, int32_t layer, int32_t seq, int32_t pos) {
+/* Before a write: the page it may touch is checked after the call. pos is int64: a range's
+ * pos0 + i may pass INT32_MAX. */
+NOCOV static void touch(fuzz *f, int32_t layer, int32_t seq, int64_t pos) {
     if (layer < 0 || layer >= f->L || seq < 0 || seq >= f->max_seqs || !f->seq[seq].open) return;
     if (pos < 0 || pos >= f->seq[seq].len) return;
-    int32_t page = f->rt->r.page_table[(int64_t)seq * f->rt->g.pages_per_seq + pos / f->B];
-    for (int32_t i = 0; i < f->n_touch; i++)
-        if (f->touch_layer[i] == layer && f->touch_page[i] == page) {
-            f->touch_tokens[i]++;
-            return;
-        }
-    int32_t i = f->n_touch++;
-    f->touch_layer[i] = layer;
-    f->touch_page[i] = page;
-    f->touch_tokens[i] = 1;
-    page_mag(f->rt, layer, page, f->touch_pre[i]);
+    f->dirty[layer][f->rt->r.page_table[(int64_t)seq * f->rt->g.pages_per_seq + pos / f->B]] = 1;
 }
 
-/* After a successful write: every intermediate sum is bounded by before + after. */
-NOCOV static void touched(fuzz *f) {
-    for (int32_t i = 0; i < f->n_touch; i++) {
-        double post[128];
-        int32_t l = f->touch_layer[i], p = f->touch_page[i];
-        page_mag(f->rt, l, p, post);
-        for (int d = 0; d < 128; d++) {
-            double b = f->touch_pre[i][d] + post[d];
-            double *h = &f->hist[l][p][d];
-            if (!isnan(*h) && !(*h >= b)) *h = b; /* NaN (a non-finite key was there) sticks */
-        }
-        f->upd[l][p] += 2 * f->touch_tokens[i]; /* a replacement subtracts and adds */
-        f->dirty[l][p] = 1;
-    }
+/* bf16 bits of x, round to nearest even, written here and not taken from kvcache/quant.c; a NaN
+ * gives 0x7fc0, compared only as NaN (same_value). */
+NOCOV static uint16_t model_bf16_bits(float x) {
+    if (isnan(x)) return 0x7fc0;
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+NOCOV static int bf16_is_nan(uint16_t b) { return (b & 0x7f80) == 0x7f80 && (b & 0x7f); }
+/* Equal bits, or both NaN (finite keys never make a NaN: the check is then bit for bit). */
+NOCOV static int same_mean(uint16_t got, uint16_t want) {
+    return got == want || (bf16_is_nan(got) && bf16_is_nan(want));
+}
+NOCOV static int same_sum(float got, float want) {
+    return memcmp(&got, &want, 4) == 0 || (isnan(got) && isnan(want));
 }
 
-NOCOV static int finite_keys(const hisa_runtime *rt, int32_t layer, int32_t page) {
-    float deq[128];
-    const uint32_t *mask = rt->r.block_masks + hisa__summary_index(rt, layer, page) * rt->g.mask_words;
-    for (int32_t off = 0; off < rt->g.block_size; off++) {
+/* The summary of page p, layer l, against its definition over the page's stored keys; and the
+ * running sum of slot (layer, seq) when it names p. */
+NOCOV static void check_summary(fuzz *f, int32_t l, int32_t p, int32_t seq) {
+    hisa_runtime *rt = f->rt;
+    int64_t si = hisa__summary_index(rt, l, p), slot = hisa__layer_index(l, rt->g.max_seqs, seq);
+    const uint32_t *mask = rt->r.block_masks + si * rt->g.mask_words;
+    float sum[128] = {0}, deq[128];
+    int32_t cnt = 0;
+    for (int32_t off = 0; off < f->B; off++) {
         if (!(mask[off / 32] >> (off % 32) & 1)) continue;
-        hisa_tmodel_dequant((int32_t)rt->g.key_format, (int32_t)rt->g.block_size, hisa__page(rt, layer, page), off, deq);
-        for (int d = 0; d < 128; d++)
-            if (!isfinite(deq[d])) return 0;
+        hisa_tmodel_dequant((int32_t)rt->g.key_format, (int32_t)rt->g.block_size, hisa__page(rt, l, p), off, deq);
+        for (int d = 0; d < 128; d++) sum[d] += deq[d]; /* fp32, offset order, from 0 */
+        cnt++;
     }
-    return 1;
+    const uint16_t *mean = rt->r.block_means + si * 128;
+    for (int d = 0; d < 128; d++) FUZZ_ASSERT(same_mean(mean[d], cnt ? model_bf16_bits(sum[d] / (float)cnt) : 0));
+    if (rt->r.sum_pages[slot] != p) return;
+    const float *got = rt->r.block_sums + slot * 128;
+    for (int d = 0; d < 128; d++) FUZZ_ASSERT(same_sum(got[d], sum[d]));
 }
 
 NOCOV static void check_invariants(fuzz *f, int full) {
@@ -237,13 +240,13 @@ NOCOV static void check_invariants(fuzz *f, int full) {
     FUZZ_ASSERT(hisa_memory_report_get(rt, &rep) == HISA_OK);
     FUZZ_ASSERT(rep.pages_total == f->n_pages);
     FUZZ_ASSERT(rep.pages_used + rep.pages_free == rep.pages_total);
-    FUZZ_ASSERT(rep.pages_free == rt->n_free_pages);
+    FUZZ_ASSERT(rep.pages_free == rt->kv.n_free_pages);
     FUZZ_ASSERT(rep.pages_high_water >= rep.pages_used && rep.pages_high_water <= rep.pages_total);
     uint8_t owner[F_PAGES];
     memset(owner, 0, sizeof owner);
     int32_t open = 0, owned = 0;
     int64_t tokens = 0;
-    for (int32_t i = 0; i < rt->n_free_pages; i++) {
+    for (int32_t i = 0; i < rt->kv.n_free_pages; i++) {
         int32_t p = rt->r.free_pages[i];
         FUZZ_ASSERT(p >= 0 && p < f->n_pages && !owner[p]);
         owner[p] = 1;
@@ -265,46 +268,27 @@ NOCOV static void check_invariants(fuzz *f, int full) {
             owner[p] = 2;
             owned++;
             if (f->owner_prev[p] != sq) { /* handed out since the last check: fresh summaries */
-                for (int32_t l = 0; l < F_LAYERS; l++) {
-                    memset(f->hist[l][p], 0, sizeof f->hist[l][p]);
-                    f->upd[l][p] = 0;
-                    f->dirty[l][p] = 1;
-                }
+                for (int32_t l = 0; l < F_LAYERS; l++) f->dirty[l][p] = 1;
                 f->owner_prev[p] = sq;
             }
             for (int32_t l = 0; l < f->L; l++) {
-                int64_t si = hisa__summary_index(rt, l, p);
-                const uint32_t *mask = rt->r.block_masks + si * rt->g.mask_words;
-                int32_t cnt = 0;
+                const uint32_t *mask = rt->r.block_masks + hisa__summary_index(rt, l, p) * rt->g.mask_words;
                 for (int32_t off = 0; off < f->B; off++) {
                     int32_t pos = b * f->B + off;
                     int bit = mask[off / 32] >> (off % 32) & 1;
                     int want = pos < len && f->seq[sq].written[l][pos];
                     FUZZ_ASSERT(bit == want);
-                    cnt += bit;
                 }
                 if (!full && !f->dirty[l][p]) continue;
                 f->dirty[l][p] = 0;
-                if (!cnt || !finite_keys(rt, l, p)) continue;
-                /* the running sum against the stored keys it covers */
-                double sum[128] = {0};
-                float deq[128];
-                for (int32_t off = 0; off < f->B; off++) {
-                    if (!(mask[off / 32] >> (off % 32) & 1)) continue;
-                    hisa_tmodel_dequant((int32_t)rt->g.key_format, (int32_t)rt->g.block_size, hisa__page(rt, l, p), off, deq);
-                    for (int d = 0; d < 128; d++) sum[d] += deq[d];
-                }
-                const float *got = rt->r.block_sums + si * 128;
-                for (int d = 0; d < 128; d++) {
-                    /* each update of the running sum rounds once, by at most 2^-24 of a value
-                     * bounded by hist. Pages that ever held a non-finite key, or whose sums
-                     * could overflow fp32, are skipped here (tests/test_limits.c covers them). */
-                    double h = f->hist[l][p][d];
-                    if (!(h < 1e37)) continue;
-                    double tol = (double)(f->upd[l][p] + cnt + 2) * 0x1p-24 * h + 1e-37;
-                    FUZZ_ASSERT(isfinite(got[d]) && fabs(got[d] - sum[d]) <= tol);
-                }
+                check_summary(f, l, p, sq);
             }
+        }
+        /* the running sums: of none of its pages (-1), or of one of them */
+        for (int32_t l = 0; l < f->L; l++) {
+            int32_t sp = rt->r.sum_pages[hisa__layer_index(l, rt->g.max_seqs, sq)], own = sp == -1;
+            for (int32_t b = 0; b < np; b++) own |= pages[b] == sp;
+            FUZZ_ASSERT(own);
         }
     }
     for (int32_t p = 0; p < f->n_pages; p++) {
@@ -392,13 +376,7 @@ static void run_ops(fuzz *f, stream *s) {
             err = hisa_seq_truncate(rt, sq, len);
             if (!err && len % f->B) { /* the partial last page was recomputed from its keys */
                 int32_t p = rt->r.page_table[(int64_t)sq * rt->g.pages_per_seq + len / f->B];
-                for (int32_t l = 0; l < f->L; l++) {
-                    int32_t cnt = 0;
-                    for (int32_t pos = len / f->B * f->B; pos < len; pos++) cnt += f->seq[sq].written[l][pos];
-                    page_mag(rt, l, p, f->hist[l][p]);
-                    f->upd[l][p] = cnt;
-                    f->dirty[l][p] = 1;
-                }
+                for (int32_t l = 0; l < f->L; l++) f->dirty[l][p] = 1;
             }
             if (!err) {
                 for (int32_t l = 0; l < F_LAYERS; l++)
@@ -440,11 +418,9 @@ static void run_ops(fuzz *f, stream *s) {
             if (data & 0x10) w.payload = g_payload;
             if (data & 0x20) w.flags = data >> 5;
             if (w.n_tokens > F_BATCH + 2) w.n_tokens = F_BATCH + 2 + (data & 1) * 100000; /* over */
-            f->n_touch = 0;
             for (int32_t i = 0; i < n && w.seq_ids; i++)
                 touch(f, w.layer, ids[i], w.positions ? pos[i] : (ids[i] >= 0 && ids[i] < f->max_seqs ? f->seq[ids[i]].len - 1 : -1));
             err = hisa_write_keys(rt, &w);
-            if (!err) touched(f);
             if (!err) {
                 for (int32_t i = 0; i < w.n_tokens; i++) {
                     int32_t p = w.positions ? pos[i] : f->seq[ids[i]].len - 1;
@@ -467,10 +443,8 @@ static void run_ops(fuzz *f, stream *s) {
             fill_keys(s, g_keys, nk);
             w.keys = g_keys;
             if (how & 2) w.payload = g_payload;
-            f->n_touch = 0;
-            for (int32_t i = 0; i < nk; i++) touch(f, w.layer, sq, pos0 + i);
+            for (int32_t i = 0; i < nk; i++) touch(f, w.layer, sq, (int64_t)pos0 + i);
             err = hisa_write_range(rt, sq, pos0, &w);
-            if (!err) touched(f);
             if (!err)
                 for (int32_t i = 0; i < n; i++) f->seq[sq].written[w.layer][pos0 + i] = 1;
             break;
@@ -635,8 +609,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                      .max_prefill_queries = f.max_prefill};
     int err = hisa_open(&f.rt, &c, NULL);
     FUZZ_ASSERT(err == HISA_OK);
-    f.snap_dev = malloc(summary_bytes(&f) + mask_bytes(&f));
-    f.snap_host = malloc(f.rt->arena.host_bytes);
+    f.snap_dev = malloc(summary_bytes(&f));
+    f.snap_host = malloc(f.rt->arena.bytes[HISA__ARENA_HOST]);
     FUZZ_ASSERT(f.snap_dev && f.snap_host);
     for (int32_t i = 0; i < F_PREFILL * F_PAYLOAD; i++) g_payload[i] = (uint8_t)(i * 7);
     for (int32_t p = 0; p < F_PAGES; p++) f.owner_prev[p] = -1;
