@@ -93,10 +93,31 @@ __global__ void __launch_bounds__(kThreads) seq_set_kernel(const hisa_k_seq_set_
     if (x >= p.n_pages_new) return;
     int page = p.pages[x];
     if (layer == 0 && d == 0) c.page_table[(int64_t)p.seq * c.pages_per_seq + p.first_index + x] = page;
+    if (!p.fresh) return; /* a shared page keeps its summary */
     int64_t pi = page_index(c, layer, page);
     c.means[pi * HISA_D + d] = 0;
     int mask_words = hisa__mask_words(c.block_size);
     if (d < mask_words) c.masks[pi * mask_words + d] = 0u;
+}
+
+/* In one layer (the calling CTA): keep offsets < keep of `page`'s mask (new_mask: the mask to
+ * start from), recompute the summary from the stored keys, and make it seq's running sum. */
+__device__ void keep_and_resum(const hisa_k_cache &c, int layer, int seq, int page, int keep, const uint32_t *new_mask,
+                               uint32_t *mask_s /* shared [B / 32] */) {
+    int d = threadIdx.x, mask_words = hisa__mask_words(c.block_size);
+    int64_t slot = hisa__layer_index(layer, c.max_seqs, seq);
+    uint32_t *mask = c.masks + page_index(c, layer, page) * mask_words;
+    if (d < mask_words) {
+        int lo = d * 32;
+        uint32_t keep_bits = keep <= lo ? 0u : (keep - lo >= 32 ? 0xffffffffu : ((1u << (keep - lo)) - 1u));
+        mask_s[d] = new_mask[d] & keep_bits;
+    }
+    __syncthreads(); /* every thread has read new_mask (it may be mask itself) */
+    if (d < mask_words) mask[d] = mask_s[d];
+    float sum = recompute(c, page_ptr(c, layer, page), mask_s, d);
+    c.sums[slot * HISA_D + d] = sum;
+    c.means[page_index(c, layer, page) * HISA_D + d] = mean_of(sum, popcount(mask_s, mask_words));
+    if (d == 0) c.sum_pages[slot] = page;
 }
 
 /* One CTA per layer: clear offsets >= len % B of `page`, recompute its sum into seq's slot. */
@@ -104,22 +125,32 @@ __global__ void __launch_bounds__(kThreads) truncate_kernel(const hisa_k_truncat
     __shared__ uint32_t mask_s[HISA_BLOCK_MAX / 32];
     const hisa_k_cache &c = p.cache;
     int layer = blockIdx.x, d = threadIdx.x;
-    int64_t slot = hisa__layer_index(layer, c.max_seqs, p.seq);
     if (layer == 0 && d == 0) c.seq_len[p.seq] = p.len;
-    if (d == 0) c.sum_pages[slot] = p.page;
-    if (p.page < 0) return;
-    int keep = p.len % c.block_size, mask_words = hisa__mask_words(c.block_size);
-    uint32_t *mask = c.masks + page_index(c, layer, p.page) * mask_words;
-    if (d < mask_words) {
-        int lo = d * 32;
-        uint32_t keep_bits = keep <= lo ? 0u : (keep - lo >= 32 ? 0xffffffffu : ((1u << (keep - lo)) - 1u));
-        mask_s[d] = mask[d] & keep_bits;
-        mask[d] = mask_s[d];
+    if (p.page < 0) {
+        if (d == 0) c.sum_pages[hisa__layer_index(layer, c.max_seqs, p.seq)] = -1;
+        return;
     }
-    __syncthreads();
-    float sum = recompute(c, page_ptr(c, layer, p.page), mask_s, d);
-    c.sums[slot * HISA_D + d] = sum;
-    c.means[page_index(c, layer, p.page) * HISA_D + d] = mean_of(sum, popcount(mask_s, mask_words));
+    const uint32_t *mask = c.masks + page_index(c, layer, p.page) * hisa__mask_words(c.block_size);
+    keep_and_resum(c, layer, p.seq, p.page, p.len % c.block_size, mask, mask_s);
+}
+
+/* One CTA per layer: dst becomes src's first `keep` offsets (keys, payload, mask), summarized. */
+__global__ void __launch_bounds__(kThreads) copy_page_kernel(const hisa_k_copy_page_params p) {
+    __shared__ uint32_t mask_s[HISA_BLOCK_MAX / 32];
+    const hisa_k_cache &c = p.cache;
+    int layer = blockIdx.x, B = c.block_size;
+    const uint8_t *src = page_ptr(c, layer, p.src);
+    uint8_t *dst = page_ptr(c, layer, p.dst);
+    for (int64_t i = threadIdx.x; i < c.page_bytes; i += kThreads) dst[i] = src[i];
+    if (c.payload && c.payload_bytes > 0) {
+        int64_t row = (int64_t)B * c.payload_bytes;
+        const uint8_t *ps = c.payload + hisa__payload_offset(layer, c.n_pages, B, hisa__slot(p.src, B, 0), c.payload_bytes);
+        uint8_t *pd = c.payload + hisa__payload_offset(layer, c.n_pages, B, hisa__slot(p.dst, B, 0), c.payload_bytes);
+        for (int64_t i = threadIdx.x; i < row; i += kThreads) pd[i] = ps[i];
+    }
+    __syncthreads(); /* the copied keys are stored before keep_and_resum reads them */
+    const uint32_t *mask = c.masks + page_index(c, layer, p.src) * hisa__mask_words(B);
+    keep_and_resum(c, layer, p.seq, p.dst, p.keep, mask, mask_s);
 }
 
 /* Store dimension d of one token's key at `off` (fp8 with scale s, or bf16) and return its
@@ -135,6 +166,12 @@ __device__ __forceinline__ float store_dim(const hisa_k_cache &c, uint8_t *page,
     uint16_t b = hisa__k_bf16_from_f32(x);
     reinterpret_cast<uint16_t *>(page + hisa__bf16_offset(off))[d] = b;
     return hisa__k_bf16_to_f32(b);
+}
+
+/* Dimension d of token i's key as given: fp32 or bf16 (fp8 codes arrive as codes). */
+__device__ __forceinline__ float key_in(const hisa_k_write_params &p, int i, int d) {
+    if (p.keys) return p.keys[(int64_t)i * HISA_D + d];
+    return p.keys_bf16 ? hisa__k_bf16_to_f32(p.keys_bf16[(int64_t)i * HISA_D + d]) : 0.0f;
 }
 
 /* SPEC fp8 scale of a key from its amax: amax / 448, or 1 where that is 0 (as quant.c). */
@@ -159,7 +196,7 @@ __global__ void __launch_bounds__(kThreads) write_batch_kernel(const hisa_k_writ
     if (d < mask_words) mask_s[d] = mask[d];
     __syncthreads();
     const bool incremental = c.sum_pages[slot] == page_id && appends(mask_s, mask_words, off); /* uniform */
-    float x = p.keys ? p.keys[(int64_t)i * HISA_D + d] : 0.0f, s = 1.0f;
+    float x = key_in(p, i, d), s = 1.0f;
     if (c.key_format == HISA__FMT_FP8)
         s = p.codes ? p.scales[i] : fp8_scale(block_amax(x, red)); /* block_amax has barriers: all reach it */
     float deq_new = store_dim(c, page, off, d, x, p.codes ? p.codes + (int64_t)i * HISA_D + d : nullptr, s);
@@ -199,9 +236,8 @@ __global__ void __launch_bounds__(kThreads) write_range_kernel(const hisa_k_writ
         if (p.codes) {
             sc = p.scales[i];
         } else {
-            const float *x = p.keys + (int64_t)i * HISA_D;
             float a = 0.0f;
-            for (int e = lane; e < HISA_D; e += 32) a = fmaxf(a, fabsf(x[e]));
+            for (int e = lane; e < HISA_D; e += 32) a = fmaxf(a, fabsf(key_in(p, i, e)));
 #pragma unroll
             for (int o = 16; o > 0; o >>= 1) a = fmaxf(a, __shfl_xor_sync(0xffffffffu, a, o));
             sc = fp8_scale(a);
@@ -214,7 +250,7 @@ __global__ void __launch_bounds__(kThreads) write_range_kernel(const hisa_k_writ
     float sum = incremental ? c.sums[slot * HISA_D + d] : 0.0f;
     for (int pos = lo; pos < hi; pos++) {
         int off = pos - blk * B, i = pos - p.range_pos0;
-        float x = p.keys ? p.keys[(int64_t)i * HISA_D + d] : 0.0f;
+        float x = key_in(p, i, d);
         float deq = store_dim(c, page, off, d, x, p.codes ? p.codes + (int64_t)i * HISA_D + d : nullptr,
                               fp8 ? new_scale[off] : 1.0f);
         if (incremental) sum = __fadd_rn(sum, deq);
@@ -255,10 +291,19 @@ extern "C" int hisa_k_truncate(void *stream, const hisa_k_truncate_params *p) {
     return hisa__k_launch_status();
 }
 
+extern "C" int hisa_k_copy_page(void *stream, const hisa_k_copy_page_params *p) {
+    if (!p || !hisa__k_cache_ok(p->cache)) return HISA_K_EINVAL;
+    if (p->seq < 0 || p->seq >= p->cache.max_seqs || p->src < 0 || p->src >= p->cache.n_pages || p->dst < 0 ||
+        p->dst >= p->cache.n_pages || p->src == p->dst || p->keep < 1 || p->keep > p->cache.block_size)
+        return HISA_K_EINVAL;
+    copy_page_kernel<<<p->cache.n_layers, kThreads, 0, (cudaStream_t)stream>>>(*p);
+    return hisa__k_launch_status();
+}
+
 extern "C" int hisa_k_write(void *stream, const hisa_k_write_params *p) {
     if (!p || !hisa__k_cache_ok(p->cache)) return HISA_K_EINVAL;
     if (p->layer < 0 || p->layer >= p->cache.n_layers || p->n_tokens < 1) return HISA_K_EINVAL;
-    if ((p->keys != NULL) == (p->codes != NULL)) return HISA_K_EINVAL;
+    if ((p->keys != NULL) + (p->keys_bf16 != NULL) + (p->codes != NULL) != 1) return HISA_K_EINVAL;
     if (p->codes && (!p->scales || p->cache.key_format != HISA__FMT_FP8)) return HISA_K_EINVAL;
     cudaStream_t s = (cudaStream_t)stream;
     if (p->is_range) {

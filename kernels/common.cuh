@@ -81,6 +81,31 @@ static inline bool hisa__k_select_shape_ok(const hisa_k_cache &c, int layer, int
            top_blocks >= 2 && top_blocks <= HISA_TOP_BLOCKS_MAX;
 }
 
+/* Query values (SPEC "Queries") from a query tensor in format fmt, at element e of the tensor
+ * (4 or 2 consecutive elements; e a multiple of 4 or 2): f32 as given (the caller rounds to bf16),
+ * bf16 and e4m3 codes exactly (every e4m3 value is a bf16 value, so the bf16 rounding after this
+ * is the identity for them). */
+__device__ __forceinline__ float4 hisa__k_q_load4(const void *q, int64_t e, int fmt) {
+    if (fmt == HISA_K_Q_F32) return __ldg(reinterpret_cast<const float4 *>(static_cast<const float *>(q) + e));
+    if (fmt == HISA_K_Q_BF16) {
+        uint2 u = __ldg(reinterpret_cast<const uint2 *>(static_cast<const uint16_t *>(q) + e));
+        return make_float4(hisa__k_bf16_to_f32((uint16_t)(u.x & 0xffffu)), hisa__k_bf16_to_f32((uint16_t)(u.x >> 16)),
+                           hisa__k_bf16_to_f32((uint16_t)(u.y & 0xffffu)), hisa__k_bf16_to_f32((uint16_t)(u.y >> 16)));
+    }
+    uint32_t c = __ldg(reinterpret_cast<const uint32_t *>(static_cast<const uint8_t *>(q) + e));
+    return make_float4(hisa__k_e4m3_to_f32((uint8_t)(c & 0xffu)), hisa__k_e4m3_to_f32((uint8_t)((c >> 8) & 0xffu)),
+                       hisa__k_e4m3_to_f32((uint8_t)((c >> 16) & 0xffu)), hisa__k_e4m3_to_f32((uint8_t)(c >> 24)));
+}
+__device__ __forceinline__ float2 hisa__k_q_load2(const void *q, int64_t e, int fmt) {
+    if (fmt == HISA_K_Q_F32) return __ldg(reinterpret_cast<const float2 *>(static_cast<const float *>(q) + e));
+    if (fmt == HISA_K_Q_BF16) {
+        uint32_t u = __ldg(reinterpret_cast<const uint32_t *>(static_cast<const uint16_t *>(q) + e));
+        return make_float2(hisa__k_bf16_to_f32((uint16_t)(u & 0xffffu)), hisa__k_bf16_to_f32((uint16_t)(u >> 16)));
+    }
+    uint16_t c = __ldg(reinterpret_cast<const unsigned short *>(static_cast<const uint8_t *>(q) + e));
+    return make_float2(hisa__k_e4m3_to_f32((uint8_t)(c & 0xffu)), hisa__k_e4m3_to_f32((uint8_t)(c >> 8)));
+}
+
 #define HISA_K_NAN_SCORE __uint_as_float(0x7fffffffu) /* a padding candidate: key 0, never chosen */
 
 #endif /* HISA_KERNELS_COMMON_CUH */

@@ -28,6 +28,11 @@ extern "C" {
 #define HISA_K_EDEVICE (-6)
 #define HISA_K_MODE_HISA 0
 #define HISA_K_MODE_FLAT 1
+/* Query formats: hisa.h's HISA_Q_F32 / BF16 / FP8; queries per sequence in a decode call. */
+#define HISA_K_Q_F32 0
+#define HISA_K_Q_BF16 1
+#define HISA_K_Q_FP8 2
+#define HISA_K_NEXT_N_MAX 4
 
 /* The device, read once per runtime at open by hisa_k_init: what the launchers size grids by. */
 typedef struct hisa_k_device {
@@ -63,6 +68,7 @@ typedef struct hisa_k_seq_set_params {
     hisa_k_cache cache;
     int32_t seq, len;
     int32_t first_index, n_pages_new;       /* n_pages_new <= HISA_K_SEQ_SET_PAGES */
+    int32_t fresh;                          /* 1: the pages are new (summaries cleared); 0: shared */
     int32_t pages[HISA_K_SEQ_SET_PAGES];    /* [n_pages_new] */
 } hisa_k_seq_set_params;
 int hisa_k_seq_set(void *stream, const hisa_k_seq_set_params *p);
@@ -76,6 +82,15 @@ typedef struct hisa_k_truncate_params {
     int32_t page;          /* -1 when len % B == 0: no block to recompute */
 } hisa_k_truncate_params;
 int hisa_k_truncate(void *stream, const hisa_k_truncate_params *p);
+
+/* A sequence's own copy of a page (a fork's partial last page, or a truncate into a shared one):
+ * in every layer, dst gets src's keys, payload rows and mask bits of offsets < keep (1..B), its
+ * summary recomputed from them, and seq's running sum becomes dst's (sum_pages = dst). */
+typedef struct hisa_k_copy_page_params {
+    hisa_k_cache cache;
+    int32_t seq, src, dst, keep;
+} hisa_k_copy_page_params;
+int hisa_k_copy_page(void *stream, const hisa_k_copy_page_params *p);
 
 /* Write keys: quantize (or copy fp8 codes + scales), store, and update the block's mask, mean
  * and the sequence's running sum by the rule of layout.h (kvcache/host.c is the twin).
@@ -91,6 +106,7 @@ typedef struct hisa_k_write_params {
     int32_t seq_ids[HISA_BATCH_MAX];   /* batch: [n_tokens] */
     int32_t positions[HISA_BATCH_MAX]; /* batch: [n_tokens], -1 = last */
     const float *keys;                 /* [n_tokens, 128] fp32, or NULL */
+    const uint16_t *keys_bf16;         /* [n_tokens, 128] bf16 bits, or NULL (one of keys, keys_bf16, codes) */
     const uint8_t *codes;              /* [n_tokens, 128], or NULL */
     const float *scales;               /* [n_tokens] */
     const uint8_t *payload;            /* [n_tokens, payload_bytes], or NULL */
@@ -164,9 +180,11 @@ typedef struct hisa_k_select_params {
     int32_t mode;                     /* HISA_MODE_HISA (0) / HISA_MODE_FLAT (1) */
     int32_t top_blocks, topk;         /* m, k */
     int32_t out_slots;                /* 1: page * B + offset */
-    int32_t n_rows;                   /* queries: decode <= HISA_BATCH_MAX, prefill <= HISA_PREFILL_MAX */
-    int32_t seq_ids[HISA_BATCH_MAX];  /* decode: [n_rows] */
-    const float *q;                   /* [n_rows, H, 128] fp32 */
+    int32_t n_rows;                   /* queries: n_seqs * next_n */
+    int32_t seq_ids[HISA_BATCH_MAX];  /* [n_rows / next_n] */
+    const void *q;                    /* [n_rows, H, 128] in q_format */
+    int32_t q_format;                 /* HISA_K_Q_* */
+    int32_t next_n;                   /* queries per sequence: row r is query r % next_n of seq_ids[r / next_n] */
     const float *w;                   /* [n_rows, H] fp32 */
     int32_t *out;                     /* [n_rows, topk] */
     int32_t max_context;              /* scratch row stride of scores */
@@ -207,7 +225,8 @@ typedef struct hisa_k_prefill_params {
     int32_t top_blocks, topk;         /* m, k; (m - 1) * B >= k */
     int32_t out_slots;                /* 1: page * B + offset */
     int32_t seq, t0, n_q;             /* n_q <= HISA_PREFILL_MAX, <= scratch_rows; t0 + n_q <= max_context */
-    const float *q;                   /* [n_q, H, 128] fp32, device */
+    const void *q;                    /* [n_q, H, 128] in q_format, device */
+    int32_t q_format;                 /* HISA_K_Q_* */
     const float *w;                   /* [n_q, H] fp32, device */
     int32_t *out;                     /* [n_q, topk] int32, device */
     int32_t max_context;              /* row stride of scratch.scores */

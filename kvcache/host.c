@@ -117,12 +117,12 @@ void hisa__kv_host_write(hisa__kv *kv, int32_t layer, int32_t seq, int32_t pos, 
 
 /* --- hisa__kv_ops on host memory ----------------------------------------------------------- */
 
-static int host_seq_set(void *be, int32_t seq, int32_t first_index, int32_t n_new) {
+static int host_seq_set(void *be, int32_t seq, int32_t first_index, int32_t n_new, int32_t fresh) {
     hisa__kv *kv = be;
     const int32_t *pt = hisa__kv_pages(kv, seq);
     assert(first_index >= 0 && first_index + n_new <= kv->pages_per_seq);
     for (int32_t l = 0; l < kv->n_layers; l++) {
-        for (int32_t i = first_index; i < first_index + n_new; i++) {
+        for (int32_t i = first_index; fresh && i < first_index + n_new; i++) {
             int64_t pi = hisa__layer_index(l, kv->n_pages, pt[i]);
             memset(kv->means + pi * HISA_D, 0, HISA_D * sizeof(uint16_t));
             memset(kv->masks + pi * kv->mask_words, 0, (size_t)kv->mask_words * sizeof(uint32_t));
@@ -132,18 +132,41 @@ static int host_seq_set(void *be, int32_t seq, int32_t first_index, int32_t n_ne
     return 0;
 }
 
+/* In one layer: keep offsets < keep of page's mask, re-summarize it, make it seq's running sum. */
+static void keep_and_resum(hisa__kv *kv, int32_t layer, int32_t seq, int32_t page, int32_t keep) {
+    int64_t slot = hisa__layer_index(layer, kv->max_seqs, seq);
+    uint32_t *mask = mask_of(kv, layer, page);
+    assert(keep >= 1 && keep <= kv->block_size);
+    for (int32_t off = keep; off < kv->block_size; off++) mask[off / 32] &= ~(1u << (off % 32));
+    kv->sum_pages[slot] = page;
+    recompute(kv, layer, page, kv->sums + slot * HISA_D);
+    set_mean(kv, layer, page, kv->sums + slot * HISA_D);
+}
+
 static int host_truncate(void *be, int32_t seq, int32_t page) {
     hisa__kv *kv = be;
     int32_t keep = kv->seq_len[seq] % kv->block_size;
     assert((page >= 0) == (keep != 0));
     for (int32_t l = 0; l < kv->n_layers; l++) {
-        int64_t slot = hisa__layer_index(l, kv->max_seqs, seq);
-        kv->sum_pages[slot] = page;
-        if (page < 0) continue;
-        uint32_t *mask = mask_of(kv, l, page);
-        for (int32_t off = keep; off < kv->block_size; off++) mask[off / 32] &= ~(1u << (off % 32));
-        recompute(kv, l, page, kv->sums + slot * HISA_D);
-        set_mean(kv, l, page, kv->sums + slot * HISA_D);
+        if (page >= 0)
+            keep_and_resum(kv, l, seq, page, keep);
+        else
+            kv->sum_pages[hisa__layer_index(l, kv->max_seqs, seq)] = -1;
+    }
+    return 0;
+}
+
+static int host_copy_page(void *be, int32_t seq, int32_t src, int32_t dst, int32_t keep) {
+    hisa__kv *kv = be;
+    int32_t B = kv->block_size, pb = kv->payload_bytes;
+    assert(src != dst && keep >= 1 && keep <= B);
+    for (int32_t l = 0; l < kv->n_layers; l++) {
+        memcpy(hisa__kv_page(kv, l, dst), hisa__kv_page(kv, l, src), (size_t)kv->page_bytes);
+        memcpy(mask_of(kv, l, dst), mask_of(kv, l, src), (size_t)kv->mask_words * sizeof(uint32_t));
+        if (kv->payload && pb > 0)
+            memcpy(kv->payload + hisa__payload_offset(l, kv->n_pages, B, hisa__slot(dst, B, 0), pb),
+                   kv->payload + hisa__payload_offset(l, kv->n_pages, B, hisa__slot(src, B, 0), pb), (size_t)B * pb);
+        keep_and_resum(kv, l, seq, dst, keep);
     }
     return 0;
 }
@@ -154,4 +177,4 @@ static int host_poison_page(void *be, int32_t page) {
     return 0;
 }
 
-const hisa__kv_ops hisa__kv_host_ops = {host_seq_set, host_truncate, host_poison_page};
+const hisa__kv_ops hisa__kv_host_ops = {host_seq_set, host_truncate, host_poison_page, host_copy_page};

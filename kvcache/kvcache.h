@@ -19,10 +19,10 @@
 /* What the cache state machine asks of a backend; be is the backend's own state. */
 typedef struct hisa__kv_ops {
     /* The device copy of seq's tables: length = seq_len[seq], page-table entries
-     * [first_index, first_index + n_new) from the host table, and those fresh pages' summaries
-     * (means, masks) cleared in every layer. When the length is 0, seq's running sums are
-     * forgotten (sum_pages = -1). */
-    int (*seq_set)(void *be, int32_t seq, int32_t first_index, int32_t n_new);
+     * [first_index, first_index + n_new) from the host table, and, when fresh, those new pages'
+     * summaries (means, masks) cleared in every layer (shared pages keep theirs). When the length
+     * is 0, seq's running sums are forgotten (sum_pages = -1). */
+    int (*seq_set)(void *be, int32_t seq, int32_t first_index, int32_t n_new, int32_t fresh);
     /* Roll seq back to its (already shortened) host length: in `page` (the block holding the new
      * last position when the length is not a multiple of B, else -1) clear the offsets at and
      * above len % B and recompute the summary, in every layer; seq's running sum then holds that
@@ -30,6 +30,9 @@ typedef struct hisa__kv_ops {
     int (*truncate)(void *be, int32_t seq, int32_t page);
     /* Debug builds: fill a freed page's keys with 0xff (NaN in either format) in every layer. */
     int (*poison_page)(void *be, int32_t page);
+    /* seq's own copy of a page: dst gets src's first `keep` offsets (keys, payload, mask) in every
+     * layer, its summary recomputed; seq's running sum then holds dst. */
+    int (*copy_page)(void *be, int32_t seq, int32_t src, int32_t dst, int32_t keep);
 } hisa__kv_ops;
 
 typedef struct hisa__kv {
@@ -43,6 +46,7 @@ typedef struct hisa__kv {
     int32_t *page_table;   /* [max_seqs, pages_per_seq], -1 past the length */
     int32_t *free_pages;   /* free stack [0, n_free_pages) */
     int32_t *free_seqs;    /* free stack [0, n_free_seqs) */
+    int32_t *page_refs;    /* [n_pages] sequences holding each page (0: free; > 1: shared by a fork) */
     int32_t n_free_pages, pages_high_water, n_free_seqs, seqs_high_water;
     /* cache data, where the backend computes (layout.h) */
     uint8_t *keys;         /* [n_layers, n_pages, page_bytes] */
@@ -70,6 +74,14 @@ static inline int32_t hisa__kv_pages_needed(const hisa__kv *kv, int32_t seq, int
     int32_t want = hisa__blocks_of(new_len, kv->block_size);
     return want > have ? want - have : 0;
 }
+/* Does a page hold positions of more than one sequence? (then nobody may write it) */
+static inline int hisa__kv_shared(const hisa__kv *kv, int32_t page) { return kv->page_refs[page] > 1; }
+/* Pages seq needs from the pool to truncate to len: one when the new last block is partial and
+ * shared (seq gets its own copy). */
+static inline int32_t hisa__kv_truncate_pages(const hisa__kv *kv, int32_t seq, int32_t len) {
+    int32_t B = kv->block_size;
+    return (len % B) && len < kv->seq_len[seq] && hisa__kv_shared(kv, hisa__kv_pages(kv, seq)[len / B]) ? 1 : 0;
+}
 /* Is position pos of seq written in layer? */
 static inline int hisa__kv_written(const hisa__kv *kv, int32_t layer, int32_t seq, int32_t pos) {
     int32_t B = kv->block_size, page = hisa__kv_pages(kv, seq)[pos / B];
@@ -82,6 +94,8 @@ int hisa__kv_seq_open(hisa__kv *kv, int32_t *seq_out);
 int hisa__kv_seq_close(hisa__kv *kv, int32_t seq);
 int hisa__kv_seq_extend(hisa__kv *kv, int32_t seq, int32_t n);
 int hisa__kv_seq_truncate(hisa__kv *kv, int32_t seq, int32_t len);
+/* A free sequence slot, a valid parent, len <= its length, one free page when len % B != 0. */
+int hisa__kv_seq_fork(hisa__kv *kv, int32_t parent, int32_t len, int32_t *child_out);
 
 /* --- kvcache/host.c: the cache operations on host memory (CPU backend; kernels/cache.cu twin) */
 

@@ -11,7 +11,7 @@
  * A block's sum is, by definition, the fp32 sum of its written tokens' dequantized keys added in
  * offset order from 0; appending a token above every written offset extends it exactly, any other
  * write recomputes it from the stored keys. So a complete block needs only its mean, and one
- * running sum per sequence suffices (kvcache/summary.c and kernels/cache.cu hold the rule).
+ * running sum per sequence suffices (kvcache/host.c and kernels/cache.cu hold the rule).
  *
  * Every offset and size of that layout is one of the functions below; no other file writes
  * them out. Layer-major index: layer * n + i for any per-layer array. */

@@ -27,6 +27,7 @@ const char *hisa_strerror(int err) {
     case HISA_ELIMIT: return "over a configured maximum";
     case HISA_EFORMAT: return "key data in the wrong format";
     case HISA_EUNWRITTEN: return "selection over an unwritten key";
+    case HISA_ESHARED: return "write into a page shared by several sequences";
     default: return "unknown error";
     }
 }
@@ -68,7 +69,8 @@ static void kv_bind(hisa_runtime *rt) {
                      .max_context = (int32_t)g->max_context, .pages_per_seq = (int32_t)g->pages_per_seq,
                      .mask_words = (int32_t)g->mask_words, .page_bytes = g->page_bytes,
                      .seq_len = rt->r.seq_len, .seq_is_open = rt->r.seq_is_open, .page_table = rt->r.page_table,
-                     .free_pages = rt->r.free_pages, .free_seqs = rt->r.free_seqs, .keys = rt->r.keys,
+                     .free_pages = rt->r.free_pages, .free_seqs = rt->r.free_seqs, .page_refs = rt->r.page_refs,
+                     .keys = rt->r.keys,
                      .means = rt->r.block_means, .masks = rt->r.block_masks, .sums = rt->r.block_sums,
                      .sum_pages = rt->r.sum_pages, .payload = rt->r.payload, .ops = rt->be->kv_ops, .be = rt};
 }
@@ -185,7 +187,18 @@ int hisa_seq_truncate(hisa_runtime *rt, int32_t seq, int32_t len) {
     HISA__LIVE(rt);
     HISA__CHECK(hisa__seq_valid(rt, seq), HISA_ESEQ);
     HISA__CHECK(len >= 0 && len <= rt->kv.seq_len[seq], HISA_ERANGE);
+    HISA__CHECK(hisa__kv_truncate_pages(&rt->kv, seq, len) <= rt->kv.n_free_pages, HISA_EPOOL);
     return hisa__kv_seq_truncate(&rt->kv, seq, len);
+}
+
+int hisa_seq_fork(hisa_runtime *rt, int32_t parent, int32_t len, int32_t *child_out) {
+    HISA__LIVE(rt);
+    HISA__CHECK(child_out != NULL, HISA_EINVAL);
+    HISA__CHECK(hisa__seq_valid(rt, parent), HISA_ESEQ);
+    HISA__CHECK(len >= 0 && len <= rt->kv.seq_len[parent], HISA_ERANGE);
+    HISA__CHECK(rt->kv.n_free_seqs > 0, HISA_ESEQFULL);
+    HISA__CHECK((len % rt->kv.block_size ? 1 : 0) <= rt->kv.n_free_pages, HISA_EPOOL);
+    return hisa__kv_seq_fork(&rt->kv, parent, len, child_out);
 }
 
 int hisa_seq_length(const hisa_runtime *rt, int32_t seq, int32_t *len_out) {
@@ -222,6 +235,10 @@ static int write_batch_validate(const hisa_runtime *rt, const hisa_write *req) {
             HISA__CHECK(len >= 1, HISA_ERANGE);
         for (int32_t j = 0; j < i; j++) HISA__CHECK(req->seq_ids[j] != seq, HISA_EINVAL);
     }
+    for (int32_t i = 0; i < req->n_tokens; i++) { /* shared pages are read-only */
+        int32_t seq = req->seq_ids[i], pos = req->positions ? req->positions[i] : rt->kv.seq_len[seq] - 1;
+        HISA__CHECK(!hisa__kv_shared(&rt->kv, hisa__kv_pages(&rt->kv, seq)[pos / rt->kv.block_size]), HISA_ESHARED);
+    }
     return HISA_OK;
 }
 
@@ -230,7 +247,7 @@ static int write_validate(const hisa_runtime *rt, const hisa_write *req, int32_t
     HISA__CHECK(req != NULL, HISA_EINVAL);
     HISA__CHECK(req->layer >= 0 && req->layer < rt->g.n_layers, HISA_ERANGE);
     HISA__CHECK(req->n_tokens >= 1, HISA_EINVAL);
-    HISA__CHECK((req->keys != NULL) != (req->codes != NULL), HISA_EINVAL);
+    HISA__CHECK((req->keys != NULL) + (req->keys_bf16 != NULL) + (req->codes != NULL) == 1, HISA_EINVAL);
     HISA__CHECK(!req->codes || rt->g.key_format == HISA_KEY_FP8, HISA_EFORMAT);
     HISA__CHECK(!req->codes || req->scales, HISA_EINVAL);
     HISA__CHECK(!req->payload || rt->g.payload_bytes > 0, HISA_EINVAL);
@@ -241,6 +258,9 @@ static int write_validate(const hisa_runtime *rt, const hisa_write *req, int32_t
     } else {
         HISA__CHECK(req->n_tokens <= rt->g.max_prefill, HISA_ELIMIT);
         HISA__CHECK(pos0 >= 0 && (int64_t)pos0 + req->n_tokens <= rt->kv.seq_len[range_seq], HISA_ERANGE);
+        int32_t B = rt->kv.block_size;
+        for (int32_t b = pos0 / B; b <= (pos0 + req->n_tokens - 1) / B; b++)
+            HISA__CHECK(!hisa__kv_shared(&rt->kv, hisa__kv_pages(&rt->kv, range_seq)[b]), HISA_ESHARED);
     }
     /* Scales must be positive: the kernels apply them after the ReLU (SPEC). Checkable only
      * where they are in host memory. */
@@ -273,11 +293,12 @@ static int check_written(const hisa_runtime *rt, int32_t layer, int32_t seq, int
     return HISA_OK;
 }
 
-static int select_common(const hisa_runtime *rt, int32_t layer, hisa_mode mode, const float *q,
+static int select_common(const hisa_runtime *rt, int32_t layer, hisa_mode mode, const void *q, int32_t q_format,
                          const float *w, const int32_t *out, uint32_t flags) {
     HISA__CHECK(layer >= 0 && layer < rt->g.n_layers, HISA_ERANGE);
     HISA__CHECK(mode == HISA_MODE_HISA || mode == HISA_MODE_FLAT, HISA_EINVAL);
     HISA__CHECK(q && w && out, HISA_EINVAL);
+    HISA__CHECK(q_format >= HISA_Q_F32 && q_format <= HISA_Q_FP8, HISA_EINVAL);
     HISA__CHECK((flags & ~(HISA_HOST_IO | HISA_SLOTS)) == 0, HISA_EINVAL);
     return HISA_OK;
 }
@@ -285,30 +306,87 @@ static int select_common(const hisa_runtime *rt, int32_t layer, hisa_mode mode, 
 int hisa_select_decode(hisa_runtime *rt, const hisa_decode *req) {
     HISA__LIVE(rt);
     HISA__CHECK(req != NULL, HISA_EINVAL);
-    int err = select_common(rt, req->layer, req->mode, req->q, req->w, req->out, req->flags);
+    int err = select_common(rt, req->layer, req->mode, req->q, req->q_format, req->w, req->out, req->flags);
     if (err) return err;
     HISA__CHECK(req->n_seqs >= 1 && req->seq_ids, HISA_EINVAL);
+    HISA__CHECK(req->next_n >= 0 && req->next_n <= HISA_NEXT_N_MAX, HISA_EINVAL); /* 0 means 1 */
     HISA__CHECK(req->n_seqs <= rt->g.max_batch, HISA_ELIMIT);
     for (int32_t i = 0; i < req->n_seqs; i++) {
         int32_t seq = req->seq_ids[i];
         HISA__CHECK(hisa__seq_valid(rt, seq), HISA_ESEQ);
-        HISA__CHECK(rt->kv.seq_len[seq] >= 1, HISA_ERANGE);
+        HISA__CHECK(rt->kv.seq_len[seq] >= (req->next_n > 1 ? req->next_n : 1), HISA_ERANGE);
         if ((err = check_written(rt, req->layer, seq, rt->kv.seq_len[seq] - 1))) return err;
     }
     return rt->be->decode(rt, req);
 }
 
+/* Chunk c of a prefill request (the single-chunk form is chunk 0). */
+static void chunk_of(const hisa_prefill *req, int32_t c, int32_t *seq, int32_t *t0, int32_t *n_q) {
+    *seq = req->n_chunks ? req->seqs[c] : req->seq;
+    *t0 = req->n_chunks ? req->t0s[c] : req->t0;
+    *n_q = req->n_chunks ? req->n_qs[c] : req->n_q;
+}
+
+/* Chunk a before chunk b: by sequence, then by first position. */
+static int chunk_before(const hisa_prefill *req, int32_t a, int32_t b) {
+    return req->seqs[a] != req->seqs[b] ? req->seqs[a] < req->seqs[b] : req->t0s[a] < req->t0s[b];
+}
+
+/* Chunks of one sequence are disjoint: sort the chunk indices (heap sort in the arena's
+ * chunk_order, no allocation, O(n log n)) and compare neighbours. */
+static int chunks_disjoint(const hisa_runtime *rt, const hisa_prefill *req) {
+    int32_t n = req->n_chunks, *o = rt->r.chunk_order;
+    for (int32_t i = 0; i < n; i++) o[i] = i;
+    for (int32_t end = n; end > 1; end--) {
+        for (int32_t start = (end == n ? n / 2 - 1 : 0); start >= 0; start--) { /* heapify once, then sift the root */
+            for (int32_t root = start, child; (child = 2 * root + 1) < end; root = child) {
+                if (child + 1 < end && chunk_before(req, o[child], o[child + 1])) child++;
+                if (!chunk_before(req, o[root], o[child])) break;
+                int32_t t = o[root];
+                o[root] = o[child];
+                o[child] = t;
+            }
+        }
+        int32_t t = o[0];
+        o[0] = o[end - 1];
+        o[end - 1] = t;
+    }
+    for (int32_t i = 1; i < n; i++)
+        HISA__CHECK(req->seqs[o[i]] != req->seqs[o[i - 1]] || req->t0s[o[i - 1]] + req->n_qs[o[i - 1]] <= req->t0s[o[i]],
+                    HISA_EINVAL);
+    return HISA_OK;
+}
+
+/* Every chunk live and inside its sequence; chunks of one sequence disjoint; the total bounded. */
+static int chunks_validate(const hisa_runtime *rt, const hisa_prefill *req) {
+    HISA__CHECK(req->n_chunks >= 0, HISA_EINVAL);
+    HISA__CHECK(!req->n_chunks || (req->seqs && req->t0s && req->n_qs), HISA_EINVAL);
+    int32_t n_chunks = req->n_chunks ? req->n_chunks : 1;
+    HISA__CHECK(n_chunks <= rt->g.max_prefill, HISA_ELIMIT); /* each chunk holds a query */
+    int64_t total = 0;
+    for (int32_t c = 0; c < n_chunks; c++) {
+        int32_t seq, t0, n_q;
+        chunk_of(req, c, &seq, &t0, &n_q);
+        HISA__CHECK(n_q >= 1, HISA_EINVAL);
+        total += n_q;
+        HISA__CHECK(total <= rt->g.max_prefill, HISA_ELIMIT);
+        HISA__CHECK(hisa__seq_valid(rt, seq), HISA_ESEQ);
+        HISA__CHECK(t0 >= 0 && (int64_t)t0 + n_q <= rt->kv.seq_len[seq], HISA_ERANGE);
+    }
+    return req->n_chunks > 1 ? chunks_disjoint(rt, req) : HISA_OK; /* a position is one query of a call */
+}
+
 static int prefill_run(hisa_runtime *rt, const hisa_prefill *req, uint32_t dev_flags) {
     HISA__LIVE(rt);
     HISA__CHECK(req != NULL, HISA_EINVAL);
-    int err = select_common(rt, req->layer, req->mode, req->q, req->w, req->out, req->flags);
-    if (err) return err;
-    HISA__CHECK(hisa__seq_valid(rt, req->seq), HISA_ESEQ);
-    HISA__CHECK(req->n_q >= 1, HISA_EINVAL);
-    HISA__CHECK(req->n_q <= rt->g.max_prefill, HISA_ELIMIT);
-    HISA__CHECK(req->t0 >= 0 && (int64_t)req->t0 + req->n_q <= rt->kv.seq_len[req->seq], HISA_ERANGE);
-    if ((err = check_written(rt, req->layer, req->seq, req->t0 + req->n_q - 1))) return err;
-    return rt->be->prefill(rt, req, dev_flags);
+    int err = select_common(rt, req->layer, req->mode, req->q, req->q_format, req->w, req->out, req->flags);
+    if (!err) err = chunks_validate(rt, req);
+    for (int32_t c = 0; !err && c < (req->n_chunks ? req->n_chunks : 1); c++) {
+        int32_t seq, t0, n_q;
+        chunk_of(req, c, &seq, &t0, &n_q);
+        err = check_written(rt, req->layer, seq, t0 + n_q - 1);
+    }
+    return err ? err : rt->be->prefill(rt, req, dev_flags);
 }
 
 int hisa_select_prefill(hisa_runtime *rt, const hisa_prefill *req) { return prefill_run(rt, req, 0); }
@@ -342,6 +420,7 @@ int hisa_memory_report_get(const hisa_runtime *rt, hisa_memory_report *out) {
     out->pages_free = kv->n_free_pages;
     out->pages_used = out->pages_total - out->pages_free;
     out->pages_high_water = kv->pages_high_water;
+    for (int32_t p = 0; p < kv->n_pages; p++) out->pages_shared += kv->page_refs[p] > 1;
     out->seqs_open = kv->max_seqs - kv->n_free_seqs;
     out->seqs_high_water = kv->seqs_high_water;
     for (int32_t s = 0; s < kv->max_seqs; s++)

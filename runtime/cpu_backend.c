@@ -31,9 +31,21 @@ static float index_score(const float *q, const float *w, int32_t H, const float 
     return total;
 }
 
-static void round_query(const hisa_runtime *rt, const float *q) {
+/* The query's values (SPEC "Queries") into cpu_q: f32 rounded to bf16, bf16 as given, e4m3
+ * codes' values. */
+static void load_query(const hisa_runtime *rt, const void *q, int32_t q_format) {
     int64_t n = rt->g.n_heads * HISA_D;
-    for (int64_t i = 0; i < n; i++) rt->r.cpu_q[i] = hisa__bf16_to_f32(hisa__bf16_from_f32(q[i]));
+    for (int64_t i = 0; i < n; i++) {
+        if (q_format == HISA_Q_F32) {
+            rt->r.cpu_q[i] = hisa__bf16_to_f32(hisa__bf16_from_f32(((const float *)q)[i]));
+        } else if (q_format == HISA_Q_BF16) {
+            uint16_t b;
+            memcpy(&b, (const uint8_t *)q + 2 * i, 2);
+            rt->r.cpu_q[i] = hisa__bf16_to_f32(b);
+        } else {
+            rt->r.cpu_q[i] = hisa__e4m3_to_f32(((const uint8_t *)q)[i]);
+        }
+    }
 }
 
 static float token_score(const hisa_runtime *rt, int32_t layer, int32_t seq, int32_t s, const float *w) {
@@ -51,11 +63,11 @@ static float block_score(const hisa_runtime *rt, int32_t layer, int32_t seq, int
     return index_score(rt->r.cpu_q, w, (int32_t)rt->g.n_heads, kbar);
 }
 
-int hisa__cpu_scores(hisa_runtime *rt, int32_t layer, int32_t seq, int32_t t, const float *q,
+int hisa__cpu_scores(hisa_runtime *rt, int32_t layer, int32_t seq, int32_t t, const void *q, int32_t q_format,
                      const float *w, float *I, float *J) {
     assert(rt && !hisa__is_cuda(rt) && hisa__seq_valid(rt, seq) && t < rt->kv.seq_len[seq]);
     int32_t B = (int32_t)rt->g.block_size;
-    round_query(rt, q);
+    load_query(rt, q, q_format);
     for (int32_t s = 0; s <= t; s++) I[s] = token_score(rt, layer, seq, s, w);
     for (int32_t b = 0; b <= t / B; b++) J[b] = block_score(rt, layer, seq, b, w);
     return HISA_OK;
@@ -134,7 +146,7 @@ static int32_t hisa_candidates(const hisa_runtime *rt, int32_t layer, int32_t se
 }
 
 int hisa__cpu_select_one(const hisa_runtime *rt, int32_t layer, hisa_mode mode, int32_t seq, int32_t t,
-                         const float *q, const float *w, int out_slots, int32_t *out) {
+                         const void *q, int32_t q_format, const float *w, int out_slots, int32_t *out) {
     int32_t B = rt->kv.block_size, k = (int32_t)rt->g.topk, m = (int32_t)rt->g.top_blocks;
     int32_t n = t + 1, nb = hisa__blocks_of(n, B), n_sel;
     assert(t >= 0 && t < rt->kv.seq_len[seq]);
@@ -142,14 +154,14 @@ int hisa__cpu_select_one(const hisa_runtime *rt, int32_t layer, hisa_mode mode, 
         for (int32_t s = 0; s < n; s++) out[s] = s;
         n_sel = n;
     } else if (mode == HISA_MODE_FLAT || nb <= m) { /* SPEC 2, 3 */
-        round_query(rt, q);
+        load_query(rt, q, q_format);
         for (int32_t s = 0; s < n; s++) {
             rt->r.cpu_scores[s] = token_score(rt, layer, seq, s, w);
             rt->r.cpu_ids[s] = s;
         }
         n_sel = hisa__topk_ref(rt->r.cpu_scores, rt->r.cpu_ids, n, k, out);
     } else { /* SPEC 4 */
-        round_query(rt, q);
+        load_query(rt, q, q_format);
         int32_t n_cand = hisa_candidates(rt, layer, seq, n, w);
         n_sel = hisa__topk_ref(rt->r.cpu_scores, rt->r.cpu_ids, n_cand, k, out);
     }
@@ -185,6 +197,7 @@ static int cpu_probe(int32_t device, hisa_k_device *dev, char *detail, size_t de
 
 static int cpu_start(hisa_runtime *rt) {
     rt->kv.be = &rt->kv; /* kvcache/host.c's operations work on the cache view itself */
+    memset(rt->r.sum_pages, 0xff, (size_t)(rt->g.n_layers * rt->g.max_seqs) * sizeof(int32_t)); /* none */
 #ifndef NDEBUG
     memset(rt->r.keys, 0xff, (size_t)(rt->g.n_layers * rt->g.n_pages * rt->g.page_bytes));
 #endif
@@ -202,31 +215,44 @@ static int cpu_write(hisa_runtime *rt, const hisa_write *req, int32_t range_seq,
         int32_t seq = range_seq >= 0 ? range_seq : req->seq_ids[i];
         int32_t pos = range_seq >= 0 ? range_pos0 + i
                                      : (req->positions ? req->positions[i] : rt->kv.seq_len[seq] - 1);
-        hisa__kv_host_write(&rt->kv, req->layer, seq, pos, req->keys ? req->keys + (int64_t)i * HISA_D : NULL,
-                            req->codes ? req->codes + (int64_t)i * HISA_D : NULL,
+        const float *key = req->keys ? req->keys + (int64_t)i * HISA_D : NULL;
+        float widened[HISA_D]; /* bf16 keys: their exact fp32 values */
+        if (req->keys_bf16) {
+            for (int d = 0; d < HISA_D; d++) widened[d] = hisa__bf16_to_f32(req->keys_bf16[(int64_t)i * HISA_D + d]);
+            key = widened;
+        }
+        hisa__kv_host_write(&rt->kv, req->layer, seq, pos, key, req->codes ? req->codes + (int64_t)i * HISA_D : NULL,
                             req->codes ? req->scales + i : NULL,
                             req->payload ? (const uint8_t *)req->payload + (int64_t)i * pb : NULL);
     }
     return HISA_OK;
 }
 
+/* Row r of a decode: query r % next_n of seq_ids[r / next_n], at t = len - next_n + j. */
 static int cpu_decode(hisa_runtime *rt, const hisa_decode *req) {
-    int64_t H = rt->g.n_heads, k = rt->g.topk;
-    for (int32_t i = 0; i < req->n_seqs; i++) {
-        int32_t seq = req->seq_ids[i];
-        (void)hisa__cpu_select_one(rt, req->layer, req->mode, seq, rt->kv.seq_len[seq] - 1, req->q + i * H * HISA_D,
-                   req->w + i * H, (req->flags & HISA_SLOTS) != 0, req->out + i * k);
+    int64_t H = rt->g.n_heads, k = rt->g.topk, qb = hisa__q_bytes(H, req->q_format);
+    int32_t next_n = req->next_n > 1 ? req->next_n : 1;
+    for (int32_t r = 0; r < req->n_seqs * next_n; r++) {
+        int32_t seq = req->seq_ids[r / next_n], t = rt->kv.seq_len[seq] - next_n + r % next_n;
+        (void)hisa__cpu_select_one(rt, req->layer, req->mode, seq, t, (const uint8_t *)req->q + r * qb, req->q_format,
+                                   req->w + r * H, (req->flags & HISA_SLOTS) != 0, req->out + r * k);
     }
     return HISA_OK;
 }
 
 static int cpu_prefill(hisa_runtime *rt, const hisa_prefill *req, uint32_t dev_flags) {
-    int64_t H = rt->g.n_heads, k = rt->g.topk;
+    int64_t H = rt->g.n_heads, k = rt->g.topk, qb = hisa__q_bytes(H, req->q_format), row = 0;
+    int32_t n_chunks = req->n_chunks > 0 ? req->n_chunks : 1;
     assert(dev_flags == 0);
     (void)dev_flags;
-    for (int32_t i = 0; i < req->n_q; i++)
-        (void)hisa__cpu_select_one(rt, req->layer, req->mode, req->seq, req->t0 + i, req->q + i * H * HISA_D, req->w + i * H,
-                   (req->flags & HISA_SLOTS) != 0, req->out + i * k);
+    for (int32_t c = 0; c < n_chunks; c++) {
+        int32_t seq = req->n_chunks ? req->seqs[c] : req->seq, t0 = req->n_chunks ? req->t0s[c] : req->t0;
+        int32_t n_q = req->n_chunks ? req->n_qs[c] : req->n_q;
+        for (int32_t i = 0; i < n_q; i++, row++)
+            (void)hisa__cpu_select_one(rt, req->layer, req->mode, seq, t0 + i, (const uint8_t *)req->q + row * qb,
+                                       req->q_format, req->w + row * H, (req->flags & HISA_SLOTS) != 0,
+                                       req->out + row * k);
+    }
     return HISA_OK;
 }
 

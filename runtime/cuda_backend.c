@@ -55,12 +55,13 @@ static hisa_k_scratch scratch_of(const hisa_runtime *rt) {
     return sc;
 }
 
-/* HISA_HOST_IO selections: q and w go to io_q / io_w, the kernels write io_out, and
- * stage_out copies the result back and waits for it (the caller may reuse its buffers). */
-static int stage_in(hisa_runtime *rt, int32_t n_rows, const float **q, const float **w, int32_t **out) {
+/* HISA_HOST_IO selections: q (n_rows queries in q_format) and w go to io_q / io_w, the kernels
+ * write io_out, and stage_out copies the result back and waits for it (the caller may reuse its
+ * buffers). */
+static int stage_in(hisa_runtime *rt, int32_t n_rows, int32_t q_format, const void **q, const float **w, int32_t **out) {
     cudaStream_t s = stream_of(rt);
     int64_t H = rt->g.n_heads;
-    HISA_CUDA_TRY(rt, cudaMemcpyAsync(rt->r.io_q, *q, (size_t)(n_rows * H * HISA_D) * sizeof(float),
+    HISA_CUDA_TRY(rt, cudaMemcpyAsync(rt->r.io_q, *q, (size_t)(n_rows * hisa__q_bytes(H, q_format)),
                                       cudaMemcpyHostToDevice, s));
     HISA_CUDA_TRY(rt, cudaMemcpyAsync(rt->r.io_w, *w, (size_t)(n_rows * H) * sizeof(float), cudaMemcpyHostToDevice, s));
     *q = rt->r.io_q;
@@ -118,7 +119,7 @@ static int cuda_start(hisa_runtime *rt) {
 
 /* --- the cache's device copy (hisa__kv_ops, be = the runtime) ------------------------------- */
 
-static int cuda_seq_set(void *be, int32_t seq, int32_t first_index, int32_t n_new) {
+static int cuda_seq_set(void *be, int32_t seq, int32_t first_index, int32_t n_new, int32_t fresh) {
     hisa_runtime *rt = be;
     assert(seq >= 0 && seq < rt->g.max_seqs && first_index >= 0 && n_new >= 0);
     const int32_t *pt = hisa__kv_pages(&rt->kv, seq);
@@ -131,6 +132,7 @@ static int cuda_seq_set(void *be, int32_t seq, int32_t first_index, int32_t n_ne
         p.len = rt->kv.seq_len[seq];
         p.first_index = first_index + done;
         p.n_pages_new = n;
+        p.fresh = fresh;
         for (int32_t i = 0; i < n; i++) p.pages[i] = pt[first_index + done + i];
         HISA_LAUNCH_TRY(rt, hisa_k_seq_set(rt->stream, &p));
         done += n;
@@ -158,7 +160,14 @@ static int cuda_poison_page(void *be, int32_t page) {
     return HISA_OK;
 }
 
-static const hisa__kv_ops cuda_kv_ops = {cuda_seq_set, cuda_truncate, cuda_poison_page};
+static int cuda_copy_page(void *be, int32_t seq, int32_t src, int32_t dst, int32_t keep) {
+    hisa_runtime *rt = be;
+    hisa_k_copy_page_params p = {.cache = cache_of(rt), .seq = seq, .src = src, .dst = dst, .keep = keep};
+    HISA_LAUNCH_TRY(rt, hisa_k_copy_page(rt->stream, &p));
+    return HISA_OK;
+}
+
+static const hisa__kv_ops cuda_kv_ops = {cuda_seq_set, cuda_truncate, cuda_poison_page, cuda_copy_page};
 
 static int cuda_write(hisa_runtime *rt, const hisa_write *req, int32_t range_seq, int32_t range_pos0) {
     assert(rt && req && req->n_tokens >= 1 && req->n_tokens <= rt->g.rows);
@@ -180,6 +189,7 @@ static int cuda_write(hisa_runtime *rt, const hisa_write *req, int32_t range_seq
             p.positions[i] = req->positions ? req->positions[i] : -1;
         }
     p.keys = req->keys;
+    p.keys_bf16 = req->keys_bf16;
     p.codes = req->codes;
     p.scales = req->scales;
     p.payload = req->payload;
@@ -188,6 +198,11 @@ static int cuda_write(hisa_runtime *rt, const hisa_write *req, int32_t range_seq
             HISA_CUDA_TRY(rt, cudaMemcpyAsync(rt->r.io_keys, req->keys, (size_t)(n * HISA_D) * sizeof(float),
                                               cudaMemcpyHostToDevice, s));
             p.keys = rt->r.io_keys;
+        }
+        if (req->keys_bf16) { /* io_keys holds fp32 keys: bf16 ones take half of it */
+            HISA_CUDA_TRY(rt, cudaMemcpyAsync(rt->r.io_keys, req->keys_bf16, (size_t)(n * HISA_D) * sizeof(uint16_t),
+                                              cudaMemcpyHostToDevice, s));
+            p.keys_bf16 = (const uint16_t *)rt->r.io_keys;
         }
         if (req->codes) {
             HISA_CUDA_TRY(rt, cudaMemcpyAsync(rt->r.io_codes, req->codes, (size_t)(n * HISA_D), cudaMemcpyHostToDevice, s));
@@ -208,13 +223,12 @@ static int cuda_write(hisa_runtime *rt, const hisa_write *req, int32_t range_seq
 }
 
 static int cuda_decode(hisa_runtime *rt, const hisa_decode *req) {
-    const int32_t n_rows = req->n_seqs;
-    const float *q = req->q, *w = req->w;
+    const int32_t next_n = req->next_n > 1 ? req->next_n : 1, n_rows = req->n_seqs * next_n;
+    const void *q = req->q;
+    const float *w = req->w;
     int32_t *out = req->out;
-    const uint32_t flags = req->flags;
-    assert(rt && req->seq_ids && n_rows >= 1 && n_rows <= HISA_BATCH_MAX && q && w && out);
-    const int host_io = (flags & HISA_HOST_IO) != 0;
-    int32_t *out_host = out;
+    const int host_io = (req->flags & HISA_HOST_IO) != 0;
+    assert(rt && req->seq_ids && req->n_seqs <= HISA_BATCH_MAX && n_rows <= rt->g.rows && q && w && out);
     hisa_k_select_params p;
     memset(&p, 0, sizeof p);
     p.cache = cache_of(rt);
@@ -223,31 +237,29 @@ static int cuda_decode(hisa_runtime *rt, const hisa_decode *req) {
     p.mode = (int32_t)req->mode;
     p.top_blocks = (int32_t)rt->g.top_blocks;
     p.topk = (int32_t)rt->g.topk;
-    p.out_slots = (flags & HISA_SLOTS) != 0;
+    p.out_slots = (req->flags & HISA_SLOTS) != 0;
     p.n_rows = n_rows;
-    for (int32_t i = 0; i < n_rows; i++) p.seq_ids[i] = req->seq_ids[i];
+    p.next_n = next_n;
+    p.q_format = req->q_format;
+    for (int32_t i = 0; i < req->n_seqs; i++) p.seq_ids[i] = req->seq_ids[i];
     p.max_context = (int32_t)rt->g.max_context;
     p.dev = rt->dev;
     p.scratch_rows = (int32_t)rt->g.rows;
     if (host_io) {
-        int err = stage_in(rt, n_rows, &q, &w, &out);
+        int err = stage_in(rt, n_rows, req->q_format, &q, &w, &out);
         if (err) return err;
     }
     p.q = q;
     p.w = w;
     p.out = out;
     HISA_LAUNCH_TRY(rt, hisa_k_select(rt->stream, &p));
-    return host_io ? stage_out(rt, n_rows, out_host) : HISA_OK;
+    return host_io ? stage_out(rt, n_rows, req->out) : HISA_OK;
 }
 
-static int cuda_prefill(hisa_runtime *rt, const hisa_prefill *req, uint32_t dev_flags) {
-    const int32_t n_q = req->n_q;
-    const float *q = req->q, *w = req->w;
-    int32_t *out = req->out;
-    const uint32_t flags = req->flags;
-    assert(rt && q && w && out && n_q >= 1 && n_q <= rt->g.max_prefill && n_q <= rt->g.rows);
-    const int host_io = (flags & HISA_HOST_IO) != 0;
-    int32_t *out_host = out;
+/* One chunk's launch: rows [row, row + n_q) of the call's q / w / out. */
+static int prefill_chunk(hisa_runtime *rt, const hisa_prefill *req, uint32_t dev_flags, int32_t seq, int32_t t0,
+                         int32_t n_q, int64_t row, const void *q, const float *w, int32_t *out) {
+    const int64_t H = rt->g.n_heads;
     hisa_k_prefill_params p;
     memset(&p, 0, sizeof p);
     p.cache = cache_of(rt);
@@ -256,24 +268,46 @@ static int cuda_prefill(hisa_runtime *rt, const hisa_prefill *req, uint32_t dev_
     p.mode = (int32_t)req->mode;
     p.top_blocks = (int32_t)rt->g.top_blocks;
     p.topk = (int32_t)rt->g.topk;
-    p.out_slots = (flags & HISA_SLOTS) != 0;
-    p.seq = req->seq;
-    p.t0 = req->t0;
+    p.out_slots = (req->flags & HISA_SLOTS) != 0;
+    p.seq = seq;
+    p.t0 = t0;
     p.n_q = n_q;
     p.max_context = (int32_t)rt->g.max_context;
     p.scratch_rows = (int32_t)rt->g.rows;
     p.stop_after_scoring = (dev_flags & HISA_DEV_SCORING_ONLY) != 0;
     p.dev = rt->dev;
     p.variant = (dev_flags & HISA_DEV_VARIANT_ALT) != 0;
+    p.q_format = req->q_format;
+    p.q = (const uint8_t *)q + row * hisa__q_bytes(H, req->q_format);
+    p.w = w + row * H;
+    p.out = out + row * rt->g.topk;
+    HISA_LAUNCH_TRY(rt, hisa_k_prefill(rt->stream, &p));
+    return HISA_OK;
+}
+
+/* Chunks run one launch chain after another on the stream, each reusing the scratch (a batched
+ * single launch is the prefill performance issue's). */
+static int cuda_prefill(hisa_runtime *rt, const hisa_prefill *req, uint32_t dev_flags) {
+    const int32_t n_chunks = req->n_chunks > 0 ? req->n_chunks : 1;
+    const void *q = req->q;
+    const float *w = req->w;
+    int32_t *out = req->out;
+    const int host_io = (req->flags & HISA_HOST_IO) != 0;
+    int64_t total = 0;
+    for (int32_t c = 0; c < n_chunks; c++) total += req->n_chunks ? req->n_qs[c] : req->n_q;
+    assert(rt && q && w && out && total >= 1 && total <= rt->g.max_prefill);
     if (host_io) {
-        int err = stage_in(rt, n_q, &q, &w, &out);
+        int err = stage_in(rt, (int32_t)total, req->q_format, &q, &w, &out);
         if (err) return err;
     }
-    p.q = q;
-    p.w = w;
-    p.out = out;
-    HISA_LAUNCH_TRY(rt, hisa_k_prefill(rt->stream, &p));
-    return host_io ? stage_out(rt, n_q, out_host) : HISA_OK;
+    for (int64_t c = 0, row = 0; c < n_chunks; c++) {
+        int32_t seq = req->n_chunks ? req->seqs[c] : req->seq, t0 = req->n_chunks ? req->t0s[c] : req->t0;
+        int32_t n_q = req->n_chunks ? req->n_qs[c] : req->n_q;
+        int err = prefill_chunk(rt, req, dev_flags, seq, t0, n_q, row, q, w, out);
+        if (err) return err;
+        row += n_q;
+    }
+    return host_io ? stage_out(rt, (int32_t)total, req->out) : HISA_OK;
 }
 
 uint64_t hisa_dev_topk_work_bytes(int32_t n, int32_t n_rows) {

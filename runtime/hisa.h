@@ -56,11 +56,22 @@ enum {
     HISA_ERANGE = -11,    /* layer, position or length out of range */
     HISA_ELIMIT = -12,    /* a batch, chunk or context over the configured maximum */
     HISA_EFORMAT = -13,   /* key data in the wrong format for this runtime */
-    HISA_EUNWRITTEN = -14 /* selection over a position whose key was never written (CPU) */
+    HISA_EUNWRITTEN = -14, /* selection over a position whose key was never written (CPU) */
+    HISA_ESHARED = -15     /* a write into a page that several sequences share (hisa_seq_fork) */
 };
 
 /* Key storage formats (SPEC "Keys"). 0 picks the default, fp8. */
 enum { HISA_KEY_DEFAULT = 0, HISA_KEY_FP8 = 1, HISA_KEY_BF16 = 2 };
+
+/* Query formats (SPEC "Queries"): q of hisa_decode / hisa_prefill is [.., H, 128] of
+ *   HISA_Q_F32: float, rounded to bf16 (nearest even) before use (the default);
+ *   HISA_Q_BF16: uint16 bf16 bits, used as given;
+ *   HISA_Q_FP8: uint8 e4m3fn codes, each query value the code's value; the per-head scale is
+ *     already folded into w (DeepSeek-V3.2's act_quant; DeepGEMM's fp8_mqa_logits input). */
+enum { HISA_Q_F32 = 0, HISA_Q_BF16 = 1, HISA_Q_FP8 = 2 };
+
+/* Queries per sequence in one decode call (speculative decoding, multi-token prediction). */
+#define HISA_NEXT_N_MAX 4
 
 /* Selection modes. */
 typedef enum { HISA_MODE_HISA = 0, HISA_MODE_FLAT = 1 } hisa_mode;
@@ -122,7 +133,8 @@ typedef struct hisa_memory {
 
 typedef struct hisa_memory_report {
     uint64_t device_bytes, host_bytes; /* reserved at open */
-    int32_t pages_total, pages_used, pages_free, pages_high_water;
+    int32_t pages_total, pages_used, pages_free, pages_high_water; /* a shared page counts once */
+    int32_t pages_shared;              /* pages held by more than one sequence (hisa_seq_fork) */
     int32_t seqs_open, seqs_high_water;
     int64_t tokens; /* sum of the open sequences' lengths */
     int32_t poisoned;
@@ -161,20 +173,30 @@ int hisa_sync(hisa_runtime *rt);
 int hisa_seq_open(hisa_runtime *rt, int32_t *seq_out);
 int hisa_seq_close(hisa_runtime *rt, int32_t seq);                /* returns its pages */
 int hisa_seq_extend(hisa_runtime *rt, int32_t seq, int32_t n);    /* all-or-nothing */
-int hisa_seq_truncate(hisa_runtime *rt, int32_t seq, int32_t len); /* rollback; len <= current */
+/* Rollback; len <= current. Truncating into a page shared with another sequence first gives
+ * this sequence its own copy of it (one free page needed: HISA_EPOOL otherwise). */
+int hisa_seq_truncate(hisa_runtime *rt, int32_t seq, int32_t len);
+/* Shared prefix (SPEC "Shared prefixes"): a new sequence holding parent's first len positions.
+ * The complete pages below len are shared, not copied (reference-counted; neither side may write
+ * them: HISA_ESHARED); a partial last page is copied (keys, payload, summary). All-or-nothing:
+ * HISA_ESEQFULL or HISA_EPOOL change nothing. A shared page returns to the pool when the last
+ * sequence holding it closes or truncates below it. */
+int hisa_seq_fork(hisa_runtime *rt, int32_t parent, int32_t len, int32_t *child_out);
 int hisa_seq_length(const hisa_runtime *rt, int32_t seq, int32_t *len_out);
 /* The sequence's page ids [ceil(len / B)]; pages_max is the capacity of pages_out. */
 int hisa_seq_pages(const hisa_runtime *rt, int32_t seq, int32_t *pages_out, int32_t pages_max,
                    int32_t *n_pages_out);
 
-/* Keys of one token per sequence (decode append). Either keys (fp32) or codes + scales
- * (fp8 runtimes only, already quantized as SPEC says). Writing a written position replaces it. */
+/* Keys of one token per sequence (decode append). Exactly one of keys (fp32), keys_bf16, or codes
+ * + scales (fp8 runtimes only, already quantized as SPEC says). Writing a written position
+ * replaces it; writing into a page shared by several sequences is refused (HISA_ESHARED). */
 typedef struct hisa_write {
     int32_t layer;
     int32_t n_tokens;          /* 1..max_batch */
     const int32_t *seq_ids;    /* [n_tokens] host, distinct */
     const int32_t *positions;  /* [n_tokens] host; NULL: each sequence's last position (len - 1) */
     const float *keys;         /* [n_tokens, 128] fp32, or NULL */
+    const uint16_t *keys_bf16; /* [n_tokens, 128] bf16 bits, or NULL */
     const uint8_t *codes;      /* [n_tokens, 128] e4m3fn codes, or NULL */
     const float *scales;       /* [n_tokens] fp32, with codes */
     const void *payload;       /* [n_tokens, payload_bytes], or NULL */
@@ -186,30 +208,41 @@ int hisa_write_keys(hisa_runtime *rt, const hisa_write *req);
  * max_prefill_queries. seq_ids and positions of req are ignored; req->n_tokens is the count. */
 int hisa_write_range(hisa_runtime *rt, int32_t seq, int32_t pos0, const hisa_write *req);
 
-/* Decode: one query per sequence at its last position t = len - 1. out gets k int32 each. */
+/* Decode: next_n queries per sequence at its last next_n positions: query j of a sequence of
+ * length L stands at t = L - next_n + j (SPEC), and sees positions <= t. out gets k int32 each. */
 typedef struct hisa_decode {
     int32_t layer;
     hisa_mode mode;
     int32_t n_seqs;            /* 1..max_batch */
     const int32_t *seq_ids;    /* [n_seqs] host */
-    const float *q;            /* [n_seqs, H, 128] fp32, rounded to bf16 before use */
-    const float *w;            /* [n_seqs, H] fp32 */
-    int32_t *out;              /* [n_seqs, k] positions (or slots), -1 padded */
+    const void *q;             /* [n_seqs, next_n, H, 128] in q_format */
+    const float *w;            /* [n_seqs, next_n, H] fp32 */
+    int32_t *out;              /* [n_seqs, next_n, k] positions (or slots), -1 padded */
     uint32_t flags;            /* HISA_HOST_IO | HISA_SLOTS */
+    int32_t q_format;          /* HISA_Q_F32 (0), HISA_Q_BF16, HISA_Q_FP8 */
+    int32_t next_n;            /* 0 or 1: one query per sequence; up to HISA_NEXT_N_MAX */
 } hisa_decode;
 int hisa_select_decode(hisa_runtime *rt, const hisa_decode *req);
 
-/* Prefill chunk: n_q queries at positions t0 .. t0+n_q-1 of one sequence, each causal. */
+/* Prefill: chunks of queries, each causal. One chunk: n_q queries at t0 .. t0+n_q-1 of seq
+ * (n_chunks 0). Several: n_chunks > 0 and the host arrays seqs / t0s / n_qs describe them (the
+ * seq / t0 / n_q fields are then ignored); their queries are concatenated in chunk order, their
+ * total is at most max_prefill_queries, and the chunks of one sequence must not overlap. */
 typedef struct hisa_prefill {
     int32_t layer;
     hisa_mode mode;
     int32_t seq;
     int32_t t0;                /* t0 + n_q <= len */
     int32_t n_q;               /* 1..max_prefill_queries */
-    const float *q;            /* [n_q, H, 128] */
-    const float *w;            /* [n_q, H] */
-    int32_t *out;              /* [n_q, k] */
+    const void *q;             /* [total n_q, H, 128] in q_format */
+    const float *w;            /* [total n_q, H] */
+    int32_t *out;              /* [total n_q, k] */
     uint32_t flags;
+    int32_t q_format;          /* HISA_Q_F32 (0), HISA_Q_BF16, HISA_Q_FP8 */
+    int32_t n_chunks;          /* 0: the one chunk above; else the chunks below */
+    const int32_t *seqs;       /* [n_chunks] host */
+    const int32_t *t0s;        /* [n_chunks] host */
+    const int32_t *n_qs;       /* [n_chunks] host, each >= 1 */
 } hisa_prefill;
 int hisa_select_prefill(hisa_runtime *rt, const hisa_prefill *req);
 

@@ -24,6 +24,8 @@ _Static_assert(HISA_MAX_PREFILL_QUERIES == HISA_PREFILL_MAX && HISA_MAX_CONTEXT 
 _Static_assert(HISA_MAX_TOPK == HISA_TOPK_MAX && HISA_MAX_TOP_BLOCKS == HISA_TOP_BLOCKS_MAX, "published limits");
 _Static_assert((int)HISA_KEY_FP8 == (int)HISA__FMT_FP8 && (int)HISA_KEY_BF16 == (int)HISA__FMT_BF16, "key formats");
 _Static_assert(HISA_MODE_HISA == HISA_K_MODE_HISA && HISA_MODE_FLAT == HISA_K_MODE_FLAT, "modes");
+_Static_assert(HISA_Q_F32 == HISA_K_Q_F32 && HISA_Q_BF16 == HISA_K_Q_BF16 && HISA_Q_FP8 == HISA_K_Q_FP8, "q formats");
+_Static_assert(HISA_NEXT_N_MAX == HISA_K_NEXT_N_MAX, "next_n");
 _Static_assert(HISA_K_EINVAL == HISA_EINVAL && HISA_K_ELIMIT == HISA_ELIMIT && HISA_K_EDEVICE == HISA_EDEVICE,
                "launcher codes");
 
@@ -34,7 +36,7 @@ typedef struct hisa__geom {
     int64_t pages_per_seq;  /* ceil(max_context / B) */
     int64_t page_bytes;     /* layout.h */
     int64_t mask_words;     /* B / 32 */
-    int64_t rows;           /* max(max_batch, max_prefill): queries in flight on the GPU */
+    int64_t rows;           /* max(max_batch * HISA_NEXT_N_MAX, max_prefill): queries in flight on the GPU */
     int64_t cpu, cuda;      /* 1/0 selectors for backend-only regions */
 } hisa__geom;
 
@@ -51,6 +53,8 @@ struct hisa_runtime;
     X(page_table,     int32_t,  HOST,   g->max_seqs * g->pages_per_seq)                          \
     X(free_pages,     int32_t,  HOST,   g->n_pages)                                              \
     X(free_seqs,      int32_t,  HOST,   g->max_seqs)                                             \
+    X(page_refs,      int32_t,  HOST,   g->n_pages)                                              \
+    X(chunk_order,    int32_t,  HOST,   g->max_prefill)  /* prefill chunks sorted (api.c) */      \
     /* host, CPU backend only: selection scratch for one query */                                \
     X(cpu_q,          float,    HOST,   g->cpu * g->n_heads * HISA_D)                            \
     X(cpu_scores,     float,    HOST,   g->cpu * g->max_context)                                 \
@@ -73,7 +77,7 @@ struct hisa_runtime;
     X(io_q,           float,    DEVICE, g->cuda * g->rows * g->n_heads * HISA_D)                 \
     X(io_w,           float,    DEVICE, g->cuda * g->rows * g->n_heads)                          \
     X(io_out,         int32_t,  DEVICE, g->cuda * g->rows * g->topk)                             \
-    X(io_keys,        float,    DEVICE, g->cuda * g->rows * HISA_D)                              \
+    X(io_keys,        float,    DEVICE, g->cuda * g->rows * HISA_D)   /* fp32 or bf16 keys */   \
     X(io_codes,       uint8_t,  DEVICE, g->cuda * g->rows * HISA_D)                              \
     X(io_scales,      float,    DEVICE, g->cuda * g->rows)                                       \
     X(io_payload,     uint8_t,  DEVICE, g->cuda * g->rows * g->payload_bytes)
@@ -153,11 +157,15 @@ static inline int hisa__is_cuda(const struct hisa_runtime *rt) { return rt->be =
 /* cpu_backend.c: the reference selection, for the tests too. */
 /* Scores: I(s) for s in 0..t into I[t+1]; J(b) for b in 0..t/B into J[t/B+1] (J of blocks 0 and
  * last too, though never ranked). */
-int hisa__cpu_scores(struct hisa_runtime *rt, int32_t layer, int32_t seq, int32_t t, const float *q,
-                     const float *w, float *I, float *J);
+int hisa__cpu_scores(struct hisa_runtime *rt, int32_t layer, int32_t seq, int32_t t, const void *q,
+                     int32_t q_format, const float *w, float *I, float *J);
 /* One query at position t of seq (validated): k entries into out, -1 padded; slots on request. */
 int hisa__cpu_select_one(const struct hisa_runtime *rt, int32_t layer, hisa_mode mode, int32_t seq, int32_t t,
-                         const float *q, const float *w, int out_slots, int32_t *out);
+                         const void *q, int32_t q_format, const float *w, int out_slots, int32_t *out);
+/* Bytes of one query (H x 128 values) in q_format. */
+static inline int64_t hisa__q_bytes(int64_t H, int32_t q_format) {
+    return H * HISA_D * (q_format == HISA_Q_F32 ? 4 : q_format == HISA_Q_BF16 ? 2 : 1);
+}
 /* Top-k of scores[i] for ids[i] (ids ascending); ties to the lower id. Writes the selected ids
  * in ascending order into out, returns how many (min(n, k)). Reference radix select. */
 int32_t hisa__topk_ref(const float *scores, const int32_t *ids, int32_t n, int32_t k, int32_t *out);

@@ -96,7 +96,7 @@ void hisa__geom_from_config(const hisa_config *c, hisa__geom *g) {
     g->pages_per_seq = hisa__blocks_of(c->max_context, c->block_size);
     g->page_bytes = hisa__page_bytes(c->block_size, c->key_format);
     g->mask_words = hisa__mask_words(c->block_size);
-    g->rows = g->max_batch > g->max_prefill ? g->max_batch : g->max_prefill;
+    g->rows = g->max_batch * HISA_NEXT_N_MAX > g->max_prefill ? g->max_batch * HISA_NEXT_N_MAX : g->max_prefill;
     assert(g->pages_per_seq >= 1 && g->mask_words >= 1);
 }
 

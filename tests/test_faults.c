@@ -243,7 +243,7 @@ static void wl_rows(hisa_test_ctx *ctx, wl *x, const char *what, int err_cu, con
         int32_t seq = prefill_seq >= 0 ? prefill_seq : seqs[r], len;
         hisa_seq_length(x->cpu, seq, &len);
         int32_t t = prefill_seq >= 0 ? t0 + r : len - 1;
-        hisa__cpu_scores(x->cpu, layer, seq, t, x->q + r * 4 * 128, x->w + r * 4, x->I, x->J);
+        hisa__cpu_scores(x->cpu, layer, seq, t, x->q + r * 4 * 128, HISA_Q_F32, x->w + r * 4, x->I, x->J);
         char why[200];
         CHECKF(hisa_agree(x->I, t + 1, NULL, x->out_cpu + r * 48, x->out_cu + r * 48, 48, why, sizeof why),
                "%s row %d (%s): silent wrong answer: %s", what, r, flat ? "flat" : "hisa", why);

@@ -186,7 +186,7 @@ static void check_row(hisa_test_ctx *ctx, pair *p, int32_t seq, const float *q, 
     float *cs = malloc(sizeof(float) * (size_t)n);
     int32_t *ids = malloc(sizeof(int32_t) * (size_t)n), *ref = malloc(sizeof(int32_t) * (size_t)k);
     uint8_t *is_cand = calloc((size_t)n, 1);
-    hisa__cpu_scores(p->cpu, 0, seq, n - 1, q, w, I, J);
+    hisa__cpu_scores(p->cpu, 0, seq, n - 1, q, HISA_Q_F32, w, I, J);
     int32_t n_cand = 0;
     if (mode == HISA_MODE_FLAT || nb <= m) {
         CHECKF(gpu_blocks == NULL, "%s n=%d: took HISA", what, n);

@@ -161,7 +161,7 @@ static void pf_check_row(hisa_test_ctx *ctx, pf_pair *p, hisa_mode mode, int32_t
             return;
         }
     int32_t *ref = malloc(sizeof(int32_t) * (size_t)k);
-    REQUIRE(hisa__cpu_select_one(p->cpu, 0, mode, p->seq, t, q, w, 0, ref) == HISA_OK);
+    REQUIRE(hisa__cpu_select_one(p->cpu, 0, mode, p->seq, t, q, HISA_Q_F32, w, 0, ref) == HISA_OK);
     if (n <= k) {
         int32_t *s = malloc(sizeof(int32_t) * (size_t)k);
         memcpy(s, got, sizeof(int32_t) * (size_t)k);
@@ -177,7 +177,7 @@ static void pf_check_row(hisa_test_ctx *ctx, pf_pair *p, hisa_mode mode, int32_t
     uint8_t *is_cand = calloc((size_t)n, 1);
     if (mode == HISA_MODE_FLAT || nb <= m) {
         float *J = malloc(sizeof(float) * (size_t)nb);
-        REQUIRE(hisa__cpu_scores(p->cpu, 0, p->seq, t, q, w, I, J) == HISA_OK);
+        REQUIRE(hisa__cpu_scores(p->cpu, 0, p->seq, t, q, HISA_Q_F32, w, I, J) == HISA_OK);
         CHECKF(hisa_agree(I, n, NULL, ref, got, k, why, sizeof why), "%s t=%d flat: %s", what, t, why);
         free(J);
     } else {
@@ -428,7 +428,7 @@ HISA_TEST(gpu_prefill_decode_agree) {
         int32_t *dec = malloc(sizeof(int32_t) * k), *pre = malloc(sizeof(int32_t) * k);
         float *I = malloc(sizeof(float) * (t + 1)), *J = malloc(sizeof(float) * 128);
         hisa_tgen_query(61, H, 1234, q, w);
-        REQUIRE(hisa__cpu_scores(p.cpu, 0, p.seq, t, q, w, I, J) == HISA_OK);
+        REQUIRE(hisa__cpu_scores(p.cpu, 0, p.seq, t, q, HISA_Q_F32, w, I, J) == HISA_OK);
         for (int mode = 0; mode <= 1; mode++) {
             for (int32_t i = 0; i < k; i++) dec[i] = pre[i] = POISON_WORD;
             hisa_decode d = {.layer = 0, .mode = (hisa_mode)mode, .n_seqs = 1, .seq_ids = &p.seq, .q = q, .w = w,

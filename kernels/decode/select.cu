@@ -110,8 +110,11 @@ __device__ __forceinline__ row_desc describe(const sel_args &a, int r) {
         return d;
     }
     const int B = p.cache.block_size, m = p.top_blocks, k = p.topk;
-    d.seq = p.seq_ids[d.crow];
-    d.n = p.cache.seq_len[d.seq]; /* read on the device: graph replays follow growing sequences */
+    const int j = p.next_n == 1 ? 0 : d.crow % p.next_n; /* the common case divides nothing */
+    d.seq = p.seq_ids[p.next_n == 1 ? d.crow : d.crow / p.next_n];
+    /* read on the device (graph replays follow growing sequences); query j of next_n stands at
+     * t = len - next_n + j and sees t + 1 positions */
+    d.n = p.cache.seq_len[d.seq] - p.next_n + j + 1;
     d.n = max(d.n, 0);
     d.nb = (d.n + B - 1) / B;
     d.last = d.nb - 1;
@@ -223,6 +226,16 @@ __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commi
 template <int N>
 __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
 
+/* Eight float4 of a query row (vector idx = base + i * kScoreThreads, element 4 * idx from q0). */
+template <int FMT>
+__device__ __forceinline__ void load_q8(float4 (&v)[8], const void *q, int64_t q0, int base, int n_vec) {
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+        int idx = base + i * kScoreThreads;
+        v[i] = idx < n_vec ? hisa__k_q_load4(q, q0 + 4 * (int64_t)idx, FMT) : make_float4(0.f, 0.f, 0.f, 0.f);
+    }
+}
+
 template <int SRC>
 __global__ void __launch_bounds__(kScoreThreads, 3) score_kernel(const sel_args a) {
     constexpr bool F16 = SRC == SRC_FP8;
@@ -313,18 +326,20 @@ __global__ void __launch_bounds__(kScoreThreads, 3) score_kernel(const sel_args 
             cur_row = r;
             /* query fragments for this row: stage q as bf16 (all loads in flight at once), the
              * per-head amax by shared atomics (non-negative floats order like their bits) */
-            const float *q = p.q + (int64_t)d.crow * H * HISA_D;
+            const int64_t q0 = (int64_t)d.crow * H * HISA_D; /* the row's first query element */
             const float *w = p.w + (int64_t)d.crow * H;
             for (int h = tid; h < n_mt * 16; h += kScoreThreads) amax_s[h] = 0u;
             __syncthreads();
             const int n_vec = H * (HISA_D / 4);
             for (int base = tid; base < n_vec; base += kScoreThreads * 8) {
                 float4 v[8];
-#pragma unroll
-                for (int i = 0; i < 8; i++) {
-                    int idx = base + i * kScoreThreads;
-                    v[i] = idx < n_vec ? __ldg(reinterpret_cast<const float4 *>(q) + idx) : make_float4(0.f, 0.f, 0.f, 0.f);
-                }
+                /* the format branch outside the unrolled loads keeps all eight in flight */
+                if (p.q_format == HISA_K_Q_F32)
+                    load_q8<HISA_K_Q_F32>(v, p.q, q0, base, n_vec);
+                else if (p.q_format == HISA_K_Q_BF16)
+                    load_q8<HISA_K_Q_BF16>(v, p.q, q0, base, n_vec);
+                else
+                    load_q8<HISA_K_Q_FP8>(v, p.q, q0, base, n_vec);
 #pragma unroll
                 for (int i = 0; i < 8; i++) {
                     int idx = base + i * kScoreThreads;
@@ -925,8 +940,9 @@ extern "C" int hisa_k_select(void *stream, const hisa_k_select_params *p) {
         return HISA_K_EINVAL;
     const hisa_k_cache &c = p->cache;
     if (!hisa__k_select_shape_ok(c, p->layer, p->top_blocks, p->topk)) return HISA_K_EINVAL;
-    if (p->n_rows < 1 || p->n_rows > HISA_BATCH_MAX ||
-        p->n_rows > p->scratch_rows)
+    if (p->next_n < 1 || p->next_n > HISA_K_NEXT_N_MAX || p->q_format < HISA_K_Q_F32 || p->q_format > HISA_K_Q_FP8)
+        return HISA_K_EINVAL;
+    if (p->n_rows < 1 || p->n_rows % p->next_n || p->n_rows / p->next_n > HISA_BATCH_MAX || p->n_rows > p->scratch_rows)
         return HISA_K_ELIMIT;
     if (p->max_context < 1 || p->max_context > HISA_CONTEXT_MAX) return HISA_K_ELIMIT;
     if ((int64_t)p->scratch_rows * hisa_k_work_row_words(p->max_context) > p->scratch.work_words) return HISA_K_EINVAL;
@@ -934,30 +950,33 @@ extern "C" int hisa_k_select(void *stream, const hisa_k_select_params *p) {
     if (p->dev.sm_count < 1) return HISA_K_EINVAL; /* hisa_k_init not run */
     int err = HISA_K_OK;
     cudaStream_t s = (cudaStream_t)stream;
-    static_assert(HISA_BATCH_MAX <= HISA_K_ROWS_PER_LAUNCH, "a decode batch is one launch group");
-    sel_args a;
-    a.p = *p;
-    a.row0 = 0;
-    a.n_rows = p->n_rows;
-    a.raw_scores = nullptr;
-    a.raw_stride = 0;
-    a.raw_n = 0;
-    a.work_row_words = hisa_k_work_row_words(p->max_context);
-    a.cand_cap = (int)hisa_k_cand_cap(p->max_context);
-    /* the chain's first kernel follows foreign work (key writes, table updates): no PDL */
-    if (p->mode == HISA_K_MODE_HISA) {
-        a.stage = STAGE_BLOCKS;
-        if ((err = launch_score<SRC_MEANS>(a, s, false))) return err;
-        if ((err = launch_topk(a, c.pages_per_seq, s))) return err;
+    /* next_n > 1 makes more rows than one launch group holds: groups of 256 rows in turn */
+    for (int row0 = 0; row0 < p->n_rows; row0 += HISA_K_ROWS_PER_LAUNCH) {
+        sel_args a;
+        a.p = *p;
+        a.row0 = row0;
+        a.n_rows = min(HISA_K_ROWS_PER_LAUNCH, p->n_rows - row0);
+        a.raw_scores = nullptr;
+        a.raw_stride = 0;
+        a.raw_n = 0;
+        a.work_row_words = hisa_k_work_row_words(p->max_context);
+        a.cand_cap = (int)hisa_k_cand_cap(p->max_context);
+        /* the chain's first kernel follows foreign work (key writes, table updates): no PDL */
+        if (p->mode == HISA_K_MODE_HISA) {
+            a.stage = STAGE_BLOCKS;
+            if ((err = launch_score<SRC_MEANS>(a, s, false))) return err;
+            if ((err = launch_topk(a, c.pages_per_seq, s))) return err;
+        }
+        a.stage = STAGE_TOKENS;
+        const bool pdl = p->mode == HISA_K_MODE_HISA;
+        err = c.key_format == HISA__FMT_FP8 ? launch_score<SRC_FP8>(a, s, pdl) : launch_score<SRC_BF16>(a, s, pdl);
+        if (err) return err;
+        /* in HISA mode no row scores more than m * B entries */
+        int64_t max_len = p->mode == HISA_K_MODE_HISA ? min((int64_t)p->max_context, (int64_t)p->top_blocks * c.block_size)
+                                                    : (int64_t)p->max_context;
+        if ((err = launch_topk(a, max_len, s))) return err;
     }
-    a.stage = STAGE_TOKENS;
-    const bool pdl = p->mode == HISA_K_MODE_HISA;
-    err = c.key_format == HISA__FMT_FP8 ? launch_score<SRC_FP8>(a, s, pdl) : launch_score<SRC_BF16>(a, s, pdl);
-    if (err) return err;
-    /* in HISA mode no row scores more than m * B entries */
-    int64_t max_len = p->mode == HISA_K_MODE_HISA ? min((int64_t)p->max_context, (int64_t)p->top_blocks * c.block_size)
-                                                : (int64_t)p->max_context;
-    return launch_topk(a, max_len, s);
+    return HISA_K_OK;
 }
 
 extern "C" int hisa_k_topk(void *stream, const hisa_k_topk_params *tp) {
@@ -974,6 +993,7 @@ extern "C" int hisa_k_topk(void *stream, const hisa_k_topk_params *tp) {
     a.p.out = tp->out;
     a.p.scratch.work = tp->work;
     a.p.dev = tp->dev;
+    a.p.next_n = 1;
     a.stage = STAGE_RAW;
     a.row0 = 0;
     a.n_rows = tp->n_rows;

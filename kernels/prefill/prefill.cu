@@ -124,10 +124,9 @@ __global__ void __launch_bounds__(kScoreThreads, N >= 128 ? 1 : 2) score_kernel(
         uint32_t packed[4] = {0u, 0u, 0u, 0u};
         float2 v[4] = {};
         if (qi < nq && h < H) {
-            const float *src = p.q + ((int64_t)(q_first + qi) * H + h) * HISA_D;
+            const int64_t src = ((int64_t)(q_first + qi) * H + h) * HISA_D; /* the head's first element */
 #pragma unroll
-            for (int e = 0; e < 8; e += 2)
-                v[e >> 1] = __ldg(reinterpret_cast<const float2 *>(src + phys_dim(atom * 64 + cc * 8 + e)));
+            for (int e = 0; e < 8; e += 2) v[e >> 1] = hisa__k_q_load2(p.q, src + phys_dim(atom * 64 + cc * 8 + e), p.q_format);
         }
         if (!F16) {
 #pragma unroll
@@ -625,6 +624,7 @@ extern "C" int hisa_k_prefill(void *stream, const hisa_k_prefill_params *p) {
         return HISA_K_EINVAL;
     if (p->mode != HISA_K_MODE_HISA && p->mode != HISA_K_MODE_FLAT) return HISA_K_EINVAL;
     if (p->dev.sm_count < 1) return HISA_K_EINVAL; /* hisa_k_init not run */
+    if (p->q_format < HISA_K_Q_F32 || p->q_format > HISA_K_Q_FP8) return HISA_K_EINVAL;
     if (p->n_q < 1 || p->n_q > HISA_PREFILL_MAX || p->n_q > p->scratch_rows) return HISA_K_ELIMIT;
     if (p->t0 < 0 || p->max_context < 1 || p->max_context > HISA_CONTEXT_MAX ||
         (int64_t)p->t0 + p->n_q > p->max_context ||
