@@ -160,10 +160,12 @@ HISA_TEST(tools_npy_roundtrip) {
     float f[6] = {1.5f, -2.0f, 0.0f, 3.25f, 1e-3f, -7.0f};
     int32_t i4[3] = {-1, 0, 2147483647};
     uint8_t u1[5] = {0, 1, 127, 128, 255};
-    int64_t s23[2] = {2, 3}, s3[1] = {3}, s5x1[2] = {5, 1};
+    uint16_t u2[4] = {0, 0x3f80, 0xbf80, 0xffff}; /* bf16 bits: 0, 1, -1, a NaN */
+    int64_t s23[2] = {2, 3}, s3[1] = {3}, s5x1[2] = {5, 1}, s4[1] = {4};
     CHECK(npy_write(tmp_file(&t, "f.npy", p, sizeof p), NPY_F4, 2, s23, f, err, sizeof err) == 0);
     CHECK(npy_write(tmp_file(&t, "i.npy", p, sizeof p), NPY_I4, 1, s3, i4, err, sizeof err) == 0);
     CHECK(npy_write(tmp_file(&t, "u.npy", p, sizeof p), NPY_U1, 2, s5x1, u1, err, sizeof err) == 0);
+    CHECK(npy_write(tmp_file(&t, "b.npy", p, sizeof p), NPY_U2, 1, s4, u2, err, sizeof err) == 0);
     npy_array a;
     REQUIRE(npy_read(tmp_file(&t, "f.npy", p, sizeof p), &a, err, sizeof err) == 0);
     CHECK(a.dtype == NPY_F4 && a.ndim == 2 && a.shape[0] == 2 && a.shape[1] == 3 && a.count == 6);
@@ -177,6 +179,14 @@ HISA_TEST(tools_npy_roundtrip) {
     CHECK(a.dtype == NPY_U1 && a.ndim == 2 && a.shape[0] == 5 && a.shape[1] == 1);
     CHECK(memcmp(a.data, u1, sizeof u1) == 0);
     npy_free(&a);
+    REQUIRE(npy_read(tmp_file(&t, "b.npy", p, sizeof p), &a, err, sizeof err) == 0);
+    CHECK(a.dtype == NPY_U2 && a.ndim == 1 && a.shape[0] == 4 && a.count == 4);
+    CHECK(memcmp(a.data, u2, sizeof u2) == 0);
+    CHECK(npy_dtype_size(NPY_U2) == 2 && strcmp(npy_dtype_descr(NPY_U2), "<u2") == 0);
+    npy_free(&a);
+    char *bt = read_text(tmp_file(&t, "b.npy", p, sizeof p));
+    CHECK(bt && strstr(bt + 10, "{'descr': '<u2', 'fortran_order': False, 'shape': (4,), }"));
+    free(bt);
     /* The header numpy writes: text dict, data on a 64-byte boundary. */
     char *txt = read_text(tmp_file(&t, "f.npy", p, sizeof p));
     REQUIRE(txt);
@@ -556,6 +566,232 @@ HISA_TEST(tools_eval_planted) {
     tmp_remove(&t);
 }
 
+/* --- query formats ------------------------------------------------------------------------ */
+HISA_TEST(tools_qformat_converters) {
+    /* every finite e4m3fn code survives decode + encode; 0x7f / 0xff are NaN */
+    for (int c = 0; c < 256; c++) {
+        float v = tool_e4m3_to_f32((uint8_t)c);
+        if ((c & 0x7f) == 0x7f) {
+            CHECKF(v != v, "code 0x%02x should be NaN", c);
+            continue;
+        }
+        CHECKF(tool_e4m3_from_f32(v) == c, "code 0x%02x -> %g -> 0x%02x", c, (double)v,
+               tool_e4m3_from_f32(v));
+        /* e4m3 values are exact in bf16 */
+        CHECK(tool_bf16_to_f32(tool_bf16_from_f32(v)) == v);
+    }
+    CHECK(tool_e4m3_from_f32(1.0f) == 0x38 && tool_e4m3_from_f32(-1.0f) == 0xb8);
+    CHECK(tool_e4m3_from_f32(448.0f) == 0x7e && tool_e4m3_from_f32(1e6f) == 0x7e);
+    CHECK(tool_e4m3_from_f32(-500.0f) == 0xfe);      /* saturates, never NaN */
+    CHECK(tool_e4m3_from_f32(0x1p-9f) == 0x01);      /* the smallest subnormal */
+    CHECK(tool_e4m3_from_f32(1.0625f) == 0x38);      /* tie 1 | 1.125: to even, 1 */
+    CHECK(tool_e4m3_from_f32(1.1875f) == 0x3a);      /* tie 1.125 | 1.25: to even, 1.25 */
+    CHECK(tool_e4m3_from_f32(15.5f) == 0x58);        /* tie 15 | 16: to even, the next binade */
+    CHECK(tool_bf16_from_f32(1.0f) == 0x3f80);
+    CHECK(tool_bf16_from_f32(1.00390625f) == 0x3f80); /* 1 + 2^-8, a tie: to even */
+    CHECK(tool_bf16_from_f32(1.01171875f) == 0x3f82); /* 1 + 3 * 2^-8, a tie: to even */
+    /* an fp8 query: per head scale amax / 448 folded into w; the amax element is code 448 */
+    float q[2 * D], w[2] = {0.5f, -2.0f}, wf[2];
+    uint8_t codes[2 * D];
+    for (int d = 0; d < D; d++) q[d] = (float)(d - 40) / 8.0f; /* amax 87/8 at d = 127 */
+    memset(q + D, 0, sizeof(float) * D);                      /* a zero head: scale 1 */
+    tool_q_to_fp8(q, w, 2, codes, wf);
+    float s0 = (87.0f / 8.0f) / 448.0f;
+    CHECK(codes[127] == 0x7e && codes[40] == 0x00 && codes[D] == 0x00);
+    CHECK(wf[0] == 0.5f * s0 && wf[1] == -2.0f);
+    for (int d = 0; d < D; d++)
+        CHECK(codes[d] == tool_e4m3_from_f32(q[d] / s0));
+    int32_t f;
+    CHECK(tool_parse_q_format("t", "bf16", &f) == 0 && f == HISA_Q_BF16);
+    CHECK(tool_parse_q_format("t", NULL, &f) == 0 && f == HISA_Q_F32);
+    CHECK(strcmp(tool_q_format_name(HISA_Q_FP8), "fp8") == 0);
+    CHECK(tool_q_format_bytes(HISA_Q_BF16) == 2 && tool_q_format_bytes(HISA_Q_FP8) == 1);
+}
+
+/* The query-format case: L = 300 random keys, H = 4, B = 32, m = 4, k = 64 (10 blocks: the
+ * coarse stage prunes). Queries are known e4m3 codes (no NaN), with folded weights. Written as
+ * Q8_N.npy (uint8 codes), Qf_N.npy (float32: exactly the codes' values) and Qb_N.npy (uint16:
+ * their bf16 bits, also exact), W_N.npy for N = 3 queries (prefill path) and 1 (decode). */
+#define QF_L 300
+#define QF_H 4
+#define QF_GEOM "--block-size 32 --top-blocks 4 --topk 64 --device cpu"
+static float g_qf_keys[QF_L * D];
+static uint8_t g_qf_codes[3 * QF_H * D];
+static float g_qf_w[3 * QF_H];
+
+static int write_qformat_case(const tmpdir *t) {
+    uint64_t rng = 2024;
+    for (int i = 0; i < QF_L * D; i++) g_qf_keys[i] = hisa_test_gauss(&rng);
+    for (int i = 0; i < 3 * QF_H * D; i++) {
+        uint8_t c = (uint8_t)(hisa_test_rng(&rng) >> 56);
+        g_qf_codes[i] = (c & 0x7f) == 0x7f ? (uint8_t)(c - 1) : c;
+    }
+    for (int i = 0; i < 3 * QF_H; i++) /* folded weights: w * scale, one head negative */
+        g_qf_w[i] = (i % 4 == 3 ? -1.0f : 1.0f) * (0.5f + 0.1f * (float)i) / 448.0f;
+    static float qf[3 * QF_H * D];
+    static uint16_t qb[3 * QF_H * D];
+    for (int i = 0; i < 3 * QF_H * D; i++) {
+        qf[i] = tool_e4m3_to_f32(g_qf_codes[i]);
+        qb[i] = tool_bf16_from_f32(qf[i]);
+    }
+    int64_t ks[2] = {QF_L, D};
+    if (put_npy(t, "K.npy", NPY_F4, 2, ks, g_qf_keys)) return -1;
+    for (int n = 1; n <= 3; n += 2) {
+        int64_t qs[3] = {n, QF_H, D}, wsh[2] = {n, QF_H};
+        size_t off = (size_t)(3 - n) * QF_H; /* the last n queries of the three */
+        char name[32];
+        snprintf(name, sizeof name, "Q8_%d.npy", n);
+        if (put_npy(t, name, NPY_U1, 3, qs, g_qf_codes + off * D)) return -1;
+        snprintf(name, sizeof name, "Qf_%d.npy", n);
+        if (put_npy(t, name, NPY_F4, 3, qs, qf + off * D)) return -1;
+        snprintf(name, sizeof name, "Qb_%d.npy", n);
+        if (put_npy(t, name, NPY_U2, 3, qs, qb + off * D)) return -1;
+        snprintf(name, sizeof name, "W_%d.npy", n);
+        if (put_npy(t, name, NPY_F4, 2, wsh, g_qf_w + off)) return -1;
+    }
+    return 0;
+}
+
+/* The library called directly on the fp8 codes: the last n_q of the three queries, rows sorted. */
+static int qformat_library(int32_t n_q, hisa_mode mode, int32_t *out) {
+    hisa_config cfg = {.n_layers = 1, .n_heads = QF_H, .block_size = 32, .top_blocks = 4,
+                       .topk = 64, .max_seqs = 1, .max_batch = 1, .max_context = QF_L,
+                       .max_prefill_queries = QF_L, .device = HISA_DEVICE_CPU};
+    hisa_runtime *rt = NULL;
+    int32_t seq;
+    int err = hisa_open(&rt, &cfg, NULL);
+    if (!err) err = hisa_seq_open(rt, &seq);
+    if (!err) err = hisa_seq_extend(rt, seq, QF_L);
+    hisa_write wr = {.layer = 0, .n_tokens = QF_L, .keys = g_qf_keys};
+    if (!err) err = hisa_write_range(rt, seq, 0, &wr);
+    size_t off = (size_t)(3 - n_q) * QF_H;
+    if (!err && n_q == 1) {
+        hisa_decode req = {.layer = 0, .mode = mode, .n_seqs = 1, .seq_ids = &seq,
+                           .q = g_qf_codes + off * D, .w = g_qf_w + off, .out = out,
+                           .q_format = HISA_Q_FP8};
+        err = hisa_select_decode(rt, &req);
+    } else if (!err) {
+        hisa_prefill req = {.layer = 0, .mode = mode, .seq = seq, .t0 = QF_L - n_q, .n_q = n_q,
+                            .q = g_qf_codes + off * D, .w = g_qf_w + off, .out = out,
+                            .q_format = HISA_Q_FP8};
+        err = hisa_select_prefill(rt, &req);
+    }
+    hisa_close(rt);
+    if (!err) tool_sort_rows(out, n_q, 64);
+    return err;
+}
+
+/* `select --out` into I.npy of the temp dir; the rows [n_q, 64] into out. 0 on success. */
+static int qformat_select(const tmpdir *t, const char *args, int32_t n_q, int32_t *out) {
+    char full[1600], p[300], err[NPY_ERR_MAX];
+    snprintf(full, sizeof full, "select %s --out %s/I.npy " QF_GEOM, args, t->path);
+    if (run_tool(t, full, NULL, NULL) != 0) return -1;
+    npy_array a;
+    if (npy_read(tmp_file(t, "I.npy", p, sizeof p), &a, err, sizeof err) != 0) return -1;
+    int ok = a.dtype == NPY_I4 && a.count == (int64_t)n_q * 64;
+    if (ok) memcpy(out, a.data, sizeof(int32_t) * (size_t)n_q * 64);
+    npy_free(&a);
+    return ok ? 0 : -1;
+}
+
+/* fp8 query codes give exactly the library's own answer, and exactly what f32 (and bf16)
+ * queries holding the codes' values give with the same weights: on the CPU a query's value is
+ * all that counts (SPEC "Queries"). Both modes, the decode path (1 query) and prefill (3). */
+HISA_TEST(tools_select_query_formats) {
+    if (!getenv("HISA_TOOL")) SKIP("HISA_TOOL not set");
+    tmpdir t;
+    REQUIRE(tmp_make(&t) == 0);
+    REQUIRE(write_qformat_case(&t) == 0);
+    const char *modes[2] = {"hisa", "flat"};
+    const char *d = t.path;
+    int differs = 0; /* query sets where HISA's answer is not flat's: the coarse stage acts */
+    for (int n = 1; n <= 3; n += 2) {
+        int32_t hisa_rows[3 * 64];
+        for (int m = 0; m < 2; m++) {
+            int32_t lib[3 * 64], i8[3 * 64], f32[3 * 64], b16[3 * 64];
+            char a[1200];
+            REQUIRE(qformat_library(n, m ? HISA_MODE_FLAT : HISA_MODE_HISA, lib) == 0);
+            snprintf(a, sizeof a, "--keys %s/K.npy --queries %s/Q8_%d.npy --weights %s/W_%d.npy "
+                     "--query-format fp8 --mode %s", d, d, n, d, n, modes[m]);
+            CHECKF(qformat_select(&t, a, n, i8) == 0, "%s", a);
+            snprintf(a, sizeof a, "--keys %s/K.npy --queries %s/Qf_%d.npy --weights %s/W_%d.npy "
+                     "--mode %s", d, d, n, d, n, modes[m]);
+            CHECKF(qformat_select(&t, a, n, f32) == 0, "%s", a);
+            snprintf(a, sizeof a, "--keys %s/K.npy --queries %s/Qb_%d.npy --weights %s/W_%d.npy "
+                     "--query-format bf16 --mode %s", d, d, n, d, n, modes[m]);
+            CHECKF(qformat_select(&t, a, n, b16) == 0, "%s", a);
+            size_t bytes = sizeof(int32_t) * (size_t)n * 64;
+            CHECKF(memcmp(i8, lib, bytes) == 0, "n_q %d %s: fp8 != library", n, modes[m]);
+            CHECKF(memcmp(i8, f32, bytes) == 0, "n_q %d %s: fp8 != f32 values", n, modes[m]);
+            CHECKF(memcmp(i8, b16, bytes) == 0, "n_q %d %s: fp8 != bf16 values", n, modes[m]);
+            CHECK(lib[63] >= 0); /* 300 visible tokens: k = 64 full */
+            if (m == 0) memcpy(hisa_rows, i8, bytes);
+            else differs += memcmp(hisa_rows, i8, bytes) != 0;
+        }
+    }
+    CHECK_EQ_INT(differs, 2);
+    /* the summary names the format; eval reports it and the same IoU as the f32 run */
+    char a[1200], *o = NULL, *o2 = NULL;
+    snprintf(a, sizeof a, "select --keys %s/K.npy --queries %s/Q8_3.npy --weights %s/W_3.npy "
+             "--query-format fp8 --out %s/I.npy " QF_GEOM, d, d, d, d);
+    CHECK(run_tool(&t, a, &o, NULL) == 0);
+    CHECKF(o && strstr(o, "queries fp8"), "select: %s", o ? o : "");
+    free(o);
+    snprintf(a, sizeof a, "eval --keys %s/K.npy --queries %s/Q8_3.npy --weights %s/W_3.npy "
+             "--query-format fp8 --json " QF_GEOM, d, d, d);
+    CHECK(run_tool(&t, a, &o, NULL) == 0);
+    snprintf(a, sizeof a, "eval --keys %s/K.npy --queries %s/Qf_3.npy --weights %s/W_3.npy "
+             "--json " QF_GEOM, d, d, d);
+    CHECK(run_tool(&t, a, &o2, NULL) == 0);
+    CHECKF(o && strstr(o, "\"query_format\": \"fp8\""), "eval: %s", o ? o : "");
+    CHECKF(o2 && strstr(o2, "\"query_format\": \"f32\""), "eval: %s", o2 ? o2 : "");
+    CHECK(json_number(o, "iou_mean") >= 0);
+    CHECK(json_number(o, "iou_mean") == json_number(o2, "iou_mean"));
+    CHECK(json_number(o, "iou_min") == json_number(o2, "iou_min"));
+    free(o);
+    free(o2);
+    tmp_remove(&t);
+}
+
+/* Queries whose dtype is not the --query-format's, and bad --query-format values: exit 2, the
+ * message naming the file or option, the value and the rule. */
+HISA_TEST(tools_select_query_format_errors) {
+    if (!getenv("HISA_TOOL")) SKIP("HISA_TOOL not set");
+    tmpdir t;
+    REQUIRE(tmp_make(&t) == 0);
+    REQUIRE(write_qformat_case(&t) == 0);
+    static const struct {
+        const char *cmd, *q, *fmt, *message;
+    } cases[] = {
+        {"select", "Qf_3", "fp8",
+         "Qf_3.npy: --query-format fp8 expects queries [n_q,H,128] as uint8 fp8 e4m3fn codes"},
+        {"eval", "Qf_3", "fp8", "got float32 [3,4,128]; float32 queries take --query-format f32"},
+        {"select", "Q8_3", "f32",
+         "Q8_3.npy: --query-format f32 expects queries [n_q,H,128] as float32"},
+        {"select", "Q8_1", "f32",
+         "got uint8 [1,4,128]; uint8 e4m3fn codes take --query-format fp8"},
+        {"select", "Qb_3", "fp8", "Qb_3.npy: --query-format fp8 expects"},
+        {"eval", "Qb_1", "f32", "got uint16 [1,4,128]; uint16 bf16 bits take --query-format bf16"},
+        {"select", "Q8_3", "bf16", "--query-format bf16 expects queries [n_q,H,128] as uint16"},
+        {"select", "Q8_3", "xyz", "--query-format: 'xyz'; expected f32"},
+        {"eval", "Q8_3", "FP8", "--query-format: 'FP8'; expected f32"},
+        {"select", "K", "fp8", "K.npy: --query-format fp8 expects"},
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        char a[1200], *e = NULL;
+        /* W_3 fits the 3-query files; a 1-query file fails on its dtype before the weights */
+        snprintf(a, sizeof a, "%s --keys %s/K.npy --queries %s/%s.npy --weights %s/W_3.npy "
+                 "--query-format %s " QF_GEOM, cases[c].cmd, t.path, t.path, cases[c].q, t.path,
+                 cases[c].fmt);
+        int rc = run_tool(&t, a, NULL, &e);
+        CHECKF(rc == 2, "case %zu (%s): exit %d, expected 2", c, a, rc);
+        CHECKF(e && strstr(e, cases[c].message), "case %zu: stderr '%s' lacks '%s'", c,
+               e ? e : "", cases[c].message);
+        free(e);
+    }
+    tmp_remove(&t);
+}
+
 /* --- synthetic data -------------------------------------------------------------------------- */
 HISA_TEST(tools_synth_reproducible) {
     synth_params sp;
@@ -729,6 +965,66 @@ HISA_TEST(tools_stream_small) {
     CHECK(e && strstr(e, "step 8/8  context 2056"));
     free(o);
     free(e);
+    tmp_remove(&t);
+}
+
+/* Speculative decode with fp8 queries: 2 tokens and 2 queries per stream and step; the IoU
+ * is counted per query; then the refused values of --next-n and --query-format. */
+HISA_TEST(tools_stream_next_n_fp8) {
+    if (!getenv("HISA_TOOL")) SKIP("HISA_TOOL not set");
+    tmpdir t;
+    REQUIRE(tmp_make(&t) == 0);
+    char *o = NULL, *e = NULL;
+    int rc = run_tool(&t,
+                      "stream --device cpu --context 2K --steps 8 --batch 2 --layers 2 --heads 8 "
+                      "--block-size 32 --top-blocks 16 --topk 256 --check-every 4 --next-n 2 "
+                      "--query-format fp8 --profile",
+                      &o, &e);
+    CHECKF(rc == 0, "stream exit %d: %s", rc, e ? e : "");
+    CHECKF(o && strstr(o, "keys fp8, queries fp8, next_n 2;"), "stream: %s", o ? o : "");
+    CHECK(o && strstr(o, "decode: 8 steps, next_n 2, fp8 queries,"));
+    CHECK(o && strstr(o, "append 2 tokens + HISA select"));
+    CHECK(o && strstr(o, "(2 checks x 2 layers x 2 streams x 2 queries)"));
+    /* 8 steps of 2 tokens on a 2K prompt: 2064 tokens per stream */
+    CHECK(o && strstr(o, "4128 tokens in 2 sequences"));
+    CHECK(e && strstr(e, "step 8/8  context 2064"));
+    free(o);
+    free(e);
+    /* bf16 queries are f32 queries rounded as the library rounds them: the same run */
+    char *of = NULL, *ob = NULL;
+    const char *base = "stream --device cpu --context 2K --steps 4 --batch 1 --layers 1 --heads 8 "
+                       "--block-size 32 --top-blocks 8 --topk 128 --check-every 2 --next-n 3";
+    char a[600];
+    snprintf(a, sizeof a, "%s --query-format f32", base);
+    CHECK(run_tool(&t, a, &of, NULL) == 0);
+    snprintf(a, sizeof a, "%s --query-format bf16", base);
+    CHECK(run_tool(&t, a, &ob, NULL) == 0);
+    const char *iof = of ? strstr(of, "IoU HISA vs flat") : NULL;
+    const char *iob = ob ? strstr(ob, "IoU HISA vs flat") : NULL;
+    CHECKF(iof && iob && strncmp(iof, iob, (size_t)(strchr(iof, '\n') - iof)) == 0,
+           "f32 '%s' vs bf16 '%s'", of ? of : "", ob ? ob : "");
+    CHECK(iob && strstr(iob, "x 3 queries)"));
+    free(of);
+    free(ob);
+    static const struct {
+        const char *arg, *message;
+    } bad[] = {
+        {"--next-n 0", "--next-n 0: expected 1..4"},
+        {"--next-n 5", "--next-n 5: expected 1..4"},
+        {"--next-n x", "--next-n: 'x' is not an integer"},
+        {"--next-n=-1", "--next-n -1: expected 1..4"},
+        {"--query-format xyz", "--query-format: 'xyz'; expected f32 (float32, the default), bf16"},
+        {"--query-format", "option --query-format needs a value"},
+    };
+    for (size_t c = 0; c < sizeof bad / sizeof bad[0]; c++) {
+        snprintf(a, sizeof a, "stream --device cpu --context 1K --steps 1 %s", bad[c].arg);
+        e = NULL;
+        rc = run_tool(&t, a, NULL, &e);
+        CHECKF(rc == 2, "%s: exit %d, expected 2", bad[c].arg, rc);
+        CHECKF(e && strstr(e, bad[c].message), "%s: stderr '%s' lacks '%s'", bad[c].arg,
+               e ? e : "", bad[c].message);
+        free(e);
+    }
     tmp_remove(&t);
 }
 

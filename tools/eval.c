@@ -10,7 +10,7 @@
 static void eval_help(void) {
     printf(
         "usage: hisa eval --keys K.npy [--scales S.npy] --queries Q.npy --weights W.npy\n"
-        "                 [--needles N.npy] [--json] [options]\n"
+        "                 [--query-format f32|bf16|fp8] [--needles N.npy] [--json] [options]\n"
         "\n"
         "Runs flat (DSA) and HISA selection on the same inputs (as hisa select reads them:\n"
         "query i at position L - n_q + i) and reports, per query, the IoU of the two\n"
@@ -20,12 +20,15 @@ static void eval_help(void) {
         "inputs:\n"
         "  --keys K.npy       [L,128] float32, or [L,128] uint8 fp8 e4m3 codes with --scales\n"
         "  --scales S.npy     [L] float32\n"
-        "  --queries Q.npy    [n_q,H,128] float32\n"
-        "  --weights W.npy    [n_q,H] float32\n"
+        "  --queries Q.npy    [n_q,H,128] float32, or uint16 bf16 bits / uint8 fp8 e4m3fn\n"
+        "                     codes with --query-format bf16 / fp8\n"
+        "  --weights W.npy    [n_q,H] float32, used as given (fp8: query scales folded in)\n"
         "  --needles N.npy    int32 planted positions: [n] for every query, or [n_q,n] per\n"
         "                     query (-1 entries ignored). Recall counts, over all queries, the\n"
         "                     needles a query can see (position <= its own) that it selected.\n"
         "options:\n"
+        "  --query-format F   f32 (default), bf16 or fp8: the dtype of Q.npy, passed to the\n"
+        "                     library as is (see hisa select --help)\n"
         "  --json             print one JSON object instead of the text report\n"
         "  --show N           per-query lines in the text report (default 32; all in --json)\n"
         "  --repeat R         run each mode R times and report the mean time (default 1)\n"
@@ -42,7 +45,7 @@ static void eval_help(void) {
 typedef struct eval_opts {
     tool_inputs in; /* the four input paths; loaded by the command */
     tool_cfg_opts c;
-    const char *needles_path;
+    const char *needles_path, *q_format_s;
     int json;
     int32_t show, repeat;
 } eval_opts;
@@ -89,9 +92,12 @@ static int eval_parse(int argc, char **argv, eval_opts *o) {
     opts[n++] = (tool_opt){"json", TOOL_OPT_FLAG, &o->json};
     opts[n++] = (tool_opt){"show", TOOL_OPT_INT, &o->show};
     opts[n++] = (tool_opt){"repeat", TOOL_OPT_INT, &o->repeat};
+    opts[n++] = (tool_opt){"query-format", TOOL_OPT_STR, &o->q_format_s};
     tool_cfg_opts_add(opts, &n, &o->c);
     assert(n <= (int)(sizeof opts / sizeof opts[0]));
     int rc = tool_parse_opts("eval", argc, argv, opts, n);
+    if (rc) return rc;
+    rc = tool_parse_q_format("eval", o->q_format_s, &o->in.q_format);
     if (rc) return rc;
     if (o->repeat < 1 || o->show < 0) {
         fprintf(stderr, "hisa eval: --repeat must be >= 1 and --show >= 0\n");
@@ -212,9 +218,10 @@ static void report_json(const eval_opts *o, const hisa_config *cfg, const char *
     assert(o && cfg && dev && res);
     const tool_inputs *in = &o->in;
     printf("{\"device\": \"%s\", \"L\": %d, \"n_q\": %d, \"heads\": %d, \"block_size\": %d, "
-           "\"top_blocks\": %d, \"topk\": %d, \"key_format\": \"%s\", \"queries\": [",
+           "\"top_blocks\": %d, \"topk\": %d, \"key_format\": \"%s\", \"query_format\": \"%s\", "
+           "\"queries\": [",
            dev, in->L, in->n_q, in->H, cfg->block_size, cfg->top_blocks, cfg->topk,
-           tool_key_format_name(cfg->key_format));
+           tool_key_format_name(cfg->key_format), tool_q_format_name(in->q_format));
     for (int32_t i = 0; i < in->n_q; i++) {
         const eval_query *q = &res->q[i];
         printf("%s{\"query\": %d, \"position\": %d, \"iou\": %.6f", i ? ", " : "", i,
@@ -261,9 +268,9 @@ static void report_text(const eval_opts *o, const hisa_config *cfg, const char *
                         const eval_result *res) {
     assert(o && cfg && dev && res);
     const tool_inputs *in = &o->in;
-    printf("hisa eval: device %s, L=%d, n_q=%d, H=%d, B=%d, m=%d, k=%d, keys %s\n", dev, in->L,
-           in->n_q, in->H, cfg->block_size, cfg->top_blocks, cfg->topk,
-           tool_key_format_name(cfg->key_format));
+    printf("hisa eval: device %s, L=%d, n_q=%d, H=%d, B=%d, m=%d, k=%d, keys %s, queries %s\n",
+           dev, in->L, in->n_q, in->H, cfg->block_size, cfg->top_blocks, cfg->topk,
+           tool_key_format_name(cfg->key_format), tool_q_format_name(in->q_format));
     printf("%8s %8s %8s%s\n", "query", "position", "IoU",
            o->needles_path ? "   needles  flat  hisa" : "");
     for (int32_t i = 0; i < in->n_q && i < o->show; i++) {

@@ -21,6 +21,7 @@ const char *npy_dtype_descr(npy_dtype dt) {
     case NPY_F4: return "<f4";
     case NPY_I4: return "<i4";
     case NPY_U1: return "|u1";
+    case NPY_U2: return "<u2";
     }
     return "?";
 }
@@ -30,11 +31,12 @@ const char *npy_dtype_name(npy_dtype dt) {
     case NPY_F4: return "float32";
     case NPY_I4: return "int32";
     case NPY_U1: return "uint8";
+    case NPY_U2: return "uint16";
     }
     return "?";
 }
 
-size_t npy_dtype_size(npy_dtype dt) { return dt == NPY_U1 ? 1 : 4; }
+size_t npy_dtype_size(npy_dtype dt) { return dt == NPY_U1 ? 1 : dt == NPY_U2 ? 2 : 4; }
 
 static int fail(char *err, size_t err_len, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
@@ -130,9 +132,9 @@ static const char *descr_hint(const char *d) {
     static const struct {
         const char *descr, *name;
     } k[] = {{"<f8", "float64"}, {"<f2", "float16"}, {"<i8", "int64"},  {"<i2", "int16"},
-             {"|i1", "int8"},    {"<u2", "uint16"},  {"<u4", "uint32"}, {"<u8", "uint64"},
+             {"|i1", "int8"},    {">u2", "big-endian uint16"}, {"<u4", "uint32"}, {"<u8", "uint64"},
              {"|b1", "bool"},    {">f4", "big-endian float32"}, {">i4", "big-endian int32"},
-             {"<V2", "void16 (bfloat16 saved as raw bytes?)"}};
+             {"<V2", "void16: bfloat16 saved as raw bytes? save x.view(np.uint16)"}};
     for (size_t i = 0; i < sizeof k / sizeof k[0]; i++)
         if (strcmp(d, k[i].descr) == 0) return k[i].name;
     return "unsupported";
@@ -141,6 +143,7 @@ static const char *descr_hint(const char *d) {
 static int parse_descr(const char *d, npy_dtype *dt) {
     if (strcmp(d, "<f4") == 0) *dt = NPY_F4;
     else if (strcmp(d, "<i4") == 0) *dt = NPY_I4;
+    else if (strcmp(d, "<u2") == 0) *dt = NPY_U2; /* bf16 bits */
     /* byte order is meaningless for one-byte types; numpy writes '|u1' */
     else if (strcmp(d, "|u1") == 0 || strcmp(d, "<u1") == 0 || strcmp(d, "u1") == 0) *dt = NPY_U1;
     else return -1;
@@ -281,7 +284,7 @@ static int parse_data(const char *name, const npy_header *h, const uint8_t *buf,
     if (parse_descr(h->descr, &dt) != 0)
         return fail(err, err_len,
                     "%s: dtype '%s' (%s) is not supported; expected little-endian float32 "
-                    "'<f4', int32 '<i4' or uint8 '|u1'",
+                    "'<f4', int32 '<i4', uint16 '<u2' or uint8 '|u1'",
                     name, h->descr, descr_hint(h->descr));
     if (h->fortran)
         return fail(err, err_len,

@@ -1,9 +1,10 @@
 /* npy.h: a small reader and writer for NumPy .npy files, the tensors users dump from their
  * model to check hisa with `hisa select` / `hisa eval`.
  *
- * Supported: little-endian float32 ('<f4'), int32 ('<i4'), uint8 ('|u1'), C order, format
- * versions 1.0 and 2.0, up to NPY_DIMS_MAX dimensions. Anything else is refused with a message
- * that names the file and says what was expected, so a command can print it and exit 2. */
+ * Supported: little-endian float32 ('<f4'), int32 ('<i4'), uint16 ('<u2', bf16 bits), uint8
+ * ('|u1', fp8 e4m3 codes), C order, format versions 1.0 and 2.0, up to NPY_DIMS_MAX
+ * dimensions. Anything else is refused with a message that names the file and says what was
+ * expected, so a command can print it and exit 2. */
 #ifndef HISA_TOOLS_NPY_H
 #define HISA_TOOLS_NPY_H
 
@@ -13,7 +14,7 @@
 #define NPY_DIMS_MAX 8
 #define NPY_ERR_MAX 512 /* size of an error message buffer */
 
-typedef enum { NPY_F4 = 0, NPY_I4 = 1, NPY_U1 = 2 } npy_dtype;
+typedef enum { NPY_F4 = 0, NPY_I4 = 1, NPY_U1 = 2, NPY_U2 = 3 } npy_dtype;
 
 typedef struct npy_array {
     npy_dtype dtype;

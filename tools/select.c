@@ -63,15 +63,45 @@ static int load_keys(tool_inputs *in, char *err, size_t err_len) {
     return npy_expect(&in->scales, in->scales_path, what, NPY_F4, 1, scales_shape, err, err_len);
 }
 
-/* --queries [n_q,H,128] (1 <= n_q <= L, 1 <= H <= 128) and --weights [n_q,H] into in; sets n_q
- * and H. Returns 0, or -1 with the message in err. */
+/* The dtype --queries must have for in->q_format. Returns 0, or -1 with "Q.npy: --query-format
+ * F expects queries [n_q,H,128] as DTYPE; got DTYPE [shape]" (and the format the file's dtype
+ * would need) in err. */
+static int queries_dtype_check(const tool_inputs *in, char *err, size_t err_len) {
+    assert(in && err);
+    static const struct {
+        npy_dtype dt;
+        const char *as, *hint;
+    } k[3] = {
+        [HISA_Q_F32] = {NPY_F4, "float32 (rounded to bf16 by the library)",
+                        "float32 queries take --query-format f32, the default"},
+        [HISA_Q_BF16] = {NPY_U2, "uint16 bf16 bits", "uint16 bf16 bits take --query-format bf16"},
+        [HISA_Q_FP8] = {NPY_U1, "uint8 fp8 e4m3fn codes (per-head scale folded into --weights)",
+                        "uint8 e4m3fn codes take --query-format fp8"},
+    };
+    const npy_array *q = &in->queries;
+    int32_t f = in->q_format;
+    assert(f >= HISA_Q_F32 && f <= HISA_Q_FP8);
+    if (q->dtype == k[f].dt) return 0;
+    char got[96];
+    const char *hint = "";
+    for (int32_t g = 0; g < 3; g++)
+        if (q->dtype == k[g].dt) hint = k[g].hint;
+    snprintf(err, err_len, "%s: --query-format %s expects queries [n_q,H,128] as %s; got %s %s%s%s",
+             in->queries_path, tool_q_format_name(f), k[f].as, npy_dtype_name(q->dtype),
+             npy_shape_str(q->shape, q->ndim, got, sizeof got), *hint ? "; " : "", hint);
+    return -1;
+}
+
+/* --queries [n_q,H,128] in in->q_format (1 <= n_q <= L, 1 <= H <= 128) and --weights [n_q,H]
+ * into in; sets n_q and H. Returns 0, or -1 with the message in err. */
 static int load_queries(tool_inputs *in, char *err, size_t err_len) {
     assert(in && in->queries_path && in->weights_path && err);
     assert(in->L >= 1);
     if (npy_read(in->queries_path, &in->queries, err, err_len) != 0) return -1;
+    if (queries_dtype_check(in, err, err_len) != 0) return -1;
     int64_t shape[3] = {-1, -1, D};
-    if (npy_expect(&in->queries, in->queries_path, "queries [n_q,H,128]", NPY_F4, 3, shape, err,
-                   err_len) != 0)
+    if (npy_expect(&in->queries, in->queries_path, "queries [n_q,H,128]", in->queries.dtype, 3,
+                   shape, err, err_len) != 0)
         return -1;
     if (in->queries.shape[0] < 1 || in->queries.shape[0] > in->L) {
         snprintf(err, err_len,
@@ -89,9 +119,10 @@ static int load_queries(tool_inputs *in, char *err, size_t err_len) {
     in->H = (int32_t)in->queries.shape[1];
     if (npy_read(in->weights_path, &in->weights, err, err_len) != 0) return -1;
     int64_t w_shape[2] = {in->n_q, in->H};
-    char what[96];
-    snprintf(what, sizeof what, "weights [n_q,H] with n_q=%d, H=%d from %s", in->n_q, in->H,
-             in->queries_path);
+    char what[160];
+    snprintf(what, sizeof what, "weights [n_q,H] with n_q=%d, H=%d from %s%s", in->n_q, in->H,
+             in->queries_path,
+             in->q_format == HISA_Q_FP8 ? " (the fp8 queries' scales folded in)" : "");
     return npy_expect(&in->weights, in->weights_path, what, NPY_F4, 2, w_shape, err, err_len);
 }
 
@@ -172,13 +203,16 @@ int tool_inputs_select(hisa_runtime *rt, int32_t seq, const tool_inputs *in, his
                        int32_t *out, double *seconds_out) {
     const hisa_config *cfg = hisa_get_config(rt);
     int32_t k = cfg->topk, H = in->H;
-    const float *q = in->queries.data, *w = in->weights.data;
+    /* The queries go to the library as read, in their format: no conversion here. */
+    const uint8_t *q = in->queries.data;
+    const size_t q_row = (size_t)H * D * npy_dtype_size(in->queries.dtype);
+    const float *w = in->weights.data;
     double t_start = tool_now_s();
     int err = 0;
     if (in->n_q == 1) {
         /* One query at the last position is exactly a decode step. */
         hisa_decode req = {.layer = 0, .mode = mode, .n_seqs = 1, .seq_ids = &seq, .q = q,
-                           .w = w, .out = out, .flags = HISA_HOST_IO};
+                           .w = w, .out = out, .flags = HISA_HOST_IO, .q_format = in->q_format};
         err = hisa_select_decode(rt, &req);
     } else {
         int32_t chunk = cfg->max_prefill_queries;
@@ -186,8 +220,9 @@ int tool_inputs_select(hisa_runtime *rt, int32_t seq, const tool_inputs *in, his
             int32_t n = in->n_q - i0 < chunk ? in->n_q - i0 : chunk;
             hisa_prefill req = {.layer = 0, .mode = mode, .seq = seq,
                                 .t0 = in->L - in->n_q + i0, .n_q = n,
-                                .q = q + (size_t)i0 * H * D, .w = w + (size_t)i0 * H,
-                                .out = out + (size_t)i0 * k, .flags = HISA_HOST_IO};
+                                .q = q + (size_t)i0 * q_row, .w = w + (size_t)i0 * H,
+                                .out = out + (size_t)i0 * k, .flags = HISA_HOST_IO,
+                                .q_format = in->q_format};
             err = hisa_select_prefill(rt, &req);
         }
     }
@@ -210,7 +245,8 @@ void tool_sort_rows(int32_t *sel, int64_t n_rows, int32_t k) {
 static void select_help(void) {
     printf(
         "usage: hisa select --keys K.npy [--scales S.npy] --queries Q.npy --weights W.npy\n"
-        "                   [--mode hisa|flat] [--out I.npy] [options]\n"
+        "                   [--query-format f32|bf16|fp8] [--mode hisa|flat] [--out I.npy]\n"
+        "                   [options]\n"
         "\n"
         "Top-k selection for queries on tensors dumped from your own model, exactly as\n"
         "SPEC.md defines it. The queries stand at the last n_q positions of the context:\n"
@@ -220,9 +256,13 @@ static void select_help(void) {
         "inputs (.npy, little-endian, C order, version 1.0 or 2.0):\n"
         "  --keys K.npy       [L,128] float32 indexer keys, or [L,128] uint8 fp8 e4m3 codes\n"
         "  --scales S.npy     [L] float32 per-token scales (only with uint8 codes)\n"
-        "  --queries Q.npy    [n_q,H,128] float32 (rounded to bf16 before use)\n"
-        "  --weights W.npy    [n_q,H] float32 head weights\n"
+        "  --queries Q.npy    [n_q,H,128] in --query-format: float32 (rounded to bf16 before\n"
+        "                     use), uint16 bf16 bits, or uint8 fp8 e4m3fn codes\n"
+        "  --weights W.npy    [n_q,H] float32 head weights, used as given (for fp8 queries\n"
+        "                     the per-head query scales are already folded in: w * scale)\n"
         "options:\n"
+        "  --query-format F   f32 (default), bf16 or fp8: the dtype of Q.npy (float32,\n"
+        "                     uint16, uint8), passed to the library as is (SPEC \"Queries\")\n"
         "  --mode M           hisa (default) or flat (DSA: the exact top-k of all tokens)\n"
         "  --out I.npy        write [n_q,k] int32 positions, each row ascending, -1 padded;\n"
         "                     without --out the selections are printed, one query per line\n"
@@ -241,7 +281,7 @@ static void select_help(void) {
 typedef struct select_opts {
     tool_inputs in; /* the input paths; loaded by the command */
     tool_cfg_opts c;
-    const char *mode_s, *out_path;
+    const char *mode_s, *out_path, *q_format_s;
     hisa_mode mode; /* of mode_s */
 } select_opts;
 
@@ -257,9 +297,12 @@ static int select_parse(int argc, char **argv, select_opts *o) {
     opts[n++] = (tool_opt){"weights", TOOL_OPT_STR, &o->in.weights_path};
     opts[n++] = (tool_opt){"mode", TOOL_OPT_STR, &o->mode_s};
     opts[n++] = (tool_opt){"out", TOOL_OPT_STR, &o->out_path};
+    opts[n++] = (tool_opt){"query-format", TOOL_OPT_STR, &o->q_format_s};
     tool_cfg_opts_add(opts, &n, &o->c);
     assert(n <= (int)(sizeof opts / sizeof opts[0]));
     int rc = tool_parse_opts("select", argc, argv, opts, n);
+    if (rc) return rc;
+    rc = tool_parse_q_format("select", o->q_format_s, &o->in.q_format);
     if (rc) return rc;
     if (strcmp(o->mode_s, "hisa") == 0) o->mode = HISA_MODE_HISA;
     else if (strcmp(o->mode_s, "flat") == 0) o->mode = HISA_MODE_FLAT;
@@ -281,11 +324,12 @@ static int select_report(const select_opts *o, const hisa_config *cfg, const int
      * stdout stays machine-readable. */
     FILE *info = o->out_path ? stdout : stderr;
     fprintf(info,
-            "hisa select: device %s, mode %s, L=%d, n_q=%d, H=%d, B=%d, m=%d, k=%d, keys %s%s: "
-            "%.3f ms\n",
+            "hisa select: device %s, mode %s, L=%d, n_q=%d, H=%d, B=%d, m=%d, k=%d, keys %s%s, "
+            "queries %s: %.3f ms\n",
             tool_device_name(cfg->device, dev, sizeof dev), o->mode_s, in->L, in->n_q, in->H,
             cfg->block_size, cfg->top_blocks, k, tool_key_format_name(cfg->key_format),
-            in->fp8_codes ? " (fp8 codes given)" : "", seconds * 1e3);
+            in->fp8_codes ? " (fp8 codes given)" : "", tool_q_format_name(in->q_format),
+            seconds * 1e3);
     if (o->out_path) {
         char nerr[NPY_ERR_MAX];
         int64_t shape[2] = {in->n_q, k};

@@ -1,7 +1,8 @@
 /* stream.c: `hisa stream`, the main job. Streams decode steps over a long structured context
  * the way an inference engine drives the indexer: prefill the prompt's keys, then per step
- * append one token's key to every layer and select with HISA; every few steps it checks HISA
- * against flat DSA on the same query. */
+ * append one token's key (--next-n N: N tokens', speculative / multi-token decode) to every
+ * layer and select with HISA, queries in --query-format; every few steps it checks HISA against
+ * flat DSA on the same queries. */
 #include <assert.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,10 +20,11 @@ static void stream_help(void) {
         "Builds a long structured synthetic context (topic segments, attention sinks; see\n"
         "'Synthetic data' below), writes its keys with hisa_write_range in chunks of\n"
         "--prefill-chunk tokens, then streams decode steps: each step extends every stream by\n"
-        "one token, writes its key to every layer (hisa_write_keys) and selects with HISA\n"
-        "(hisa_select_decode), one call per layer for all streams. Every --check-every steps\n"
-        "it also selects with flat DSA on the same queries and reports the IoU. A live\n"
-        "progress line goes to stderr when it is a terminal (a few plain lines otherwise).\n"
+        "--next-n tokens, writes their keys to every layer (hisa_write_keys) and selects with\n"
+        "HISA (hisa_select_decode, next_n queries per stream), one call per layer for all\n"
+        "streams. Every --check-every steps it also selects with flat DSA on the same queries\n"
+        "and reports the IoU, query by query. A live progress line goes to stderr when it is\n"
+        "a terminal (a few plain lines otherwise).\n"
         "The summary: p50/p99 select latency per layer, steps/s and tokens/s, mean IoU vs\n"
         "flat, and the arena's memory. Tensors cross as host memory (HISA_HOST_IO), so GPU\n"
         "latencies include the small query/result copies and a stream sync per call.\n"
@@ -40,8 +42,16 @@ static void stream_help(void) {
         "  --check-every N    flat check period in steps (steps/8: 64 / 8)\n"
         "  --prefill-chunk N  tokens per hisa_write_range (1024)\n"
         "  --seed S           synthetic data seed (1)\n"
+        "  --next-n N         1..4 tokens appended and queries selected per stream and step\n"
+        "                     (speculative / multi-token-prediction decode; default 1); query\n"
+        "                     j of a stream of length L stands at L - N + j\n"
+        "  --query-format F   f32 (default), bf16 or fp8: the synthetic float queries are\n"
+        "                     converted on the host (outside the timings) and passed in that\n"
+        "                     format: bf16 rounded to nearest even; fp8 with a per-head scale\n"
+        "                     amax/448 folded into the weights, e4m3fn codes rounded to nearest\n"
+        "                     even, saturating at 448\n"
         "  --profile          print the pool figures at the end: pages used / free /\n"
-        "                     high-water, sequences, tokens, and the plan's regions\n"
+        "                     high-water / shared, sequences, tokens, and the plan's regions\n"
         "  --device D         cpu, cuda or cuda:N (default: cuda:0 when available, else cpu)\n"
         "\n"
         "The CPU defaults keep `make run` on a machine without a GPU well under a minute on\n"
@@ -57,6 +67,9 @@ static void stream_help(void) {
 
 typedef struct stream_opts {
     int32_t context, steps, batch, check_every, prefill_chunk;
+    int32_t next_n;   /* 1..HISA_NEXT_N_MAX */
+    int32_t q_format; /* HISA_Q_*, of q_format_s */
+    const char *q_format_s;
     int64_t seed;
     int profile;
     tool_cfg_opts c;
@@ -67,13 +80,19 @@ typedef struct stream_opts {
 typedef struct stream_run {
     hisa_runtime *rt;
     int32_t L, H, B, k, chunk;
+    int32_t N, qf; /* next_n and the query format */
     synth_gen *gens; /* one per stream, each with its own seed */
-    int32_t *seqs;
+    int32_t *seqs, *pos;    /* [B], and the positions of one hisa_write_keys */
     int32_t n_gens, n_seqs; /* how many are live, for the cleanup */
     float *prefill_keys;    /* [L, chunk, D] */
-    float *step_keys;       /* [L, B, D] */
-    float *qs, *ws;         /* [L, B, H, D], [L, B, H] */
-    int32_t *sel, *sel_flat, *scratch;
+    float *step_keys;       /* [L, N, B, D]: token j of every stream is one [B, D] block */
+    float *qs, *ws;         /* [L, B, N, H, D], [L, B, N, H]: the synthetic float queries */
+    void *q_conv;           /* [L, B, N, H, D] bf16 bits or e4m3 codes (NULL for f32) */
+    float *w_fold;          /* [L, B, N, H] fp8: ws with the query scales folded in */
+    const void *q_in;       /* what the library gets: qs or q_conv */
+    const float *w_in;      /* ws or w_fold */
+    size_t q_row;           /* bytes of one query [H, D] in q_in */
+    int32_t *sel, *sel_flat, *scratch; /* [B, N, k], [B, N, k], [2k] */
     const char *what; /* the call that failed, for the message */
     /* measured */
     double t_prefill, t_write, t_decode;
@@ -103,7 +122,7 @@ static void progress(int tty, int32_t step, int32_t steps, int64_t context, doub
  * Returns tool_parse_opts's codes (-1: --help) or TOOL_EXIT_USAGE. */
 static int stream_parse(int argc, char **argv, stream_opts *o) {
     assert(argc >= 1 && o);
-    *o = (stream_opts){.seed = 1};
+    *o = (stream_opts){.seed = 1, .next_n = 1};
     tool_opt opts[24];
     int n = 0;
     opts[n++] = (tool_opt){"context", TOOL_OPT_INT, &o->context};
@@ -114,9 +133,20 @@ static int stream_parse(int argc, char **argv, stream_opts *o) {
     opts[n++] = (tool_opt){"prefill-chunk", TOOL_OPT_INT, &o->prefill_chunk};
     opts[n++] = (tool_opt){"seed", TOOL_OPT_I64, &o->seed};
     opts[n++] = (tool_opt){"profile", TOOL_OPT_FLAG, &o->profile};
+    opts[n++] = (tool_opt){"next-n", TOOL_OPT_INT, &o->next_n};
+    opts[n++] = (tool_opt){"query-format", TOOL_OPT_STR, &o->q_format_s};
     tool_cfg_opts_add(opts, &n, &o->c);
     assert(n <= (int)(sizeof opts / sizeof opts[0]));
     int rc = tool_parse_opts("stream", argc, argv, opts, n);
+    if (rc) return rc;
+    if (o->next_n < 1 || o->next_n > HISA_NEXT_N_MAX) {
+        fprintf(stderr,
+                "hisa stream: --next-n %d: expected 1..%d (tokens appended and queries "
+                "selected per stream and step; HISA_NEXT_N_MAX = %d)\n",
+                o->next_n, HISA_NEXT_N_MAX, HISA_NEXT_N_MAX);
+        return TOOL_EXIT_USAGE;
+    }
+    rc = tool_parse_q_format("stream", o->q_format_s, &o->q_format);
     if (rc) return rc;
     if (o->context < 0 || o->steps < 0 || o->batch < 0 || o->check_every < 0 ||
         o->prefill_chunk < 0) {
@@ -146,42 +176,63 @@ static int stream_configure(stream_opts *o, hisa_config *cfg, const char **why) 
         fprintf(stderr, "hisa stream: --context must be at least 1\n");
         return TOOL_EXIT_USAGE;
     }
-    if ((int64_t)o->context + o->steps > INT32_MAX) {
-        fprintf(stderr, "hisa stream: --context + --steps is too large\n");
+    if ((int64_t)o->context + (int64_t)o->steps * o->next_n > INT32_MAX) {
+        fprintf(stderr, "hisa stream: --context + --steps x --next-n is too large\n");
         return TOOL_EXIT_USAGE;
     }
     rc = tool_cfg_apply("stream", &o->c, cfg);
     if (rc) return rc;
     cfg->max_seqs = o->batch;
     cfg->max_batch = o->batch;
-    cfg->max_context = o->context + o->steps;
+    cfg->max_context = o->context + o->steps * o->next_n;
     cfg->max_prefill_queries = o->prefill_chunk;
     return 0;
 }
 
 /* --- run ---------------------------------------------------------------------------------- */
 
+/* The query buffers the library reads: the float queries themselves (f32), or their bf16 /
+ * fp8 conversion (and for fp8 the weights with the scales folded in). Returns 0 or -1. */
+static int alloc_query_format(stream_run *r, size_t n_queries) {
+    assert(r && r->qs && r->ws);
+    const size_t HD = (size_t)r->H * D;
+    r->q_row = HD * tool_q_format_bytes(r->qf);
+    r->q_in = r->qs;
+    r->w_in = r->ws;
+    if (r->qf == HISA_Q_F32) return 0;
+    r->q_conv = malloc(n_queries * r->q_row);
+    r->q_in = r->q_conv;
+    if (r->qf == HISA_Q_FP8) {
+        r->w_fold = malloc(sizeof(float) * n_queries * (size_t)r->H);
+        r->w_in = r->w_fold;
+    }
+    return r->q_conv && r->w_in ? 0 : -1;
+}
+
 /* Every buffer of the run and one generator per stream; sizes from the open runtime. */
 static int stream_alloc(stream_run *r, const stream_opts *o) {
     assert(r && r->rt && o);
     const hisa_config *cfg = hisa_get_config(r->rt);
     r->L = cfg->n_layers, r->H = cfg->n_heads, r->B = o->batch, r->k = cfg->topk;
+    r->N = o->next_n, r->qf = o->q_format;
     r->chunk = cfg->max_prefill_queries;
     const size_t L = (size_t)r->L, B = (size_t)r->B, H = (size_t)r->H, k = (size_t)r->k;
-    const size_t steps = (size_t)o->steps + 1;
+    const size_t N = (size_t)r->N, steps = (size_t)o->steps + 1;
     r->gens = calloc(B, sizeof *r->gens);
     r->seqs = calloc(B, sizeof *r->seqs);
+    r->pos = calloc(B, sizeof *r->pos);
     r->prefill_keys = malloc(sizeof(float) * L * (size_t)r->chunk * D);
-    r->step_keys = malloc(sizeof(float) * L * B * D);
-    r->qs = malloc(sizeof(float) * L * B * H * D);
-    r->ws = malloc(sizeof(float) * L * B * H);
-    r->sel = malloc(sizeof(int32_t) * B * k);
-    r->sel_flat = malloc(sizeof(int32_t) * B * k);
+    r->step_keys = malloc(sizeof(float) * L * N * B * D);
+    r->qs = malloc(sizeof(float) * L * B * N * H * D);
+    r->ws = malloc(sizeof(float) * L * B * N * H);
+    r->sel = malloc(sizeof(int32_t) * B * N * k);
+    r->sel_flat = malloc(sizeof(int32_t) * B * N * k);
     r->scratch = malloc(sizeof(int32_t) * 2 * k);
     r->lat = malloc(sizeof(double) * steps * L);
     r->step_lat = malloc(sizeof(double) * steps);
-    if (!r->gens || !r->seqs || !r->prefill_keys || !r->step_keys || !r->qs || !r->ws ||
-        !r->sel || !r->sel_flat || !r->scratch || !r->lat || !r->step_lat) {
+    if (!r->gens || !r->seqs || !r->pos || !r->prefill_keys || !r->step_keys || !r->qs ||
+        !r->ws || !r->sel || !r->sel_flat || !r->scratch || !r->lat || !r->step_lat ||
+        alloc_query_format(r, L * B * N) != 0) {
         fprintf(stderr, "hisa stream: out of memory\n");
         return TOOL_EXIT_FAIL;
     }
@@ -207,10 +258,13 @@ static void stream_free(stream_run *r) {
     for (int32_t b = 0; b < r->n_gens; b++) synth_free(&r->gens[b]);
     free(r->gens);
     free(r->seqs);
+    free(r->pos);
     free(r->prefill_keys);
     free(r->step_keys);
     free(r->qs);
     free(r->ws);
+    free(r->q_conv);
+    free(r->w_fold);
     free(r->sel);
     free(r->sel_flat);
     free(r->scratch);
@@ -262,15 +316,15 @@ static int stream_prefill(stream_run *r, const stream_opts *o) {
 }
 
 /* The check: flat DSA on the same queries as req (the HISA selection is in r->sel), the IoU of
- * every stream's two selections. */
+ * the two selections of every query: B streams x N queries each. */
 static int check_flat(stream_run *r, hisa_decode req) {
     assert(r && req.out == r->sel);
     req.mode = HISA_MODE_FLAT;
     req.out = r->sel_flat;
     r->what = "selecting with flat DSA for the check";
     int err = hisa_select_decode(r->rt, &req);
-    for (int32_t b = 0; b < r->B && !err; b++) {
-        double v = tool_iou(r->sel + (size_t)b * r->k, r->sel_flat + (size_t)b * r->k, r->k,
+    for (int32_t i = 0; i < r->B * r->N && !err; i++) {
+        double v = tool_iou(r->sel + (size_t)i * r->k, r->sel_flat + (size_t)i * r->k, r->k,
                             r->scratch);
         r->iou_sum += v;
         r->iou_n++;
@@ -280,29 +334,45 @@ static int check_flat(stream_run *r, hisa_decode req) {
     return err;
 }
 
-/* One decode step s: every stream grows by one token, its key goes to every layer, then one
- * HISA select per layer for all streams (timed per layer into lat), with the flat check every
- * check_every steps. step_lat[s] is the step without the checks. */
+/* Step s's appends: every stream grows by N tokens, and their keys go to every layer, one
+ * hisa_write_keys per layer and new token (the j-th new token of every stream; with N = 1 at
+ * positions NULL, each sequence's last). Returns 0 or a library error. */
+static int step_append(stream_run *r, const stream_opts *o, int32_t s) {
+    assert(r && o);
+    const int32_t L = r->L, B = r->B, N = r->N;
+    int err = 0;
+    for (int32_t b = 0; b < B && !err; b++) {
+        r->what = "extending a sequence by next_n tokens";
+        err = hisa_seq_extend(r->rt, r->seqs[b], N);
+    }
+    for (int32_t l = 0; l < L && !err; l++) {
+        for (int32_t j = 0; j < N && !err; j++) {
+            for (int32_t b = 0; b < B; b++) r->pos[b] = o->context + s * N + j;
+            hisa_write req = {.layer = l, .n_tokens = B, .seq_ids = r->seqs,
+                              .positions = N == 1 ? NULL : r->pos,
+                              .keys = r->step_keys + ((size_t)l * N + j) * B * D,
+                              .flags = HISA_HOST_IO};
+            r->what = "appending the new tokens' keys";
+            err = hisa_write_keys(r->rt, &req);
+        }
+    }
+    return err;
+}
+
+/* One decode step s: the appends, then one HISA select per layer for all streams, next_n
+ * queries each (timed per layer into lat), with the flat check every check_every steps.
+ * step_lat[s] is the step without the checks. */
 static int stream_step(stream_run *r, const stream_opts *o, int32_t s) {
     assert(r && o);
     assert(s >= 0 && s < o->steps);
-    const int32_t L = r->L, B = r->B, H = r->H;
-    int err = 0;
+    const int32_t L = r->L, B = r->B, H = r->H, N = r->N;
     double t_step = tool_now_s();
-    for (int32_t b = 0; b < B && !err; b++) {
-        r->what = "extending a sequence by one token";
-        err = hisa_seq_extend(r->rt, r->seqs[b], 1);
-    }
-    for (int32_t l = 0; l < L && !err; l++) {
-        hisa_write req = {.layer = l, .n_tokens = B, .seq_ids = r->seqs, .positions = NULL,
-                          .keys = r->step_keys + (size_t)l * B * D, .flags = HISA_HOST_IO};
-        r->what = "appending the new token's key";
-        err = hisa_write_keys(r->rt, &req);
-    }
+    int err = step_append(r, o, s);
     for (int32_t l = 0; l < L && !err; l++) {
         hisa_decode req = {.layer = l, .mode = HISA_MODE_HISA, .n_seqs = B, .seq_ids = r->seqs,
-                           .q = r->qs + (size_t)l * B * H * D, .w = r->ws + (size_t)l * B * H,
-                           .out = r->sel, .flags = HISA_HOST_IO};
+                           .q = (const uint8_t *)r->q_in + (size_t)l * B * N * r->q_row,
+                           .w = r->w_in + (size_t)l * B * N * H, .out = r->sel,
+                           .flags = HISA_HOST_IO, .q_format = r->qf, .next_n = N};
         double t0 = tool_now_s();
         r->what = "selecting with HISA";
         err = hisa_select_decode(r->rt, &req);
@@ -316,17 +386,26 @@ static int stream_step(stream_run *r, const stream_opts *o, int32_t s) {
     return err;
 }
 
-/* The new token's key and this step's queries come from the generator; that is the model's
- * work, not the indexer's, so it stays outside the timed region. */
+/* The new tokens' keys and this step's queries come from the generator, and the queries are
+ * converted to the query format (as a model's act_quant would); that is the model's work, not
+ * the indexer's, so it stays outside the timed region. Query j of a stream is drawn after its
+ * j-th new key: it sees the context up to its own token. */
 static void step_inputs(stream_run *r) {
     assert(r && r->n_gens == r->B);
-    const int32_t L = r->L, B = r->B, H = r->H;
+    const int32_t L = r->L, B = r->B, H = r->H, N = r->N;
     for (int32_t b = 0; b < B; b++) {
-        synth_keys(&r->gens[b], 1, r->step_keys + (size_t)b * D, (int64_t)B * D);
-        for (int32_t l = 0; l < L; l++)
-            synth_query(&r->gens[b], l, 0, r->qs + ((size_t)l * B + b) * (size_t)H * D,
-                        r->ws + ((size_t)l * B + b) * (size_t)H);
+        for (int32_t j = 0; j < N; j++) {
+            synth_keys(&r->gens[b], 1, r->step_keys + ((size_t)j * B + b) * D,
+                       (int64_t)N * B * D);
+            for (int32_t l = 0; l < L; l++) {
+                size_t row = ((size_t)l * B + b) * N + j; /* [L, B, N] */
+                synth_query(&r->gens[b], l, 0, r->qs + row * H * D, r->ws + row * H);
+            }
+        }
     }
+    const int64_t heads = (int64_t)L * B * N * H;
+    if (r->qf == HISA_Q_BF16) tool_q_to_bf16(r->qs, heads * D, r->q_conv);
+    else if (r->qf == HISA_Q_FP8) tool_q_to_fp8(r->qs, r->ws, heads, r->q_conv, r->w_fold);
 }
 
 /* Every decode step, with the live progress line (at most 10 a second on a terminal, a few
@@ -347,16 +426,17 @@ static int stream_decode(stream_run *r, const stream_opts *o) {
             return err;
         }
         if ((s + 1) % o->check_every == 0) r->checks++;
-        int64_t ctx_now = (int64_t)o->context + s + 1;
+        int64_t ctx_now = (int64_t)o->context + (int64_t)(s + 1) * r->N;
+        int32_t tokens = r->B * r->N; /* per step */
         double now = tool_now_s();
         if (tty) {
             if (now - t_last_print > 0.1 || s + 1 == o->steps) {
-                progress(1, s + 1, o->steps, ctx_now, r->step_lat[s], r->B, r->last_iou,
+                progress(1, s + 1, o->steps, ctx_now, r->step_lat[s], tokens, r->last_iou,
                          s + 1 == o->steps);
                 t_last_print = now;
             }
         } else if ((s + 1) % plain_every == 0 || s + 1 == o->steps) {
-            progress(0, s + 1, o->steps, ctx_now, r->step_lat[s], r->B, r->last_iou, 0);
+            progress(0, s + 1, o->steps, ctx_now, r->step_lat[s], tokens, r->last_iou, 0);
         }
     }
     r->t_decode = tool_now_s() - r->t_decode;
@@ -371,11 +451,12 @@ static void report_header(const stream_run *r, const stream_opts *o, const char 
     char dev[32];
     tool_device_name(cfg->device, dev, sizeof dev);
     printf("hisa stream: device %s%s%s%s\n", dev, *why ? " (" : "", why, *why ? ")" : "");
-    printf("  %d stream%s x %d layer%s, H=%d, B=%d, m=%d, k=%d, keys %s; prompt %d tokens, "
-           "%d decode steps\n",
+    printf("  %d stream%s x %d layer%s, H=%d, B=%d, m=%d, k=%d, keys %s, queries %s, next_n %d; "
+           "prompt %d tokens, %d decode steps\n",
            o->batch, o->batch == 1 ? "" : "s", cfg->n_layers, cfg->n_layers == 1 ? "" : "s",
            cfg->n_heads, cfg->block_size, cfg->top_blocks, cfg->topk,
-           tool_key_format_name(cfg->key_format), o->context, o->steps);
+           tool_key_format_name(cfg->key_format), tool_q_format_name(o->q_format), o->next_n,
+           o->context, o->steps);
     fflush(stdout);
 }
 
@@ -392,8 +473,8 @@ static void report_prefill(const stream_run *r, const stream_opts *o) {
 /* p50 / p99 of every layer's select latency (lat is [steps, L]). */
 static void report_layers(const stream_run *r, int32_t steps) {
     assert(r && steps > 0);
-    printf("select latency per layer, HISA decode of %d stream%s (ms):\n", r->B,
-           r->B == 1 ? "" : "s");
+    printf("select latency per layer, HISA decode of %d stream%s x next_n %d (ms):\n", r->B,
+           r->B == 1 ? "" : "s", r->N);
     double *col = malloc(sizeof(double) * (size_t)steps);
     if (!col) return;
     for (int32_t l = 0; l < r->L; l++) {
@@ -408,28 +489,32 @@ static void report_layers(const stream_run *r, int32_t steps) {
 /* The decode figures and the IoU. Sorts step_lat (the percentiles), so it runs once. */
 static void report_decode(stream_run *r, const stream_opts *o) {
     assert(r && o);
-    const int32_t L = r->L, B = r->B;
+    const int32_t L = r->L, B = r->B, N = r->N;
     double step_sum = 0;
     for (int32_t s = 0; s < o->steps; s++) step_sum += r->step_lat[s];
-    printf("decode: %d steps in %.2f s wall", o->steps, r->t_decode);
+    printf("decode: %d steps, next_n %d, %s queries, in %.2f s wall", o->steps, N,
+           tool_q_format_name(r->qf), r->t_decode);
     if (o->steps > 0) {
         double p50 = tool_percentile(r->step_lat, o->steps, 50);
         double p99 = tool_percentile(r->step_lat, o->steps, 99);
-        printf("; per step (append + HISA select, all layers): p50 %.3f ms, p99 %.3f ms\n",
-               p50 * 1e3, p99 * 1e3);
+        printf("; per step (append %d token%s + HISA select, all layers): p50 %.3f ms, "
+               "p99 %.3f ms\n",
+               N, N == 1 ? "" : "s", p50 * 1e3, p99 * 1e3);
         printf("  %.1f steps/s, %.1f tokens/s (indexer time only; %.1f steps/s wall with the "
                "synthetic model and the flat checks)\n",
                step_sum > 0 ? o->steps / step_sum : 0.0,
-               step_sum > 0 ? (double)o->steps * B / step_sum : 0.0,
+               step_sum > 0 ? (double)o->steps * B * N / step_sum : 0.0,
                r->t_decode > 0 ? o->steps / r->t_decode : 0.0);
         report_layers(r, o->steps);
     } else {
         printf("\n");
     }
+    char per_stream[32] = ""; /* the IoU is per query: next_n of them per stream */
+    if (N > 1) snprintf(per_stream, sizeof per_stream, " x %d queries", N);
     if (r->iou_n)
-        printf("IoU HISA vs flat: mean %.4f, min %.4f (%d checks x %d layer%s x %d stream%s)\n",
+        printf("IoU HISA vs flat: mean %.4f, min %.4f (%d checks x %d layer%s x %d stream%s%s)\n",
                r->iou_sum / (double)r->iou_n, r->iou_min, r->checks, L, L == 1 ? "" : "s", B,
-               B == 1 ? "" : "s");
+               B == 1 ? "" : "s", per_stream);
     else
         printf("IoU HISA vs flat: no checks ran (--check-every > --steps)\n");
 }
@@ -447,10 +532,10 @@ static void report_memory(hisa_runtime *rt, int profile) {
            mr.pages_total ? 100.0 * mr.pages_used / mr.pages_total : 0.0,
            (long long)mr.tokens, mr.seqs_open, mr.seqs_open == 1 ? "" : "s");
     if (!profile) return;
-    printf("pool (profile): pages total %d, used %d, free %d, high-water %d; sequences "
-           "open %d, high-water %d; tokens %lld\n",
-           mr.pages_total, mr.pages_used, mr.pages_free, mr.pages_high_water, mr.seqs_open,
-           mr.seqs_high_water, (long long)mr.tokens);
+    printf("pool (profile): pages total %d, used %d, free %d, high-water %d, shared %d; "
+           "sequences open %d, high-water %d; tokens %lld\n",
+           mr.pages_total, mr.pages_used, mr.pages_free, mr.pages_high_water, mr.pages_shared,
+           mr.seqs_open, mr.seqs_high_water, (long long)mr.tokens);
     const hisa_plan *plan = hisa_get_plan(rt);
     printf("plan regions (non-empty; hisa mem lists them all):\n");
     for (int32_t i = 0; i < plan->n_regions; i++) {

@@ -101,11 +101,34 @@ int tool_lib_error(const char *cmd, const char *what, int err, const hisa_plan *
  * code; 0 on success. */
 int tool_open(const char *cmd, const hisa_config *cfg, hisa_runtime **rt_out);
 
+/* --- query formats (tools/qformat.c) ---------------------------------------------------------
+ * --query-format f32|bf16|fp8 (SPEC "Queries"), and the host-side conversions of the tools'
+ * own float queries (hisa stream). Same rules as the library's number formats: bf16 and e4m3fn
+ * round to nearest even, e4m3fn saturates at +-448. */
+/* s: "f32" (or NULL: the default), "bf16", "fp8" into *out (HISA_Q_*). Returns 0, or
+ * TOOL_EXIT_USAGE after "hisa CMD: --query-format: 'S'; expected ...". */
+int tool_parse_q_format(const char *cmd, const char *s, int32_t *out);
+const char *tool_q_format_name(int32_t q_format); /* "f32" / "bf16" / "fp8" */
+size_t tool_q_format_bytes(int32_t q_format);     /* bytes per query element: 4, 2, 1 */
+uint16_t tool_bf16_from_f32(float x);
+float tool_bf16_to_f32(uint16_t b);
+uint8_t tool_e4m3_from_f32(float x);
+float tool_e4m3_to_f32(uint8_t c);
+/* n floats to bf16 bits. */
+void tool_q_to_bf16(const float *q, int64_t n, uint16_t *out);
+/* n_heads heads of 128 (q [n_heads,128], w [n_heads]) to fp8 queries: per head scale =
+ * amax / 448 (1 when not positive), codes = e4m3(q / scale), w_out = w * scale (folded). */
+void tool_q_to_fp8(const float *q, const float *w, int64_t n_heads, uint8_t *codes,
+                   float *w_out);
+
 /* --- .npy inputs of select and eval (tools/select.c) -----------------------------------------
  * keys [L,128] float32, or fp8 e4m3 codes [L,128] uint8 with scales [L] float32; queries
- * [n_q,H,128] float32; weights [n_q,H] float32. Query i stands at position L - n_q + i. */
+ * [n_q,H,128] in q_format (float32; uint16 bf16 bits; uint8 e4m3fn codes whose per-head scale
+ * is already folded into the weights); weights [n_q,H] float32, used as given. Query i stands
+ * at position L - n_q + i. */
 typedef struct tool_inputs {
     const char *keys_path, *scales_path, *queries_path, *weights_path;
+    int32_t q_format; /* HISA_Q_*: what --queries holds; set before tool_inputs_load */
     npy_array keys, scales, queries, weights;
     int32_t L, n_q, H;
     int fp8_codes; /* keys are uint8 codes with scales */

@@ -51,7 +51,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         return 0;
     }
     FUZZ_ASSERT(a.ndim >= 0 && a.ndim <= NPY_DIMS_MAX);
-    FUZZ_ASSERT(a.dtype == NPY_F4 || a.dtype == NPY_I4 || a.dtype == NPY_U1);
+    FUZZ_ASSERT(a.dtype == NPY_F4 || a.dtype == NPY_I4 || a.dtype == NPY_U1 || a.dtype == NPY_U2);
     FUZZ_ASSERT(a.data != NULL);
     int64_t count = 1;
     for (int32_t i = 0; i < a.ndim; i++) {
