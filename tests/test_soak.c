@@ -3,14 +3,22 @@
  * A random driver issues operations against a small runtime: open, extend + write (prefill
  * appends), decode appends (extend by one, write the last position), overwrites by batch and by
  * range (fp32 keys, fp8 codes, payload), HISA and flat decode selections (positions or slots),
- * prefill selections, truncate, close, on up to max_seqs sequences, with a page pool far smaller
- * than max_seqs full contexts so that exhaustion is reached again and again; and deliberately bad
- * calls, each with one defect, that must fail with their code and change nothing.
+ * prefill selections, truncate, close, fork (hisa_seq_fork: of any open sequence, forks of forks
+ * included, at any length from 0 to the parent's, multiples of B and B +- 1 among them), on up to
+ * max_seqs sequences, with a page pool far smaller than max_seqs full contexts so that exhaustion
+ * is reached again and again; and deliberately bad calls, each with one defect, that must fail
+ * with their code and change nothing. Writes that touch a page several sequences share (random
+ * overwrites, and deliberate ones) must fail with HISA_ESHARED and change nothing; truncating into
+ * a shared page gives the sequence its own copy, or fails with HISA_EPOOL when no page is free.
  *
  * After every step a plain model (lengths, the expected dequantized key and payload of every
  * written position) is checked against the runtime:
- *   - every sequence's length; every page free or owned by exactly one open sequence, through
- *     hisa_seq_pages, the free stack and hisa_memory_report (none lost, none owned twice);
+ *   - every sequence's length; every page free, or held by exactly the set of open sequences the
+ *     model says share it (the model keeps its own page handles: a fork shares the parent's
+ *     complete blocks below its length and copies a partial last one; runtime page ids and model
+ *     handles must correspond one to one), through hisa_seq_pages, the free stack, page_refs and
+ *     hisa_memory_report (pages_used = distinct held pages, pages_shared = those held by more than
+ *     one sequence; none lost);
  *   - for the blocks the step touched (and for every block on a periodic sweep): the written
  *     mask, every stored key (bit-exact with the model's independent quantization), the payload,
  *     and the block summary by its definition (kvcache/layout.h): with sum the fp32 sum of the
@@ -21,8 +29,11 @@
  *   - every selection against tests/common.c's double-precision brute force over the model's
  *     keys and the runtime's block means, under the SPEC's agreement rule (hisa_agree), with the
  *     SPEC's block near-tie rule where the kept blocks differ.
+ * A child's model is its parent's first len positions (keys, written bits, payload); from then on
+ * each side's model changes on its own, and selections of parents and children alike are checked.
  * It prints the number of operations, of errors returned on purpose, of pool exhaustions, of
- * running sums compared and of divergences, which must be 0.
+ * running sums compared, of forks and of shared-page writes refused, and of divergences, which
+ * must be 0.
  *
  * Length: HISA_SOAK_OPS (environment) operations in all, split between an fp8 and a bf16 runtime;
  * 20,000 by default (make test), 1,000,000 with `make soak`. On a GPU the same driver runs a CUDA
@@ -66,6 +77,8 @@ typedef struct {
     uint8_t written[SK_LAYERS][SK_CTX];
     uint8_t pay[SK_LAYERS][SK_CTX][SK_PAYLOAD];
     uint8_t pay_valid[SK_LAYERS][SK_CTX];
+    int32_t pg[SK_PPS]; /* the model's page handle of each block (-1 past the length) */
+    int32_t depth;      /* 0: opened; d > 0: a fork of a sequence of depth d - 1 */
 } sk_seq;
 
 typedef struct {
@@ -86,6 +99,10 @@ typedef struct {
     /* counters */
     int64_t ops, calls, errors_on_purpose, pool_exhausted, pool_full_seen, selections, divergences;
     int64_t near_tie_blocks, sums_checked;
+    int64_t forks, forks_of_forks, fork_partial, fork_refused, eshared, eshared_random, trunc_copies;
+    int64_t trunc_epool, fork_epool, shared_seen, max_shared;
+    /* the model's page pool: holders of each handle (0: free) */
+    int32_t mref[SK_PAGES];
     /* scratch */
     float *keys, *q, *w, *I, *J, *means;
     uint8_t *codes, *payload_buf, *snap_host, *snap_dev, *page_buf;
@@ -169,67 +186,126 @@ static void be_fetch(sk *s, const sk_be *b, void *dst, const void *src, size_t n
 
 /* --- structural check: lengths, pages, report ---------------------------------------------- */
 static int32_t model_free_pages(const sk *s) {
-    int32_t used = 0;
-    for (int32_t i = 0; i < SK_SEQS; i++)
-        if (s->seq[i].open) used += blocks_of(s->seq[i].len);
-    return SK_PAGES - used;
+    int32_t n = 0;
+    for (int32_t h = 0; h < SK_PAGES; h++) n += s->mref[h] == 0;
+    return n;
+}
+static int32_t model_shared_pages(const sk *s) {
+    int32_t n = 0;
+    for (int32_t h = 0; h < SK_PAGES; h++) n += s->mref[h] > 1;
+    return n;
+}
+/* Is block blk of sq held by more than one sequence (then nobody may write it)? */
+static int model_shared(const sk *s, int32_t sq, int32_t blk) {
+    int32_t h = s->seq[sq].pg[blk];
+    return h >= 0 && s->mref[h] > 1;
+}
+/* A free handle (the model's, unrelated to the runtime's page ids). */
+static int32_t model_take(sk *s) {
+    for (int32_t h = 0; h < SK_PAGES; h++)
+        if (s->mref[h] == 0) {
+            s->mref[h] = 1;
+            return h;
+        }
+    return -1;
+}
+/* Let go of blocks [from, blocks_of(len)) of sq. */
+static void model_release(sk *s, int32_t sq, int32_t from) {
+    sk_seq *m = &s->seq[sq];
+    for (int32_t blk = from; blk < blocks_of(m->len); blk++) {
+        if (m->pg[blk] >= 0) s->mref[m->pg[blk]]--;
+        m->pg[blk] = -1;
+    }
+}
+static int32_t n_open_seqs(const sk *s) {
+    int32_t n = 0;
+    for (int32_t i = 0; i < SK_SEQS; i++) n += s->seq[i].open;
+    return n;
 }
 
 static void check_struct(sk *s, const sk_be *b, int32_t pages_of[SK_SEQS][SK_PPS]) {
     hisa_runtime *rt = b->rt;
-    uint8_t owner[SK_PAGES];
-    memset(owner, 0, sizeof owner);
-    int32_t open = 0, owned = 0;
+    const char *who = b->cuda ? "cuda" : "cpu";
+    /* runtime page id <-> model handle, one to one; holders of each runtime page */
+    int32_t p_to_h[SK_PAGES], h_to_p[SK_PAGES], holders[SK_PAGES], first_holder[SK_PAGES];
+    for (int32_t i = 0; i < SK_PAGES; i++) p_to_h[i] = h_to_p[i] = first_holder[i] = -1, holders[i] = 0;
+    int32_t open = 0;
     int64_t tokens = 0;
     for (int32_t sq = -1; sq <= SK_SEQS; sq++) {
         int32_t len = -5, np = -5, pages[SK_PPS + 1];
         int err = hisa_seq_length(rt, sq, &len);
         int want_open = sq >= 0 && sq < SK_SEQS && s->seq[sq].open;
         if (err != (want_open ? HISA_OK : HISA_ESEQ)) {
-            diverge(s, "seq %d: hisa_seq_length %d, model open %d", sq, err, want_open);
+            diverge(s, "%s seq %d: hisa_seq_length %d, model open %d", who, sq, err, want_open);
             continue;
         }
         if (!want_open) continue;
         open++;
         tokens += len;
-        if (len != s->seq[sq].len) diverge(s, "seq %d: length %d, model %d", sq, len, s->seq[sq].len);
+        if (len != s->seq[sq].len) diverge(s, "%s seq %d: length %d, model %d", who, sq, len, s->seq[sq].len);
         if (hisa_seq_pages(rt, sq, pages, SK_PPS + 1, &np) != HISA_OK || np != blocks_of(s->seq[sq].len)) {
-            diverge(s, "seq %d: hisa_seq_pages gives %d pages for length %d", sq, np, s->seq[sq].len);
+            diverge(s, "%s seq %d: hisa_seq_pages gives %d pages for length %d", who, sq, np, s->seq[sq].len);
             continue;
         }
         for (int32_t i = 0; i < np; i++) {
-            int32_t p = pages[i];
-            if (p < 0 || p >= SK_PAGES || owner[p]) {
-                diverge(s, "seq %d block %d: page %d out of range or owned twice", sq, i, p);
+            int32_t p = pages[i], h = s->seq[sq].pg[i];
+            if (p < 0 || p >= SK_PAGES) {
+                diverge(s, "%s seq %d block %d: page %d out of range", who, sq, i, p);
                 continue;
             }
-            owner[p] = 1;
-            owned++;
+            if (h < 0 || h >= SK_PAGES) {
+                diverge(s, "seq %d block %d: the model has no page handle (%d)", sq, i, h);
+                continue;
+            }
+            if (p_to_h[p] < 0 && h_to_p[h] < 0) {
+                p_to_h[p] = h;
+                h_to_p[h] = p;
+            } else if (p_to_h[p] != h || h_to_p[h] != p) {
+                /* p also names another model page (held twice where the model has two pages), or the
+                 * model's page is another runtime page (copied where the model shares) */
+                diverge(s, "%s seq %d block %d: page %d is held by seq %d too, but the model %s", who, sq, i, p,
+                        first_holder[p], p_to_h[p] != h && p_to_h[p] >= 0
+                            ? "gives them different pages" : "shares this block with a sequence on another page");
+            }
+            if (holders[p]++ == 0) first_holder[p] = sq;
             if (pages_of) pages_of[sq][i] = p;
         }
     }
-    if (!b->cuda) { /* the free stack holds exactly the pages nobody owns */
+    int32_t held = 0, shared = 0;
+    for (int32_t p = 0; p < SK_PAGES; p++) {
+        held += holders[p] > 0;
+        shared += holders[p] > 1;
+        if (rt->r.page_refs[p] != holders[p])
+            diverge(s, "%s page %d: page_refs %d, held by %d open sequences", who, p, rt->r.page_refs[p], holders[p]);
+    }
+    if (!b->cuda) { /* the free stack holds exactly the pages nobody holds */
+        uint8_t listed[SK_PAGES] = {0};
         for (int32_t i = 0; i < rt->kv.n_free_pages; i++) {
             int32_t p = rt->r.free_pages[i];
-            if (p < 0 || p >= SK_PAGES || owner[p]) diverge(s, "free page %d is owned or listed twice", p);
-            else owner[p] = 2;
+            if (p < 0 || p >= SK_PAGES || holders[p] || listed[p])
+                diverge(s, "free page %d is held or listed twice", p);
+            else listed[p] = 1;
         }
         for (int32_t p = 0; p < SK_PAGES; p++)
-            if (!owner[p]) diverge(s, "page %d is lost: neither free nor owned", p);
+            if (!holders[p] && !listed[p]) diverge(s, "page %d is lost: neither free nor held", p);
     }
     hisa_memory_report rep;
     if (hisa_memory_report_get(rt, &rep) != HISA_OK) {
         diverge(s, "memory report failed");
         return;
     }
-    int32_t want_free = model_free_pages(s);
-    if (rep.pages_total != SK_PAGES || rep.pages_used != owned || rep.pages_free != want_free ||
-        rep.pages_used + rep.pages_free != SK_PAGES || rep.seqs_open != open || rep.tokens != tokens ||
-        rep.pages_high_water < rep.pages_used || rep.seqs_high_water < rep.seqs_open || rep.poisoned)
-        diverge(s, "report: used %d free %d (model %d) open %d tokens %lld, owned %d open %d tokens %lld",
-                rep.pages_used, rep.pages_free, want_free, rep.seqs_open, (long long)rep.tokens, owned,
-                open, (long long)tokens);
+    int32_t want_free = model_free_pages(s), want_shared = model_shared_pages(s);
+    if (rep.pages_total != SK_PAGES || rep.pages_used != held || rep.pages_free != want_free ||
+        rep.pages_used + rep.pages_free != SK_PAGES || rep.pages_shared != shared || shared != want_shared ||
+        rep.seqs_open != open || rep.tokens != tokens || rep.pages_high_water < rep.pages_used ||
+        rep.seqs_high_water < rep.seqs_open || rep.poisoned)
+        diverge(s, "%s report: used %d free %d (model %d) shared %d (held by several %d, model %d) open %d tokens "
+                "%lld; distinct pages held %d, open %d, tokens %lld", who, rep.pages_used, rep.pages_free, want_free,
+                rep.pages_shared, shared, want_shared, rep.seqs_open, (long long)rep.tokens, held, open,
+                (long long)tokens);
     if (rep.pages_free == 0) s->pool_full_seen++;
+    if (shared) s->shared_seen++;
+    if (shared > s->max_shared) s->max_shared = shared;
 }
 
 /* --- data check of one block --------------------------------------------------------------- */
@@ -313,6 +389,7 @@ static void check_block(sk *s, const sk_be *b, int32_t sq, int32_t l, int32_t bl
 static void check_data(sk *s, int full) {
     for (int bi = 0; bi < s->n_be; bi++) {
         int32_t pages_of[SK_SEQS][SK_PPS], sum_pages[SK_LAYERS * SK_SEQS];
+        memset(pages_of, 0xff, sizeof pages_of); /* -1 where check_struct found no valid page */
         check_struct(s, &s->be[bi], pages_of);
         fetch_sum_pages(s, &s->be[bi], sum_pages);
         for (int32_t sq = 0; sq < SK_SEQS; sq++) {
@@ -325,7 +402,7 @@ static void check_data(sk *s, int full) {
                     diverge(s, "%s seq %d layer %d: the running sum names page %d, not -1 nor one of the %d pages "
                             "of the sequence", s->be[bi].cuda ? "cuda" : "cpu", sq, l, slot_page, nb);
                 for (int32_t blk = 0; blk < nb; blk++)
-                    if (full || s->dirty[sq][l][blk])
+                    if ((full || s->dirty[sq][l][blk]) && pages_of[sq][blk] >= 0)
                         check_block(s, &s->be[bi], sq, l, blk, pages_of[sq][blk], own ? slot_page : -1);
             }
         }
@@ -371,6 +448,19 @@ static void gen_keys(sk *s, int32_t sq, int32_t pos0, int32_t n, float *keys) {
         }                                                                                      \
     } while (0)
 
+/* "An error changes nothing": the CPU runtime's arenas, byte for byte. */
+static void snapshot(sk *s) {
+    hisa__arena *a = &s->be[0].rt->arena;
+    memcpy(s->snap_host, a->base[HISA__ARENA_HOST], a->bytes[HISA__ARENA_HOST]);
+    memcpy(s->snap_dev, a->base[HISA__ARENA_DEVICE], a->bytes[HISA__ARENA_DEVICE]);
+}
+static void check_unchanged(sk *s, const char *what) {
+    hisa__arena *a = &s->be[0].rt->arena;
+    if (memcmp(s->snap_host, a->base[HISA__ARENA_HOST], a->bytes[HISA__ARENA_HOST]) ||
+        memcmp(s->snap_dev, a->base[HISA__ARENA_DEVICE], a->bytes[HISA__ARENA_DEVICE]))
+        diverge(s, "%s: the rejected call changed the runtime's memory", what);
+}
+
 static int expect(sk *s, int err, int want, const char *what) {
     if (err != want) {
         diverge(s, "%s: returned %d (%s), model expects %d (%s)", what, err, hisa_strerror(err), want,
@@ -378,6 +468,7 @@ static int expect(sk *s, int err, int want, const char *what) {
         return 0;
     }
     if (want != HISA_OK) s->errors_on_purpose++;
+    if (want == HISA_ESHARED) s->eshared++;
     return 1;
 }
 
@@ -391,8 +482,10 @@ static int model_extend_code(const sk *s, int32_t sq, int32_t n) {
 
 static void model_extend(sk *s, int32_t sq, int32_t n) {
     sk_seq *m = &s->seq[sq];
-    for (int32_t blk = blocks_of(m->len); blk < blocks_of(m->len + n); blk++)
+    for (int32_t blk = blocks_of(m->len); blk < blocks_of(m->len + n); blk++) {
         for (int32_t l = 0; l < SK_LAYERS; l++) s->dirty[sq][l][blk] = 1; /* a fresh page: empty summaries */
+        m->pg[blk] = model_take(s);
+    }
     m->len += n;
 }
 
@@ -417,6 +510,146 @@ static void do_extend(sk *s, int32_t sq, int32_t n) {
     if (want == HISA_EPOOL) s->pool_exhausted++;
 }
 
+/* --- fork, truncate, close: the model's pages follow the runtime's ----------------------------- */
+static int model_fork_code(const sk *s, int32_t parent, int32_t len) {
+    if (parent < 0 || parent >= SK_SEQS || !s->seq[parent].open) return HISA_ESEQ;
+    if (len < 0 || len > s->seq[parent].len) return HISA_ERANGE;
+    if (n_open_seqs(s) == SK_SEQS) return HISA_ESEQFULL;
+    if (len % SK_B && model_free_pages(s) == 0) return HISA_EPOOL; /* the partial last page is copied */
+    return HISA_OK;
+}
+
+/* hisa_seq_fork on every backend, against the model (the children's ids must agree). A refused
+ * fork must change nothing. The child's model is the parent's first len positions; its complete
+ * blocks are the parent's pages, a partial last one a fresh page. */
+static int do_fork(sk *s, int32_t parent, int32_t len, const char *what) {
+    int want = model_fork_code(s, parent, len);
+    int32_t ids[2] = {-5, -5};
+    if (want != HISA_OK) snapshot(s);
+    int err = hisa_seq_fork(s->be[0].rt, parent, len, &ids[0]);
+    s->calls++;
+    if (s->n_be > 1) {
+        int twin_err = hisa_seq_fork(s->be[1].rt, parent, len, &ids[1]);
+        if (twin_err != err || ids[1] != ids[0])
+            diverge(s, "%s: cuda returned %d child %d, cpu %d child %d", what, twin_err, ids[1], err, ids[0]);
+    }
+    if (!expect(s, err, want, what)) return err;
+    if (err) {
+        check_unchanged(s, what);
+        if (ids[0] != -5) diverge(s, "%s: the refused fork wrote a child id (%d)", what, ids[0]);
+        if (err == HISA_EPOOL) s->fork_epool++;
+        s->fork_refused++;
+        return err;
+    }
+    int32_t child = ids[0];
+    if (child < 0 || child >= SK_SEQS || s->seq[child].open) {
+        diverge(s, "%s: child id %d, open already or out of range", what, child);
+        return err;
+    }
+    sk_seq *pm = &s->seq[parent], *c = &s->seq[child];
+    c->open = 1;
+    c->len = len;
+    c->seed = pm->seed; /* structured writes give both sides the same keys */
+    c->depth = pm->depth + 1;
+    memset(c->pg, 0xff, sizeof c->pg);
+    for (int32_t blk = 0; blk < len / SK_B; blk++) {
+        c->pg[blk] = pm->pg[blk];
+        s->mref[c->pg[blk]]++;
+    }
+    if (len % SK_B) {
+        c->pg[len / SK_B] = model_take(s);
+        s->fork_partial++;
+    }
+    for (int32_t l = 0; l < SK_LAYERS; l++) {
+        memcpy(c->deq[l], pm->deq[l], sizeof(float) * 128 * (size_t)len);
+        memset(c->written[l], 0, sizeof c->written[l]);
+        memcpy(c->written[l], pm->written[l], (size_t)len);
+        memset(c->pay_valid[l], 0, sizeof c->pay_valid[l]);
+        memcpy(c->pay_valid[l], pm->pay_valid[l], (size_t)len);
+        memcpy(c->pay[l], pm->pay[l], (size_t)len * SK_PAYLOAD);
+        for (int32_t blk = 0; blk < blocks_of(len); blk++) s->dirty[child][l][blk] = 1;
+    }
+    s->forks++;
+    if (pm->depth > 0) s->forks_of_forks++;
+    return err;
+}
+
+/* A fork length for a parent of length len: 0, len, multiples of B, B +- 1 (k B - 1, k B + 1),
+ * or any. */
+static int32_t pick_fork_len(sk *s, int32_t len) {
+    switch (rnd(s, 8)) {
+    case 0: return 0;
+    case 1: return len;
+    case 2: return SK_B * (int32_t)rnd(s, (uint32_t)(len / SK_B + 1));
+    case 3:
+        if (len >= SK_B - 1) return SK_B * (1 + (int32_t)rnd(s, (uint32_t)((len + 1) / SK_B))) - 1;
+        break;
+    case 4:
+        if (len >= SK_B + 1) return SK_B * (1 + (int32_t)rnd(s, (uint32_t)((len - 1) / SK_B))) + 1;
+        break;
+    default: break;
+    }
+    return (int32_t)rnd(s, (uint32_t)len + 1);
+}
+
+/* Truncate sq to len on every backend. Into a shared block (len % B != 0) the sequence gets its own
+ * copy of that page, one free page needed, else HISA_EPOOL and nothing changes. */
+static void do_truncate(sk *s, int32_t sq, int32_t len, const char *what) {
+    sk_seq *m = &s->seq[sq];
+    int copy = (len % SK_B) && len < m->len && model_shared(s, sq, len / SK_B);
+    int want = copy && model_free_pages(s) == 0 ? HISA_EPOOL : HISA_OK, err;
+    if (want != HISA_OK) snapshot(s);
+    ON_ALL(s, err, 0, hisa_seq_truncate(rt_, sq, len));
+    if (!expect(s, err, want, what)) return;
+    if (err) {
+        check_unchanged(s, what);
+        s->trunc_epool++;
+        return;
+    }
+    model_release(s, sq, blocks_of(len));
+    if (copy) {
+        s->mref[m->pg[len / SK_B]]--;
+        m->pg[len / SK_B] = model_take(s);
+        s->trunc_copies++;
+    }
+    for (int32_t l = 0; l < SK_LAYERS; l++) {
+        memset(m->written[l] + len, 0, (size_t)(SK_CTX - len));
+        memset(m->pay_valid[l] + len, 0, (size_t)(SK_CTX - len));
+    }
+    m->len = len;
+    if (len % SK_B) /* the partial last block was recomputed from its remaining keys (or copied) */
+        for (int32_t l = 0; l < SK_LAYERS; l++) s->dirty[sq][l][len / SK_B] = 1;
+}
+
+/* A random (sequence, block) held by several sequences; 0 when there is none. */
+static int pick_shared(sk *s, int32_t *sq_out, int32_t *blk_out) {
+    int32_t n = 0, cand[SK_SEQS * SK_PPS];
+    for (int32_t sq = 0; sq < SK_SEQS; sq++)
+        for (int32_t blk = 0; s->seq[sq].open && blk < blocks_of(s->seq[sq].len); blk++)
+            if (model_shared(s, sq, blk)) cand[n++] = sq * SK_PPS + blk;
+    if (!n) return 0;
+    int32_t c = cand[rnd(s, (uint32_t)n)];
+    *sq_out = c / SK_PPS;
+    *blk_out = c % SK_PPS;
+    return 1;
+}
+
+/* Extend open sequences (reserved, unwritten positions) until the pool is empty, as far as their
+ * max_context allows. */
+static void fill_pool(sk *s) {
+    uint32_t start = rnd(s, SK_SEQS);
+    for (int32_t i = 0; i < SK_SEQS && model_free_pages(s) > 0; i++) {
+        int32_t c = (int32_t)((start + (uint32_t)i) % SK_SEQS);
+        if (!s->seq[c].open) continue;
+        int32_t len = s->seq[c].len, have = blocks_of(len), take = blocks_of(SK_CTX) - have;
+        if (take > model_free_pages(s)) take = model_free_pages(s);
+        if (take <= 0) continue;
+        int32_t new_len = (have + take) * SK_B;
+        if (new_len > SK_CTX) new_len = SK_CTX;
+        do_extend(s, c, new_len - len);
+    }
+}
+
 /* Write fp32 keys for [pos0, pos0 + n) of layer l by ranges of at most SK_PREFILL. */
 static void do_write_range(sk *s, int32_t sq, int32_t l, int32_t pos0, int32_t n, int with_payload) {
     sk_seq *m = &s->seq[sq];
@@ -426,7 +659,15 @@ static void do_write_range(sk *s, int32_t sq, int32_t l, int32_t pos0, int32_t n
         for (int32_t i = 0; i < cnt * SK_PAYLOAD; i++) s->payload_buf[i] = (uint8_t)rnd(s, 256);
         hisa_write w = {.layer = l, .n_tokens = cnt, .keys = s->keys,
                         .payload = with_payload ? s->payload_buf : NULL};
-        int err;
+        int err, shared = 0;
+        for (int32_t blk = p / SK_B; blk <= (p + cnt - 1) / SK_B; blk++) shared |= model_shared(s, sq, blk);
+        if (shared) { /* a page several sequences hold: refused, nothing changes */
+            snapshot(s);
+            ON_ALL(s, err, 0, (w.flags = io_, hisa_write_range(rt_, sq, p, &w)));
+            if (expect(s, err, HISA_ESHARED, "write_range over a shared page")) s->eshared_random++;
+            check_unchanged(s, "write_range over a shared page");
+            continue;
+        }
         ON_ALL(s, err, 0, (w.flags = io_, hisa_write_range(rt_, sq, p, &w)));
         if (!expect(s, err, HISA_OK, "write_range")) return;
         for (int32_t i = 0; i < cnt; i++) {
@@ -458,7 +699,15 @@ static void do_write_batch(sk *s, const int32_t *ids, const int32_t *pos, int32_
     hisa_write w = {.layer = l, .n_tokens = n, .seq_ids = ids, .positions = pos,
                     .keys = use_codes ? NULL : s->keys, .codes = use_codes ? s->codes : NULL,
                     .scales = use_codes ? s->scales : NULL, .payload = with_payload ? s->payload_buf : NULL};
-    int err;
+    int err, shared = 0;
+    for (int32_t i = 0; i < n; i++) shared |= model_shared(s, ids[i], (pos ? pos[i] : s->seq[ids[i]].len - 1) / SK_B);
+    if (shared) { /* one token lands in a page several sequences hold: the whole batch is refused */
+        snapshot(s);
+        ON_ALL(s, err, 0, (w.flags = io_, hisa_write_keys(rt_, &w)));
+        if (expect(s, err, HISA_ESHARED, "write_keys into a shared page")) s->eshared_random++;
+        check_unchanged(s, "write_keys into a shared page");
+        return;
+    }
     ON_ALL(s, err, 0, (w.flags = io_, hisa_write_keys(rt_, &w)));
     if (!expect(s, err, HISA_OK, "write_keys")) return;
     for (int32_t i = 0; i < n; i++) {
@@ -646,18 +895,6 @@ static void do_prefill(sk *s) {
 }
 
 /* --- deliberately bad calls ---------------------------------------------------------------- */
-static void snapshot(sk *s) {
-    hisa__arena *a = &s->be[0].rt->arena;
-    memcpy(s->snap_host, a->base[HISA__ARENA_HOST], a->bytes[HISA__ARENA_HOST]);
-    memcpy(s->snap_dev, a->base[HISA__ARENA_DEVICE], a->bytes[HISA__ARENA_DEVICE]);
-}
-static void check_unchanged(sk *s, const char *what) {
-    hisa__arena *a = &s->be[0].rt->arena;
-    if (memcmp(s->snap_host, a->base[HISA__ARENA_HOST], a->bytes[HISA__ARENA_HOST]) ||
-        memcmp(s->snap_dev, a->base[HISA__ARENA_DEVICE], a->bytes[HISA__ARENA_DEVICE]))
-        diverge(s, "%s: the rejected call changed the runtime's memory", what);
-}
-
 static int32_t bad_id(sk *s) {
     static const int32_t odd[] = {-1, SK_SEQS, INT32_MAX, INT32_MIN, 1000};
     for (int32_t i = 0; i < SK_SEQS && rnd(s, 2); i++)
@@ -675,8 +912,8 @@ static void do_bad(sk *s) {
     for (int32_t i = 0; i < SK_BATCH + 1; i++) s->scales[i] = 1.0f;
     memset(s->codes, 0x38, (SK_BATCH + 1) * 128);
     snapshot(s);
-    uint32_t kind = rnd(s, 24);
-    if (sq < 0 && kind >= 4) kind = rnd(s, 4);
+    uint32_t kind = rnd(s, 30);
+    if (sq < 0 && kind >= 4 && kind != 25) kind = rnd(s, 4);
 #define BAD(name, code, cpu, CALL) \
     do {                           \
         what = (name);             \
@@ -786,7 +1023,9 @@ static void do_bad(sk *s) {
             static const float bad_scales[] = {0.0f, -1.0f, NAN, INFINITY, 3.1e38f};
             w.keys = NULL;
             s->scales[0] = bad_scales[rnd(s, 5)];
-            BAD("bad scale", s->fmt == HISA_KEY_FP8 ? (len ? HISA_EINVAL : HISA_ERANGE) : HISA_EFORMAT, 0,
+            /* the scales are judged last: a last position in a shared page is refused first */
+            BAD("bad scale", s->fmt == HISA_KEY_FP8 ? (!len ? HISA_ERANGE : model_shared(s, sq, (len - 1) / SK_B)
+                                                                  ? HISA_ESHARED : HISA_EINVAL) : HISA_EFORMAT, 0,
                 (w.flags = io_, hisa_write_keys(rt_, &w)));
             break;
         }
@@ -881,6 +1120,115 @@ static void do_bad(sk *s) {
         BAD("write last of an empty sequence", HISA_ERANGE, 0, (w.flags = io_, hisa_write_keys(rt_, &w)));
         break;
     }
+    case 23: { /* a batch whose token in a shared page is refused; the valid tokens beside it are not
+                * written either */
+        int32_t ssq, sblk, n = 0;
+        if (!pick_shared(s, &ssq, &sblk)) return;
+        int32_t spos = sblk * SK_B + (int32_t)rnd(s, SK_B), at = (int32_t)rnd(s, SK_BATCH);
+        int last_only = sblk == blocks_of(s->seq[ssq].len) - 1 && rnd(s, 2); /* positions NULL */
+        for (int32_t i = 0; i < SK_SEQS && n < SK_BATCH; i++) {
+            if (i == ssq) continue;
+            const sk_seq *o = &s->seq[i];
+            if (!o->open || !o->len || n >= at || model_shared(s, i, (o->len - 1) / SK_B)) continue;
+            ids[n] = i;
+            pos[n++] = o->len - 1;
+        }
+        if (n == SK_BATCH) n--;
+        ids[n] = ssq;
+        pos[n++] = last_only ? s->seq[ssq].len - 1 : spos;
+        for (int32_t i = 0; i < n; i++) s->payload_buf[i] = (uint8_t)i;
+        hisa_write w = {.layer = l, .n_tokens = n, .seq_ids = ids, .positions = last_only ? NULL : pos,
+                        .keys = s->keys, .payload = s->payload && rnd(s, 2) ? s->payload_buf : NULL};
+        if (last_only) /* every other token is its sequence's last position too */
+            BAD("write the last position, in a shared page", HISA_ESHARED, 0, (w.flags = io_, hisa_write_keys(rt_, &w)));
+        else
+            BAD("write into a shared page", HISA_ESHARED, 0, (w.flags = io_, hisa_write_keys(rt_, &w)));
+        break;
+    }
+    case 24: { /* a range with at least one token in a shared page */
+        int32_t ssq, sblk;
+        if (!pick_shared(s, &ssq, &sblk)) return;
+        int32_t slen = s->seq[ssq].len, x = sblk * SK_B + (int32_t)rnd(s, SK_B);
+        int32_t before = (int32_t)rnd(s, (uint32_t)(x < SK_PREFILL - 1 ? x : SK_PREFILL - 1) + 1);
+        int32_t room = SK_PREFILL - before - 1, after = slen - x - 1;
+        int32_t p0 = x - before, n = before + 1 + (int32_t)rnd(s, (uint32_t)(room < after ? room : after) + 1);
+        hisa_write w = {.layer = l, .n_tokens = n, .keys = s->keys,
+                        .payload = s->payload && rnd(s, 2) ? s->payload_buf : NULL};
+        BAD("range over a shared page", HISA_ESHARED, 0, (w.flags = io_, hisa_write_range(rt_, ssq, p0, &w)));
+        break;
+    }
+    case 25: { /* a fork with one defect */
+        int32_t parent = sq >= 0 ? sq : 0, plen = sq >= 0 ? len : 0;
+        switch (rnd(s, 4)) {
+        case 0: {
+            int32_t id = bad_id(s);
+            BAD("fork of an unknown sequence", HISA_ESEQ, 0, hisa_seq_fork(rt_, id, 0, &dummy));
+            break;
+        }
+        case 1:
+            if (sq < 0) return;
+            BAD("fork without child_out", HISA_EINVAL, 0, hisa_seq_fork(rt_, parent, plen, NULL));
+            break;
+        case 2: {
+            if (sq < 0) return;
+            int32_t flen = rnd(s, 2) ? -1 - (int32_t)rnd(s, 40) : plen + 1 + (int32_t)rnd(s, 40);
+            if (rnd(s, 4) == 0) flen = rnd(s, 2) ? INT32_MIN : INT32_MAX;
+            BAD("fork length out of range", HISA_ERANGE, 0, hisa_seq_fork(rt_, parent, flen, &dummy));
+            break;
+        }
+        default: {
+            if (sq < 0 || n_open_seqs(s) < SK_SEQS) return;
+            int32_t flen = pick_fork_len(s, plen);
+            BAD("fork when every sequence slot is taken", HISA_ESEQFULL, 0, hisa_seq_fork(rt_, parent, flen, &dummy));
+        }
+        }
+        if (dummy != -3) diverge(s, "%s: the refused fork wrote a child id (%d)", what, dummy);
+        break;
+    }
+    case 26: { /* a fork at a partial length into an empty pool: the last page cannot be copied */
+        if (n_open_seqs(s) == SK_SEQS) return;
+        if (model_free_pages(s) > 0 && rnd(s, 2)) {
+            fill_pool(s);
+            snapshot(s);
+        }
+        if (model_free_pages(s) > 0 || len == 0) return;
+        int32_t flen = (int32_t)rnd(s, (uint32_t)len) + 1;
+        if (flen % SK_B == 0) flen--;
+        if (flen == 0) return;
+        BAD("fork at a partial length into an empty pool", HISA_EPOOL, 0, hisa_seq_fork(rt_, sq, flen, &dummy));
+        if (err == HISA_EPOOL) s->fork_epool++;
+        if (dummy != -3) diverge(s, "%s: the refused fork wrote a child id (%d)", what, dummy);
+        break;
+    }
+    case 27: { /* truncate into a shared page with no page free for the copy */
+        int32_t ssq, sblk;
+        if (!pick_shared(s, &ssq, &sblk)) return;
+        if (model_free_pages(s) > 0 && rnd(s, 2)) {
+            fill_pool(s);
+            snapshot(s);
+        }
+        if (model_free_pages(s) > 0) return;
+        int32_t tlen = sblk * SK_B + 1 + (int32_t)rnd(s, SK_B - 1);
+        BAD("truncate into a shared page, the pool empty", HISA_EPOOL, 0, hisa_seq_truncate(rt_, ssq, tlen));
+        if (err == HISA_EPOOL) s->trunc_epool++;
+        break;
+    }
+    case 28: { /* every holder of a shared page is refused, whichever writes */
+        int32_t ssq, sblk;
+        if (!pick_shared(s, &ssq, &sblk)) return;
+        int32_t h = s->seq[ssq].pg[sblk], other = -1;
+        for (int32_t i = 0; i < SK_SEQS && other < 0; i++)
+            if (i != ssq && s->seq[i].open && blocks_of(s->seq[i].len) > sblk && s->seq[i].pg[sblk] == h) other = i;
+        if (other < 0) { /* the model shares pages only at one block index */
+            diverge(s, "model: shared handle %d of seq %d block %d has no other holder", h, ssq, sblk);
+            return;
+        }
+        int32_t n = 1 + (int32_t)rnd(s, 4), p0 = sblk * SK_B + (int32_t)rnd(s, SK_B - 4);
+        hisa_write w = {.layer = l, .n_tokens = n, .keys = s->keys};
+        BAD("range into a shared page from its other holder", HISA_ESHARED, 0,
+            (w.flags = io_, hisa_write_range(rt_, other, p0, &w)));
+        break;
+    }
     default: { /* extend into an exhausted pool, within max_context */
         int32_t free_pages = model_free_pages(s), n = (free_pages + 1) * SK_B;
         if (len + n > SK_CTX) return;
@@ -926,6 +1274,8 @@ static void step(sk *s) {
         m->open = 1;
         m->len = 0;
         m->seed = hisa_test_rng(&s->rng);
+        m->depth = 0;
+        memset(m->pg, 0xff, sizeof m->pg);
         return;
     }
     sk_seq *m = &s->seq[sq];
@@ -968,23 +1318,27 @@ static void step(sk *s) {
         do_decode(s);
     } else if (r < 740) {
         do_prefill(s);
-    } else if (r < 810) { /* truncate (rollback) */
+    } else if (r < 810) { /* truncate (rollback), a third of the time into a shared block if any */
         int32_t len = rnd(s, 4) ? (int32_t)rnd(s, (uint32_t)m->len + 1) : m->len - (int32_t)rnd(s, 3);
         if (len < 0) len = 0;
-        int err;
-        ON_ALL(s, err, 0, hisa_seq_truncate(rt_, sq, len));
-        if (!expect(s, err, HISA_OK, "truncate")) return;
-        for (int32_t l = 0; l < SK_LAYERS; l++) {
-            memset(m->written[l] + len, 0, (size_t)(SK_CTX - len));
-            memset(m->pay_valid[l] + len, 0, (size_t)(SK_CTX - len));
-        }
-        m->len = len;
-        if (len % SK_B) /* the partial last block was recomputed from its remaining keys */
-            for (int32_t l = 0; l < SK_LAYERS; l++) s->dirty[sq][l][len / SK_B] = 1;
-    } else if (r < 840) { /* close */
+        int32_t shared_blk = -1;
+        for (int32_t blk = 0; blk < blocks_of(m->len); blk++)
+            if (model_shared(s, sq, blk) && (shared_blk < 0 || rnd(s, 2))) shared_blk = blk;
+        if (shared_blk >= 0 && rnd(s, 3) == 0) len = shared_blk * SK_B + 1 + (int32_t)rnd(s, SK_B - 1);
+        do_truncate(s, sq, len, "truncate");
+    } else if (r < 850) { /* close */
         int err;
         ON_ALL(s, err, 0, hisa_seq_close(rt_, sq));
-        if (expect(s, err, HISA_OK, "close")) m->open = 0;
+        if (expect(s, err, HISA_OK, "close")) {
+            model_release(s, sq, 0);
+            m->open = 0;
+        }
+    } else if (r < 890) { /* fork, half the time of a fork if there is one */
+        int32_t parent = sq, kids[SK_SEQS], n_kids = 0;
+        for (int32_t i = 0; i < SK_SEQS; i++)
+            if (s->seq[i].open && s->seq[i].depth > 0) kids[n_kids++] = i;
+        if (n_kids && rnd(s, 2)) parent = kids[rnd(s, (uint32_t)n_kids)];
+        do_fork(s, parent, pick_fork_len(s, s->seq[parent].len), "fork");
     } else {
         do_bad(s);
     }
@@ -1057,12 +1411,27 @@ static int soak_run(hisa_test_ctx *ctx, int32_t fmt, int64_t n_ops, uint64_t see
     }
     check_data(s, 1);
     printf("  soak %s: %lld ops (%lld calls), %lld errors returned on purpose, %lld pool exhaustions "
-           "(%lld steps with the pool full), %lld selections checked (%lld via the block near-tie "
-           "rule), %lld running sums compared bit-exactly, %lld divergences\n",
+           "(%lld steps with the pool full), %lld forks (%lld of forks, %lld with a partial last page "
+           "copied, %lld refused: %lld EPOOL), %lld shared-page writes refused (ESHARED; %lld by random "
+           "writes), %lld truncates into a shared page (%lld copied, %lld EPOOL), up to %lld pages "
+           "shared (%lld checks with some), %lld selections checked (%lld via the block near-tie rule), "
+           "%lld running sums compared bit-exactly, %lld divergences\n",
            name, (long long)s->ops, (long long)s->calls, (long long)s->errors_on_purpose,
-           (long long)s->pool_exhausted, (long long)s->pool_full_seen, (long long)s->selections,
+           (long long)s->pool_exhausted, (long long)s->pool_full_seen, (long long)s->forks,
+           (long long)s->forks_of_forks, (long long)s->fork_partial, (long long)s->fork_refused,
+           (long long)s->fork_epool, (long long)s->eshared, (long long)s->eshared_random,
+           (long long)(s->trunc_copies + s->trunc_epool), (long long)s->trunc_copies, (long long)s->trunc_epool,
+           (long long)s->max_shared, (long long)s->shared_seen, (long long)s->selections,
            (long long)s->near_tie_blocks, (long long)s->sums_checked, (long long)s->divergences);
     CHECK_EQ_INT(s->divergences, 0);
+    /* shared prefixes were exercised: forks (of forks too), writes into shared pages refused, and
+     * truncates into shared pages, copied and refused for want of a page */
+    CHECK(s->forks > 0 && s->eshared > 0);
+    if (n_ops >= 5000) { /* seen per 10,000 ops: about 200 forks, 140 of forks, 50 truncate copies, 10 or more
+                          * of each EPOOL refusal */
+        CHECK(s->forks_of_forks > 0 && s->fork_partial > 0 && s->eshared_random > 0);
+        CHECK(s->trunc_copies > 0 && s->trunc_epool > 0 && s->fork_epool > 0);
+    }
     /* coverage, not correctness: the pool ran dry many times. Rates seen per op: 0.48% (the CUDA
      * fp8 seed, 2,500 ops on the H100) to 1.8%; the first threshold (0.5%) sat on that edge. */
     CHECK(s->pool_exhausted >= 10 && s->pool_exhausted > n_ops / 400);

@@ -8,9 +8,17 @@
  *   - a call returns 0 or one of the HISA_E* codes; an error changes nothing (host tables, masks,
  *     means, running sums and the pages they name, and the caller's output buffer are
  *     byte-identical afterwards);
- *   - sequence lengths and open/closed state match a tiny model; every page is free or owned by
- *     exactly one open sequence (hisa_seq_pages, the free stack, hisa_memory_report agree);
- *   - the written-mask of every block equals the model's written positions;
+ *   - sequence lengths and open/closed state match a tiny model; every page is free, or held by
+ *     exactly the open sequences the model says share it: the model keeps page handles of its own
+ *     (a fork shares the parent's complete blocks below its length and copies a partial last one;
+ *     truncating into a shared block copies it), and runtime page ids and model handles must
+ *     correspond one to one (hisa_seq_pages, the free stack, page_refs and hisa_memory_report
+ *     agree: pages_used the distinct pages held, pages_shared those held by more than one);
+ *   - extend, truncate and fork (hisa_seq_fork, whose parent and length come from the stream,
+ *     valid or not) return exactly the code the model predicts, pool exhaustion included; a write
+ *     succeeds only where it touches no shared page, and HISA_ESHARED only where it does;
+ *   - the written-mask of every block equals the model's written positions (a child's are its
+ *     parent's below the fork length);
  *   - block summaries follow their definition (kvcache/layout.h) bit for bit: with sum the fp32
  *     sum of a block's stored (dequantized) keys, written offsets added in order from 0, its mean
  *     is bf16_rne(sum / count) (0 when empty), and a sequence's running-sum slot names -1 or one
@@ -62,19 +70,22 @@ static int done(const stream *s) { return s->i >= s->n; }
 #define F_HEADS 4
 #define F_TOPK 256
 #define F_PAYLOAD 16
+#define F_PPS (F_CTX / 32) /* pages per sequence at most (B >= 32) */
 
 /* --- model ------------------------------------------------------------------------------- */
 typedef struct {
     int open;
     int32_t len;
     uint8_t written[F_LAYERS][F_CTX];
+    int32_t pg[F_PPS]; /* the model's page handle of each block, -1 past the length */
 } mseq;
 
 typedef struct {
     hisa_runtime *rt;
     int32_t L, B, k, ctx, max_seqs, n_pages, max_batch, max_prefill, payload;
     mseq seq[F_SEQS];
-    int32_t owner_prev[F_PAGES]; /* seq owning each page at the last check, -1 free */
+    int32_t mref[F_PAGES];       /* the model's page pool: holders of each handle, 0 free */
+    int32_t prev_h[F_PAGES];     /* model handle of each page at the last check, -1 free */
     uint8_t dirty[F_LAYERS][F_PAGES]; /* summaries to check after this call (all at the end) */
     /* snapshot for "an error changes nothing" */
     uint8_t *snap_host, *snap_dev;
@@ -83,7 +94,7 @@ typedef struct {
 static const int k_codes[] = {HISA_OK,        HISA_EINVAL, HISA_ECONFIG,   HISA_EOVERFLOW,
                               HISA_ENOMEM,    HISA_ENODEVICE, HISA_EDEVICE, HISA_EPOISONED,
                               HISA_ESEQ,      HISA_ESEQFULL, HISA_EPOOL,    HISA_ERANGE,
-                              HISA_ELIMIT,    HISA_EFORMAT, HISA_EUNWRITTEN};
+                              HISA_ELIMIT,    HISA_EFORMAT, HISA_EUNWRITTEN, HISA_ESHARED};
 NOCOV static void check_code(int err) {
     for (size_t i = 0; i < sizeof k_codes / sizeof k_codes[0]; i++)
         if (err == k_codes[i]) {
@@ -149,6 +160,53 @@ static int32_t pick_seq(fuzz *f, stream *s) {
         return odd[b % 6];
     }
     }
+}
+
+/* --- the model's pages ------------------------------------------------------------------------ */
+NOCOV static int32_t blocks_of(const fuzz *f, int64_t len) { return (int32_t)((len + f->B - 1) / f->B); }
+NOCOV static int valid_seq(const fuzz *f, int32_t seq) { return seq >= 0 && seq < f->max_seqs && f->seq[seq].open; }
+NOCOV static int32_t model_free(const fuzz *f) {
+    int32_t n = 0;
+    for (int32_t h = 0; h < f->n_pages; h++) n += f->mref[h] == 0;
+    return n;
+}
+NOCOV static int32_t model_n_shared(const fuzz *f) {
+    int32_t n = 0;
+    for (int32_t h = 0; h < f->n_pages; h++) n += f->mref[h] > 1;
+    return n;
+}
+NOCOV static int32_t model_n_open(const fuzz *f) {
+    int32_t n = 0;
+    for (int32_t i = 0; i < f->max_seqs; i++) n += f->seq[i].open;
+    return n;
+}
+/* Is position pos of a valid seq in a block several sequences hold? */
+NOCOV static int model_shared_at(const fuzz *f, int32_t seq, int64_t pos) {
+    if (!valid_seq(f, seq) || pos < 0 || pos >= f->seq[seq].len) return 0;
+    int32_t h = f->seq[seq].pg[pos / f->B];
+    return h >= 0 && f->mref[h] > 1;
+}
+NOCOV static int32_t model_take(fuzz *f) {
+    for (int32_t h = 0; h < f->n_pages; h++)
+        if (f->mref[h] == 0) {
+            f->mref[h] = 1;
+            return h;
+        }
+    FUZZ_ASSERT(!"the model's pool is empty");
+    return -1;
+}
+/* Let go of blocks [from, blocks of the length) of seq. */
+NOCOV static void model_release(fuzz *f, int32_t seq, int32_t from) {
+    mseq *m = &f->seq[seq];
+    for (int32_t b = from; b < blocks_of(f, m->len); b++) {
+        FUZZ_ASSERT(m->pg[b] >= 0 && f->mref[m->pg[b]] > 0);
+        f->mref[m->pg[b]]--;
+        m->pg[b] = -1;
+    }
+}
+NOCOV static void model_reset(mseq *m) {
+    memset(m, 0, sizeof *m);
+    memset(m->pg, 0xff, sizeof m->pg);
 }
 
 static int32_t pick_count(stream *s, int32_t typical) {
@@ -241,15 +299,20 @@ NOCOV static void check_invariants(fuzz *f, int full) {
     FUZZ_ASSERT(rep.pages_total == f->n_pages);
     FUZZ_ASSERT(rep.pages_used + rep.pages_free == rep.pages_total);
     FUZZ_ASSERT(rep.pages_free == rt->kv.n_free_pages);
+    FUZZ_ASSERT(rep.pages_free == model_free(f));
     FUZZ_ASSERT(rep.pages_high_water >= rep.pages_used && rep.pages_high_water <= rep.pages_total);
-    uint8_t owner[F_PAGES];
-    memset(owner, 0, sizeof owner);
-    int32_t open = 0, owned = 0;
+    uint8_t is_free[F_PAGES];
+    int32_t p_to_h[F_PAGES], h_to_p[F_PAGES], holders[F_PAGES];
+    memset(is_free, 0, sizeof is_free);
+    memset(holders, 0, sizeof holders);
+    memset(p_to_h, 0xff, sizeof p_to_h);
+    memset(h_to_p, 0xff, sizeof h_to_p);
+    int32_t open = 0;
     int64_t tokens = 0;
     for (int32_t i = 0; i < rt->kv.n_free_pages; i++) {
         int32_t p = rt->r.free_pages[i];
-        FUZZ_ASSERT(p >= 0 && p < f->n_pages && !owner[p]);
-        owner[p] = 1;
+        FUZZ_ASSERT(p >= 0 && p < f->n_pages && !is_free[p]);
+        is_free[p] = 1;
     }
     for (int32_t sq = 0; sq < F_SEQS + 2; sq++) {
         int32_t len = -7, pages[F_PAGES + 1], np = -7;
@@ -263,13 +326,19 @@ NOCOV static void check_invariants(fuzz *f, int full) {
         FUZZ_ASSERT(hisa_seq_pages(rt, sq, pages, F_PAGES + 1, &np) == HISA_OK);
         FUZZ_ASSERT(np == (len + f->B - 1) / f->B);
         for (int32_t b = 0; b < np; b++) {
-            int32_t p = pages[b];
-            FUZZ_ASSERT(p >= 0 && p < f->n_pages && !owner[p]);
-            owner[p] = 2;
-            owned++;
-            if (f->owner_prev[p] != sq) { /* handed out since the last check: fresh summaries */
+            int32_t p = pages[b], h = f->seq[sq].pg[b];
+            FUZZ_ASSERT(p >= 0 && p < f->n_pages && !is_free[p]);
+            FUZZ_ASSERT(h >= 0 && h < f->n_pages && f->mref[h] > 0);
+            if (p_to_h[p] < 0 && h_to_p[h] < 0) {
+                p_to_h[p] = h;
+                h_to_p[h] = p;
+            }
+            /* one runtime page per model page: held by exactly the sequences the model shares it with */
+            FUZZ_ASSERT(p_to_h[p] == h && h_to_p[h] == p);
+            holders[p]++;
+            if (f->prev_h[p] != h) { /* handed out since the last check: fresh summaries */
                 for (int32_t l = 0; l < F_LAYERS; l++) f->dirty[l][p] = 1;
-                f->owner_prev[p] = sq;
+                f->prev_h[p] = h;
             }
             for (int32_t l = 0; l < f->L; l++) {
                 const uint32_t *mask = rt->r.block_masks + hisa__summary_index(rt, l, p) * rt->g.mask_words;
@@ -279,9 +348,8 @@ NOCOV static void check_invariants(fuzz *f, int full) {
                     int want = pos < len && f->seq[sq].written[l][pos];
                     FUZZ_ASSERT(bit == want);
                 }
-                if (!full && !f->dirty[l][p]) continue;
-                f->dirty[l][p] = 0;
-                check_summary(f, l, p, sq);
+                /* a shared page's summary once per holder: each one's running-sum slot may name it */
+                if (full || f->dirty[l][p]) check_summary(f, l, p, sq);
             }
         }
         /* the running sums: of none of its pages (-1), or of one of them */
@@ -291,11 +359,17 @@ NOCOV static void check_invariants(fuzz *f, int full) {
             FUZZ_ASSERT(own);
         }
     }
+    int32_t held = 0, shared = 0;
     for (int32_t p = 0; p < f->n_pages; p++) {
-        FUZZ_ASSERT(owner[p]); /* none lost */
-        if (owner[p] == 1) f->owner_prev[p] = -1;
+        FUZZ_ASSERT(is_free[p] != (holders[p] > 0)); /* none lost, none both free and held */
+        FUZZ_ASSERT(rt->r.page_refs[p] == holders[p]);
+        if (is_free[p]) f->prev_h[p] = -1;
+        held += holders[p] > 0;
+        shared += holders[p] > 1;
     }
-    FUZZ_ASSERT(owned == rep.pages_used);
+    memset(f->dirty, 0, sizeof f->dirty);
+    FUZZ_ASSERT(held == rep.pages_used);
+    FUZZ_ASSERT(shared == rep.pages_shared && shared == model_n_shared(f));
     FUZZ_ASSERT(open == rep.seqs_open);
     FUZZ_ASSERT(tokens == rep.tokens);
 }
@@ -343,13 +417,14 @@ static void run_ops(fuzz *f, stream *s) {
         snapshot(f);
         memcpy(g_out_snap, g_out, sizeof g_out);
         int err = HISA_OK;
-        switch (code % 12) {
+        /* codes 0xf0..0xff: fork (the codes of the stored corpus stay what they were) */
+        switch (code >= 0xf0 ? 12 : code % 12) {
         case 0: { /* open */
             int32_t id = -5;
             err = hisa_seq_open(rt, &id);
             if (!err) {
                 FUZZ_ASSERT(id >= 0 && id < f->max_seqs && !f->seq[id].open);
-                memset(&f->seq[id], 0, sizeof f->seq[id]);
+                model_reset(&f->seq[id]);
                 f->seq[id].open = 1;
             } else {
                 int32_t n_open = 0;
@@ -361,27 +436,52 @@ static void run_ops(fuzz *f, stream *s) {
         case 1: { /* close */
             int32_t sq = pick_seq(f, s);
             err = hisa_seq_close(rt, sq);
-            if (!err) memset(&f->seq[sq], 0, sizeof f->seq[sq]);
+            FUZZ_ASSERT(err == (valid_seq(f, sq) ? HISA_OK : HISA_ESEQ));
+            if (!err) {
+                model_release(f, sq, 0);
+                model_reset(&f->seq[sq]);
+            }
             break;
         }
         case 2:
         case 3: { /* extend */
             int32_t sq = pick_seq(f, s), n = pick_count(s, 80);
+            int want = !valid_seq(f, sq) ? HISA_ESEQ : n < 0 ? HISA_EINVAL
+                     : (int64_t)f->seq[sq].len + n > f->ctx ? HISA_ELIMIT
+                     : blocks_of(f, (int64_t)f->seq[sq].len + n) - blocks_of(f, f->seq[sq].len) > model_free(f) ? HISA_EPOOL
+                     : HISA_OK;
             err = hisa_seq_extend(rt, sq, n);
-            if (!err) f->seq[sq].len += n;
+            FUZZ_ASSERT(err == want);
+            if (!err) {
+                mseq *m = &f->seq[sq];
+                for (int32_t b = blocks_of(f, m->len); b < blocks_of(f, (int64_t)m->len + n); b++) m->pg[b] = model_take(f);
+                m->len += n;
+            }
             break;
         }
         case 4: { /* truncate */
             int32_t sq = pick_seq(f, s), len = pick_count(s, F_CTX);
+            /* into a shared block (len % B != 0): the sequence's own copy, one free page needed */
+            int copy = valid_seq(f, sq) && len >= 0 && len < f->seq[sq].len && len % f->B &&
+                       model_shared_at(f, sq, len);
+            int want = !valid_seq(f, sq) ? HISA_ESEQ : len < 0 || len > f->seq[sq].len ? HISA_ERANGE
+                     : copy && model_free(f) == 0 ? HISA_EPOOL : HISA_OK;
             err = hisa_seq_truncate(rt, sq, len);
-            if (!err && len % f->B) { /* the partial last page was recomputed from its keys */
+            FUZZ_ASSERT(err == want);
+            if (!err && len % f->B) { /* the partial last page was recomputed from its keys (or copied) */
                 int32_t p = rt->r.page_table[(int64_t)sq * rt->g.pages_per_seq + len / f->B];
                 for (int32_t l = 0; l < f->L; l++) f->dirty[l][p] = 1;
             }
             if (!err) {
+                mseq *m = &f->seq[sq];
+                model_release(f, sq, blocks_of(f, len));
+                if (copy) {
+                    f->mref[m->pg[len / f->B]]--;
+                    m->pg[len / f->B] = model_take(f);
+                }
                 for (int32_t l = 0; l < F_LAYERS; l++)
-                    memset(f->seq[sq].written[l] + len, 0, (size_t)(F_CTX - len));
-                f->seq[sq].len = len;
+                    memset(m->written[l] + len, 0, (size_t)(F_CTX - len));
+                m->len = len;
             }
             break;
         }
@@ -424,8 +524,14 @@ static void run_ops(fuzz *f, stream *s) {
             if (!err) {
                 for (int32_t i = 0; i < w.n_tokens; i++) {
                     int32_t p = w.positions ? pos[i] : f->seq[ids[i]].len - 1;
+                    FUZZ_ASSERT(!model_shared_at(f, ids[i], p)); /* shared pages are read-only */
                     f->seq[ids[i]].written[w.layer][p] = 1;
                 }
+            } else if (err == HISA_ESHARED) { /* some token lands in a shared page */
+                int hit = 0;
+                for (int32_t i = 0; i < n && w.seq_ids; i++)
+                    hit |= model_shared_at(f, ids[i], w.positions ? pos[i] : valid_seq(f, ids[i]) ? f->seq[ids[i]].len - 1 : -1);
+                FUZZ_ASSERT(hit);
             }
             break;
         }
@@ -446,7 +552,15 @@ static void run_ops(fuzz *f, stream *s) {
             for (int32_t i = 0; i < nk; i++) touch(f, w.layer, sq, (int64_t)pos0 + i);
             err = hisa_write_range(rt, sq, pos0, &w);
             if (!err)
-                for (int32_t i = 0; i < n; i++) f->seq[sq].written[w.layer][pos0 + i] = 1;
+                for (int32_t i = 0; i < n; i++) {
+                    FUZZ_ASSERT(!model_shared_at(f, sq, (int64_t)pos0 + i)); /* shared pages are read-only */
+                    f->seq[sq].written[w.layer][pos0 + i] = 1;
+                }
+            else if (err == HISA_ESHARED) {
+                int hit = 0;
+                for (int32_t i = 0; i < nk; i++) hit |= model_shared_at(f, sq, (int64_t)pos0 + i);
+                FUZZ_ASSERT(hit);
+            }
             break;
         }
         case 8:
@@ -513,6 +627,48 @@ static void run_ops(fuzz *f, stream *s) {
                     FUZZ_ASSERT(all_written(f, p.seq, p.layer, p.t0 + i));
                     check_selection(f, g_out + (int64_t)i * f->k, p.t0 + i, p.seq, (p.flags & HISA_SLOTS) != 0);
                 }
+            break;
+        }
+        case 12: { /* fork: parent and length from the stream, valid or not */
+            uint8_t how = u8(s);
+            int32_t parent = pick_seq(f, s), plen = valid_seq(f, parent) ? f->seq[parent].len : 0, len;
+            switch (how & 7) {
+            case 0: len = 0; break;
+            case 1: len = plen; break;
+            case 2: len = f->B * (int32_t)(u8(s) % (uint32_t)(plen / f->B + 1)); break; /* a multiple of B */
+            case 3: /* k B - 1 or k B + 1 (possibly past the end) */
+                len = f->B * (int32_t)(1 + u8(s) % (uint32_t)(plen / f->B + 1)) + ((how & 8) ? 1 : -1);
+                break;
+            case 4: len = plen + 1 + (int32_t)(u8(s) % 4); break; /* past the end */
+            case 5: len = pick_count(s, F_CTX); break; /* anything, negative included */
+            default: len = (int32_t)(u8(s) % (uint32_t)(plen + 1));
+            }
+            int null_out = how == 0x5d; /* one value of the byte: runs of 0xff stay useful forks */
+            int want = null_out ? HISA_EINVAL : !valid_seq(f, parent) ? HISA_ESEQ
+                     : len < 0 || len > plen ? HISA_ERANGE : model_n_open(f) == f->max_seqs ? HISA_ESEQFULL
+                     : len % f->B && model_free(f) == 0 ? HISA_EPOOL : HISA_OK;
+            int32_t child = -5;
+            err = hisa_seq_fork(rt, parent, len, null_out ? NULL : &child);
+            FUZZ_ASSERT(err == want);
+            if (err) {
+                FUZZ_ASSERT(child == -5);
+                break;
+            }
+            FUZZ_ASSERT(child >= 0 && child < f->max_seqs && !f->seq[child].open && child != parent);
+            mseq *pm = &f->seq[parent], *c = &f->seq[child];
+            model_reset(c);
+            c->open = 1;
+            c->len = len;
+            for (int32_t l = 0; l < F_LAYERS; l++) memcpy(c->written[l], pm->written[l], (size_t)len);
+            for (int32_t b = 0; b < len / f->B; b++) { /* complete blocks: the parent's pages */
+                c->pg[b] = pm->pg[b];
+                f->mref[c->pg[b]]++;
+            }
+            if (len % f->B) { /* the partial last block: a copy */
+                c->pg[len / f->B] = model_take(f);
+                int32_t p = rt->r.page_table[(int64_t)child * rt->g.pages_per_seq + len / f->B];
+                for (int32_t l = 0; l < f->L; l++) f->dirty[l][p] = 1;
+            }
             break;
         }
         default: { /* the read-only calls */
@@ -613,7 +769,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     f.snap_host = malloc(f.rt->arena.bytes[HISA__ARENA_HOST]);
     FUZZ_ASSERT(f.snap_dev && f.snap_host);
     for (int32_t i = 0; i < F_PREFILL * F_PAYLOAD; i++) g_payload[i] = (uint8_t)(i * 7);
-    for (int32_t p = 0; p < F_PAGES; p++) f.owner_prev[p] = -1;
+    for (int32_t p = 0; p < F_PAGES; p++) f.prev_h[p] = -1;
+    for (int32_t i = 0; i < F_SEQS; i++) model_reset(&f.seq[i]);
     check_invariants(&f, 1);
     run_ops(&f, &s);
     /* close everything: every page back on the free stack */
