@@ -178,6 +178,7 @@ $(BUILD)/hisa_tests: $(TEST_OBJS) $(TOOL_OBJS) $(BUILD)/libhisa.a $(FLAGS_FILE)
 test: $(BUILD)/hisa_tests $(BUILD)/hisa $(BUILD)/libhisa.so ## run the tests (GPU tests say "skipped: no CUDA device" without a GPU), then check libhisa.so
 	HISA_TOOL=$(BUILD)/hisa ASAN_OPTIONS=protect_shadow_gap=0:detect_leaks=1 ./$(BUILD)/hisa_tests $(TESTS)
 	CC='$(CC)' CFLAGS='$(SANFLAGS)' ASAN_OPTIONS=detect_leaks=1 bash tests/check_lib.sh $(BUILD)
+	bash python/run_tests.sh $(BUILD) $(TESTS)
 
 run: $(BUILD)/hisa ## the main job: hisa stream with its defaults
 	./$(BUILD)/hisa stream
