@@ -3,7 +3,7 @@
  * HISA (arXiv 2603.28458) selects, for every query, the top-k past tokens that DeepSeek Sparse
  * Attention's lightning indexer would pick, I(s) = sum_h w[h] * ReLU(q[h] . k_s), in two stages:
  * score one mean key per block of B tokens, keep the m best blocks (block 0 and the query's own
- * block always), then score only the tokens of those blocks. ../shared/SPEC.md is the contract.
+ * block always), then score only the tokens of those blocks. docs/SPEC.md is the contract.
  *
  * Memory: every byte is planned from the configuration (hisa_plan) and reserved once at open.
  * Nothing is allocated afterwards. Threading: one runtime is used by one thread at a time;
