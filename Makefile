@@ -174,10 +174,12 @@ $(BUILD)/hisa_tests: $(TEST_OBJS) $(TOOL_OBJS) $(BUILD)/libhisa.a $(FLAGS_FILE)
 
 # Tests run from the repo root; HISA_TOOL lets tool tests run the built binary. Then
 # tests/check_lib.sh checks libhisa.so: its exports are hisa.h's functions, its SONAME, and a
-# program linked with -lhisa runs.
-test: $(BUILD)/hisa_tests $(BUILD)/hisa $(BUILD)/libhisa.so ## run the tests (GPU tests say "skipped: no CUDA device" without a GPU), then check libhisa.so
+# program linked with -lhisa runs; tests/readme_examples.sh compiles the README's C blocks
+# against hisa.h and runs the ones marked <!-- test: c-program --> linked with -lhisa.
+test: $(BUILD)/hisa_tests $(BUILD)/hisa $(BUILD)/libhisa.so ## run the tests (GPU tests say "skipped: no CUDA device" without a GPU), then check libhisa.so and the README's C code
 	HISA_TOOL=$(BUILD)/hisa ASAN_OPTIONS=protect_shadow_gap=0:detect_leaks=1 ./$(BUILD)/hisa_tests $(TESTS)
 	CC='$(CC)' CFLAGS='$(SANFLAGS)' ASAN_OPTIONS=detect_leaks=1 bash tests/check_lib.sh $(BUILD)
+	CC='$(CC)' CFLAGS='$(SANFLAGS)' ASAN_OPTIONS=detect_leaks=1 bash tests/readme_examples.sh $(BUILD)
 	bash python/run_tests.sh $(BUILD) $(TESTS)
 
 run: $(BUILD)/hisa ## the main job: hisa stream with its defaults
