@@ -4,6 +4,7 @@
  * file runs in seconds on two CPU cores. */
 #include <dirent.h>
 #include <fcntl.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -73,7 +74,8 @@ static int run_tool(const tmpdir *t, const char *args, char **out, char **err) {
     char o[300], e[300], cmd[4096];
     tmp_file(t, "stdout.txt", o, sizeof o);
     tmp_file(t, "stderr.txt", e, sizeof e);
-    snprintf(cmd, sizeof cmd, "%s %s >'%s' 2>'%s'", tool, args, o, e);
+    /* a tool that hangs (a FIFO it waits on) fails the test instead of stopping make test */
+    snprintf(cmd, sizeof cmd, "timeout 120 %s %s >'%s' 2>'%s' </dev/null", tool, args, o, e);
     int st = system(cmd);
     if (out) *out = read_text(o);
     if (err) *err = read_text(e);
@@ -350,7 +352,8 @@ HISA_TEST(tools_select_mismatched_inputs) {
         {"select --keys %s/K.npy --queries %s/Q.npy --weights %s/W.npy --mode fast",
          "--mode: 'fast'"},
         {"select --keys %s/K.npy --queries %s/Q.npy --weights %s/W.npy --topk 4096",
-         "invalid configuration (field "},
+         "--top-blocks 3, --block-size 32 and --topk 4096 break the rule (top-blocks - 1) * "
+         "block-size >= topk: (3 - 1) * 32 = 64 < 4096"},
         {"select --keys %s/K.npy --queries %s/Q.npy --weights %s/W.npy --bogus 1",
          "unknown option '--bogus'"},
         {"select --keys %s/K.npy --queries %s/Q.npy --weights %s/W.npy --heads 4",
@@ -891,8 +894,9 @@ HISA_TEST(tools_niah_end_to_end) {
     char p[300];
     char *csv = read_text(tmp_file(&t, "n.csv", p, sizeof p));
     REQUIRE(csv);
-    CHECK(strncmp(csv, "context,depth_percent,needle_position,trials,recall_flat,recall_hisa,iou\n",
-                  72) == 0);
+    const char *header = "context,depth_percent,needle_position,trials,recall_flat,recall_hisa,"
+                         "iou,by_construction\n";
+    CHECK(strncmp(csv, header, strlen(header)) == 0);
     int rows = 0, flat_ones = 0;
     for (char *line = strchr(csv, '\n'); line && line[1]; line = strchr(line + 1, '\n')) {
         int ctx, pos, trials;
@@ -1009,10 +1013,10 @@ HISA_TEST(tools_stream_next_n_fp8) {
     static const struct {
         const char *arg, *message;
     } bad[] = {
-        {"--next-n 0", "--next-n 0: expected 1..4"},
-        {"--next-n 5", "--next-n 5: expected 1..4"},
+        {"--next-n 0", "--next-n 0: out of range; expected 1..4"},
+        {"--next-n 5", "--next-n 5: out of range; expected 1..4"},
         {"--next-n x", "--next-n: 'x' is not an integer"},
-        {"--next-n=-1", "--next-n -1: expected 1..4"},
+        {"--next-n=-1", "--next-n -1: out of range; expected 1..4"},
         {"--query-format xyz", "--query-format: 'xyz'; expected f32 (float32, the default), bf16"},
         {"--query-format", "option --query-format needs a value"},
     };
@@ -1079,8 +1083,9 @@ HISA_TEST(tools_option_parsing) {
     int32_t n = 0;
     int flag = 0;
     const char *s = NULL;
-    tool_opt opts[3] = {{"n", TOOL_OPT_INT, &n}, {"flag", TOOL_OPT_FLAG, &flag},
-                        {"s", TOOL_OPT_STR, &s}};
+    tool_opt opts[3] = {{"n", TOOL_OPT_INT, &n, 0, 0, NULL},
+                        {"flag", TOOL_OPT_FLAG, &flag, 0, 0, NULL},
+                        {"s", TOOL_OPT_STR, &s, 0, 0, NULL}};
     char *argv1[] = {"x", "--n=8K", "--flag", "--s", "hello"};
     CHECK(tool_parse_opts("t", 5, argv1, opts, 3) == 0);
     CHECK(n == 8192 && flag && strcmp(s, "hello") == 0);
@@ -1103,4 +1108,588 @@ HISA_TEST(tools_option_parsing) {
     double pv[5] = {5, 1, 4, 2, 3};
     CHECK(tool_percentile(pv, 5, 50) == 3);
     CHECK(tool_percentile(pv, 5, 99) == 5);
+}
+
+/* --- a new user's first hour (the usability issue): every refusal names the option or file,
+ * the value and the rule, and exits 2; nothing trivial goes unsaid --------------------------- */
+
+/* One command of a table: args after $HISA_TOOL ("%s" is the temp dir, up to four times), the
+ * exit code it must give, and a substring its stderr must hold (NULL: none). */
+typedef struct tool_case {
+    const char *args;
+    int rc;
+    const char *message;
+} tool_case;
+
+static void run_cases(hisa_test_ctx *ctx, const tmpdir *t, const tool_case *cases, size_t n) {
+    for (size_t c = 0; c < n; c++) {
+        char args[2000];
+        snprintf(args, sizeof args, cases[c].args, t->path, t->path, t->path, t->path);
+        char *e = NULL;
+        int rc = run_tool(t, args, NULL, &e);
+        CHECKF(rc == cases[c].rc, "'%s': exit %d, expected %d (stderr '%s')", args, rc,
+               cases[c].rc, e ? e : "");
+        if (cases[c].message)
+            CHECKF(e && strstr(e, cases[c].message), "'%s': stderr '%s' lacks '%s'", args,
+                   e ? e : "", cases[c].message);
+        free(e);
+    }
+}
+
+/* 1 when help lists the option opt ("--seqs") as a whole word. */
+static int help_has_option(const char *help, const char *opt, size_t len) {
+    for (const char *p = help ? strstr(help, opt) : NULL; p; p = strstr(p + 1, opt)) {
+        char after = p[len];
+        int word_end = !(after >= 'a' && after <= 'z') && after != '-';
+        int word_start = p == help || p[-1] == ' ' || p[-1] == '[' || p[-1] == '(';
+        if (strncmp(p, opt, len) == 0 && word_end && word_start) return 1;
+    }
+    return 0;
+}
+
+/* One README line "... build/hisa CMD [SUB] --opt v ... # comment": every option must be in
+ * CMD's --help, and a `mem` line (planning only) must run. Returns 1 when it is such a line. */
+static int readme_command(hisa_test_ctx *ctx, const tmpdir *t, const char *line) {
+    const char *p = strstr(line, "build/hisa ");
+    if (!p) return 0;
+    char cmdline[512];
+    snprintf(cmdline, sizeof cmdline, "%s", p + strlen("build/hisa "));
+    cmdline[strcspn(cmdline, "#`\n")] = 0;
+    char cmd[32] = "", sub[32] = "";
+    if (sscanf(cmdline, "%31s %31s", cmd, sub) < 1) return 0;
+    if (strcmp(cmd, "bench") != 0 || strncmp(sub, "--", 2) == 0) sub[0] = 0;
+    char help_args[96], *help = NULL;
+    snprintf(help_args, sizeof help_args, "%s %s --help", cmd, sub);
+    CHECKF(run_tool(t, help_args, &help, NULL) == 0, "README: hisa %s --help fails", cmd);
+    char copy[512];
+    snprintf(copy, sizeof copy, "%s", cmdline);
+    char *save = NULL;
+    for (char *tok = strtok_r(copy, " ", &save); tok; tok = strtok_r(NULL, " ", &save)) {
+        if (strncmp(tok, "--", 2) != 0 || strcmp(tok, "--help") == 0) continue;
+        size_t len = strcspn(tok, "=");
+        CHECKF(help_has_option(help, tok, len),
+               "README line 'hisa %s': hisa %s %s has no option %.*s", cmdline, cmd, sub,
+               (int)len, tok);
+    }
+    free(help);
+    if (strcmp(cmd, "mem") == 0) {
+        char *e = NULL;
+        int rc = run_tool(t, cmdline, NULL, &e);
+        CHECKF(rc == 0, "README line 'hisa %s': exit %d: %s", cmdline, rc, e ? e : "");
+        free(e);
+    }
+    return 1;
+}
+
+/* Issue point 2: the README's command lines use options that exist, and its `hisa mem` lines
+ * run (`mem --batch 64` did not: the option is --seqs). */
+HISA_TEST(tools_readme_commands_exist) {
+    if (!getenv("HISA_TOOL")) SKIP("HISA_TOOL not set");
+    tmpdir t;
+    REQUIRE(tmp_make(&t) == 0);
+    char *readme = read_text("README.md");
+    REQUIRE(readme);
+    int lines = 0;
+    for (char *line = readme; line && *line;) {
+        char *nl = strchr(line, '\n');
+        if (nl) *nl = 0;
+        lines += readme_command(ctx, &t, line);
+        line = nl ? nl + 1 : NULL;
+    }
+    CHECKF(lines >= 10, "only %d README lines run build/hisa", lines);
+    free(readme);
+    tmp_remove(&t);
+}
+
+/* Issue point 3: a configuration the library refuses is reported with the options, their
+ * values, the rule in the options' names and what to change; the limits are the options'
+ * ranges, stated with the value. */
+HISA_TEST(tools_config_errors_name_options) {
+    if (!getenv("HISA_TOOL")) SKIP("HISA_TOOL not set");
+    tmpdir t;
+    REQUIRE(tmp_make(&t) == 0);
+    static const tool_case cases[] = {
+        {"mem --device cpu --block-size 32", 2,
+         "--top-blocks 64 (default), --block-size 32 and --topk 2048 (default) break the rule "
+         "(top-blocks - 1) * block-size >= topk: (64 - 1) * 32 = 2016 < 2048"},
+        {"mem --device cpu --block-size 32", 2, "raise --top-blocks to at least 65 or lower --topk "
+                                                "to at most 2016"},
+        {"stream --device cpu --context 1K --steps 1 --block-size 32", 2,
+         "--top-blocks 32 (the CPU default), --block-size 32 and --topk 2048 (default) break"},
+        {"stream --device cpu --batch 257", 2, "--batch 257: out of range; expected 1..256"},
+        {"stream --device cpu --prefill-chunk 100000", 2,
+         "--prefill-chunk 100000: out of range; expected 1..16384"},
+        {"stream --device cpu --heads 129", 2, "--heads 129: out of range; expected 1..128"},
+        {"mem --device cpu --max-batch 257", 2, "--max-batch 257: out of range; expected 1..256"},
+        {"mem --device cpu --layers 300", 2, "--layers 300 breaks the rule 1 <= layers <= 256"},
+        {"mem --device cpu --pages 20000000", 2,
+         "--pages 20000000 breaks the rule 1 <= pages <= 16777216"},
+        {"niah --device cpu --contexts 1K --block-size 32 --csv %s/n.csv --svg %s/n.svg", 2,
+         "--top-blocks 32 (the CPU default), --block-size 32 and --topk 2048 (default) break"},
+    };
+    run_cases(ctx, &t, cases, sizeof cases / sizeof cases[0]);
+    /* no message names a struct field any more */
+    char *e = NULL;
+    CHECK(run_tool(&t, "mem --device cpu --block-size 32", NULL, &e) == 2);
+    CHECKF(e && !strstr(e, "field") && !strstr(e, "top_blocks"), "stderr '%s'", e ? e : "");
+    free(e);
+    /* the limits are documented where the options are */
+    char *o = NULL;
+    CHECK(run_tool(&t, "stream --help", &o, NULL) == 0);
+    CHECK(o && strstr(o, "1..256 (HISA_MAX_BATCH)") && strstr(o, "(M - 1) x B >= K"));
+    free(o);
+    tmp_remove(&t);
+}
+
+/* Issue point 4: SPEC.md is docs/SPEC.md, and nothing points to ../shared/SPEC.md. */
+HISA_TEST(tools_spec_is_in_docs) {
+    struct stat st;
+    CHECK(stat("docs/SPEC.md", &st) == 0 && S_ISREG(st.st_mode));
+    char *readme = read_text("README.md");
+    REQUIRE(readme);
+    CHECK(!strstr(readme, "shared/SPEC.md"));
+    CHECK(strstr(readme, "docs/SPEC.md") != NULL);
+    free(readme);
+    if (!getenv("HISA_TOOL")) SKIP("HISA_TOOL not set: the help texts not checked");
+    tmpdir t;
+    REQUIRE(tmp_make(&t) == 0);
+    const char *cmds[] = {"stream", "mem", "select", "eval", "niah", "bench", "bench decode",
+                          "bench prefill"};
+    for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++) {
+        char args[64], *o = NULL;
+        snprintf(args, sizeof args, "%s --help", cmds[i]);
+        CHECKF(run_tool(&t, args, &o, NULL) == 0, "%s", args);
+        CHECKF(o && !strstr(o, "shared/SPEC"), "%s points to shared/SPEC.md", args);
+        if (strcmp(cmds[i], "select") == 0) CHECK(o && strstr(o, "docs/SPEC.md"));
+        free(o);
+    }
+    tmp_remove(&t);
+}
+
+/* Issue point 5: an input that is not a regular file is refused before anything is read or
+ * allocated (a directory gave "out of memory reading 9223372036854775807 bytes" and an ASan
+ * abort; a FIFO blocked forever). */
+HISA_TEST(tools_npy_inputs_are_regular_files) {
+    tmpdir t;
+    REQUIRE(tmp_make(&t) == 0);
+    char err[NPY_ERR_MAX] = "";
+    npy_array a;
+    CHECK(npy_read(t.path, &a, err, sizeof err) != 0);
+    CHECKF(strstr(err, "a directory, not a regular file") && strstr(err, t.path), "'%s'", err);
+    CHECK(npy_read("/dev/null", &a, err, sizeof err) != 0);
+    CHECKF(strstr(err, "a character device, not a regular file"), "'%s'", err);
+    if (!getenv("HISA_TOOL")) {
+        tmp_remove(&t);
+        SKIP("HISA_TOOL not set: end-to-end half not run");
+    }
+    REQUIRE(write_planted(&t, 1) == 0);
+    char fifo[300];
+    REQUIRE(mkfifo(tmp_file(&t, "fifo.npy", fifo, sizeof fifo), 0600) == 0);
+    static const tool_case cases[] = {
+        {"select --keys %s --queries %s/Q.npy --weights %s/W.npy " PL_ARGS, 2,
+         "a directory, not a regular file; expected a .npy file"},
+        {"select --keys %s/fifo.npy --queries %s/Q.npy --weights %s/W.npy " PL_ARGS, 2,
+         "fifo.npy: a FIFO (named pipe), not a regular file"},
+        {"eval --keys %s/K.npy --queries %s/Q.npy --weights %s --needles %s " PL_ARGS, 2,
+         "a directory, not a regular file"},
+    };
+    double t0 = tool_now_s();
+    run_cases(ctx, &t, cases, sizeof cases / sizeof cases[0]);
+    CHECKF(tool_now_s() - t0 < 30, "the refusals took %.1f s", tool_now_s() - t0);
+    tmp_remove(&t);
+}
+
+/* Issue points 6 and 11: 0 means zero (refused where it means nothing), every option has its
+ * own range message, numbers past int32 or int64 are out of range (not "not an integer"). */
+HISA_TEST(tools_zero_means_zero_and_ranges) {
+    if (!getenv("HISA_TOOL")) SKIP("HISA_TOOL not set");
+    tmpdir t;
+    REQUIRE(tmp_make(&t) == 0);
+    static const tool_case cases[] = {
+        {"stream --device cpu --topk 0", 2, "--topk 0: out of range; expected 1..16384"},
+        {"stream --device cpu --heads 0", 2, "--heads 0: out of range; expected 1..128"},
+        {"stream --device cpu --top-blocks 0", 2, "--top-blocks 0: out of range; expected 2..1024"},
+        {"stream --device cpu --batch 0", 2, "--batch 0: out of range; expected 1..256"},
+        {"stream --device cpu --context 0", 2, "--context 0: out of range; expected 1..16777216"},
+        {"stream --device cpu --layers 0", 2, "--layers 0: out of range; expected 1.."},
+        {"stream --device cpu --check-every 0", 2, "--check-every 0: out of range; expected 1.."},
+        {"stream --device cpu --prefill-chunk 0", 2, "--prefill-chunk 0: out of range"},
+        {"mem --device cpu --gpu-mem 0", 2, "--gpu-mem 0: out of range; expected at least 1 byte"},
+        {"mem --device cpu --seqs 0", 2, "--seqs 0: out of range"},
+        {"mem --device cpu --pages 0", 2, "--pages 0: out of range"},
+        {"mem --device cpu --prefill-queries 0", 2, "--prefill-queries 0: out of range"},
+        {"niah --device cpu --trials 0", 2, "--trials 0: out of range"},
+        {"niah --device cpu --needle-gain 0", 2, "--needle-gain 0: out of range"},
+        {"eval --repeat 0", 2, "--repeat 0: out of range"},
+        /* negatives: each option its own message */
+        {"stream --device cpu --steps -1", 2, "--steps -1: out of range; expected 0..2147483647"},
+        {"stream --device cpu --batch -3", 2, "--batch -3: out of range; expected 1..256"},
+        {"stream --device cpu --check-every -1", 2, "--check-every -1: out of range"},
+        {"mem --device cpu --payload-bytes -1", 2, "--payload-bytes -1: out of range"},
+        {"eval --show -1", 2, "--show -1: out of range"},
+        /* too large: out of range with the range, not "not an integer" */
+        {"stream --device cpu --steps 3000000000", 2,
+         "--steps 3000000000: out of range; expected 0..2147483647"},
+        {"stream --device cpu --context 2G", 2,
+         "--context 2G (2147483648): out of range; expected 1..16777216"},
+        {"stream --device cpu --seed 99999999999G", 2, "--seed 99999999999G: out of range"},
+        {"stream --device cpu --context 16M --steps 1", 2,
+         "--context 16777216 + --steps 1 x --next-n 1 = 16777217 tokens per stream: out of range"},
+        {"stream --device cpu --steps many", 2, "--steps: 'many' is not an integer"},
+        /* lists: no empty entries, each in range */
+        {"niah --device cpu --contexts 2K,,4K", 2, "--contexts '2K,,4K': an empty entry"},
+        {"niah --device cpu --contexts 2K,", 2, "an empty entry"},
+        {"niah --device cpu --contexts ,2K", 2, "an empty entry"},
+        {"niah --device cpu --contexts 32M", 2, "'32M': out of range; expected 1..16777216"},
+        {"niah --device cpu --depths 0,,50", 2, "--depths '0,,50': an empty entry"},
+    };
+    run_cases(ctx, &t, cases, sizeof cases / sizeof cases[0]);
+    /* --steps 0 is zero steps (it ran 64): the prompt only */
+    char *o = NULL;
+    CHECK(run_tool(&t, "stream --device cpu --context 1K --steps 0 --heads 8 --block-size 32 "
+                       "--top-blocks 16 --topk 256", &o, NULL) == 0);
+    CHECKF(o && strstr(o, "prompt 1024 tokens, 0 decode steps") && strstr(o, "decode: 0 steps") &&
+           strstr(o, "--steps 0: the prompt only"), "stream: %s", o ? o : "");
+    free(o);
+    int64_t v;
+    CHECK(tool_parse_i64("99999999999G", &v) == -2);
+    CHECK(tool_parse_i64("-99999999999999999999", &v) == -2);
+    CHECK(tool_parse_i64("12Q", &v) == -1 && tool_parse_i64("-2K", &v) == 0 && v == -2048);
+    tmp_remove(&t);
+}
+
+/* Issue point 7: NaN or infinite keys, queries, weights and scales, NaN codes, and scales <= 0
+ * exit 2 naming the file, the index and the value (they gave "writing the keys: invalid
+ * argument" with exit 1, or nothing at all). */
+HISA_TEST(tools_inputs_must_be_finite) {
+    if (!getenv("HISA_TOOL")) SKIP("HISA_TOOL not set");
+    tmpdir t;
+    REQUIRE(tmp_make(&t) == 0);
+    REQUIRE(write_planted(&t, 2) == 0);
+    static float keys[PL_L * D], q[2 * 2 * D], w[2 * 2], sc[PL_L];
+    static uint8_t codes[PL_L * D], q8[2 * 2 * D];
+    static uint16_t qb[2 * 2 * D];
+    for (int i = 0; i < PL_L * D; i++) keys[i] = 0.25f, codes[i] = 0x38;
+    for (int i = 0; i < 2 * 2 * D; i++) q[i] = 1.0f, q8[i] = 0x38, qb[i] = 0x3f80;
+    for (int i = 0; i < 4; i++) w[i] = 1.0f;
+    int64_t ks[2] = {PL_L, D}, qs[3] = {2, 2, D}, wsh[2] = {2, 2}, ss[1] = {PL_L};
+    keys[17 * D + 5] = NAN;
+    REQUIRE(put_npy(&t, "Kn.npy", NPY_F4, 2, ks, keys) == 0);
+    q[(1 * 2 + 1) * D + 3] = INFINITY;
+    REQUIRE(put_npy(&t, "Qi.npy", NPY_F4, 3, qs, q) == 0);
+    w[1] = NAN;
+    REQUIRE(put_npy(&t, "Wn.npy", NPY_F4, 2, wsh, w) == 0);
+    const float bad_scales[3] = {-1.0f, NAN, 0.0f};
+    const char *scale_names[3] = {"Sneg.npy", "Snan.npy", "S0.npy"};
+    for (int i = 0; i < 3; i++) {
+        for (int j = 0; j < PL_L; j++) sc[j] = 0.5f;
+        sc[12 + i] = bad_scales[i];
+        REQUIRE(put_npy(&t, scale_names[i], NPY_F4, 1, ss, sc) == 0);
+    }
+    for (int j = 0; j < PL_L; j++) sc[j] = 0.5f;
+    REQUIRE(put_npy(&t, "S.npy", NPY_F4, 1, ss, sc) == 0);
+    codes[7 * D + 9] = 0x7f;
+    REQUIRE(put_npy(&t, "Cn.npy", NPY_U1, 2, ks, codes) == 0);
+    qb[2] = 0x7fc0;
+    REQUIRE(put_npy(&t, "Qb.npy", NPY_U2, 3, qs, qb) == 0);
+    q8[D + 2] = 0xff;
+    REQUIRE(put_npy(&t, "Q8.npy", NPY_U1, 3, qs, q8) == 0);
+    static const tool_case cases[] = {
+        {"select --keys %s/Kn.npy --queries %s/Q.npy --weights %s/W.npy " PL_ARGS, 2,
+         "Kn.npy: keys[17,5] is NaN; every value must be a finite number"},
+        {"select --keys %s/K.npy --queries %s/Qi.npy --weights %s/W.npy " PL_ARGS, 2,
+         "Qi.npy: queries[1,1,3] is inf"},
+        {"eval --keys %s/K.npy --queries %s/Q.npy --weights %s/Wn.npy " PL_ARGS, 2,
+         "Wn.npy: weights[0,1] is NaN"},
+        {"select --keys %s/Cn.npy --scales %s/S.npy --queries %s/Q.npy --weights %s/W.npy " PL_ARGS,
+         2, "Cn.npy: key codes[7,9] is the e4m3fn code 0x7f"},
+        {"select --keys %s/K.npy --queries %s/Qb.npy --weights %s/W.npy --query-format bf16 "
+         PL_ARGS, 2, "Qb.npy: queries[0,0,2] is the bf16 bits 0x7fc0"},
+        {"eval --keys %s/K.npy --queries %s/Q8.npy --weights %s/W.npy --query-format fp8 " PL_ARGS,
+         2, "Q8.npy: queries[0,1,2] is the e4m3fn code 0xff"},
+    };
+    run_cases(ctx, &t, cases, sizeof cases / sizeof cases[0]);
+    const char *scale_msg[3] = {"Sneg.npy: scales[12] is -1; every fp8 scale must be a positive",
+                                "Snan.npy: scales[13] is NaN", "S0.npy: scales[14] is 0"};
+    for (int i = 0; i < 3; i++) {
+        char args[1200], *e = NULL;
+        snprintf(args, sizeof args, "select --keys %s/C.npy --scales %s/%s --queries %s/Q.npy "
+                 "--weights %s/W.npy " PL_ARGS, t.path, t.path, scale_names[i], t.path, t.path);
+        codes[7 * D + 9] = 0x38;
+        REQUIRE(put_npy(&t, "C.npy", NPY_U1, 2, ks, codes) == 0);
+        CHECKF(run_tool(&t, args, NULL, &e) == 2 && e && strstr(e, scale_msg[i]),
+               "%s: '%s'", scale_names[i], e ? e : "");
+        free(e);
+    }
+    tmp_remove(&t);
+}
+
+/* Issue point 8: output paths are checked before the work (they failed after it, and a bad
+ * --csv also kept the SVG from being written). */
+HISA_TEST(tools_outputs_checked_before_work) {
+    if (!getenv("HISA_TOOL")) SKIP("HISA_TOOL not set");
+    tmpdir t;
+    REQUIRE(tmp_make(&t) == 0);
+    REQUIRE(write_planted(&t, 1) == 0);
+    static const tool_case cases[] = {
+        {"select --keys %s/K.npy --queries %s/Q.npy --weights %s/W.npy --out %s/nodir/I.npy "
+         PL_ARGS, 2, "nodir/I.npy: cannot write the output: its directory does not exist"},
+        {"select --keys %s/K.npy --queries %s/Q.npy --weights %s/W.npy --out %s " PL_ARGS, 2,
+         "cannot write the output: is a directory"},
+        {"niah --device cpu --contexts 1K --depths 0 --heads 8 --csv %s/nodir/x.csv "
+         "--svg %s/n.svg", 2, "--csv "},
+        {"niah --device cpu --contexts 1K --depths 0 --heads 8 --csv %s/n.csv "
+         "--svg %s/nodir/x.svg", 2, "--svg "},
+        {"bench decode --json %s/nodir/x.json", 2, "--json "},
+        {"bench prefill --json %s/nodir/x.json", 2, "--json "},
+    };
+    run_cases(ctx, &t, cases, sizeof cases / sizeof cases[0]);
+    /* nothing ran and nothing was written */
+    char args[1200], *o = NULL, p[300];
+    snprintf(args, sizeof args, "niah --device cpu --contexts 1K --depths 0 --heads 8 "
+             "--csv %s/nodir/x.csv --svg %s/n.svg", t.path, t.path);
+    CHECK(run_tool(&t, args, &o, NULL) == 2);
+    CHECKF(o && !strstr(o, "needle recall"), "niah ran: %s", o ? o : "");
+    free(o);
+    struct stat st;
+    CHECK(stat(tmp_file(&t, "n.svg", p, sizeof p), &st) != 0);
+    CHECK(stat(tmp_file(&t, "n.csv", p, sizeof p), &st) != 0);
+    snprintf(args, sizeof args, "select --keys %s/K.npy --queries %s/Q.npy --weights %s/W.npy "
+             "--out %s/nodir/I.npy " PL_ARGS, t.path, t.path, t.path, t.path);
+    CHECK(run_tool(&t, args, &o, NULL) == 2);
+    CHECKF(o && !strstr(o, "hisa select: device"), "select ran: %s", o ? o : "");
+    free(o);
+    /* an existing file is checked without being changed */
+    REQUIRE(write_bytes(tmp_file(&t, "keep.npy", p, sizeof p), "old", 3) == 0);
+    CHECK(tool_check_output("t", "out", p) == 0);
+    char *kept = read_text(p);
+    CHECK(kept && strcmp(kept, "old") == 0);
+    free(kept);
+    tmp_remove(&t);
+}
+
+/* The box of one SVG <text> element: 0.6 em per character (an entity counts one) for every
+ * weight, from 1 em above the baseline to 0.25 em below; text-anchor and rotate(-90) honoured. */
+typedef struct svg_box {
+    double x0, y0, x1, y1;
+    char text[80];
+} svg_box;
+
+static double svg_attr(const char *tag, const char *end, const char *name, double def) {
+    char pat[40];
+    snprintf(pat, sizeof pat, " %s=\"", name);
+    const char *p = strstr(tag, pat);
+    return p && p < end ? atof(p + strlen(pat)) : def;
+}
+
+static svg_box svg_text_box(const char *tag, const char *gt, const char *text, size_t len) {
+    svg_box b;
+    double size = svg_attr(tag, gt, "font-size", 11), x = svg_attr(tag, gt, "x", 0);
+    double y = svg_attr(tag, gt, "y", 0), n = 0;
+    for (size_t i = 0; i < len; i++)
+        if (text[i] != '&') n += 1;
+        else i += strcspn(text + i, ";"), n += 1;
+    double w = n * 0.6 * size, start = 0;
+    const char *anchor = strstr(tag, "text-anchor=\"");
+    if (anchor && anchor < gt && strncmp(anchor + 13, "middle", 6) == 0) start = -w / 2;
+    if (anchor && anchor < gt && strncmp(anchor + 13, "end", 3) == 0) start = -w;
+    const char *rot = strstr(tag, "rotate(-90");
+    if (rot && rot < gt) /* reading upwards: the glyphs stand left of the baseline */
+        b = (svg_box){x - size, y - start - w, x + 0.25 * size, y - start, ""};
+    else
+        b = (svg_box){x + start, y - size, x + start + w, y + 0.25 * size, ""};
+    snprintf(b.text, sizeof b.text, "%.*s", (int)(len < 79 ? len : 79), text);
+    return b;
+}
+
+/* Every text of the SVG inside the picture, no two overlapping. */
+static void check_svg_layout(hisa_test_ctx *ctx, const char *svg, const char *what) {
+    REQUIRE(svg && strncmp(svg, "<svg", 4) == 0);
+    const char *root_end = strchr(svg, '>');
+    double W = svg_attr(svg, root_end, "width", 0), H = svg_attr(svg, root_end, "height", 0);
+    static svg_box boxes[2048];
+    int n = 0;
+    for (const char *p = strstr(svg, "<text"); p && n < 2048; p = strstr(p + 1, "<text")) {
+        const char *gt = strchr(p, '>'), *close = gt ? strstr(gt, "</text>") : NULL;
+        if (!close) break;
+        boxes[n++] = svg_text_box(p, gt, gt + 1, (size_t)(close - gt - 1));
+    }
+    CHECKF(n > 10, "%s: %d texts", what, n);
+    for (int i = 0; i < n; i++) {
+        const svg_box *a = &boxes[i];
+        CHECKF(a->x0 >= 0 && a->y0 >= 0 && a->x1 <= W && a->y1 <= H,
+               "%s: '%s' [%.0f,%.0f]..[%.0f,%.0f] leaves the %.0f x %.0f picture", what, a->text,
+               a->x0, a->y0, a->x1, a->y1, W, H);
+        for (int j = i + 1; j < n; j++) {
+            const svg_box *b = &boxes[j];
+            CHECKF(!(a->x0 < b->x1 && b->x0 < a->x1 && a->y0 < b->y1 && b->y0 < a->y1),
+                   "%s: '%s' overlaps '%s'", what, a->text, b->text);
+        }
+    }
+}
+
+/* Issue point 9: the heatmap holds its title at the CPU default of 3 contexts, and with one
+ * context the labels do not overlap; with trivial columns footnoted, too. */
+HISA_TEST(tools_niah_svg_layout) {
+    if (!getenv("HISA_TOOL")) SKIP("HISA_TOOL not set");
+    tmpdir t;
+    REQUIRE(tmp_make(&t) == 0);
+    const char *grids[3][2] = {{"1K", "0,100"}, {"2K,3K,4K", "0,50,100"}, {"4K", "50"}};
+    for (int g = 0; g < 3; g++) {
+        char args[1200], p[300], name[16];
+        snprintf(args, sizeof args, "niah --device cpu --heads 8 --contexts %s --depths %s "
+                 "--csv %s/n.csv --svg %s/n%d.svg", grids[g][0], grids[g][1], t.path, t.path, g);
+        CHECKF(run_tool(&t, args, NULL, NULL) == 0, "%s", args);
+        snprintf(name, sizeof name, "n%d.svg", g);
+        char *svg = read_text(tmp_file(&t, name, p, sizeof p));
+        check_svg_layout(ctx, svg, grids[g][0]);
+        free(svg);
+    }
+    tmp_remove(&t);
+}
+
+/* Issue point 10: results that are equal by construction are flagged. */
+HISA_TEST(tools_trivial_results_flagged) {
+    if (!getenv("HISA_TOOL")) SKIP("HISA_TOOL not set");
+    tmpdir t;
+    REQUIRE(tmp_make(&t) == 0);
+    REQUIRE(write_planted(&t, 2) == 0);
+    char args[1200], *o = NULL;
+    /* eval: 8 blocks of 32 with m = 8: every block is a candidate; with m = 3 not */
+    snprintf(args, sizeof args, "eval --keys %s/K.npy --queries %s/Q.npy --weights %s/W.npy "
+             "--block-size 32 --top-blocks 8 --topk 7 --device cpu", t.path, t.path, t.path);
+    CHECK(run_tool(&t, args, &o, NULL) == 0);
+    CHECKF(o && strstr(o, "note: every query sees at most 256 tokens; 256 tokens are 8 blocks of "
+                          "B=32 <= m=8: every block is a candidate, the coarse stage is skipped "
+                          "and HISA equals flat by construction"), "eval: %s", o ? o : "");
+    free(o);
+    snprintf(args + strlen(args), sizeof args - strlen(args), " --json");
+    CHECK(run_tool(&t, args, &o, NULL) == 0);
+    CHECK(json_number(o, "trivial_queries") == 2.0 && o && strstr(o, "\"trivial_why\": "));
+    free(o);
+    snprintf(args, sizeof args, "eval --keys %s/K.npy --queries %s/Q.npy --weights %s/W.npy "
+             "--json " PL_ARGS, t.path, t.path, t.path);
+    CHECK(run_tool(&t, args, &o, NULL) == 0);
+    CHECK(json_number(o, "trivial_queries") == 0.0 && o && !strstr(o, "trivial_why"));
+    free(o);
+    /* a context of at most k tokens selects everything */
+    snprintf(args, sizeof args, "eval --keys %s/K.npy --queries %s/Q.npy --weights %s/W.npy "
+             "--device cpu", t.path, t.path, t.path);
+    CHECK(run_tool(&t, args, &o, NULL) == 0);
+    CHECKF(o && strstr(o, "256 tokens <= k=2048: every visible token is selected"), "%s",
+           o ? o : "");
+    free(o);
+    /* niah on the CPU: m = 32, so 8K is not trivial; 2K <= k and 4K (32 blocks) are */
+    snprintf(args, sizeof args, "niah --device cpu --heads 8 --contexts 2K,4K,8K --depths 50 "
+             "--csv %s/n.csv --svg %s/n.svg", t.path, t.path);
+    CHECK(run_tool(&t, args, &o, NULL) == 0);
+    CHECKF(o && strstr(o, "m=32") && strstr(o, "note: context 2K: 2048 tokens <= k=2048") &&
+           strstr(o, "note: context 4K: 4096 tokens are 32 blocks of B=128 <= m=32") &&
+           !strstr(o, "note: context 8K"), "niah: %s", o ? o : "");
+    free(o);
+    char p[300];
+    char *csv = read_text(tmp_file(&t, "n.csv", p, sizeof p));
+    CHECKF(csv && strstr(csv, "2048,50,1025,1,1.0000,1.0000,1.0000,all_tokens\n") &&
+           strstr(csv, ",all_blocks\n") && strstr(csv, ",none\n"), "csv: %s", csv ? csv : "");
+    free(csv);
+    char *svg = read_text(tmp_file(&t, "n.svg", p, sizeof p));
+    CHECK(svg && strstr(svg, ">2K*</text>") && strstr(svg, ">8K</text>") &&
+          strstr(svg, "HISA equals flat by construction"));
+    free(svg);
+    /* stream: a run that never sees more than m blocks says so */
+    CHECK(run_tool(&t, "stream --device cpu --context 1K --steps 2 --heads 8 --block-size 32 "
+                       "--top-blocks 64 --topk 256", &o, NULL) == 0);
+    CHECKF(o && strstr(o, "note: every query of this run sees at most 1026 tokens; 1026 tokens "
+                          "are 33 blocks of B=32 <= m=64"), "stream: %s", o ? o : "");
+    free(o);
+    tmp_remove(&t);
+}
+
+/* Issue point 11 (the needles): int64 needles are told to be int32. */
+HISA_TEST(tools_needles_must_be_int32) {
+    if (!getenv("HISA_TOOL")) SKIP("HISA_TOOL not set");
+    tmpdir t;
+    REQUIRE(tmp_make(&t) == 0);
+    REQUIRE(write_planted(&t, 1) == 0);
+    uint8_t buf[512];
+    int64_t needles[2] = {3, 40};
+    size_t n = npy_image(buf, 1, "{'descr': '<i8', 'fortran_order': False, 'shape': (2,), }",
+                         needles, sizeof needles);
+    char p[300];
+    REQUIRE(write_bytes(tmp_file(&t, "N64.npy", p, sizeof p), buf, n) == 0);
+    static const tool_case cases[] = {
+        {"eval --keys %s/K.npy --queries %s/Q.npy --weights %s/W.npy --needles %s/N64.npy " PL_ARGS,
+         2, "N64.npy: expected needle positions as int32 '<i4', [n] or [n_q,n]; got dtype '<i8'"},
+    };
+    run_cases(ctx, &t, cases, 1);
+    char descr[16], err[NPY_ERR_MAX];
+    CHECK(npy_read_descr(p, descr, sizeof descr, err, sizeof err) == 0);
+    CHECK(strcmp(descr, "<i8") == 0);
+    tmp_remove(&t);
+}
+
+/* Issue point 12: with --gpu-mem, the table and the JSON describe the configuration that fits
+ * (they showed the default 8 sequences next to "holds 4680 sequences"). */
+HISA_TEST(tools_mem_gpu_mem_shows_the_fit) {
+    if (!getenv("HISA_TOOL")) SKIP("HISA_TOOL not set");
+    tmpdir t;
+    REQUIRE(tmp_make(&t) == 0);
+    char *o = NULL;
+    REQUIRE(run_tool(&t, "mem --device cpu --context 64K --layers 4 --gpu-mem 2G --json", &o,
+                     NULL) == 0);
+    const char *f = o ? strstr(o, "\"fit\"") : NULL;
+    REQUIRE(f);
+    double fit = json_number(f, "max_seqs"), shown = json_number(o, "max_seqs");
+    CHECKF(fit >= 2 && shown == fit, "config max_seqs %g, fit %g", shown, fit);
+    CHECK(json_number(o, "n_pages") == fit * 512); /* 64K / 128 pages per sequence */
+    CHECK(json_number(o, "device_bytes") <= 2.0 * (1 << 30));
+    CHECK(strstr(f, "\"fits\": true") != NULL);
+    free(o);
+    REQUIRE(run_tool(&t, "mem --device cpu --context 64K --layers 4 --gpu-mem 2G", &o, NULL) == 0);
+    char want[160];
+    snprintf(want, sizeof want, "holds %d sequences of 65536 tokens; the plan below is that "
+             "configuration", (int)fit);
+    CHECKF(o && strstr(o, want), "mem: %s", o ? o : "");
+    snprintf(want, sizeof want, "%d sequences x 65536 tokens, %d pages", (int)fit, (int)fit * 512);
+    CHECKF(o && strstr(o, want), "mem table: %s", o ? o : "");
+    free(o);
+    /* nothing fits: said, and the table is the one sequence */
+    REQUIRE(run_tool(&t, "mem --device cpu --context 1M --layers 61 --gpu-mem 1G", &o, NULL) == 0);
+    CHECK(o && strstr(o, "not even one sequence of 1048576 tokens fits") &&
+          strstr(o, "1 sequence x 1048576 tokens"));
+    free(o);
+    static const tool_case cases[] = {
+        {"mem --device cpu --gpu-mem 80G --seqs 4", 2, "cannot be given with --seqs"},
+        {"mem --device cpu --gpu-mem 80G --pages 4", 2, "cannot be given with --pages"},
+    };
+    run_cases(ctx, &t, cases, 2);
+    tmp_remove(&t);
+}
+
+/* Issue point 13: bench --help shows both benchmarks (in every build), and max_batch's default
+ * is documented as it is: min(max_seqs, 256). */
+HISA_TEST(tools_bench_help_and_max_batch_docs) {
+    if (!getenv("HISA_TOOL")) SKIP("HISA_TOOL not set");
+    tmpdir t;
+    REQUIRE(tmp_make(&t) == 0);
+    char *o = NULL;
+    CHECK(run_tool(&t, "bench --help", &o, NULL) == 0);
+    CHECKF(o && strstr(o, "usage: hisa bench decode") && strstr(o, "usage: hisa bench prefill"),
+           "bench --help: %s", o ? o : "");
+    free(o);
+    CHECK(run_tool(&t, "bench decode --help", &o, NULL) == 0);
+    CHECK(o && strstr(o, "usage: hisa bench decode"));
+    free(o);
+    CHECK(run_tool(&t, "bench prefill --help", &o, NULL) == 0);
+    CHECK(o && strstr(o, "usage: hisa bench prefill"));
+    free(o);
+    CHECK(run_tool(&t, "bench", NULL, NULL) == 2);
+    CHECK(run_tool(&t, "mem --help", &o, NULL) == 0);
+    CHECK(o && strstr(o, "default\n                       min(seqs, 256)"));
+    CHECK(o && !strstr(o, "(default seqs)"));
+    free(o);
+    char *readme = read_text("README.md");
+    CHECK(readme && strstr(readme, "`max_batch` defaults to min(max_seqs, 256)"));
+    free(readme);
+    tmp_remove(&t);
 }

@@ -21,6 +21,46 @@
 #include "bench_prefill.h"
 #include "tools.h"
 
+/* --- options (every build: --help and the checks work without CUDA) ---------------------- */
+
+static void decode_help(FILE *f) {
+    fprintf(f,
+            "usage: hisa bench decode [--json FILE] [--reps N] [--quick] [--batch N --context N]\n"
+            "                         [--topk-only]\n"
+            "  Times hisa_select_decode (CUDA graph replays, median) for flat and HISA over batch\n"
+            "  {1,16,64} x context {8K,32K,64K,128K} plus batch 1 at 1M (H=64, D=128, B=128, m=64,\n"
+            "  k=2048, fp8 keys), and the top-k alone (2048 of 128K) at batch 1 and 64.\n"
+            "  --json FILE: the records as JSON (FILE is checked before the run)\n"
+            "  --reps N: graph replays per point, at least 5 (default 100)\n"
+            "  --quick: batch {1,64} x context {32K,128K} only\n"
+            "  --batch N --context N: that point only (batch 1..256, HISA_MAX_BATCH; context\n"
+            "  1..16M, HISA_MAX_CONTEXT)\n"
+            "  --topk-only: the top-k alone.\n");
+}
+
+typedef struct decode_opts {
+    const char *json;
+    int32_t reps, one_batch, one_context;
+    int quick, topk_only;
+} decode_opts;
+
+/* Options into o. Returns tool_parse_opts's codes (-1: --help) or TOOL_EXIT_USAGE. */
+static int decode_parse(int argc, char **argv, decode_opts *o) {
+    assert(argc >= 1 && o);
+    *o = (decode_opts){.reps = 100};
+    tool_opt opts[] = {
+        {"json", TOOL_OPT_STR, &o->json, 0, 0, NULL},
+        {"reps", TOOL_OPT_INT, &o->reps, 5, INT32_MAX, "graph replays per point"},
+        {"quick", TOOL_OPT_FLAG, &o->quick, 0, 0, NULL},
+        {"batch", TOOL_OPT_INT, &o->one_batch, 1, HISA_MAX_BATCH, "sequences, HISA_MAX_BATCH"},
+        {"context", TOOL_OPT_INT, &o->one_context, 1, HISA_MAX_CONTEXT, "tokens, HISA_MAX_CONTEXT"},
+        {"topk-only", TOOL_OPT_FLAG, &o->topk_only, 0, 0, NULL}};
+    int perr = tool_parse_opts("bench decode", argc, argv, opts, 6);
+    if (perr) return perr;
+    if (o->json) return tool_check_output("bench decode", "json", o->json);
+    return 0;
+}
+
 #if HISA_CUDA
 #include <cuda_runtime_api.h>
 
@@ -240,7 +280,7 @@ static int bench_point(int32_t batch, int32_t context, const float *pool, int32_
                        .key_format = HISA_KEY_FP8, .max_seqs = batch, .max_context = context, .max_batch = batch,
                        .max_prefill_queries = 1024, .device = HISA_DEVICE_CUDA(0)};
     hisa_runtime *rt = NULL;
-    int err = tool_open("bench", &cfg, &rt);
+    int err = tool_open("bench", &cfg, NULL, &rt);
     if (err) return err;
     int32_t seqs[256];
     for (int32_t b = 0; b < batch; b++) {
@@ -343,7 +383,7 @@ static int bench_topk(int32_t batch, int32_t n, int32_t k, int reps, double *med
                        .max_seqs = 1, .max_context = 64, .max_batch = 1, .max_prefill_queries = 1,
                        .device = HISA_DEVICE_CUDA(0)};
     hisa_runtime *rt = NULL;
-    int rc = tool_open("bench", &cfg, &rt);
+    int rc = tool_open("bench", &cfg, NULL, &rt);
     if (rc) return rc;
     topk_bufs d = {0};
     cudaStream_t st = NULL;
@@ -361,21 +401,6 @@ static int bench_topk(int32_t batch, int32_t n, int32_t k, int reps, double *med
 
 /* --- hisa bench decode ---------------------------------------------------------------------- */
 
-static void print_help(void) {
-    printf("usage: hisa bench decode [--json FILE] [--reps N] [--quick]\n"
-           "  Times hisa_select_decode (CUDA graph replays, median) for flat and HISA over batch\n"
-           "  {1,16,64} x context {8K,32K,64K,128K} plus batch 1 at 1M (H=64, D=128, B=128, m=64,\n"
-           "  k=2048, fp8 keys), and the top-k alone (2048 of 128K) at batch 1 and 64.\n"
-           "  --quick: batch {1,64} x context {32K,128K} only; --batch N --context N: that point only;\n"
-           "  --topk-only: the top-k alone.\n");
-}
-
-typedef struct decode_opts {
-    const char *json;
-    int32_t reps, one_batch, one_context;
-    int quick, topk_only;
-} decode_opts;
-
 /* What every record repeats: the device, the date, the copy bandwidth measured in this run. */
 typedef struct bench_env {
     struct cudaDeviceProp prop;
@@ -392,22 +417,6 @@ typedef struct decode_grid {
 static const int32_t k_batches_full[] = {1, 16, 64}, k_contexts_full[] = {8192, 32768, 65536, 131072};
 static const int32_t k_batches_quick[] = {1, 64}, k_contexts_quick[] = {32768, 131072};
 static const int32_t k_topk_batch[2] = {1, 64};
-
-/* Options into o. Returns tool_parse_opts's codes (-1: --help) or TOOL_EXIT_USAGE. */
-static int decode_parse(int argc, char **argv, decode_opts *o) {
-    assert(argc >= 1 && o);
-    *o = (decode_opts){.reps = 100};
-    tool_opt opts[] = {{"json", TOOL_OPT_STR, &o->json},           {"reps", TOOL_OPT_INT, &o->reps},
-                       {"quick", TOOL_OPT_FLAG, &o->quick},        {"batch", TOOL_OPT_INT, &o->one_batch},
-                       {"context", TOOL_OPT_INT, &o->one_context}, {"topk-only", TOOL_OPT_FLAG, &o->topk_only}};
-    int perr = tool_parse_opts("bench decode", argc, argv, opts, 6);
-    if (perr) return perr;
-    if (o->reps < 5) {
-        fprintf(stderr, "hisa bench decode: --reps must be >= 5\n");
-        return TOOL_EXIT_USAGE;
-    }
-    return 0;
-}
 
 /* The device, the date and the copy ceiling, printed as the first line. */
 static int decode_env(bench_env *e) {
@@ -429,8 +438,8 @@ static int decode_grid_pick(const decode_opts *o, decode_grid *g) {
                        .contexts = o->quick ? k_contexts_quick : k_contexts_full,
                        .nbat = o->quick ? 2 : 3, .nctx = o->quick ? 2 : 4, .quick = o->quick};
     if (o->one_batch > 0 || o->one_context > 0) {
-        if (o->one_batch < 1 || o->one_batch > 256 || o->one_context < 1) {
-            fprintf(stderr, "hisa bench decode: --batch (1..256) and --context go together\n");
+        if (o->one_batch < 1 || o->one_context < 1) { /* the ranges were checked when parsed */
+            fprintf(stderr, "hisa bench decode: --batch and --context go together (one point)\n");
             return TOOL_EXIT_USAGE;
         }
         *g = (decode_grid){.batches = &o->one_batch, .contexts = &o->one_context, .nbat = 1, .nctx = 1, .quick = 1};
@@ -520,14 +529,9 @@ static int decode_write_json(const char *json, const bench_env *e, const bench_r
     return 0;
 }
 
-static int bench_decode(int argc, char **argv) {
-    decode_opts o;
-    int rc = decode_parse(argc, argv, &o);
-    if (rc < 0) {
-        print_help();
-        return 0;
-    }
-    if (rc) return rc;
+/* The decode benchmark of the parsed options o. */
+static int decode_run(const decode_opts *o) {
+    assert(o);
     if (!tool_cuda_available()) {
         fprintf(stderr, "hisa bench decode: needs a CUDA device (none found)\n");
         return TOOL_EXIT_FAIL;
@@ -538,38 +542,55 @@ static int bench_decode(int argc, char **argv) {
     float *pool = make_key_pool(pool_n, 42);
     if (!pool) return TOOL_EXIT_FAIL;
     decode_grid g;
-    rc = decode_grid_pick(&o, &g); /* after the device line, as it always was */
+    int rc = decode_grid_pick(o, &g); /* after the device line, as it always was */
     if (rc) {
         free(pool);
         return rc;
     }
     bench_rec recs[64];
     int n_recs = 0;
-    int err = decode_points(&o, &g, &env, pool, pool_n, recs, 64, &n_recs);
+    int err = decode_points(o, &g, &env, pool, pool_n, recs, 64, &n_recs);
     free(pool);
     double topk_us[2] = {0, 0};
-    if (!err) err = decode_topk(&o, topk_us);
+    if (!err) err = decode_topk(o, topk_us);
     if (err) return err;
-    return o.json ? decode_write_json(o.json, &env, recs, n_recs, topk_us) : 0;
+    return o->json ? decode_write_json(o->json, &env, recs, n_recs, topk_us) : 0;
+}
+
+#endif /* HISA_CUDA */
+
+static int bench_decode(int argc, char **argv) {
+    decode_opts o;
+    int rc = decode_parse(argc, argv, &o);
+    if (rc < 0) {
+        decode_help(stdout);
+        return 0;
+    }
+    if (rc) return rc;
+#if HISA_CUDA
+    return decode_run(&o);
+#else
+    fprintf(stderr, "hisa bench decode: this build has no CUDA support\n");
+    return TOOL_EXIT_FAIL;
+#endif
+}
+
+static void bench_help(FILE *f) {
+    fprintf(f, "usage: hisa bench decode|prefill [options]     hisa bench NAME --help\n"
+               "The benchmarks need a CUDA device (Hopper)%s.\n\n",
+            HISA_CUDA ? "" : "; this build has no CUDA support");
+    decode_help(f);
+    fprintf(f, "\n");
+    hisa_bench_prefill_help(f);
 }
 
 int hisa_cmd_bench(int argc, char **argv) {
     if (argc >= 2 && strcmp(argv[1], "decode") == 0) return bench_decode(argc - 1, argv + 1);
     if (argc >= 2 && strcmp(argv[1], "prefill") == 0) return hisa_cmd_bench_prefill(argc - 1, argv + 1);
     if (argc >= 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
-        print_help();
+        bench_help(stdout);
         return 0;
     }
-    fprintf(stderr, "hisa bench: expected a benchmark name: decode or prefill\n");
+    fprintf(stderr, "hisa bench: expected a benchmark name: decode or prefill (hisa bench --help)\n");
     return TOOL_EXIT_USAGE;
 }
-
-#else /* !HISA_CUDA */
-
-int hisa_cmd_bench(int argc, char **argv) {
-    if (argc >= 2 && strcmp(argv[1], "prefill") == 0) return hisa_cmd_bench_prefill(argc - 1, argv + 1);
-    fprintf(stderr, "hisa bench: this build has no CUDA support\n");
-    return TOOL_EXIT_FAIL;
-}
-
-#endif

@@ -32,6 +32,54 @@
 #include "synth.h"
 #include "tools.h"
 
+/* --- options (every build: --help and the checks work without CUDA) ---------------------- */
+
+void hisa_bench_prefill_help(FILE *f) {
+    fprintf(f,
+            "usage: hisa bench prefill [--json FILE] [--reps N] [--queries N] [--context N]\n"
+            "                          [--key-format fp8|bf16] [--variant 0|1]\n"
+            "  Times a prefill chunk of --queries (1..1024, default 1024) queries at the end of\n"
+            "  contexts 8K, 16K, 32K, 64K, 128K (or --context N only, at least --queries), H=64,\n"
+            "  D=128, B=128, m=64, k=2048, flat and HISA: the whole selection and the scoring\n"
+            "  alone (CUDA events, median of --reps, at least 5, default 20), plus the bf16 GEMM\n"
+            "  rate of cuBLAS (8192^3) measured in the same run.\n"
+            "  --json FILE: the records as JSON (FILE is checked before the run)\n"
+            "  --variant 1: fp8 keys scored with bf16 MMA operands instead of fp16.\n");
+}
+
+typedef struct pb_opts {
+    const char *json, *fmt_name;
+    int32_t reps, n_q, one_context, variant;
+    int32_t fmt; /* HISA_KEY_* of fmt_name */
+} pb_opts;
+
+/* Options into o. Returns tool_parse_opts's codes (-1: --help) or TOOL_EXIT_USAGE. */
+static int pb_parse(int argc, char **argv, pb_opts *o) {
+    assert(argc >= 1 && o);
+    *o = (pb_opts){.fmt_name = "fp8", .reps = 20, .n_q = 1024};
+    tool_opt opts[] = {
+        {"json", TOOL_OPT_STR, &o->json, 0, 0, NULL},
+        {"reps", TOOL_OPT_INT, &o->reps, 5, INT32_MAX, "timed calls per point"},
+        {"queries", TOOL_OPT_INT, &o->n_q, 1, 1024, "queries of the chunk"},
+        {"context", TOOL_OPT_INT, &o->one_context, 1, HISA_MAX_CONTEXT, "tokens, HISA_MAX_CONTEXT"},
+        {"key-format", TOOL_OPT_STR, &o->fmt_name, 0, 0, NULL},
+        {"variant", TOOL_OPT_INT, &o->variant, 0, 1, "0: fp16 MMA operands, 1: bf16"}};
+    int perr = tool_parse_opts("bench prefill", argc, argv, opts, 6);
+    if (perr) return perr;
+    o->fmt = strcmp(o->fmt_name, "fp8") == 0 ? HISA_KEY_FP8 : strcmp(o->fmt_name, "bf16") == 0 ? HISA_KEY_BF16 : 0;
+    if (!o->fmt) {
+        fprintf(stderr, "hisa bench prefill: --key-format: '%s'; expected fp8 or bf16\n", o->fmt_name);
+        return TOOL_EXIT_USAGE;
+    }
+    if (o->one_context && o->one_context < o->n_q) {
+        fprintf(stderr, "hisa bench prefill: --context %d: expected at least --queries %d (the chunk is the last "
+                        "--queries positions of the context)\n", o->one_context, o->n_q);
+        return TOOL_EXIT_USAGE;
+    }
+    if (o->json) return tool_check_output("bench prefill", "json", o->json);
+    return 0;
+}
+
 #if HISA_CUDA
 #include <cuda_runtime_api.h>
 
@@ -189,23 +237,7 @@ static double pb_flops(hisa_mode mode, int32_t t0, int32_t n_q, int32_t H, int32
     return f;
 }
 
-static void print_help(void) {
-    printf("usage: hisa bench prefill [--json FILE] [--reps N] [--queries N] [--context N] [--key-format fp8|bf16]\n"
-           "                          [--variant 0|1]\n"
-           "  Times a prefill chunk of --queries (1024) queries at the end of contexts 8K, 16K, 32K,\n"
-           "  64K, 128K (or --context N only), H=64, D=128, B=128, m=64, k=2048, flat and HISA:\n"
-           "  the whole selection and the scoring alone (CUDA events, median of --reps, default 20),\n"
-           "  plus the bf16 GEMM rate of cuBLAS (8192^3) measured in the same run.\n"
-           "  --variant 1: fp8 keys scored with bf16 MMA operands instead of fp16.\n");
-}
-
 /* --- hisa bench prefill --------------------------------------------------------------------- */
-
-typedef struct pb_opts {
-    const char *json, *fmt_name;
-    int32_t reps, n_q, one_context, variant;
-    int32_t fmt; /* HISA_KEY_* of fmt_name */
-} pb_opts;
 
 /* What every record repeats, and the stream everything runs on. */
 typedef struct pb_env {
@@ -221,28 +253,6 @@ typedef struct pb_bufs {
     float *q, *w;
     int32_t *out;
 } pb_bufs;
-
-/* Options into o. Returns tool_parse_opts's codes (-1: --help) or TOOL_EXIT_USAGE. */
-static int pb_parse(int argc, char **argv, pb_opts *o) {
-    assert(argc >= 1 && o);
-    *o = (pb_opts){.fmt_name = "fp8", .reps = 20, .n_q = 1024};
-    tool_opt opts[] = {{"json", TOOL_OPT_STR, &o->json},
-                       {"reps", TOOL_OPT_INT, &o->reps},
-                       {"queries", TOOL_OPT_INT, &o->n_q},
-                       {"context", TOOL_OPT_INT, &o->one_context},
-                       {"key-format", TOOL_OPT_STR, &o->fmt_name},
-                       {"variant", TOOL_OPT_INT, &o->variant}};
-    int perr = tool_parse_opts("bench prefill", argc, argv, opts, 6);
-    if (perr) return perr;
-    o->fmt = strcmp(o->fmt_name, "fp8") == 0 ? HISA_KEY_FP8 : strcmp(o->fmt_name, "bf16") == 0 ? HISA_KEY_BF16 : 0;
-    if (o->reps < 5 || o->n_q < 1 || o->n_q > 1024 || !o->fmt || o->one_context < 0 ||
-        (o->one_context && o->one_context < o->n_q) || o->variant < 0 || o->variant > 1) {
-        fprintf(stderr, "hisa bench prefill: need --reps >= 5, --queries 1..1024, --key-format fp8|bf16, "
-                        "--context >= queries, --variant 0|1\n");
-        return TOOL_EXIT_USAGE;
-    }
-    return 0;
-}
 
 /* The device, the date, the versions, the stream and the GEMM rate, printed as the first line. */
 static int pb_env_init(pb_env *e) {
@@ -271,7 +281,7 @@ static int pb_open(int32_t fmt, cudaStream_t st, int32_t max_ctx, hisa_runtime *
     hisa_config cfg = {.n_heads = PB_H, .block_size = PB_B, .top_blocks = PB_M, .topk = PB_K, .key_format = fmt,
                        .max_context = max_ctx, .max_seqs = 1, .max_prefill_queries = 1024,
                        .device = HISA_DEVICE_CUDA(0)};
-    int err = tool_open("bench prefill", &cfg, rt);
+    int err = tool_open("bench prefill", &cfg, NULL, rt);
     if (err) return err;
     hisa_set_stream(*rt, st);
     *seq = -1;
@@ -439,14 +449,9 @@ static int pb_write_json(const pb_opts *o, const pb_env *e, const pb_rec *recs, 
     return 0;
 }
 
-int hisa_cmd_bench_prefill(int argc, char **argv) {
-    pb_opts o;
-    int rc = pb_parse(argc, argv, &o);
-    if (rc < 0) {
-        print_help();
-        return 0;
-    }
-    if (rc) return rc;
+/* The prefill benchmark of the parsed options o. */
+static int pb_main(pb_opts o) {
+    int rc;
     if (!tool_cuda_available()) {
         fprintf(stderr, "hisa bench prefill: needs a CUDA device (none found)\n");
         return TOOL_EXIT_FAIL;
@@ -474,13 +479,20 @@ int hisa_cmd_bench_prefill(int argc, char **argv) {
     return o.json ? pb_write_json(&o, &env, recs, n_recs) : 0;
 }
 
-#else /* !HISA_CUDA */
+#endif /* HISA_CUDA */
 
 int hisa_cmd_bench_prefill(int argc, char **argv) {
-    (void)argc;
-    (void)argv;
+    pb_opts o;
+    int rc = pb_parse(argc, argv, &o);
+    if (rc < 0) {
+        hisa_bench_prefill_help(stdout);
+        return 0;
+    }
+    if (rc) return rc;
+#if HISA_CUDA
+    return pb_main(o);
+#else
     fprintf(stderr, "hisa bench prefill: this build has no CUDA support\n");
     return TOOL_EXIT_FAIL;
+#endif
 }
-
-#endif /* HISA_CUDA */

@@ -3,6 +3,10 @@
 #ifndef HISA_TOOLS_BENCH_PREFILL_H
 #define HISA_TOOLS_BENCH_PREFILL_H
 
+#include <stdio.h>
+
 int hisa_cmd_bench_prefill(int argc, char **argv);
+/* Its --help text (hisa bench --help prints both benchmarks'). */
+void hisa_bench_prefill_help(FILE *f);
 
 #endif /* HISA_TOOLS_BENCH_PREFILL_H */

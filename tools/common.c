@@ -2,10 +2,13 @@
  * subcommands of the hisa tool (declared in tools.h). */
 #include <assert.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "tools.h"
 
@@ -15,14 +18,14 @@ int tool_parse_i64(const char *s, int64_t *out) {
     errno = 0;
     char *end;
     long long v = strtoll(s, &end, 10);
-    if (errno || end == s) return -1;
+    if (end == s || (errno && errno != ERANGE)) return -1;
+    int overflow = errno == ERANGE;
     int64_t mul = 1;
     if (*end == 'K' || *end == 'k') mul = 1ll << 10, end++;
     else if (*end == 'M' || *end == 'm') mul = 1ll << 20, end++;
     else if (*end == 'G' || *end == 'g') mul = 1ll << 30, end++;
     if (*end) return -1;
-    if (v > 0 && v > INT64_MAX / mul) return -1;
-    if (v < 0 && v < INT64_MIN / mul) return -1;
+    if (overflow || (v > 0 && v > INT64_MAX / mul) || (v < 0 && v < INT64_MIN / mul)) return -2;
     *out = (int64_t)v * mul;
     return 0;
 }
@@ -75,48 +78,88 @@ static const tool_opt *find_opt(const tool_opt *opts, int n_opts, const char *na
     return o;
 }
 
+/* "--OPT VALUE: out of range; expected LO..HI (WHAT)"; the number too when a suffix hides it. */
+static int range_error(const char *cmd, const tool_opt *o, const char *val, int have_v, int64_t v,
+                       int64_t lo, int64_t hi) {
+    assert(cmd && o && val);
+    char shown[48] = "";
+    if (have_v && strspn(val, "+-0123456789") != strlen(val))
+        snprintf(shown, sizeof shown, " (%lld)", (long long)v);
+    fprintf(stderr, "hisa %s: --%s %s%s: out of range; expected %lld..%lld%s%s%s\n", cmd, o->name,
+            val, shown, (long long)lo, (long long)hi, o->what ? " (" : "", o->what ? o->what : "",
+            o->what ? ")" : "");
+    return TOOL_EXIT_USAGE;
+}
+
+/* An integer option: the number, in the option's range (the type's when none is set). */
+static int set_int(const char *cmd, const tool_opt *o, const char *val) {
+    assert(o->kind == TOOL_OPT_INT || o->kind == TOOL_OPT_I64);
+    int is32 = o->kind == TOOL_OPT_INT;
+    int64_t lo = o->lo, hi = o->hi, v = 0;
+    if (lo == 0 && hi == 0) lo = is32 ? INT32_MIN : INT64_MIN, hi = is32 ? INT32_MAX : INT64_MAX;
+    int r = tool_parse_i64(val, &v);
+    if (r == -1) {
+        fprintf(stderr, "hisa %s: --%s: '%s' is not an integer (suffixes K, M, G)\n", cmd,
+                o->name, val);
+        return TOOL_EXIT_USAGE;
+    }
+    if (r == -2 || v < lo || v > hi)
+        return range_error(cmd, o, val, r == 0, v, lo, hi);
+    if (is32) *(int32_t *)o->dest = (int32_t)v;
+    else *(int64_t *)o->dest = v;
+    return 0;
+}
+
+/* A size option: bytes, at least lo. */
+static int set_size(const char *cmd, const tool_opt *o, const char *val) {
+    assert(o->kind == TOOL_OPT_SIZE);
+    uint64_t b = 0;
+    if (tool_parse_size(val, &b) != 0) {
+        fprintf(stderr, "hisa %s: --%s: '%s' is not a size (e.g. 80G, 512M, 1.5T)\n", cmd,
+                o->name, val);
+        return TOOL_EXIT_USAGE;
+    }
+    if (b < (uint64_t)o->lo) {
+        fprintf(stderr, "hisa %s: --%s %s: out of range; expected at least %lld byte%s%s%s%s\n",
+                cmd, o->name, val, (long long)o->lo, o->lo == 1 ? "" : "s", o->what ? " (" : "",
+                o->what ? o->what : "", o->what ? ")" : "");
+        return TOOL_EXIT_USAGE;
+    }
+    *(uint64_t *)o->dest = b;
+    return 0;
+}
+
+/* A number option: finite, in lo..hi when a range is set. */
+static int set_double(const char *cmd, const tool_opt *o, const char *val) {
+    assert(o->kind == TOOL_OPT_DOUBLE);
+    char *end;
+    errno = 0;
+    double d = strtod(val, &end);
+    if (errno || end == val || *end || !isfinite(d)) {
+        fprintf(stderr, "hisa %s: --%s: '%s' is not a number\n", cmd, o->name, val);
+        return TOOL_EXIT_USAGE;
+    }
+    if ((o->lo || o->hi) && !(d >= (double)o->lo && d <= (double)o->hi)) {
+        fprintf(stderr, "hisa %s: --%s %s: out of range; expected %lld..%lld%s%s%s\n", cmd,
+                o->name, val, (long long)o->lo, (long long)o->hi, o->what ? " (" : "",
+                o->what ? o->what : "", o->what ? ")" : "");
+        return TOOL_EXIT_USAGE;
+    }
+    *(double *)o->dest = d;
+    return 0;
+}
+
 /* Stores val into the destination of o (not a flag) by its kind. Returns 0, or
  * TOOL_EXIT_USAGE after printing what was expected. */
 static int set_opt(const char *cmd, const tool_opt *o, const char *val) {
     assert(cmd && o && val);
     assert(o->kind != TOOL_OPT_FLAG);
-    int64_t iv;
     switch (o->kind) {
     case TOOL_OPT_INT:
-        if (tool_parse_i64(val, &iv) != 0 || iv < INT32_MIN || iv > INT32_MAX) {
-            fprintf(stderr, "hisa %s: --%s: '%s' is not an integer (suffixes K, M, G)\n", cmd,
-                    o->name, val);
-            return TOOL_EXIT_USAGE;
-        }
-        *(int32_t *)o->dest = (int32_t)iv;
-        break;
-    case TOOL_OPT_I64:
-        if (tool_parse_i64(val, &iv) != 0) {
-            fprintf(stderr, "hisa %s: --%s: '%s' is not an integer (suffixes K, M, G)\n", cmd,
-                    o->name, val);
-            return TOOL_EXIT_USAGE;
-        }
-        *(int64_t *)o->dest = iv;
-        break;
-    case TOOL_OPT_SIZE:
-        if (tool_parse_size(val, (uint64_t *)o->dest) != 0) {
-            fprintf(stderr, "hisa %s: --%s: '%s' is not a size (e.g. 80G, 512M, 1.5T)\n", cmd,
-                    o->name, val);
-            return TOOL_EXIT_USAGE;
-        }
-        break;
-    case TOOL_OPT_DOUBLE: {
-        char *end;
-        errno = 0;
-        double d = strtod(val, &end);
-        if (errno || end == val || *end || !isfinite(d)) {
-            fprintf(stderr, "hisa %s: --%s: '%s' is not a number\n", cmd, o->name, val);
-            return TOOL_EXIT_USAGE;
-        }
-        *(double *)o->dest = d;
-        break;
-    }
-    case TOOL_OPT_STR: *(const char **)o->dest = val; break;
+    case TOOL_OPT_I64: return set_int(cmd, o, val);
+    case TOOL_OPT_SIZE: return set_size(cmd, o, val);
+    case TOOL_OPT_DOUBLE: return set_double(cmd, o, val);
+    case TOOL_OPT_STR: *(const char **)o->dest = val; return 0;
     case TOOL_OPT_FLAG: break;
     }
     return 0;
@@ -158,12 +201,16 @@ int tool_parse_opts(const char *cmd, int argc, char **argv, const tool_opt *opts
 }
 
 void tool_cfg_opts_add(tool_opt *opts, int *n, tool_cfg_opts *c) {
-    opts[(*n)++] = (tool_opt){"device", TOOL_OPT_STR, &c->device};
-    opts[(*n)++] = (tool_opt){"key-format", TOOL_OPT_STR, &c->key_format};
-    opts[(*n)++] = (tool_opt){"heads", TOOL_OPT_INT, &c->heads};
-    opts[(*n)++] = (tool_opt){"block-size", TOOL_OPT_INT, &c->block_size};
-    opts[(*n)++] = (tool_opt){"top-blocks", TOOL_OPT_INT, &c->top_blocks};
-    opts[(*n)++] = (tool_opt){"topk", TOOL_OPT_INT, &c->topk};
+    opts[(*n)++] = (tool_opt){"device", TOOL_OPT_STR, &c->device, 0, 0, NULL};
+    opts[(*n)++] = (tool_opt){"key-format", TOOL_OPT_STR, &c->key_format, 0, 0, NULL};
+    opts[(*n)++] = (tool_opt){"heads", TOOL_OPT_INT, &c->heads, 1, HISA_MAX_HEADS,
+                              "indexer heads H, HISA_MAX_HEADS"};
+    opts[(*n)++] = (tool_opt){"block-size", TOOL_OPT_INT, &c->block_size, 32, 256,
+                              "tokens per block B: 32, 64, 128 or 256"};
+    opts[(*n)++] = (tool_opt){"top-blocks", TOOL_OPT_INT, &c->top_blocks, 2, HISA_MAX_TOP_BLOCKS,
+                              "blocks m kept by the coarse stage, HISA_MAX_TOP_BLOCKS"};
+    opts[(*n)++] = (tool_opt){"topk", TOOL_OPT_INT, &c->topk, 1, HISA_MAX_TOPK,
+                              "tokens k selected per query, HISA_MAX_TOPK"};
 }
 
 int tool_cfg_apply(const char *cmd, const tool_cfg_opts *c, hisa_config *cfg) {
@@ -176,24 +223,41 @@ int tool_cfg_apply(const char *cmd, const tool_cfg_opts *c, hisa_config *cfg) {
             return TOOL_EXIT_USAGE;
         }
     }
-    /* Negative values would silently mean "default" to nobody; 0 does mean default. */
-    const struct {
-        const char *name;
-        int32_t v;
-    } ints[] = {{"heads", c->heads},   {"block-size", c->block_size}, {"top-blocks", c->top_blocks},
-                {"topk", c->topk},     {"layers", c->layers}};
-    for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++)
-        if (ints[i].v < 0) {
-            fprintf(stderr, "hisa %s: --%s must be positive, got %d\n", cmd, ints[i].name,
-                    ints[i].v);
-            return TOOL_EXIT_USAGE;
-        }
+    /* The options' ranges were checked when they were parsed: 0 here means "not given". */
+    assert(c->heads >= 0 && c->block_size >= 0 && c->top_blocks >= 0 && c->topk >= 0);
+    assert(c->layers >= 0);
     if (c->heads) cfg->n_heads = c->heads;
     if (c->block_size) cfg->block_size = c->block_size;
     if (c->top_blocks) cfg->top_blocks = c->top_blocks;
     if (c->topk) cfg->topk = c->topk;
     if (c->layers) cfg->n_layers = c->layers;
     return 0;
+}
+
+/* --- output files ------------------------------------------------------------------------- */
+int tool_check_output(const char *cmd, const char *opt, const char *path) {
+    assert(cmd && opt && path);
+    struct stat st;
+    const char *why = NULL;
+    if (!*path) why = "an empty file name";
+    else if (stat(path, &st) == 0 && S_ISDIR(st.st_mode)) why = "is a directory";
+    if (!why) {
+        /* Create it (and remove it again) or open the existing file for writing; O_NONBLOCK so
+         * that a FIFO without a reader fails instead of blocking. */
+        int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NONBLOCK | O_CLOEXEC, 0666);
+        int created = fd >= 0, create_err = errno;
+        if (fd < 0 && create_err == EEXIST) fd = open(path, O_WRONLY | O_NONBLOCK | O_CLOEXEC);
+        if (fd < 0)
+            why = create_err == ENOENT ? "its directory does not exist"
+                  : errno == ENXIO     ? "a FIFO that no process reads"
+                                       : strerror(errno);
+        else close(fd);
+        if (created) unlink(path);
+    }
+    if (!why) return 0;
+    fprintf(stderr, "hisa %s: --%s %s: cannot write the output: %s (checked before the run)\n",
+            cmd, opt, path, why);
+    return TOOL_EXIT_USAGE;
 }
 
 /* --- devices ------------------------------------------------------------------------------ */
@@ -253,26 +317,28 @@ int tool_pick_device(const char *cmd, const char *name, int32_t *device_out,
 /* --- errors ------------------------------------------------------------------------------- */
 int tool_lib_error(const char *cmd, const char *what, int err, const hisa_plan *plan) {
     if ((err == HISA_ECONFIG || err == HISA_EOVERFLOW) && plan && plan->invalid_field)
-        fprintf(stderr, "hisa %s: %s: %s (field %s)\n", cmd, what, hisa_strerror(err),
-                plan->invalid_field);
-    else
-        fprintf(stderr, "hisa %s: %s: %s\n", cmd, what, hisa_strerror(err));
+        return tool_config_error(cmd, plan, &plan->config, NULL);
+    fprintf(stderr, "hisa %s: %s: %s\n", cmd, what, hisa_strerror(err));
     return err == HISA_ECONFIG || err == HISA_EOVERFLOW || err == HISA_ELIMIT
                ? TOOL_EXIT_USAGE
                : TOOL_EXIT_FAIL;
 }
 
-int tool_open(const char *cmd, const hisa_config *cfg, hisa_runtime **rt_out) {
+int tool_open(const char *cmd, const hisa_config *cfg, const tool_field_name *names,
+              hisa_runtime **rt_out) {
     hisa_plan plan;
     int err = hisa_plan_compute(cfg, &plan);
-    if (err != HISA_OK) return tool_lib_error(cmd, "configuration", err, &plan);
+    if (err != HISA_OK && plan.invalid_field) return tool_config_error(cmd, &plan, cfg, names);
+    if (err != HISA_OK) return tool_lib_error(cmd, "configuration", err, NULL);
     err = hisa_open(rt_out, cfg, NULL);
     if (err != HISA_OK) {
         char dev[32], b_dev[32], b_host[32];
+        const char *detail = hisa_open_detail();
         tool_device_name(cfg->device, dev, sizeof dev);
-        fprintf(stderr, "hisa %s: opening the runtime on %s (%s device, %s host): %s\n", cmd,
+        fprintf(stderr, "hisa %s: opening the runtime on %s (%s device, %s host): %s%s%s\n", cmd,
                 dev, tool_fmt_bytes(plan.device_bytes, b_dev, sizeof b_dev),
-                tool_fmt_bytes(plan.host_bytes, b_host, sizeof b_host), hisa_strerror(err));
+                tool_fmt_bytes(plan.host_bytes, b_host, sizeof b_host), hisa_strerror(err),
+                detail && *detail ? ": " : "", detail ? detail : "");
         return err == HISA_ECONFIG ? TOOL_EXIT_USAGE : TOOL_EXIT_FAIL;
     }
     return 0;

@@ -15,27 +15,33 @@ static void eval_help(void) {
         "Runs flat (DSA) and HISA selection on the same inputs (as hisa select reads them:\n"
         "query i at position L - n_q + i) and reports, per query, the IoU of the two\n"
         "selections |S_hisa & S_flat| / |S_hisa | S_flat| and the needle recall, then a\n"
-        "summary with the time of each mode.\n"
+        "summary with the time of each mode. Queries whose two selections are equal by\n"
+        "construction (they see at most k tokens, or at most m blocks: every block is a\n"
+        "candidate and the coarse stage is skipped) are counted and named in a note\n"
+        "(trivial_queries in --json).\n"
         "\n"
         "inputs:\n"
         "  --keys K.npy       [L,128] float32, or [L,128] uint8 fp8 e4m3 codes with --scales\n"
+        "                     (regular files; keys, queries, weights finite, scales positive)\n"
         "  --scales S.npy     [L] float32\n"
         "  --queries Q.npy    [n_q,H,128] float32, or uint16 bf16 bits / uint8 fp8 e4m3fn\n"
         "                     codes with --query-format bf16 / fp8\n"
         "  --weights W.npy    [n_q,H] float32, used as given (fp8: query scales folded in)\n"
-        "  --needles N.npy    int32 planted positions: [n] for every query, or [n_q,n] per\n"
-        "                     query (-1 entries ignored). Recall counts, over all queries, the\n"
-        "                     needles a query can see (position <= its own) that it selected.\n"
+        "  --needles N.npy    int32 ('<i4') planted positions: [n] for every query, or\n"
+        "                     [n_q,n] per query (-1 entries ignored). Recall counts, over all\n"
+        "                     queries, the needles a query can see (position <= its own) that\n"
+        "                     it selected.\n"
         "options:\n"
         "  --query-format F   f32 (default), bf16 or fp8: the dtype of Q.npy, passed to the\n"
         "                     library as is (see hisa select --help)\n"
         "  --json             print one JSON object instead of the text report\n"
-        "  --show N           per-query lines in the text report (default 32; all in --json)\n"
-        "  --repeat R         run each mode R times and report the mean time (default 1)\n"
+        "  --show N           per-query lines in the text report (default 32; 0: none; all in\n"
+        "                     --json)\n"
+        "  --repeat R         run each mode R times and report the mean time (default 1), >= 1\n"
         "  --key-format F     fp8 (default) or bf16\n"
         "  --block-size B     32, 64, 128 (default), 256\n"
-        "  --top-blocks M     blocks kept by the coarse stage (default 64)\n"
-        "  --topk K           tokens per query (default 2048)\n"
+        "  --top-blocks M     blocks kept by the coarse stage (default 64), 2..1024\n"
+        "  --topk K           tokens per query (default 2048), 1..16384; (M - 1) x B >= K\n"
         "  --heads H          optional check against Q.npy\n"
         "  --device D         cpu, cuda or cuda:N (default: cuda:0 when available, else cpu)\n"
         "\n"
@@ -62,6 +68,8 @@ typedef struct eval_result {
     double t_flat, t_hisa;          /* mean seconds per run of each mode */
     double iou_sum, iou_min;
     int64_t vis_total, found_flat_total, found_hisa_total;
+    int32_t n_trivial; /* queries whose HISA selection is flat's by construction */
+    char why[256];     /* why, for the last of them (the one that sees the most) */
 } eval_result;
 
 /* Needles visible to query i (at position t) and how many of them sel holds. */
@@ -84,26 +92,20 @@ static int eval_parse(int argc, char **argv, eval_opts *o) {
     *o = (eval_opts){.show = 32, .repeat = 1};
     tool_opt opts[20];
     int n = 0;
-    opts[n++] = (tool_opt){"keys", TOOL_OPT_STR, &o->in.keys_path};
-    opts[n++] = (tool_opt){"scales", TOOL_OPT_STR, &o->in.scales_path};
-    opts[n++] = (tool_opt){"queries", TOOL_OPT_STR, &o->in.queries_path};
-    opts[n++] = (tool_opt){"weights", TOOL_OPT_STR, &o->in.weights_path};
-    opts[n++] = (tool_opt){"needles", TOOL_OPT_STR, &o->needles_path};
-    opts[n++] = (tool_opt){"json", TOOL_OPT_FLAG, &o->json};
-    opts[n++] = (tool_opt){"show", TOOL_OPT_INT, &o->show};
-    opts[n++] = (tool_opt){"repeat", TOOL_OPT_INT, &o->repeat};
-    opts[n++] = (tool_opt){"query-format", TOOL_OPT_STR, &o->q_format_s};
+    opts[n++] = (tool_opt){"keys", TOOL_OPT_STR, &o->in.keys_path, 0, 0, NULL};
+    opts[n++] = (tool_opt){"scales", TOOL_OPT_STR, &o->in.scales_path, 0, 0, NULL};
+    opts[n++] = (tool_opt){"queries", TOOL_OPT_STR, &o->in.queries_path, 0, 0, NULL};
+    opts[n++] = (tool_opt){"weights", TOOL_OPT_STR, &o->in.weights_path, 0, 0, NULL};
+    opts[n++] = (tool_opt){"needles", TOOL_OPT_STR, &o->needles_path, 0, 0, NULL};
+    opts[n++] = (tool_opt){"json", TOOL_OPT_FLAG, &o->json, 0, 0, NULL};
+    opts[n++] = (tool_opt){"show", TOOL_OPT_INT, &o->show, 0, INT32_MAX, "per-query lines"};
+    opts[n++] = (tool_opt){"repeat", TOOL_OPT_INT, &o->repeat, 1, INT32_MAX, "runs of each mode"};
+    opts[n++] = (tool_opt){"query-format", TOOL_OPT_STR, &o->q_format_s, 0, 0, NULL};
     tool_cfg_opts_add(opts, &n, &o->c);
     assert(n <= (int)(sizeof opts / sizeof opts[0]));
     int rc = tool_parse_opts("eval", argc, argv, opts, n);
     if (rc) return rc;
-    rc = tool_parse_q_format("eval", o->q_format_s, &o->in.q_format);
-    if (rc) return rc;
-    if (o->repeat < 1 || o->show < 0) {
-        fprintf(stderr, "hisa eval: --repeat must be >= 1 and --show >= 0\n");
-        return TOOL_EXIT_USAGE;
-    }
-    return 0;
+    return tool_parse_q_format("eval", o->q_format_s, &o->in.q_format);
 }
 
 /* Checks the needle file against the inputs: int32 [n] or [n_q,n], positions in 0..L-1 or -1.
@@ -137,8 +139,14 @@ static int needles_check(const npy_array *nd, const char *path, const tool_input
 static int needles_load(const eval_opts *o, npy_array *nd) {
     assert(o && nd);
     if (!o->needles_path) return 0;
-    char err[NPY_ERR_MAX];
+    char err[NPY_ERR_MAX], descr[64], derr[NPY_ERR_MAX];
     int bad = npy_read(o->needles_path, nd, err, sizeof err) != 0;
+    if (bad && npy_read_descr(o->needles_path, descr, sizeof descr, derr, sizeof derr) == 0 &&
+        strcmp(descr, "<i4") != 0)
+        snprintf(err, sizeof err,
+                 "%s: expected needle positions as int32 '<i4', [n] or [n_q,n]; got dtype '%s': "
+                 "save them with np.save(path, x.astype(np.int32))",
+                 o->needles_path, descr);
     if (!bad) bad = needles_check(nd, o->needles_path, &o->in, err, sizeof err) != 0;
     if (bad) {
         fprintf(stderr, "hisa eval: %s\n", err);
@@ -211,6 +219,32 @@ static int eval_run(hisa_runtime *rt, int32_t seq, const eval_opts *o, const npy
     return 0;
 }
 
+/* The queries whose selections are the same in both modes by construction (SPEC "Selection"
+ * rules 1 and 3: they see at most k tokens, or at most m blocks): counted, with the reason. */
+static void eval_trivial(const tool_inputs *in, const hisa_config *cfg, eval_result *res) {
+    assert(in && cfg && res);
+    res->n_trivial = 0;
+    for (int32_t i = 0; i < in->n_q; i++) {
+        int64_t visible = (int64_t)in->L - in->n_q + i + 1;
+        if (tool_trivial_why(visible, cfg, res->why, sizeof res->why)) res->n_trivial++;
+    }
+}
+
+/* The note on eval_trivial's queries, if any. */
+static void report_trivial(const tool_inputs *in, const hisa_config *cfg, const eval_result *res) {
+    assert(in && cfg && res);
+    int tokens = tool_trivial_kind(in->L, cfg) == TOOL_TRIVIAL_TOKENS;
+    if (res->n_trivial == in->n_q)
+        printf("note: every query sees at most %d tokens; %s. %s\n", in->L, res->why,
+               tokens ? "Use more than k tokens (or a lower --topk) to compare the selections"
+                      : "Lower --top-blocks (or use a longer context) to test the coarse stage");
+    else if (res->n_trivial)
+        printf("note: %d of %d queries see at most m=%d blocks (%lld tokens): HISA equals flat "
+               "for them by construction\n",
+               res->n_trivial, in->n_q, cfg->top_blocks,
+               (long long)cfg->top_blocks * cfg->block_size);
+}
+
 /* --- report ------------------------------------------------------------------------------- */
 
 static void report_json(const eval_opts *o, const hisa_config *cfg, const char *dev,
@@ -232,8 +266,12 @@ static void report_json(const eval_opts *o, const hisa_config *cfg, const char *
         printf("}");
     }
     printf("], \"iou_mean\": %.6f, \"iou_min\": %.6f, \"time_flat_s\": %.6g, "
-           "\"time_hisa_s\": %.6g",
-           res->iou_sum / in->n_q, res->iou_min, res->t_flat, res->t_hisa);
+           "\"time_hisa_s\": %.6g, \"trivial_queries\": %d",
+           res->iou_sum / in->n_q, res->iou_min, res->t_flat, res->t_hisa, res->n_trivial);
+    if (res->n_trivial) {
+        printf(", \"trivial_why\": ");
+        tool_json_string(stdout, res->why);
+    }
     if (o->needles_path)
         printf(", \"needles_visible\": %lld, \"recall_flat\": %.6f, \"recall_hisa\": %.6f",
                (long long)res->vis_total,
@@ -282,6 +320,7 @@ static void report_text(const eval_opts *o, const hisa_config *cfg, const char *
         printf("\n");
     }
     report_text_summary(o, res);
+    report_trivial(in, cfg, res);
 }
 
 int hisa_cmd_eval(int argc, char **argv) {
@@ -307,6 +346,7 @@ int hisa_cmd_eval(int argc, char **argv) {
     if (!rc) rc = eval_run(rt, seq, &o, &nd, &res);
     if (!rc) {
         const hisa_config *cfg = hisa_get_config(rt);
+        eval_trivial(&o.in, cfg, &res);
         char dev[32];
         tool_device_name(cfg->device, dev, sizeof dev);
         if (o.json) report_json(&o, cfg, dev, &res);

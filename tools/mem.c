@@ -13,32 +13,39 @@ static void mem_help(void) {
         "\n"
         "The memory plan of a configuration (hisa_plan_compute: what hisa_open reserves, in\n"
         "two reservations, device and host), region by region with offsets and totals. Unset\n"
-        "options take the library's defaults. The live figures of a running pool (pages used /\n"
-        "free / high-water) come from `hisa stream --profile`.\n"
+        "options take the library's defaults; a value is taken as given (0 is refused where it\n"
+        "means nothing) and one out of range exits 2 with the range. The live figures of a\n"
+        "running pool (pages used / free / high-water) come from `hisa stream --profile`.\n"
         "\n"
         "options:\n"
-        "  --context N          max_context, tokens per sequence (default 131072); K, M ok\n"
-        "  --seqs N             max_seqs, sequences open at once (default 8)\n"
-        "  --layers N           indexer layers sharing one page table (default 1)\n"
-        "  --heads H            indexer heads (default 64)\n"
+        "  --context N          max_context, tokens per sequence (default 131072), 1..16M\n"
+        "                       (HISA_MAX_CONTEXT); K, M ok\n"
+        "  --seqs N             max_seqs, sequences open at once (default 8), 1..65536\n"
+        "  --layers N           indexer layers sharing one page table (default 1), 1..256\n"
+        "  --heads H            indexer heads (default 64), 1..128 (HISA_MAX_HEADS)\n"
         "  --key-format F       fp8 (default) or bf16\n"
         "  --block-size B       32, 64, 128 (default), 256\n"
-        "  --top-blocks M       (default 64)\n"
-        "  --topk K             (default 2048)\n"
-        "  --payload-bytes N    opaque bytes per token per layer, e.g. a latent KV (default 0)\n"
+        "  --top-blocks M       (default 64), 2..1024; (M - 1) x B >= K must hold\n"
+        "  --topk K             (default 2048), 1..16384 (HISA_MAX_TOPK)\n"
+        "  --payload-bytes N    opaque bytes per token per layer, e.g. a latent KV (default 0,\n"
+        "                       none), 0..65536\n"
         "  --pages N            pages in the pool (default seqs * ceil(context / B))\n"
-        "  --max-batch N        sequences per decode call (default seqs)\n"
-        "  --prefill-queries N  tokens per write_range / queries per prefill (default 1024)\n"
-        "  --gpu-mem SIZE       e.g. 80G: how many sequences of --context fit in SIZE bytes of\n"
-        "                       device memory (plans for CUDA unless --device cpu is given;\n"
-        "                       --seqs and --pages are then what is searched)\n"
+        "  --max-batch N        sequences per decode call, 1..256 (HISA_MAX_BATCH; default\n"
+        "                       min(seqs, 256))\n"
+        "  --prefill-queries N  tokens per write_range / queries per prefill, 1..16384\n"
+        "                       (HISA_MAX_PREFILL_QUERIES; default min(context, 1024))\n"
+        "  --gpu-mem SIZE       e.g. 80G: the largest number of sequences of --context whose\n"
+        "                       device reservation fits in SIZE bytes, with the pool sized to\n"
+        "                       match; the table (and --json) then describe that configuration.\n"
+        "                       Plans for CUDA unless --device cpu is given; --seqs and --pages\n"
+        "                       are what it searches, so they cannot be given with it\n"
         "  --json               one JSON object instead of the table\n"
         "  --device D           plan for cpu, cuda or cuda:N (default: cuda:0 when available,\n"
         "                       else cpu; regions differ by backend)\n");
 }
 
 typedef struct mem_opts {
-    int32_t context, seqs, payload_bytes, pages, max_batch, prefill_queries;
+    int32_t context, seqs, payload_bytes, pages, max_batch, prefill_queries; /* 0: not given */
     uint64_t gpu_mem;
     int json;
     tool_cfg_opts c;
@@ -54,54 +61,50 @@ static void print_config_json(const hisa_config *c, const char *dev) {
            c->n_pages, c->max_batch, c->max_prefill_queries);
 }
 
-/* The largest max_seqs whose plan fits in gpu_mem device bytes (0 if none), with its plan.
- * When the caller did not pin --max-batch, a decode call takes min(seqs, 256) sequences:
- * an engine splits larger batches, and the library caps a call there. */
-static int32_t fit_seqs(hisa_config base, const mem_opts *o, hisa_plan *best,
-                        const char **limit_out) {
-    int32_t lo = 0, hi = 1;
-    *limit_out = NULL;
-    base.n_pages = 0; /* the pool follows the number of sequences */
-    for (;;) {
-        hisa_config c = base;
-        c.max_seqs = hi;
-        if (!o->max_batch) c.max_batch = hi < 256 ? hi : 256;
-        hisa_plan p;
-        int err = hisa_plan_compute(&c, &p);
-        if (err || p.device_bytes > o->gpu_mem) {
-            if (err) *limit_out = p.invalid_field ? p.invalid_field : hisa_strerror(err);
-            break;
-        }
-        lo = hi;
-        *best = p;
-        if (hi > (1 << 29)) break;
-        hi *= 2;
-    }
-    /* lo fits (or is 0); hi does not: bisect */
-    while (hi - lo > 1) {
-        int32_t mid = lo + (hi - lo) / 2;
-        hisa_config c = base;
-        c.max_seqs = mid;
-        if (!o->max_batch) c.max_batch = mid < 256 ? mid : 256;
-        hisa_plan p;
-        int err = hisa_plan_compute(&c, &p);
-        if (!err && p.device_bytes <= o->gpu_mem) {
-            lo = mid;
-            *best = p;
-        } else {
-            hi = mid;
-        }
-    }
-    return lo;
-}
-
-/* The --gpu-mem answer: how many sequences fit, their plan, and the configuration limit that
- * stopped the search (NULL when memory did). */
+/* The --gpu-mem answer: how many sequences fit, their plan, and the configuration rule that
+ * stopped the search (NULL when memory did), in the command's terms. */
 typedef struct mem_fit {
     int32_t seqs;
     hisa_plan plan;
-    const char *limit;
+    char limit[256];
 } mem_fit;
+
+/* The plan of base with seqs sequences (the pool follows them); 1 when its device reservation
+ * fits in gpu_mem, 0 when not, -1 when a rule refuses it (the rule in fit->limit). */
+static int fits(const hisa_config *base, int32_t seqs, uint64_t gpu_mem, hisa_plan *p,
+                mem_fit *fit) {
+    hisa_config c = *base;
+    c.max_seqs = seqs;
+    c.n_pages = 0;
+    int err = hisa_plan_compute(&c, p);
+    if (err) {
+        tool_rule_text(p->invalid_rule ? p->invalid_rule : hisa_strerror(err), NULL, fit->limit,
+                       sizeof fit->limit);
+        return -1;
+    }
+    return p->device_bytes <= gpu_mem;
+}
+
+/* The largest max_seqs whose plan fits in gpu_mem device bytes (0 if none) into fit. */
+static void fit_seqs(const hisa_config *base, uint64_t gpu_mem, mem_fit *fit) {
+    int32_t lo = 0, hi = 1;
+    hisa_plan p;
+    for (;;) { /* doubling until hi does not fit */
+        if (fits(base, hi, gpu_mem, &p, fit) != 1) break;
+        lo = hi;
+        fit->plan = p;
+        if (hi > (1 << 29)) break;
+        hi *= 2;
+    }
+    while (hi - lo > 1) { /* lo fits (or is 0); hi does not: bisect */
+        int32_t mid = lo + (hi - lo) / 2;
+        if (fits(base, mid, gpu_mem, &p, fit) == 1) lo = mid, fit->plan = p;
+        else hi = mid;
+    }
+    fit->limit[0] = 0;
+    if (hi == lo + 1) (void)fits(base, hi, gpu_mem, &p, fit); /* a rule that stops lo + 1 */
+    fit->seqs = lo;
+}
 
 /* --- parse -------------------------------------------------------------------------------- */
 
@@ -111,35 +114,43 @@ static int mem_parse(int argc, char **argv, mem_opts *o) {
     *o = (mem_opts){0};
     tool_opt opts[24];
     int n = 0;
-    opts[n++] = (tool_opt){"context", TOOL_OPT_INT, &o->context};
-    opts[n++] = (tool_opt){"seqs", TOOL_OPT_INT, &o->seqs};
-    opts[n++] = (tool_opt){"layers", TOOL_OPT_INT, &o->c.layers};
-    opts[n++] = (tool_opt){"payload-bytes", TOOL_OPT_INT, &o->payload_bytes};
-    opts[n++] = (tool_opt){"pages", TOOL_OPT_INT, &o->pages};
-    opts[n++] = (tool_opt){"max-batch", TOOL_OPT_INT, &o->max_batch};
-    opts[n++] = (tool_opt){"prefill-queries", TOOL_OPT_INT, &o->prefill_queries};
-    opts[n++] = (tool_opt){"gpu-mem", TOOL_OPT_SIZE, &o->gpu_mem};
-    opts[n++] = (tool_opt){"json", TOOL_OPT_FLAG, &o->json};
+    opts[n++] = (tool_opt){"context", TOOL_OPT_INT, &o->context, 1, HISA_MAX_CONTEXT,
+                           "tokens per sequence, HISA_MAX_CONTEXT"};
+    opts[n++] = (tool_opt){"seqs", TOOL_OPT_INT, &o->seqs, 1, INT32_MAX, "sequences"};
+    opts[n++] = TOOL_OPT_LAYERS(&o->c.layers);
+    opts[n++] = (tool_opt){"payload-bytes", TOOL_OPT_INT, &o->payload_bytes, 0, INT32_MAX,
+                           "bytes per token per layer"};
+    opts[n++] = (tool_opt){"pages", TOOL_OPT_INT, &o->pages, 1, INT32_MAX, "pages in the pool"};
+    opts[n++] = (tool_opt){"max-batch", TOOL_OPT_INT, &o->max_batch, 1, HISA_MAX_BATCH,
+                           "sequences per decode call, HISA_MAX_BATCH"};
+    opts[n++] = (tool_opt){"prefill-queries", TOOL_OPT_INT, &o->prefill_queries, 1,
+                           HISA_MAX_PREFILL_QUERIES,
+                           "tokens per write_range, queries per prefill, HISA_MAX_PREFILL_QUERIES"};
+    opts[n++] = (tool_opt){"gpu-mem", TOOL_OPT_SIZE, &o->gpu_mem, 1, 0, "device memory, e.g. 80G"};
+    opts[n++] = (tool_opt){"json", TOOL_OPT_FLAG, &o->json, 0, 0, NULL};
     tool_cfg_opts_add(opts, &n, &o->c);
     assert(n <= (int)(sizeof opts / sizeof opts[0]));
     int rc = tool_parse_opts("mem", argc, argv, opts, n);
     if (rc) return rc;
-    if (o->context < 0 || o->seqs < 0 || o->payload_bytes < 0 || o->pages < 0 ||
-        o->max_batch < 0 || o->prefill_queries < 0) {
-        fprintf(stderr, "hisa mem: sizes must not be negative\n");
+    if (o->gpu_mem && (o->seqs || o->pages)) {
+        fprintf(stderr,
+                "hisa mem: --gpu-mem searches the number of sequences and sizes the pool to "
+                "match; it cannot be given with %s\n",
+                o->seqs ? "--seqs" : "--pages");
         return TOOL_EXIT_USAGE;
     }
     return 0;
 }
 
-/* The configuration of the options (0 = the library's default) and the device planned for. */
+/* The configuration of the options (0 = the library's default) and the device planned for.
+ * With --gpu-mem, one sequence: the smallest configuration the search starts from. */
 static int mem_configure(const mem_opts *o, hisa_config *cfg) {
     assert(o && cfg);
     *cfg = (hisa_config){0};
     int rc = tool_cfg_apply("mem", &o->c, cfg);
     if (rc) return rc;
     cfg->max_context = o->context;
-    cfg->max_seqs = o->seqs;
+    cfg->max_seqs = o->gpu_mem ? 1 : o->seqs;
     cfg->payload_bytes = o->payload_bytes;
     cfg->n_pages = o->pages;
     cfg->max_batch = o->max_batch;
@@ -153,6 +164,8 @@ static int mem_configure(const mem_opts *o, hisa_config *cfg) {
 
 /* --- report ------------------------------------------------------------------------------- */
 
+/* plan is what the table describes: with --gpu-mem the fitting configuration (or the one
+ * sequence that does not fit). */
 static void print_json(const mem_opts *o, const hisa_plan *plan, const char *dev,
                        const mem_fit *fit) {
     assert(o && plan && dev && fit);
@@ -170,13 +183,13 @@ static void print_json(const mem_opts *o, const hisa_plan *plan, const char *dev
     printf("], \"device_bytes\": %llu, \"host_bytes\": %llu",
            (unsigned long long)plan->device_bytes, (unsigned long long)plan->host_bytes);
     if (o->gpu_mem) {
-        printf(", \"fit\": {\"gpu_mem_bytes\": %llu, \"context\": %d, \"max_seqs\": %d",
-               (unsigned long long)o->gpu_mem, plan->config.max_context, fit->seqs);
-        if (fit->seqs)
-            printf(", \"device_bytes\": %llu, \"host_bytes\": %llu",
-                   (unsigned long long)fit->plan.device_bytes,
-                   (unsigned long long)fit->plan.host_bytes);
-        if (fit->limit) {
+        /* config and regions above are the fitting configuration (max_seqs = fit.max_seqs), or
+         * the one sequence that does not fit (fits false) */
+        printf(", \"fit\": {\"gpu_mem_bytes\": %llu, \"context\": %d, \"max_seqs\": %d, "
+               "\"fits\": %s",
+               (unsigned long long)o->gpu_mem, plan->config.max_context, fit->seqs,
+               fit->seqs ? "true" : "false");
+        if (fit->limit[0]) {
             printf(", \"limited_by\": ");
             tool_json_string(stdout, fit->limit);
         }
@@ -212,18 +225,22 @@ static void print_regions(const hisa_plan *plan) {
                n_empty);
 }
 
-static void print_fit(const mem_opts *o, const hisa_config *rcfg, const mem_fit *fit) {
-    assert(o && o->gpu_mem && rcfg && fit);
+/* With --gpu-mem, before the table: what fits, and that the table is that configuration. */
+static void print_fit(const mem_opts *o, const hisa_plan *plan, const mem_fit *fit) {
+    assert(o && o->gpu_mem && plan && fit);
     char b1[32], b2[32];
-    printf("\n%s of device memory holds %d sequence%s of %d tokens",
-           tool_fmt_bytes(o->gpu_mem, b1, sizeof b1), fit->seqs, fit->seqs == 1 ? "" : "s",
-           rcfg->max_context);
+    tool_fmt_bytes(o->gpu_mem, b1, sizeof b1);
     if (fit->seqs)
-        printf(" (device %s, host %s)", tool_fmt_bytes(fit->plan.device_bytes, b1, sizeof b1),
-               tool_fmt_bytes(fit->plan.host_bytes, b2, sizeof b2));
-    printf("\n");
-    if (fit->limit) printf("  (bounded by the configuration limit on %s)\n", fit->limit);
-    if (!fit->seqs) printf("  not even one sequence fits: shorten --context or raise --gpu-mem\n");
+        printf("%s of device memory holds %d sequence%s of %d tokens; the plan below is that "
+               "configuration (max_seqs %d, the pool sized to match)\n",
+               b1, fit->seqs, fit->seqs == 1 ? "" : "s", plan->config.max_context, fit->seqs);
+    else
+        printf("not even one sequence of %d tokens fits in %s of device memory: it needs %s; "
+               "the plan below is that one sequence (shorten --context or raise --gpu-mem)\n",
+               plan->config.max_context, b1, tool_fmt_bytes(plan->device_bytes, b2, sizeof b2));
+    if (fit->limit[0])
+        printf("  (bounded by the configuration rule %s: one more sequence breaks it)\n",
+               fit->limit);
 }
 
 static void print_text(const mem_opts *o, const hisa_plan *plan, const char *dev,
@@ -232,22 +249,22 @@ static void print_text(const mem_opts *o, const hisa_plan *plan, const char *dev
     const hisa_config *rcfg = &plan->config;
     char b1[32], b2[32];
     printf("hisa mem: plan for %s (nothing reserved)\n", dev);
+    if (o->gpu_mem) print_fit(o, plan, fit);
     printf("config: %d layer%s, H=%d, B=%d, m=%d, k=%d, keys %s, payload %d B/token/layer,\n"
-           "        %d sequences x %d tokens, %d pages, decode batch %d, prefill chunk %d\n",
+           "        %d sequence%s x %d tokens, %d pages, decode batch %d, prefill chunk %d\n",
            rcfg->n_layers, rcfg->n_layers == 1 ? "" : "s", rcfg->n_heads, rcfg->block_size,
            rcfg->top_blocks, rcfg->topk, tool_key_format_name(rcfg->key_format),
-           rcfg->payload_bytes, rcfg->max_seqs, rcfg->max_context, rcfg->n_pages,
-           rcfg->max_batch, rcfg->max_prefill_queries);
+           rcfg->payload_bytes, rcfg->max_seqs, rcfg->max_seqs == 1 ? "" : "s",
+           rcfg->max_context, rcfg->n_pages, rcfg->max_batch, rcfg->max_prefill_queries);
     print_regions(plan);
     printf("\ntotal: device %llu bytes (%s), host %llu bytes (%s)\n",
            (unsigned long long)plan->device_bytes,
            tool_fmt_bytes(plan->device_bytes, b1, sizeof b1),
            (unsigned long long)plan->host_bytes, tool_fmt_bytes(plan->host_bytes, b2, sizeof b2));
     if (rcfg->max_seqs > 0)
-        printf("per sequence slot: %s device (total / %d sequences)\n",
+        printf("per sequence slot: %s device (total / %d sequence%s)\n",
                tool_fmt_bytes(plan->device_bytes / (uint64_t)rcfg->max_seqs, b1, sizeof b1),
-               rcfg->max_seqs);
-    if (o->gpu_mem) print_fit(o, rcfg, fit);
+               rcfg->max_seqs, rcfg->max_seqs == 1 ? "" : "s");
 }
 
 int hisa_cmd_mem(int argc, char **argv) {
@@ -263,12 +280,14 @@ int hisa_cmd_mem(int argc, char **argv) {
     if (rc) return rc;
     hisa_plan plan;
     int err = hisa_plan_compute(&cfg, &plan);
-    if (err) return tool_lib_error("mem", "configuration", err, &plan);
+    if (err && plan.invalid_field) return tool_config_error("mem", &plan, &cfg, NULL);
+    if (err) return tool_lib_error("mem", "configuration", err, NULL);
     char dev[32];
     tool_device_name(plan.config.device, dev, sizeof dev);
     mem_fit fit = {0};
-    if (o.gpu_mem) fit.seqs = fit_seqs(cfg, &o, &fit.plan, &fit.limit);
-    if (o.json) print_json(&o, &plan, dev, &fit);
-    else print_text(&o, &plan, dev, &fit);
+    if (o.gpu_mem) fit_seqs(&cfg, o.gpu_mem, &fit);
+    const hisa_plan *shown = fit.seqs ? &fit.plan : &plan;
+    if (o.json) print_json(&o, shown, dev, &fit);
+    else print_text(&o, shown, dev, &fit);
     return TOOL_EXIT_OK;
 }

@@ -3,6 +3,7 @@
  * query aligned with it, and records whether flat DSA and HISA select the needle. Output: the
  * grid as text, a CSV, and an SVG heatmap in the style of the HISA paper's NIAH figure. */
 #include <assert.h>
+#include <errno.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -102,147 +103,95 @@ static void niah_help(void) {
         "gain / B of its own score, so a small gain probes the block filter hard.\n"
         "Depth d puts the needle at position 4 + round(d/100 * (L - 6)): just after the 4\n"
         "sinks at 0%%, just before the query's own token at 100%%.\n"
+        "A context of at most k tokens selects every token (recall 1 in both panels by\n"
+        "construction), and one of at most m blocks makes HISA equal flat by construction:\n"
+        "such columns are marked * in the SVG, named in a note and in the CSV's\n"
+        "by_construction column (all_tokens, all_blocks; none otherwise).\n"
         "\n"
-        "options:\n"
-        "  --contexts LIST    context lengths, comma-separated (default 8K,16K,32K,64K,128K on\n"
-        "                     a GPU; 8K,16K,32K on the CPU: about 10 s on two cores)\n"
-        "  --depths LIST      needle depths in %%, comma-separated (default 0,10,...,100)\n"
-        "  --trials N         haystacks per cell, each with its own seed (default 1)\n"
-        "  --needle-gain G    needle key scale relative to a topic key (default 48)\n"
+        "options (GPU default / CPU default):\n"
+        "  --contexts LIST    context lengths, comma-separated, each 1..16M (HISA_MAX_CONTEXT)\n"
+        "                     (8K,16K,32K,64K,128K / 8K,16K,32K: a few seconds on two cores)\n"
+        "  --depths LIST      needle depths in %%, comma-separated, each 0..100 (default\n"
+        "                     0,10,...,100)\n"
+        "  --trials N         haystacks per cell, each with its own seed (default 1), >= 1\n"
+        "  --needle-gain G    needle key scale relative to a topic key (default 48), > 0\n"
         "  --seed S           base seed (default 1)\n"
         "  --csv FILE         CSV output (default niah.csv)\n"
-        "  --svg FILE         SVG heatmap output (default niah.svg)\n"
+        "  --svg FILE         SVG heatmap output (default niah.svg); both files are checked to\n"
+        "                     be writable before the run\n"
         "  --key-format F     fp8 (default) or bf16\n"
-        "  --heads H          indexer heads (default 64)\n"
+        "  --heads H          indexer heads (default 64), 1..128\n"
         "  --block-size B     32, 64, 128 (default), 256\n"
-        "  --top-blocks M     (default 64)\n"
-        "  --topk K           (default 2048)\n"
+        "  --top-blocks M     (64 / 32), 2..1024; (M - 1) x B >= K must hold. On the CPU m is\n"
+        "                     32 so that the 8K column (64 blocks of 128) is not HISA = flat\n"
+        "  --topk K           (default 2048), 1..16384\n"
         "  --device D         cpu, cuda or cuda:N (default: cuda:0 when available, else cpu)\n");
 }
 
+/* One entry of a --contexts (integer) or --depths list into *out. Returns 0, or -1 after the
+ * message. */
+static int parse_entry(const char *cmd, const char *opt, const char *list, const char *tok,
+                       int integer, double *out) {
+    if (!*tok) {
+        fprintf(stderr,
+                "hisa %s: --%s '%s': an empty entry; expected a comma-separated list of %s\n", cmd,
+                opt, list, integer ? "token counts (e.g. 8K,16K)" : "percentages 0..100");
+        return -1;
+    }
+    if (integer) {
+        int64_t v = 0;
+        int r = tool_parse_i64(tok, &v);
+        if (r == -1) {
+            fprintf(stderr, "hisa %s: --%s: '%s' is not a token count (e.g. 8K,16K)\n", cmd, opt,
+                    tok);
+            return -1;
+        }
+        if (r == -2 || v < 1 || v > HISA_MAX_CONTEXT) {
+            fprintf(stderr, "hisa %s: --%s: '%s': out of range; expected 1..%d tokens "
+                    "(HISA_MAX_CONTEXT)\n", cmd, opt, tok, HISA_MAX_CONTEXT);
+            return -1;
+        }
+        *out = (double)v;
+        return 0;
+    }
+    char *end;
+    double v = strtod(tok, &end);
+    if (end == tok || *end || !(v >= 0 && v <= 100)) {
+        fprintf(stderr, "hisa %s: --%s: '%s'; expected a percentage 0..100\n", cmd, opt, tok);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+/* A comma-separated list into out[max]; returns how many, or -1 after the message. */
 static int parse_list(const char *cmd, const char *opt, const char *s, double *out, int max,
                       int integer) {
-    int n = 0;
     char buf[512];
-    if (strlen(s) >= sizeof buf) goto bad;
+    if (strlen(s) >= sizeof buf) {
+        fprintf(stderr, "hisa %s: --%s: the list is too long\n", cmd, opt);
+        return -1;
+    }
     strcpy(buf, s);
-    for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok;
-         tok = strtok_r(NULL, ",", &save)) {
+    int n = 0;
+    for (char *tok = buf;; n++) {
+        char *comma = strchr(tok, ',');
+        if (comma) *comma = 0;
         if (n >= max) {
             fprintf(stderr, "hisa %s: --%s: more than %d entries\n", cmd, opt, max);
             return -1;
         }
-        if (integer) {
-            int64_t v;
-            if (tool_parse_i64(tok, &v) != 0 || v < 1 || v > INT32_MAX) goto bad;
-            out[n++] = (double)v;
-        } else {
-            char *end;
-            double v = strtod(tok, &end);
-            if (end == tok || *end || !(v >= 0 && v <= 100)) goto bad;
-            out[n++] = v;
-        }
+        if (parse_entry(cmd, opt, s, tok, integer, &out[n]) != 0) return -1;
+        if (!comma) return n + 1;
+        tok = comma + 1;
     }
-    if (n == 0) goto bad;
-    return n;
-bad:
-    fprintf(stderr, "hisa %s: --%s: '%s'; expected a comma-separated list of %s\n", cmd, opt, s,
-            integer ? "positive token counts (e.g. 8K,16K)" : "percentages 0..100");
-    return -1;
-}
-
-static const char *ctx_label(int32_t c, char *buf, size_t n) {
-    if (c % (1 << 20) == 0) snprintf(buf, n, "%dM", c >> 20);
-    else if (c % 1024 == 0) snprintf(buf, n, "%dK", c >> 10);
-    else snprintf(buf, n, "%d", c);
-    return buf;
-}
-
-/* Red (0) through yellow (0.5) to green (1). */
-static void recall_color(double v, char *buf, size_t n) {
-    if (v < 0) v = 0;
-    if (v > 1) v = 1;
-    int r, g;
-    if (v < 0.5) {
-        r = 215;
-        g = (int)(48 + (217 - 48) * (v / 0.5));
-    } else {
-        r = (int)(215 - (215 - 26) * ((v - 0.5) / 0.5));
-        g = (int)(217 - (217 - 150) * ((v - 0.5) / 0.5));
-    }
-    snprintf(buf, n, "#%02x%02x%02x", r, g, 65);
-}
-
-static int write_svg(const char *path, const int32_t *ctx, int nc, const double *dep, int nd,
-                     const double *rec_flat, const double *rec_hisa, const char *subtitle) {
-    FILE *f = fopen(path, "w");
-    if (!f) return -1;
-    const int cw = 58, ch = 26, left = 64, top = 66, gap = 60;
-    const int panel_w = nc * cw, panel_h = nd * ch;
-    const int width = left + 2 * panel_w + gap + 90, height = top + panel_h + 64;
-    fprintf(f,
-            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" height=\"%d\" "
-            "font-family=\"sans-serif\" font-size=\"11\">\n"
-            "<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n"
-            "<text x=\"%d\" y=\"20\" font-size=\"15\" font-weight=\"bold\">Needle in a haystack: "
-            "recall of the needle in the top-k selection</text>\n"
-            "<text x=\"%d\" y=\"38\" fill=\"#555\">%s</text>\n",
-            width, height, left, left, subtitle);
-    for (int p = 0; p < 2; p++) {
-        const double *rec = p == 0 ? rec_flat : rec_hisa;
-        int x0 = left + p * (panel_w + gap);
-        fprintf(f, "<text x=\"%d\" y=\"%d\" font-size=\"13\" font-weight=\"bold\">%s</text>\n",
-                x0, top - 8, p == 0 ? "Flat DSA" : "HISA");
-        for (int di = 0; di < nd; di++) {
-            for (int ci = 0; ci < nc; ci++) {
-                double v = rec[di * nc + ci];
-                char col[16];
-                recall_color(v, col, sizeof col);
-                int x = x0 + ci * cw, y = top + di * ch;
-                fprintf(f,
-                        "<rect x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" fill=\"%s\" "
-                        "stroke=\"white\"/>\n"
-                        "<text x=\"%d\" y=\"%d\" text-anchor=\"middle\">%.2f</text>\n",
-                        x, y, cw, ch, col, x + cw / 2, y + ch / 2 + 4, v);
-            }
-            if (p == 0)
-                fprintf(f, "<text x=\"%d\" y=\"%d\" text-anchor=\"end\">%g%%</text>\n", x0 - 6,
-                        top + di * ch + ch / 2 + 4, dep[di]);
-        }
-        for (int ci = 0; ci < nc; ci++) {
-            char lab[16];
-            fprintf(f, "<text x=\"%d\" y=\"%d\" text-anchor=\"middle\">%s</text>\n",
-                    x0 + ci * cw + cw / 2, top + panel_h + 16, ctx_label(ctx[ci], lab, sizeof lab));
-        }
-        fprintf(f,
-                "<text x=\"%d\" y=\"%d\" text-anchor=\"middle\">context length (tokens)"
-                "</text>\n",
-                x0 + panel_w / 2, top + panel_h + 36);
-    }
-    fprintf(f,
-            "<text x=\"14\" y=\"%d\" transform=\"rotate(-90 14 %d)\" text-anchor=\"middle\">"
-            "needle depth</text>\n",
-            top + panel_h / 2, top + panel_h / 2);
-    /* legend */
-    int lx = left + 2 * panel_w + gap + 24;
-    for (int i = 0; i <= 10; i++) {
-        char col[16];
-        recall_color(1.0 - i / 10.0, col, sizeof col);
-        fprintf(f, "<rect x=\"%d\" y=\"%d\" width=\"16\" height=\"%d\" fill=\"%s\"/>\n", lx,
-                top + i * panel_h / 11, panel_h / 11 + 1, col);
-    }
-    fprintf(f,
-            "<text x=\"%d\" y=\"%d\">1.0</text>\n<text x=\"%d\" y=\"%d\">0.0</text>\n"
-            "<text x=\"%d\" y=\"%d\">recall</text>\n</svg>\n",
-            lx + 20, top + 10, lx + 20, top + panel_h, lx - 4, top - 8);
-    return fclose(f) == 0 ? 0 : -1;
 }
 
 static void print_grid(const char *title, const int32_t *ctx, int nc, const double *dep, int nd,
                        const double *rec) {
     char lab[16];
     printf("%s\n%8s", title, "depth");
-    for (int ci = 0; ci < nc; ci++) printf(" %7s", ctx_label(ctx[ci], lab, sizeof lab));
+    for (int ci = 0; ci < nc; ci++) printf(" %7s", tool_ctx_label(ctx[ci], lab, sizeof lab));
     printf("\n");
     for (int di = 0; di < nd; di++) {
         printf("%7g%%", dep[di]);
@@ -257,7 +206,8 @@ typedef struct niah_opts {
     const char *csv_path, *svg_path;
     int32_t trials;
     int64_t seed;
-    double gain; /* 0: the generator's default */
+    double gain; /* NAN: the generator's default */
+    int cpu_m;   /* 1 when m is the CPU default, for the messages */
 } niah_opts;
 
 /* The grid: context lengths (columns) x needle depths (rows). */
@@ -276,37 +226,37 @@ typedef struct niah_cells {
 
 /* --- parse -------------------------------------------------------------------------------- */
 
-/* Options into o. Returns tool_parse_opts's codes (-1: --help) or TOOL_EXIT_USAGE. */
+/* Options into o; the output files are checked here, before any work. Returns
+ * tool_parse_opts's codes (-1: --help) or TOOL_EXIT_USAGE. */
 static int niah_parse(int argc, char **argv, niah_opts *o) {
     assert(argc >= 1 && o);
     *o = (niah_opts){.depths_s = "0,10,20,30,40,50,60,70,80,90,100", .csv_path = "niah.csv",
-                     .svg_path = "niah.svg", .trials = 1, .seed = 1};
+                     .svg_path = "niah.svg", .trials = 1, .seed = 1, .gain = NAN};
     tool_opt opts[20];
     int n = 0;
-    opts[n++] = (tool_opt){"contexts", TOOL_OPT_STR, &o->contexts_s};
-    opts[n++] = (tool_opt){"depths", TOOL_OPT_STR, &o->depths_s};
-    opts[n++] = (tool_opt){"trials", TOOL_OPT_INT, &o->trials};
-    opts[n++] = (tool_opt){"needle-gain", TOOL_OPT_DOUBLE, &o->gain};
-    opts[n++] = (tool_opt){"seed", TOOL_OPT_I64, &o->seed};
-    opts[n++] = (tool_opt){"csv", TOOL_OPT_STR, &o->csv_path};
-    opts[n++] = (tool_opt){"svg", TOOL_OPT_STR, &o->svg_path};
+    opts[n++] = (tool_opt){"contexts", TOOL_OPT_STR, &o->contexts_s, 0, 0, NULL};
+    opts[n++] = (tool_opt){"depths", TOOL_OPT_STR, &o->depths_s, 0, 0, NULL};
+    opts[n++] = (tool_opt){"trials", TOOL_OPT_INT, &o->trials, 1, INT32_MAX, "haystacks per cell"};
+    opts[n++] = (tool_opt){"needle-gain", TOOL_OPT_DOUBLE, &o->gain, 0, 0, NULL};
+    opts[n++] = (tool_opt){"seed", TOOL_OPT_I64, &o->seed, 0, 0, NULL};
+    opts[n++] = (tool_opt){"csv", TOOL_OPT_STR, &o->csv_path, 0, 0, NULL};
+    opts[n++] = (tool_opt){"svg", TOOL_OPT_STR, &o->svg_path, 0, 0, NULL};
     tool_cfg_opts_add(opts, &n, &o->c);
     assert(n <= (int)(sizeof opts / sizeof opts[0]));
     int rc = tool_parse_opts("niah", argc, argv, opts, n);
     if (rc) return rc;
-    if (o->trials < 1) {
-        fprintf(stderr, "hisa niah: --trials must be >= 1\n");
+    if (!isnan(o->gain) && !(o->gain > 0 && o->gain <= 1e6)) {
+        fprintf(stderr, "hisa niah: --needle-gain %g: out of range; expected a positive number "
+                "up to 1e6 (the needle key's scale; default 48)\n", o->gain);
         return TOOL_EXIT_USAGE;
     }
-    if (o->gain < 0) {
-        fprintf(stderr, "hisa niah: --needle-gain must be positive\n");
-        return TOOL_EXIT_USAGE;
-    }
-    return 0;
+    rc = tool_check_output("niah", "csv", o->csv_path);
+    if (!rc) rc = tool_check_output("niah", "svg", o->svg_path);
+    return rc;
 }
 
-/* The configuration, the device (then the default contexts, which depend on it) and the grid.
- * One layer, one sequence of the longest context. */
+/* The configuration, the device (then the defaults that depend on it: the contexts, and m on
+ * the CPU) and the grid. One layer, one sequence of the longest context. */
 static int niah_configure(niah_opts *o, hisa_config *cfg, niah_grid *g, const char **why) {
     assert(o && cfg && g && why);
     *cfg = (hisa_config){0};
@@ -316,6 +266,8 @@ static int niah_configure(niah_opts *o, hisa_config *cfg, niah_grid *g, const ch
     if (rc) return rc;
     int gpu = cfg->device != HISA_DEVICE_CPU;
     if (!o->contexts_s) o->contexts_s = gpu ? "8K,16K,32K,64K,128K" : "8K,16K,32K";
+    o->cpu_m = !o->c.top_blocks && !gpu;
+    if (o->cpu_m) cfg->top_blocks = 32;
     double ctx_d[NIAH_MAX_CONTEXTS];
     g->nc = parse_list("niah", "contexts", o->contexts_s, ctx_d, NIAH_MAX_CONTEXTS, 1);
     if (g->nc < 0) return TOOL_EXIT_USAGE;
@@ -401,9 +353,31 @@ static void niah_header(const hisa_config *cfg, const char *dev, const char *why
     fflush(stdout);
 }
 
-/* The two grids and the means over every cell. */
-static void niah_print(const niah_grid *g, const niah_cells *cl) {
-    assert(g && cl);
+/* The columns that are trivial by construction: the CSV's word, the SVG's note, the text's. */
+static const char *const k_trivial_word[3] = {"none", "all_tokens", "all_blocks"};
+
+/* The SVG footnote of column ci into buf, or NULL when the column is not trivial. */
+static const char *svg_note(const hisa_config *cfg, int32_t ctx, char *buf, size_t n) {
+    char lab[16];
+    int64_t nb = ((int64_t)ctx + cfg->block_size - 1) / cfg->block_size;
+    tool_ctx_label(ctx, lab, sizeof lab);
+    switch (tool_trivial_kind(ctx, cfg)) {
+    case TOOL_TRIVIAL_TOKENS:
+        snprintf(buf, n,
+                 "* %s: %d tokens <= k=%d: every token is selected, recall 1 by construction", lab,
+                 ctx, cfg->topk);
+        return buf;
+    case TOOL_TRIVIAL_BLOCKS:
+        snprintf(buf, n, "* %s: %lld blocks of B=%d <= m=%d: HISA equals flat by construction", lab,
+                 (long long)nb, cfg->block_size, cfg->top_blocks);
+        return buf;
+    default: return NULL;
+    }
+}
+
+/* The two grids, the means over every cell, and a note per trivial column. */
+static void niah_print(const hisa_config *cfg, const niah_grid *g, const niah_cells *cl) {
+    assert(cfg && g && cl);
     assert(g->nc >= 1 && g->nd >= 1);
     print_grid("needle recall, flat DSA (rows: depth, columns: context length)", g->ctx, g->nc,
                g->dep, g->nd, cl->rec_flat);
@@ -415,23 +389,30 @@ static void niah_print(const niah_grid *g, const niah_cells *cl) {
     printf("mean recall: flat %.3f, HISA %.3f; mean IoU HISA vs flat %.3f; %.1f s\n",
            sum_f / (double)cells, sum_h / (double)cells, sum_i / (double)cells,
            tool_now_s() - cl->t0);
+    for (int ci = 0; ci < g->nc; ci++) {
+        char why[256], lab[16];
+        if (tool_trivial_why(g->ctx[ci], cfg, why, sizeof why))
+            printf("note: context %s: %s\n", tool_ctx_label(g->ctx[ci], lab, sizeof lab), why);
+    }
 }
 
 /* One line per cell, context-major. Returns 0 or TOOL_EXIT_FAIL (the message printed). */
-static int niah_write_csv(const char *path, const niah_grid *g, const niah_cells *cl,
-                          int32_t trials) {
-    assert(path && g && cl);
+static int niah_write_csv(const char *path, const hisa_config *cfg, const niah_grid *g,
+                          const niah_cells *cl, int32_t trials) {
+    assert(path && cfg && g && cl);
     FILE *csv = fopen(path, "w");
     if (!csv) {
-        fprintf(stderr, "hisa niah: %s: cannot create\n", path);
+        fprintf(stderr, "hisa niah: %s: cannot create: %s\n", path, strerror(errno));
         return TOOL_EXIT_FAIL;
     }
-    fprintf(csv, "context,depth_percent,needle_position,trials,recall_flat,recall_hisa,iou\n");
+    fprintf(csv, "context,depth_percent,needle_position,trials,recall_flat,recall_hisa,iou,"
+                 "by_construction\n");
     for (int ci = 0; ci < g->nc; ci++)
         for (int di = 0; di < g->nd; di++) {
             size_t cell = (size_t)di * g->nc + ci;
-            fprintf(csv, "%d,%g,%d,%d,%.4f,%.4f,%.4f\n", g->ctx[ci], g->dep[di], cl->pos[cell],
-                    trials, cl->rec_flat[cell], cl->rec_hisa[cell], cl->iou[cell]);
+            fprintf(csv, "%d,%g,%d,%d,%.4f,%.4f,%.4f,%s\n", g->ctx[ci], g->dep[di], cl->pos[cell],
+                    trials, cl->rec_flat[cell], cl->rec_hisa[cell], cl->iou[cell],
+                    k_trivial_word[tool_trivial_kind(g->ctx[ci], cfg)]);
         }
     if (fclose(csv) != 0) {
         fprintf(stderr, "hisa niah: %s: write error\n", path);
@@ -440,26 +421,38 @@ static int niah_write_csv(const char *path, const niah_grid *g, const niah_cells
     return 0;
 }
 
-/* The grids on stdout, then the CSV and the SVG. */
-static int niah_report(const niah_opts *o, const hisa_config *cfg, const char *dev,
-                       const synth_params *sp, const niah_grid *g, const niah_cells *cl) {
-    assert(o && cfg && dev && sp && g && cl);
-    niah_print(g, cl);
-    int rc = niah_write_csv(o->csv_path, g, cl, o->trials);
-    if (rc) return rc;
-    char subtitle[256];
+/* The heatmap: the plot of the grid, subtitled with the setting, trivial columns noted. */
+static int niah_write_svg(const niah_opts *o, const hisa_config *cfg, const char *dev,
+                          const synth_params *sp, const niah_grid *g, const niah_cells *cl) {
+    char subtitle[256], notes[NIAH_MAX_CONTEXTS][160];
+    const char *col_note[NIAH_MAX_CONTEXTS];
     snprintf(subtitle, sizeof subtitle,
              "%s, H=%d, B=%d, m=%d, k=%d, keys %s, needle gain %g, %d trial%s per cell", dev,
              cfg->n_heads, cfg->block_size, cfg->top_blocks, cfg->topk,
              tool_key_format_name(cfg->key_format), (double)sp->needle_gain, o->trials,
              o->trials == 1 ? "" : "s");
-    if (write_svg(o->svg_path, g->ctx, g->nc, g->dep, g->nd, cl->rec_flat, cl->rec_hisa,
-                  subtitle) != 0) {
+    for (int ci = 0; ci < g->nc; ci++)
+        col_note[ci] = svg_note(cfg, g->ctx[ci], notes[ci], sizeof notes[ci]);
+    tool_niah_plot p = {.ctx = g->ctx, .nc = g->nc, .dep = g->dep, .nd = g->nd,
+                        .rec_flat = cl->rec_flat, .rec_hisa = cl->rec_hisa,
+                        .subtitle = subtitle, .col_note = col_note};
+    if (tool_niah_svg(o->svg_path, &p) != 0) {
         fprintf(stderr, "hisa niah: %s: cannot write\n", o->svg_path);
         return TOOL_EXIT_FAIL;
     }
-    printf("wrote %s and %s\n", o->csv_path, o->svg_path);
     return 0;
+}
+
+/* The grids on stdout, then the CSV and the SVG (each written even when the other fails). */
+static int niah_report(const niah_opts *o, const hisa_config *cfg, const char *dev,
+                       const synth_params *sp, const niah_grid *g, const niah_cells *cl) {
+    assert(o && cfg && dev && sp && g && cl);
+    niah_print(cfg, g, cl);
+    int rc_csv = niah_write_csv(o->csv_path, cfg, g, cl, o->trials);
+    int rc_svg = niah_write_svg(o, cfg, dev, sp, g, cl);
+    if (!rc_csv) printf("wrote %s\n", o->csv_path);
+    if (!rc_svg) printf("wrote %s\n", o->svg_path);
+    return rc_csv ? rc_csv : rc_svg;
 }
 
 int hisa_cmd_niah(int argc, char **argv) {
@@ -475,8 +468,11 @@ int hisa_cmd_niah(int argc, char **argv) {
     const char *why;
     rc = niah_configure(&o, &cfg, &g, &why);
     if (rc) return rc;
+    static const tool_field_name names[] = {{"top_blocks", "--top-blocks", "the CPU default"},
+                                            {"max_context", "--contexts", "the longest"},
+                                            {NULL, NULL, NULL}};
     hisa_runtime *rt = NULL;
-    rc = tool_open("niah", &cfg, &rt);
+    rc = tool_open("niah", &cfg, o.cpu_m ? names : names + 1, &rt);
     if (rc) return rc;
     const hisa_config *rcfg = hisa_get_config(rt);
     char dev[32];
@@ -484,7 +480,7 @@ int hisa_cmd_niah(int argc, char **argv) {
     synth_params sp;
     synth_params_default(&sp);
     sp.n_heads = rcfg->n_heads;
-    if (o.gain > 0) sp.needle_gain = (float)o.gain;
+    if (!isnan(o.gain)) sp.needle_gain = (float)o.gain;
     niah_header(rcfg, dev, why, &sp, o.trials);
     niah_cells cl = {0};
     rc = cells_alloc(&cl, (size_t)g.nc * (size_t)g.nd);

@@ -9,10 +9,13 @@
 
 #include <assert.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 static const char k_magic[6] = {(char)0x93, 'N', 'U', 'M', 'P', 'Y'};
 
@@ -332,32 +335,77 @@ int npy_parse(const char *name, const uint8_t *buf, size_t len, npy_array *out, 
     return parse_data(name, &h, buf, len, header_off + header_len, out, err, err_len);
 }
 
+/* What a path that is not a regular file is, for the message. */
+static const char *file_kind(mode_t mode) {
+    if (S_ISDIR(mode)) return "a directory";
+    if (S_ISFIFO(mode)) return "a FIFO (named pipe)";
+    if (S_ISCHR(mode)) return "a character device";
+    if (S_ISBLK(mode)) return "a block device";
+    if (S_ISSOCK(mode)) return "a socket";
+    return "not a regular file";
+}
+
+/* The whole of path into a fresh buffer (*buf_out, at least 1 byte; the caller frees it).
+ * Only a regular file is read: a directory, a FIFO or a device is refused before anything is
+ * read or allocated (O_NONBLOCK: opening a FIFO does not wait for a writer), and so is a file
+ * over NPY_FILE_MAX bytes. */
+static int read_file(const char *path, uint8_t **buf_out, size_t *len_out, char *err,
+                     size_t err_len) {
+    assert(path && buf_out && len_out);
+    *buf_out = NULL;
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) return fail(err, err_len, "%s: cannot open: %s", path, strerror(errno));
+    struct stat st;
+    int rc = -1;
+    if (fstat(fd, &st) != 0) fail(err, err_len, "%s: cannot stat: %s", path, strerror(errno));
+    else if (!S_ISREG(st.st_mode))
+        fail(err, err_len, "%s: %s, not a regular file; expected a .npy file", path,
+             file_kind(st.st_mode));
+    else if ((uint64_t)st.st_size > NPY_FILE_MAX)
+        fail(err, err_len, "%s: %lld bytes; expected at most %llu (1 TiB)", path,
+             (long long)st.st_size, (unsigned long long)NPY_FILE_MAX);
+    else rc = 0;
+    size_t len = rc == 0 ? (size_t)st.st_size : 0, got = 0;
+    uint8_t *buf = rc == 0 ? malloc(len ? len : 1) : NULL;
+    if (rc == 0 && !buf) rc = fail(err, err_len, "%s: out of memory reading %zu bytes", path, len);
+    while (rc == 0 && got < len) {
+        ssize_t r = read(fd, buf + got, len - got);
+        if (r < 0 && errno == EINTR) continue;
+        if (r <= 0) rc = fail(err, err_len, "%s: read error%s%s", path, r < 0 ? ": " : "",
+                              r < 0 ? strerror(errno) : " (the file shrank while read)");
+        else got += (size_t)r;
+    }
+    close(fd);
+    if (rc != 0) {
+        free(buf);
+        return -1;
+    }
+    *buf_out = buf;
+    *len_out = len;
+    return 0;
+}
+
 int npy_read(const char *path, npy_array *out, char *err, size_t err_len) {
     memset(out, 0, sizeof *out);
-    FILE *f = fopen(path, "rb");
-    if (!f) return fail(err, err_len, "%s: cannot open: %s", path, strerror(errno));
-    if (fseek(f, 0, SEEK_END) != 0) {
-        fclose(f);
-        return fail(err, err_len, "%s: cannot seek (not a regular file?)", path);
-    }
-    long end = ftell(f);
-    if (end < 0 || fseek(f, 0, SEEK_SET) != 0) {
-        fclose(f);
-        return fail(err, err_len, "%s: cannot determine the file size", path);
-    }
-    size_t len = (size_t)end;
-    uint8_t *buf = malloc(len ? len : 1);
-    if (!buf) {
-        fclose(f);
-        return fail(err, err_len, "%s: out of memory reading %zu bytes", path, len);
-    }
-    size_t got = fread(buf, 1, len, f);
-    fclose(f);
-    if (got != len) {
-        free(buf);
-        return fail(err, err_len, "%s: read error", path);
-    }
+    uint8_t *buf;
+    size_t len;
+    if (read_file(path, &buf, &len, err, err_len) != 0) return -1;
     int rc = npy_parse(path, buf, len, out, err, err_len);
+    free(buf);
+    return rc;
+}
+
+int npy_read_descr(const char *path, char *descr, size_t descr_len, char *err, size_t err_len) {
+    assert(descr && descr_len > 0);
+    descr[0] = 0;
+    uint8_t *buf;
+    size_t len, header_off = 0, header_len = 0;
+    if (read_file(path, &buf, &len, err, err_len) != 0) return -1;
+    int rc = parse_preamble(path, buf, len, &header_off, &header_len, err, err_len);
+    npy_header h;
+    cursor c = {(const char *)buf + header_off, (const char *)buf + header_off + header_len};
+    if (rc == 0) rc = parse_dict(&c, path, &h, err, err_len);
+    if (rc == 0) snprintf(descr, descr_len, "%s", h.descr);
     free(buf);
     return rc;
 }

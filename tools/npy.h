@@ -13,6 +13,7 @@
 
 #define NPY_DIMS_MAX 8
 #define NPY_ERR_MAX 512 /* size of an error message buffer */
+#define NPY_FILE_MAX (1ull << 40) /* the largest file npy_read reads, bytes */
 
 typedef enum { NPY_F4 = 0, NPY_I4 = 1, NPY_U1 = 2, NPY_U2 = 3 } npy_dtype;
 
@@ -30,8 +31,13 @@ const char *npy_dtype_name(npy_dtype dt);
 size_t npy_dtype_size(npy_dtype dt);
 
 /* Read path into *out (zeroed on failure). Returns 0, or -1 with a message in err
- * ("K.npy: truncated: ..."). */
+ * ("K.npy: truncated: ..."). Only a regular file is read: a directory, a FIFO or a device is
+ * refused ("X: a directory, not a regular file; ...") before anything is allocated. */
 int npy_read(const char *path, npy_array *out, char *err, size_t err_len);
+
+/* The dtype string of path's header ("<i8"), whatever the dtype, for a message about a file
+ * npy_read refused. Returns 0, or -1 with a message in err. */
+int npy_read_descr(const char *path, char *descr, size_t descr_len, char *err, size_t err_len);
 
 /* Parse an in-memory file image (what npy_read does after reading the file); name is used in
  * messages. The data is copied into a fresh allocation. */

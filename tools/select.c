@@ -1,6 +1,7 @@
 /* select.c: `hisa select`, top-k selection on tensors a user dumped from their own model, and
  * the .npy input machinery that `hisa eval` shares. */
 #include <assert.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -126,6 +127,72 @@ static int load_queries(tool_inputs *in, char *err, size_t err_len) {
     return npy_expect(&in->weights, in->weights_path, what, NPY_F4, 2, w_shape, err, err_len);
 }
 
+/* "[i,j,k]" of the flat index i of a, in its shape. */
+static const char *index_str(const npy_array *a, int64_t i, char *buf, size_t len) {
+    assert(a && buf && len > 0);
+    int64_t idx[NPY_DIMS_MAX];
+    for (int32_t d = a->ndim - 1; d >= 0; d--) {
+        idx[d] = a->shape[d] ? i % a->shape[d] : 0;
+        i = a->shape[d] ? i / a->shape[d] : 0;
+    }
+    size_t used = (size_t)snprintf(buf, len, "[");
+    for (int32_t d = 0; d < a->ndim && used < len; d++)
+        used += (size_t)snprintf(buf + used, len - used, "%s%lld", d ? "," : "", (long long)idx[d]);
+    if (used < len) snprintf(buf + used, len - used, "]");
+    return buf;
+}
+
+/* Element i of a as a float (float32, bf16 bits, e4m3fn codes by dtype) and how to show it. */
+static float element(const npy_array *a, int64_t i, char *shown, size_t len) {
+    float v;
+    if (a->dtype == NPY_U2) {
+        uint16_t b = ((const uint16_t *)a->data)[i];
+        v = tool_bf16_to_f32(b);
+        snprintf(shown, len, "the bf16 bits 0x%04x (%g)", b, (double)v);
+    } else if (a->dtype == NPY_U1) {
+        uint8_t c = ((const uint8_t *)a->data)[i];
+        v = tool_e4m3_to_f32(c);
+        snprintf(shown, len, "the e4m3fn code 0x%02x (%g)", c, (double)v);
+    } else {
+        v = ((const float *)a->data)[i];
+        if (isnan(v)) snprintf(shown, len, "NaN");
+        else snprintf(shown, len, "%g", (double)v);
+    }
+    return v;
+}
+
+/* Every value of a (what: "keys", ...) finite; with positive also > 0 and < 3e38 (the fp8
+ * scales, as the library requires). Returns 0, or -1 with "PATH: WHAT[i,j] is V; RULE". */
+static int check_values(const npy_array *a, const char *path, const char *what, int positive,
+                        char *err, size_t err_len) {
+    assert(a && path && what && err);
+    assert(a->dtype != NPY_I4);
+    for (int64_t i = 0; i < a->count; i++) {
+        char shown[64], at[96];
+        float v = element(a, i, shown, sizeof shown);
+        if (isfinite(v) && (!positive || (v > 0.0f && v < 3.0e38f))) continue;
+        snprintf(err, err_len, "%s: %s%s is %s; %s", path, what, index_str(a, i, at, sizeof at),
+                 shown,
+                 positive ? "every fp8 scale must be a positive finite number below 3e38"
+                          : "every value must be a finite number (no NaN or infinity)");
+        return -1;
+    }
+    return 0;
+}
+
+/* The values of the loaded inputs: finite keys, queries and weights, positive scales. */
+static int check_inputs(const tool_inputs *in, char *err, size_t err_len) {
+    assert(in && err);
+    if (check_values(&in->keys, in->keys_path, in->fp8_codes ? "key codes" : "keys", 0, err,
+                     err_len) != 0)
+        return -1;
+    if (in->fp8_codes &&
+        check_values(&in->scales, in->scales_path, "scales", 1, err, err_len) != 0)
+        return -1;
+    if (check_values(&in->queries, in->queries_path, "queries", 0, err, err_len) != 0) return -1;
+    return check_values(&in->weights, in->weights_path, "weights", 0, err, err_len);
+}
+
 int tool_inputs_load(const char *cmd, tool_inputs *in) {
     char err[NPY_ERR_MAX];
     const struct {
@@ -138,7 +205,8 @@ int tool_inputs_load(const char *cmd, tool_inputs *in) {
                     need[i].opt, cmd);
             return TOOL_EXIT_USAGE;
         }
-    if (load_keys(in, err, sizeof err) != 0 || load_queries(in, err, sizeof err) != 0) {
+    if (load_keys(in, err, sizeof err) != 0 || load_queries(in, err, sizeof err) != 0 ||
+        check_inputs(in, err, sizeof err) != 0) {
         tool_inputs_free(in);
         return input_error(cmd, err);
     }
@@ -173,7 +241,10 @@ int tool_inputs_open(const char *cmd, const tool_inputs *in, const tool_cfg_opts
     const char *why;
     rc = tool_pick_device(cmd, c->device, &cfg.device, &why);
     if (rc) return rc;
-    rc = tool_open(cmd, &cfg, rt_out);
+    static const tool_field_name names[] = {{"max_context", "L", "the rows of --keys"},
+                                            {"n_heads", "H", "the heads of --queries"},
+                                            {NULL, NULL, NULL}};
+    rc = tool_open(cmd, &cfg, names, rt_out);
     if (rc) return rc;
     hisa_runtime *rt = *rt_out;
     int err = hisa_seq_open(rt, seq_out);
@@ -249,11 +320,13 @@ static void select_help(void) {
         "                   [options]\n"
         "\n"
         "Top-k selection for queries on tensors dumped from your own model, exactly as\n"
-        "SPEC.md defines it. The queries stand at the last n_q positions of the context:\n"
+        "docs/SPEC.md defines it. The queries stand at the last n_q positions of the context:\n"
         "query i at position L - n_q + i, causal (it sees positions 0..L-n_q+i); n_q = 1 is a\n"
         "decode step. The runtime is sized from the inputs (one sequence, max_context L).\n"
         "\n"
-        "inputs (.npy, little-endian, C order, version 1.0 or 2.0):\n"
+        "inputs (.npy regular files, little-endian, C order, version 1.0 or 2.0; keys, queries\n"
+        "and weights must be finite, fp8 scales positive and finite: a NaN, an infinity or a\n"
+        "NaN code exits 2 naming the file and the index):\n"
         "  --keys K.npy       [L,128] float32 indexer keys, or [L,128] uint8 fp8 e4m3 codes\n"
         "  --scales S.npy     [L] float32 per-token scales (only with uint8 codes)\n"
         "  --queries Q.npy    [n_q,H,128] in --query-format: float32 (rounded to bf16 before\n"
@@ -264,13 +337,15 @@ static void select_help(void) {
         "  --query-format F   f32 (default), bf16 or fp8: the dtype of Q.npy (float32,\n"
         "                     uint16, uint8), passed to the library as is (SPEC \"Queries\")\n"
         "  --mode M           hisa (default) or flat (DSA: the exact top-k of all tokens)\n"
-        "  --out I.npy        write [n_q,k] int32 positions, each row ascending, -1 padded;\n"
-        "                     without --out the selections are printed, one query per line\n"
+        "  --out I.npy        write [n_q,k] int32 positions, each row ascending, -1 padded\n"
+        "                     (checked to be writable before the run); without --out the\n"
+        "                     selections are printed, one query per line\n"
         "  --key-format F     fp8 (default) or bf16: how keys are stored (float32 keys are\n"
         "                     quantized on write; uint8 codes need fp8)\n"
         "  --block-size B     tokens per block / page: 32, 64, 128 (default), 256\n"
-        "  --top-blocks M     blocks kept by the coarse stage (default 64)\n"
-        "  --topk K           tokens selected per query (default 2048); (M-1)*B >= K\n"
+        "  --top-blocks M     blocks kept by the coarse stage (default 64), 2..1024\n"
+        "  --topk K           tokens selected per query (default 2048), 1..16384;\n"
+        "                     (M - 1) x B >= K must hold\n"
         "  --heads H          optional check: must equal H of Q.npy\n"
         "  --device D         cpu, cuda or cuda:N (default: cuda:0 when available, else cpu)\n"
         "\n"
@@ -291,13 +366,13 @@ static int select_parse(int argc, char **argv, select_opts *o) {
     *o = (select_opts){.mode_s = "hisa"};
     tool_opt opts[16];
     int n = 0;
-    opts[n++] = (tool_opt){"keys", TOOL_OPT_STR, &o->in.keys_path};
-    opts[n++] = (tool_opt){"scales", TOOL_OPT_STR, &o->in.scales_path};
-    opts[n++] = (tool_opt){"queries", TOOL_OPT_STR, &o->in.queries_path};
-    opts[n++] = (tool_opt){"weights", TOOL_OPT_STR, &o->in.weights_path};
-    opts[n++] = (tool_opt){"mode", TOOL_OPT_STR, &o->mode_s};
-    opts[n++] = (tool_opt){"out", TOOL_OPT_STR, &o->out_path};
-    opts[n++] = (tool_opt){"query-format", TOOL_OPT_STR, &o->q_format_s};
+    opts[n++] = (tool_opt){"keys", TOOL_OPT_STR, &o->in.keys_path, 0, 0, NULL};
+    opts[n++] = (tool_opt){"scales", TOOL_OPT_STR, &o->in.scales_path, 0, 0, NULL};
+    opts[n++] = (tool_opt){"queries", TOOL_OPT_STR, &o->in.queries_path, 0, 0, NULL};
+    opts[n++] = (tool_opt){"weights", TOOL_OPT_STR, &o->in.weights_path, 0, 0, NULL};
+    opts[n++] = (tool_opt){"mode", TOOL_OPT_STR, &o->mode_s, 0, 0, NULL};
+    opts[n++] = (tool_opt){"out", TOOL_OPT_STR, &o->out_path, 0, 0, NULL};
+    opts[n++] = (tool_opt){"query-format", TOOL_OPT_STR, &o->q_format_s, 0, 0, NULL};
     tool_cfg_opts_add(opts, &n, &o->c);
     assert(n <= (int)(sizeof opts / sizeof opts[0]));
     int rc = tool_parse_opts("select", argc, argv, opts, n);
@@ -310,7 +385,7 @@ static int select_parse(int argc, char **argv, select_opts *o) {
         fprintf(stderr, "hisa select: --mode: '%s'; expected hisa or flat\n", o->mode_s);
         return TOOL_EXIT_USAGE;
     }
-    return 0;
+    return o->out_path ? tool_check_output("select", "out", o->out_path) : 0;
 }
 
 /* The summary line, then the selections out [n_q, k] (rows sorted) into --out or on stdout. */

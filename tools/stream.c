@@ -29,18 +29,24 @@ static void stream_help(void) {
         "flat, and the arena's memory. Tensors cross as host memory (HISA_HOST_IO), so GPU\n"
         "latencies include the small query/result copies and a stream sync per call.\n"
         "\n"
-        "options (GPU default / CPU default):\n"
-        "  --context N        prompt tokens before decoding (64K / 8K); K, M suffixes\n"
-        "  --steps N          decode steps (512 / 64)\n"
-        "  --batch N          streams decoded together (4 / 1)\n"
-        "  --layers N         indexer layers (4 / 2)\n"
-        "  --heads H          indexer heads (64)\n"
+        "options (GPU default / CPU default); a value is taken as given (0 means zero, and\n"
+        "where zero means nothing it is refused), out-of-range values exit 2 with the range:\n"
+        "  --context N        prompt tokens before decoding (64K / 8K), 1..16M; K, M suffixes.\n"
+        "                     --context + --steps x --next-n <= 16M (HISA_MAX_CONTEXT)\n"
+        "  --steps N          decode steps (512 / 64); 0: the prompt only, no decode\n"
+        "  --batch N          streams decoded together (4 / 1), 1..256 (HISA_MAX_BATCH)\n"
+        "  --layers N         indexer layers (4 / 2), 1..256\n"
+        "  --heads H          indexer heads (64), 1..128 (HISA_MAX_HEADS)\n"
         "  --key-format F     fp8 (default) or bf16\n"
         "  --block-size B     tokens per block = page: 32, 64, 128 (default), 256\n"
-        "  --top-blocks M     blocks kept by the coarse stage (64 / 32)\n"
-        "  --topk K           tokens selected per query (2048)\n"
-        "  --check-every N    flat check period in steps (steps/8: 64 / 8)\n"
-        "  --prefill-chunk N  tokens per hisa_write_range (1024)\n"
+        "  --top-blocks M     blocks kept by the coarse stage (64 / 32), 2..1024; the m blocks\n"
+        "                     must hold k candidates: (M - 1) x B >= K, so --block-size 32\n"
+        "                     needs M >= 65 at K = 2048\n"
+        "  --topk K           tokens selected per query (2048), 1..16384 (HISA_MAX_TOPK)\n"
+        "  --check-every N    flat check period in steps (steps/8: 64 / 8), at least 1; a\n"
+        "                     period above --steps runs no check\n"
+        "  --prefill-chunk N  tokens per hisa_write_range (1024), 1..16384\n"
+        "                     (HISA_MAX_PREFILL_QUERIES)\n"
         "  --seed S           synthetic data seed (1)\n"
         "  --next-n N         1..4 tokens appended and queries selected per stream and step\n"
         "                     (speculative / multi-token-prediction decode; default 1); query\n"
@@ -57,7 +63,9 @@ static void stream_help(void) {
         "The CPU defaults keep `make run` on a machine without a GPU well under a minute on\n"
         "two cores: a shorter context, few steps and layers, one stream, and m = 32 (with\n"
         "m = 64 and B = 128 an 8K context has only 64 blocks, every block is a candidate and\n"
-        "HISA equals flat; m = 32 makes the coarse stage prune half of them).\n"
+        "HISA equals flat; m = 32 makes the coarse stage prune half of them). When the whole\n"
+        "run sees at most m blocks (or k tokens), HISA equals flat by construction and the\n"
+        "header says so.\n"
         "\n"
         "Synthetic data: topic segments of 32..512 tokens (keys = one of 64 topic vectors +\n"
         "0.5 noise), 4 attention-sink tokens at the start, queries aligned with 3 topics the\n"
@@ -66,12 +74,13 @@ static void stream_help(void) {
 }
 
 typedef struct stream_opts {
-    int32_t context, steps, batch, check_every, prefill_chunk;
+    int32_t context, steps, batch, check_every, prefill_chunk; /* 0 / -1: not given */
     int32_t next_n;   /* 1..HISA_NEXT_N_MAX */
     int32_t q_format; /* HISA_Q_*, of q_format_s */
     const char *q_format_s;
     int64_t seed;
     int profile;
+    int cpu_m;        /* 1 when m is the CPU default, for the messages */
     tool_cfg_opts c;
 } stream_opts;
 
@@ -118,44 +127,46 @@ static void progress(int tty, int32_t step, int32_t steps, int64_t context, doub
 
 /* --- parse -------------------------------------------------------------------------------- */
 
-/* Options into o (0 = the default, which depends on the device: stream_configure).
- * Returns tool_parse_opts's codes (-1: --help) or TOOL_EXIT_USAGE. */
+/* Options into o (0, and -1 for --steps: not given; the default depends on the device:
+ * stream_configure). Returns tool_parse_opts's codes (-1: --help) or TOOL_EXIT_USAGE. */
 static int stream_parse(int argc, char **argv, stream_opts *o) {
     assert(argc >= 1 && o);
-    *o = (stream_opts){.seed = 1, .next_n = 1};
+    *o = (stream_opts){.seed = 1, .next_n = 1, .steps = -1};
     tool_opt opts[24];
     int n = 0;
-    opts[n++] = (tool_opt){"context", TOOL_OPT_INT, &o->context};
-    opts[n++] = (tool_opt){"steps", TOOL_OPT_INT, &o->steps};
-    opts[n++] = (tool_opt){"batch", TOOL_OPT_INT, &o->batch};
-    opts[n++] = (tool_opt){"layers", TOOL_OPT_INT, &o->c.layers};
-    opts[n++] = (tool_opt){"check-every", TOOL_OPT_INT, &o->check_every};
-    opts[n++] = (tool_opt){"prefill-chunk", TOOL_OPT_INT, &o->prefill_chunk};
-    opts[n++] = (tool_opt){"seed", TOOL_OPT_I64, &o->seed};
-    opts[n++] = (tool_opt){"profile", TOOL_OPT_FLAG, &o->profile};
-    opts[n++] = (tool_opt){"next-n", TOOL_OPT_INT, &o->next_n};
-    opts[n++] = (tool_opt){"query-format", TOOL_OPT_STR, &o->q_format_s};
+    opts[n++] = (tool_opt){"context", TOOL_OPT_INT, &o->context, 1, HISA_MAX_CONTEXT,
+                           "prompt tokens, HISA_MAX_CONTEXT"};
+    opts[n++] = (tool_opt){"steps", TOOL_OPT_INT, &o->steps, 0, INT32_MAX, "decode steps"};
+    opts[n++] = (tool_opt){"batch", TOOL_OPT_INT, &o->batch, 1, HISA_MAX_BATCH,
+                           "streams decoded together, HISA_MAX_BATCH"};
+    opts[n++] = TOOL_OPT_LAYERS(&o->c.layers);
+    opts[n++] = (tool_opt){"check-every", TOOL_OPT_INT, &o->check_every, 1, INT32_MAX,
+                           "steps between flat checks; above --steps: none"};
+    opts[n++] = (tool_opt){"prefill-chunk", TOOL_OPT_INT, &o->prefill_chunk, 1,
+                           HISA_MAX_PREFILL_QUERIES,
+                           "tokens per hisa_write_range, HISA_MAX_PREFILL_QUERIES"};
+    opts[n++] = (tool_opt){"seed", TOOL_OPT_I64, &o->seed, 0, 0, NULL};
+    opts[n++] = (tool_opt){"profile", TOOL_OPT_FLAG, &o->profile, 0, 0, NULL};
+    opts[n++] = (tool_opt){"next-n", TOOL_OPT_INT, &o->next_n, 1, HISA_NEXT_N_MAX,
+                           "tokens appended and queries selected per stream and step; "
+                           "HISA_NEXT_N_MAX"};
+    opts[n++] = (tool_opt){"query-format", TOOL_OPT_STR, &o->q_format_s, 0, 0, NULL};
     tool_cfg_opts_add(opts, &n, &o->c);
     assert(n <= (int)(sizeof opts / sizeof opts[0]));
     int rc = tool_parse_opts("stream", argc, argv, opts, n);
     if (rc) return rc;
-    if (o->next_n < 1 || o->next_n > HISA_NEXT_N_MAX) {
-        fprintf(stderr,
-                "hisa stream: --next-n %d: expected 1..%d (tokens appended and queries "
-                "selected per stream and step; HISA_NEXT_N_MAX = %d)\n",
-                o->next_n, HISA_NEXT_N_MAX, HISA_NEXT_N_MAX);
-        return TOOL_EXIT_USAGE;
-    }
-    rc = tool_parse_q_format("stream", o->q_format_s, &o->q_format);
-    if (rc) return rc;
-    if (o->context < 0 || o->steps < 0 || o->batch < 0 || o->check_every < 0 ||
-        o->prefill_chunk < 0) {
-        fprintf(stderr, "hisa stream: --context, --steps, --batch, --check-every and "
-                        "--prefill-chunk must not be negative\n");
-        return TOOL_EXIT_USAGE;
-    }
-    return 0;
+    return tool_parse_q_format("stream", o->q_format_s, &o->q_format);
 }
+
+/* How stream names the configuration's fields in messages; without the first entry when m is
+ * not the CPU default. */
+static const tool_field_name k_stream_names[] = {
+    {"top_blocks", "--top-blocks", "the CPU default"},
+    {"max_seqs", "--batch", NULL},
+    {"max_batch", "--batch", NULL},
+    {"max_context", "--context", "plus --steps x --next-n"},
+    {"max_prefill_queries", "--prefill-chunk", NULL},
+    {NULL, NULL, NULL}};
 
 /* The device, then the defaults that depend on it, then the configuration. *why gets
  * tool_pick_device's reason for the CPU. */
@@ -166,25 +177,26 @@ static int stream_configure(stream_opts *o, hisa_config *cfg, const char **why) 
     if (rc) return rc;
     int gpu = cfg->device != HISA_DEVICE_CPU;
     if (!o->context) o->context = gpu ? 65536 : 8192;
-    if (!o->steps) o->steps = gpu ? 512 : 64;
+    if (o->steps < 0) o->steps = gpu ? 512 : 64;
     if (!o->batch) o->batch = gpu ? 4 : 1;
     if (!o->c.layers) o->c.layers = gpu ? 4 : 2;
-    if (!o->c.top_blocks && !gpu) o->c.top_blocks = 32;
+    o->cpu_m = !o->c.top_blocks && !gpu;
+    if (o->cpu_m) o->c.top_blocks = 32;
     if (!o->check_every) o->check_every = o->steps >= 8 ? o->steps / 8 : 1;
     if (!o->prefill_chunk) o->prefill_chunk = 1024;
-    if (o->context < 1) {
-        fprintf(stderr, "hisa stream: --context must be at least 1\n");
-        return TOOL_EXIT_USAGE;
-    }
-    if ((int64_t)o->context + (int64_t)o->steps * o->next_n > INT32_MAX) {
-        fprintf(stderr, "hisa stream: --context + --steps x --next-n is too large\n");
+    int64_t total = (int64_t)o->context + (int64_t)o->steps * o->next_n;
+    if (total > HISA_MAX_CONTEXT) {
+        fprintf(stderr,
+                "hisa stream: --context %d + --steps %d x --next-n %d = %lld tokens per stream: "
+                "out of range; expected at most %d (HISA_MAX_CONTEXT)\n",
+                o->context, o->steps, o->next_n, (long long)total, HISA_MAX_CONTEXT);
         return TOOL_EXIT_USAGE;
     }
     rc = tool_cfg_apply("stream", &o->c, cfg);
     if (rc) return rc;
     cfg->max_seqs = o->batch;
     cfg->max_batch = o->batch;
-    cfg->max_context = o->context + o->steps * o->next_n;
+    cfg->max_context = (int32_t)total;
     cfg->max_prefill_queries = o->prefill_chunk;
     return 0;
 }
@@ -457,6 +469,10 @@ static void report_header(const stream_run *r, const stream_opts *o, const char 
            cfg->n_heads, cfg->block_size, cfg->top_blocks, cfg->topk,
            tool_key_format_name(cfg->key_format), tool_q_format_name(o->q_format), o->next_n,
            o->context, o->steps);
+    char note[256];
+    if (tool_trivial_why(cfg->max_context, cfg, note, sizeof note))
+        printf("  note: every query of this run sees at most %d tokens; %s\n", cfg->max_context,
+               note);
     fflush(stdout);
 }
 
@@ -515,6 +531,8 @@ static void report_decode(stream_run *r, const stream_opts *o) {
         printf("IoU HISA vs flat: mean %.4f, min %.4f (%d checks x %d layer%s x %d stream%s%s)\n",
                r->iou_sum / (double)r->iou_n, r->iou_min, r->checks, L, L == 1 ? "" : "s", B,
                B == 1 ? "" : "s", per_stream);
+    else if (o->steps == 0)
+        printf("IoU HISA vs flat: no decode steps (--steps 0: the prompt only)\n");
     else
         printf("IoU HISA vs flat: no checks ran (--check-every > --steps)\n");
 }
@@ -559,7 +577,7 @@ int hisa_cmd_stream(int argc, char **argv) {
     rc = stream_configure(&o, &cfg, &why);
     if (rc) return rc;
     stream_run r = {.what = ""};
-    rc = tool_open("stream", &cfg, &r.rt);
+    rc = tool_open("stream", &cfg, o.cpu_m ? k_stream_names : k_stream_names + 1, &r.rt);
     if (rc) return rc;
     report_header(&r, &o, why);
     rc = stream_alloc(&r, &o);

@@ -40,12 +40,15 @@ int hisa_cmd_bench(int argc, char **argv);
 /* --- option parsing (tools/common.c) ----------------------------------------------------
  * A command lists its options in a table; "--name value" and "--name=value" both work.
  * Integers take K/M/G suffixes (binary: 8K = 8192); sizes take K/M/G/T with optional "B"/"iB"
- * (binary, bytes). Anything malformed is a usage error naming the option. */
+ * (binary, bytes). Anything malformed is a usage error naming the option. A value is taken as
+ * given: 0 means zero, never "the default" (an option left out takes the default), and a
+ * number outside the option's range is refused with the range ("--batch 257: out of range;
+ * expected 1..256 (...)"). */
 typedef enum {
     TOOL_OPT_INT,    /* int32_t *, with K/M/G suffixes */
     TOOL_OPT_I64,    /* int64_t *, with K/M/G suffixes */
     TOOL_OPT_SIZE,   /* uint64_t * bytes, e.g. 80G */
-    TOOL_OPT_DOUBLE, /* double * */
+    TOOL_OPT_DOUBLE, /* double * (finite) */
     TOOL_OPT_STR,    /* const char ** */
     TOOL_OPT_FLAG    /* int *, set to 1; takes no value */
 } tool_opt_kind;
@@ -54,6 +57,10 @@ typedef struct tool_opt {
     const char *name; /* without the leading "--" */
     tool_opt_kind kind;
     void *dest;
+    /* INT / I64 / DOUBLE: the accepted range lo..hi (both 0: the type's whole range);
+     * SIZE: at least lo bytes. */
+    int64_t lo, hi;
+    const char *what; /* NULL, or what the value is, for the range message */
 } tool_opt;
 
 /* Parses argv[1..argc) against opts. Returns 0 on success, TOOL_EXIT_USAGE after printing
@@ -61,26 +68,53 @@ typedef struct tool_opt {
  * exits 0). Positional arguments are refused. */
 int tool_parse_opts(const char *cmd, int argc, char **argv, const tool_opt *opts, int n_opts);
 
-/* "64K" -> 65536 into *out; 0 on success, -1 on a malformed or out-of-range number. */
+/* "64K" -> 65536 into *out; 0 on success, -1 on a malformed number, -2 on one outside int64. */
 int tool_parse_i64(const char *s, int64_t *out);
 /* "80G", "80GiB", "80GB", "1.5T", "123456" -> bytes; 0 on success, -1 otherwise. */
 int tool_parse_size(const char *s, uint64_t *out);
 /* Formats bytes as "12.3 MiB" into buf. Returns buf. */
 const char *tool_fmt_bytes(uint64_t bytes, char *buf, size_t buf_len);
 
+/* Output files are checked before the work starts: path (the value of --OPT) must be a file
+ * that can be created or written (its directory exists and is writable; not a directory).
+ * Nothing is left behind. Returns 0, or TOOL_EXIT_USAGE after "hisa CMD: --OPT PATH: ...". */
+int tool_check_output(const char *cmd, const char *opt, const char *path);
+
 /* --- the configuration options every command shares -------------------------------------- */
 typedef struct tool_cfg_opts {
     const char *device;     /* "cpu", "cuda", "cuda:N" or NULL: probe */
     const char *key_format; /* "fp8", "bf16" or NULL: the library default (fp8) */
-    int32_t heads, block_size, top_blocks, topk, layers;
+    int32_t heads, block_size, top_blocks, topk, layers; /* 0: not given, the default */
 } tool_cfg_opts;
 
 /* Appends the shared options (--device --key-format --heads --block-size --top-blocks --topk)
- * to opts[*n]; opts must have room for 6 more. Commands with layers add --layers themselves. */
+ * with their ranges to opts[*n]; opts must have room for 6 more. Commands with layers add
+ * TOOL_OPT_LAYERS themselves. */
 void tool_cfg_opts_add(tool_opt *opts, int *n, tool_cfg_opts *c);
+#define TOOL_OPT_LAYERS(dest) ((tool_opt){"layers", TOOL_OPT_INT, (dest), 1, INT32_MAX, NULL})
 /* Fills device, key_format, n_heads, block_size, top_blocks, topk, n_layers of cfg from c
  * (0 / NULL fields stay 0 = library default). Returns 0 or TOOL_EXIT_USAGE with a message. */
 int tool_cfg_apply(const char *cmd, const tool_cfg_opts *c, hisa_config *cfg);
+
+/* How a command names the fields of hisa_config in its messages: the option (or input) that
+ * sets each one. A list ends with a NULL field; a field it does not name takes the common
+ * name (max_seqs --seqs, max_context --context, n_pages --pages, max_batch --max-batch,
+ * max_prefill_queries --prefill-queries, n_layers --layers, block_size --block-size, ...). */
+typedef struct tool_field_name {
+    const char *field;  /* "max_seqs" */
+    const char *option; /* "--batch"; or a name that is not an option, e.g. "L" */
+    const char *note;   /* NULL, or where the value comes from: "the rows of --keys" */
+} tool_field_name;
+
+/* The message of a configuration the library refused (hisa_plan_compute's invalid_field and
+ * invalid_rule), in the command's terms: the options with their values (defaults marked), the
+ * rule with the options' names, the numbers that break it, and what to change. cfg is the
+ * configuration as passed (0 fields are the library's defaults). Returns TOOL_EXIT_USAGE. */
+int tool_config_error(const char *cmd, const hisa_plan *plan, const hisa_config *cfg,
+                      const tool_field_name *names);
+/* A library rule with the fields replaced by the command's option names, into buf. */
+const char *tool_rule_text(const char *rule, const tool_field_name *names, char *buf,
+                           size_t buf_len);
 
 /* Device choice. NULL or "auto": CUDA device 0 when a runtime opens on it, else the CPU.
  * "cpu", "cuda" (= cuda:0), "cuda:N". Returns 0 with *device_out set, TOOL_EXIT_USAGE for a
@@ -92,14 +126,27 @@ const char *tool_device_name(int32_t device, char *buf, size_t buf_len);
 /* 1 when the CUDA probe succeeds (cached after the first call). */
 int tool_cuda_available(void);
 
-/* Maps a library error to an exit code and prints "hisa CMD: WHAT: strerror" (plus the plan's
- * invalid field for configuration errors). HISA_ECONFIG and HISA_ELIMIT (the user's sizes)
- * map to 2, everything else to 1. */
+/* Maps a library error to an exit code and prints "hisa CMD: WHAT: strerror" (a configuration
+ * error with a plan: tool_config_error's message). HISA_ECONFIG, HISA_EOVERFLOW and
+ * HISA_ELIMIT (the user's sizes) map to 2, everything else to 1. */
 int tool_lib_error(const char *cmd, const char *what, int err, const hisa_plan *plan);
 
-/* Open a runtime for cfg; on failure prints why (with the invalid field) and returns the exit
- * code; 0 on success. */
-int tool_open(const char *cmd, const hisa_config *cfg, hisa_runtime **rt_out);
+/* Open a runtime for cfg; on failure prints why (a configuration error in the command's
+ * terms, names as for tool_config_error, NULL for the common names; otherwise
+ * hisa_open_detail()) and returns the exit code; 0 on success. */
+int tool_open(const char *cmd, const hisa_config *cfg, const tool_field_name *names,
+              hisa_runtime **rt_out);
+
+/* Selections that are the same for HISA and flat by construction (SPEC "Selection" rules 1
+ * and 3): a query that sees n tokens selects all of them when n <= k, and HISA keeps every
+ * block when ceil(n / B) <= m. Returns NULL when neither holds, else a phrase saying which,
+ * with the numbers, in buf ("8192 tokens: 64 blocks of B=128 <= m=64, every block is a
+ * candidate: HISA equals flat by construction"). */
+const char *tool_trivial_why(int64_t n_visible, const hisa_config *cfg, char *buf, size_t len);
+/* Which of the two holds: TOOL_TRIVIAL_TOKENS (n <= k), TOOL_TRIVIAL_BLOCKS (ceil(n / B) <= m),
+ * or TOOL_TRIVIAL_NONE. */
+enum { TOOL_TRIVIAL_NONE = 0, TOOL_TRIVIAL_TOKENS = 1, TOOL_TRIVIAL_BLOCKS = 2 };
+int tool_trivial_kind(int64_t n_visible, const hisa_config *cfg);
 
 /* --- query formats (tools/qformat.c) ---------------------------------------------------------
  * --query-format f32|bf16|fp8 (SPEC "Queries"), and the host-side conversions of the tools'
@@ -168,6 +215,24 @@ int32_t tool_niah_position(int32_t context, double depth_pct, int32_t n_sinks);
  * context, and H of rt equal to sp->n_heads. */
 int tool_niah_cell(hisa_runtime *rt, const struct synth_params *sp, int32_t context,
                    double depth_pct, tool_niah_result *res);
+
+/* The heatmap (tools/niah_svg.c): the two panels side by side, recall of each cell (index
+ * depth * nc + context) from red 0 to green 1. A column with a note (col_note[ci] not NULL,
+ * e.g. "HISA equals flat by construction") is marked "*" and the note printed below. The
+ * layout grows with its texts, so nothing overlaps or is cut whatever nc and nd are. */
+typedef struct tool_niah_plot {
+    const int32_t *ctx;
+    int nc;
+    const double *dep;
+    int nd;
+    const double *rec_flat, *rec_hisa; /* [nd * nc] */
+    const char *subtitle;
+    const char *const *col_note;       /* [nc] or NULL */
+} tool_niah_plot;
+/* Writes the SVG to path; 0, or -1 when the file cannot be written. */
+int tool_niah_svg(const char *path, const tool_niah_plot *p);
+/* "8K", "1M", "1000" of a context length, into buf. */
+const char *tool_ctx_label(int32_t c, char *buf, size_t n);
 
 /* --- small shared helpers ------------------------------------------------------------------ */
 double tool_now_s(void); /* monotonic seconds */
