@@ -97,8 +97,8 @@ typedef struct hisa_config {
     int32_t max_seqs;            /* sequences open at once; default 8 */
     int32_t max_context;         /* tokens per sequence; default 131072 */
     int32_t n_pages;             /* pages in the pool; default max_seqs * ceil(max_context / B) */
-    int32_t max_batch;           /* sequences per hisa_write / hisa_decode call; default max_seqs */
-    int32_t max_prefill_queries; /* tokens per hisa_write_range, queries per hisa_prefill; default 1024 */
+    int32_t max_batch;           /* sequences per hisa_write / hisa_decode call; default min(max_seqs, 256) */
+    int32_t max_prefill_queries; /* tokens per hisa_write_range, queries per hisa_prefill; default min(max_context, 1024) */
     int32_t device;              /* HISA_DEVICE_CPU (default) or HISA_DEVICE_CUDA(ordinal) */
 } hisa_config;
 

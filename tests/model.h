@@ -1,4 +1,4 @@
-/* model.h: independent twins of the cache's number formats, written from shared/SPEC.md and not
+/* model.h: independent twins of the cache's number formats, written from docs/SPEC.md and not
  * from kvcache/quant.c, for the checks that must not trust the code they check (the soak's model,
  * the API fuzzer's invariants). No test-harness dependency: the fuzzers link it too. */
 #ifndef HISA_TEST_MODEL_H

@@ -2,7 +2,7 @@
 
 HISA selects, for every query, the top-k past tokens that DeepSeek Sparse Attention's lightning
 indexer would pick, I(s) = sum_h w[h] * ReLU(q[h] . k_s), scoring block means first
-(../shared/SPEC.md is the contract; runtime/hisa.h the C API this wraps, call for call).
+(docs/SPEC.md is the contract; runtime/hisa.h the C API this wraps, call for call).
 
     import numpy as np, hisa
     with hisa.Runtime(n_heads=8, block_size=64, top_blocks=16, topk=256, max_context=8192) as rt:

@@ -1,4 +1,4 @@
-"""spec_ref: an independent numpy reading of ../shared/SPEC.md, for the binding's tests.
+"""spec_ref: an independent numpy reading of docs/SPEC.md, for the binding's tests.
 
 Number formats (bf16 round to nearest even; e4m3fn keys with scale = amax / 448, codes rounded to
 the nearest e4m3 value, ties to the even code, saturating at 448), scores I(s) and block scores

@@ -5,7 +5,7 @@ Plain functions, no pytest: one line per test, "ok   NAME", "FAIL NAME: why" or
 "skip NAME: skipped: why", then "N passed, N failed, N skipped"; the exit status is 1 when a test
 failed. Arguments are words: only the tests whose names contain one of them run.
 
-Selections are judged against spec_ref.py, an independent numpy reading of ../shared/SPEC.md,
+Selections are judged against spec_ref.py, an independent numpy reading of docs/SPEC.md,
 under its agreement rule. The CUDA tests need a CUDA device (they print "skipped: no CUDA
 device" without one) and, for device arrays, torch with CUDA.
 """
