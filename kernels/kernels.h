@@ -206,6 +206,17 @@ typedef struct hisa_k_topk_params {
 } hisa_k_topk_params;
 int hisa_k_topk(void *stream, const hisa_k_topk_params *p);
 
+/* The read-bandwidth probe (benchmarks): read every byte of buf [bytes] once, 16 bytes at a time
+ * (bytes a multiple of 16, buf 16-byte aligned); *sum (device, zeroed by the launch) gets the
+ * wrapping sum of its 32-bit words. */
+typedef struct hisa_k_read_probe_params {
+    const void *buf;
+    uint64_t bytes;
+    unsigned long long *sum;
+    hisa_k_device dev;
+} hisa_k_read_probe_params;
+int hisa_k_read_probe(void *stream, const hisa_k_read_probe_params *p);
+
 /* --- prefill: chunked causal selection on tensor cores (kernels/prefill.cu, issue 4) ------- */
 
 /* Selection for the n_q queries at t0 .. t0+n_q-1 of one sequence, each seeing positions <= its

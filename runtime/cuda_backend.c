@@ -326,6 +326,16 @@ int hisa_dev_topk(hisa_runtime *rt, const float *scores, int64_t stride, int32_t
     return HISA_OK;
 }
 
+int hisa_dev_read_probe(hisa_runtime *rt, const void *buf, uint64_t bytes, uint64_t *sum_device) {
+    HISA__CHECK(rt && buf && sum_device, HISA_EINVAL);
+    HISA__CHECK(!rt->poisoned, HISA_EPOISONED);
+    HISA__CHECK(hisa__is_cuda(rt), HISA_ENODEVICE);
+    HISA__CHECK(bytes > 0 && bytes % 16 == 0 && ((uintptr_t)buf & 15) == 0, HISA_EINVAL);
+    hisa_k_read_probe_params p = {.buf = buf, .bytes = bytes, .sum = (unsigned long long *)sum_device, .dev = rt->dev};
+    HISA_LAUNCH_TRY(rt, hisa_k_read_probe(rt->stream, &p));
+    return HISA_OK;
+}
+
 static int cuda_sync(hisa_runtime *rt) {
     assert(rt);
     HISA_CUDA_TRY(rt, cudaStreamSynchronize(stream_of(rt)));
@@ -378,6 +388,10 @@ uint64_t hisa_dev_topk_work_bytes(int32_t n, int32_t n_rows) {
 int hisa_dev_topk(hisa_runtime *rt, const float *scores, int64_t stride, int32_t n, int32_t k,
                   int32_t n_rows, void *work, int32_t *out) {
     (void)rt, (void)scores, (void)stride, (void)n, (void)k, (void)n_rows, (void)work, (void)out;
+    return HISA_ENODEVICE;
+}
+int hisa_dev_read_probe(hisa_runtime *rt, const void *buf, uint64_t bytes, uint64_t *sum_device) {
+    (void)rt, (void)buf, (void)bytes, (void)sum_device;
     return HISA_ENODEVICE;
 }
 

@@ -35,6 +35,11 @@ uint64_t hisa_dev_topk_work_bytes(int32_t n, int32_t n_rows);
 int hisa_dev_topk(hisa_runtime *rt, const float *scores, int64_t stride, int32_t n, int32_t k,
                   int32_t n_rows, void *work, int32_t *out);
 
+/* The read-bandwidth probe: read every byte of device buffer buf [bytes] once (bytes a multiple
+ * of 16, buf 16-byte aligned) on the runtime's stream; *sum_device (device memory, 8 bytes) gets
+ * the wrapping sum of its 32-bit words. Graph-capturable. */
+int hisa_dev_read_probe(hisa_runtime *rt, const void *buf, uint64_t bytes, uint64_t *sum_device);
+
 #ifdef __cplusplus
 }
 #endif

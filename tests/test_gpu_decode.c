@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../runtime/hisa_dev.h"
 #include "../runtime/internal.h"
 #include "common.h"
 #include "test.h"
@@ -616,6 +617,37 @@ HISA_TEST(gpu_truncate_then_continue_matches_cpu) {
         decode_and_check(ctx, p, seqs, 4, HISA_MODE_FLAT, 93, 0, "continued flat");
     }
     pair_close(p);
+}
+
+/* The read-bandwidth probe (hisa_dev.h) reads every word once: its sum equals the CPU's, for a
+ * size that leaves a remainder to the grid-stride loop's tail. */
+HISA_TEST(gpu_read_probe_reads_every_word) {
+    hisa_config cfg = hisa_tconfig(8, 32, 8, 64, HISA_KEY_FP8, 2048, 1);
+    cfg.device = HISA_DEVICE_CUDA(0);
+    hisa_runtime *g = NULL;
+    int err = hisa_open(&g, &cfg, NULL);
+    if (err == HISA_ENODEVICE) SKIP("no CUDA device");
+    REQUIRE(err == HISA_OK);
+    const size_t bytes = ((size_t)37 << 20) + 16 * 4099; /* not a multiple of the grid's stride */
+    uint32_t *h = malloc(bytes);
+    uint64_t rs = 77, want = 0;
+    for (size_t i = 0; i < bytes / 4; i++) want += h[i] = (uint32_t)hisa_test_rng(&rs);
+    void *d = NULL;
+    uint64_t *dsum = NULL, got = 0;
+    REQUIRE(cudaMalloc(&d, bytes) == cudaSuccess && cudaMalloc((void **)&dsum, 8) == cudaSuccess);
+    REQUIRE(cudaMemcpy(d, h, bytes, cudaMemcpyHostToDevice) == cudaSuccess);
+    for (int rep = 0; rep < 2; rep++) { /* twice: the launch zeroes the sum itself */
+        REQUIRE(cudaMemset(dsum, 0x5a, 8) == cudaSuccess);
+        CHECK_EQ_INT(hisa_dev_read_probe(g, d, bytes, dsum), HISA_OK);
+        REQUIRE(hisa_sync(g) == HISA_OK);
+        REQUIRE(cudaMemcpy(&got, dsum, 8, cudaMemcpyDeviceToHost) == cudaSuccess);
+        CHECKF(got == want, "probe sum %llu, CPU %llu", (unsigned long long)got, (unsigned long long)want);
+    }
+    CHECK_EQ_INT(hisa_dev_read_probe(g, d, bytes - 8, dsum), HISA_EINVAL); /* not a multiple of 16 */
+    cudaFree(d);
+    cudaFree(dsum);
+    free(h);
+    hisa_close(g);
 }
 
 #else /* !HISA_CUDA */

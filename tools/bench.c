@@ -10,7 +10,8 @@
  * private headers).
  *
  * Output: a table on stdout; with --json FILE an array of records (device, date, mode, batch,
- * context, key_format, median_us, floor_us, copy_gbps, speedup_vs_flat for hisa). */
+ * context, key_format, q_format, next_n, median_us, floor_us, copy_gbps, read_gbps,
+ * speedup_vs_flat for hisa). */
 #include <assert.h>
 #include <math.h>
 #include <stdio.h>
@@ -29,7 +30,9 @@ static void decode_help(FILE *f) {
             "                         [--topk-only]\n"
             "  Times hisa_select_decode (CUDA graph replays, median) for flat and HISA over batch\n"
             "  {1,16,64} x context {8K,32K,64K,128K} plus batch 1 at 1M (H=64, D=128, B=128, m=64,\n"
-            "  k=2048, fp8 keys), and the top-k alone (2048 of 128K) at batch 1 and 64.\n"
+            "  k=2048, fp8 keys), then at 128K and batch 1 and 64 fp8 and bf16 queries and next_n 2,\n"
+            "  and the top-k alone (2048 of 128K) at batch 1 and 64. Floors are the bytes read over a\n"
+            "  streaming read probe measured in the same run (the copy rate is printed too).\n"
             "  --json FILE: the records as JSON (FILE is checked before the run)\n"
             "  --reps N: graph replays per point, at least 5 (default 100)\n"
             "  --quick: batch {1,64} x context {32K,128K} only\n"
@@ -74,6 +77,7 @@ enum { BENCH_H = 64, BENCH_B = 128, BENCH_M = 64, BENCH_K = 2048 };
 typedef struct bench_rec {
     char mode[16];
     int32_t batch, context;
+    int32_t q_format, next_n; /* the queries: HISA_Q_*, per sequence */
     double median_us, floor_us, speedup;
     double bytes;
 } bench_rec;
@@ -180,39 +184,60 @@ static int fill_seq(hisa_runtime *rt, int32_t seq, int32_t context, const float 
 
 /* The device inputs of a point: random queries and head weights, room for the selection. */
 typedef struct point_bufs {
-    float *q, *w;
-    int32_t *out;
+    void *q;       /* [batch, next_n, H, 128] in the point's query format */
+    float *w;      /* [batch, next_n, H] */
+    int32_t *out;  /* [batch, next_n, k] */
 } point_bufs;
 
-static int point_copy(const float *hq, const float *hw, size_t nq, size_t nw, size_t nout, point_bufs *d,
+static int point_copy(const void *hq, const float *hw, size_t q_bytes, size_t nw, size_t nout, point_bufs *d,
                       cudaStream_t *st) {
     assert(hq && hw && d && st);
-    BENCH_CUDA(cudaMalloc((void **)&d->q, sizeof(float) * nq));
+    BENCH_CUDA(cudaMalloc(&d->q, q_bytes));
     BENCH_CUDA(cudaMalloc((void **)&d->w, sizeof(float) * nw));
     BENCH_CUDA(cudaMalloc((void **)&d->out, sizeof(int32_t) * nout));
-    BENCH_CUDA(cudaMemcpy(d->q, hq, sizeof(float) * nq, cudaMemcpyHostToDevice));
+    BENCH_CUDA(cudaMemcpy(d->q, hq, q_bytes, cudaMemcpyHostToDevice));
     BENCH_CUDA(cudaMemcpy(d->w, hw, sizeof(float) * nw, cudaMemcpyHostToDevice));
     BENCH_CUDA(cudaStreamCreateWithFlags(st, cudaStreamNonBlocking));
     BENCH_CUDA(cudaDeviceSynchronize());
     return 0;
 }
 
-/* Uploads batch queries and weights (seeded, the same at every point) and makes the stream the
- * point runs on. */
-static int point_upload(int32_t batch, point_bufs *d, cudaStream_t *st) {
-    assert(batch >= 1 && d && st);
-    size_t nq = (size_t)batch * BENCH_H * 128, nw = (size_t)batch * BENCH_H;
-    float *hq = malloc(sizeof(float) * nq), *hw = malloc(sizeof(float) * nw);
-    if (!hq || !hw) {
-        free(hq);
-        free(hw);
-        fprintf(stderr, "hisa bench: out of memory\n");
-        return TOOL_EXIT_FAIL;
+/* The point's float queries in its format, in place of hq (bf16 bits or fp8 codes packed at the
+ * front; fp8 folds each head's scale into hw). Returns the bytes of the converted queries. */
+static size_t point_convert(float *hq, float *hw, size_t rows, int32_t q_format) {
+    size_t n = rows * BENCH_H * 128;
+    if (q_format == HISA_Q_BF16) {
+        uint16_t *b = malloc(n * sizeof(uint16_t));
+        if (!b) return 0;
+        tool_q_to_bf16(hq, (int64_t)n, b);
+        memcpy(hq, b, n * sizeof(uint16_t));
+        free(b);
+    } else if (q_format == HISA_Q_FP8) {
+        uint8_t *c = malloc(n);
+        if (!c) return 0;
+        for (size_t r = 0; r < rows; r++)
+            tool_q_to_fp8(hq + r * BENCH_H * 128, hw + r * BENCH_H, BENCH_H, c + r * BENCH_H * 128, hw + r * BENCH_H);
+        memcpy(hq, c, n);
+        free(c);
     }
-    uint64_t s = 1234;
-    for (int64_t i = 0; i < (int64_t)nq; i++) hq[i] = bench_unif(&s);
-    for (int64_t i = 0; i < (int64_t)nw; i++) hw[i] = 0.25f + 0.75f * fabsf(bench_unif(&s));
-    int rc = point_copy(hq, hw, nq, nw, (size_t)batch * BENCH_K, d, st);
+    return n * tool_q_format_bytes(q_format);
+}
+
+/* Uploads batch x next_n queries (seeded, the same at every point, in the point's format) and
+ * weights, and makes the stream the point runs on. */
+static int point_upload(int32_t batch, int32_t q_format, int32_t next_n, point_bufs *d, cudaStream_t *st) {
+    assert(batch >= 1 && next_n >= 1 && d && st);
+    size_t rows = (size_t)batch * next_n, nq = rows * BENCH_H * 128, nw = rows * BENCH_H;
+    float *hq = malloc(sizeof(float) * nq), *hw = malloc(sizeof(float) * nw);
+    size_t q_bytes = 0;
+    if (hq && hw) {
+        uint64_t s = 1234;
+        for (int64_t i = 0; i < (int64_t)nq; i++) hq[i] = bench_unif(&s);
+        for (int64_t i = 0; i < (int64_t)nw; i++) hw[i] = 0.25f + 0.75f * fabsf(bench_unif(&s));
+        q_bytes = point_convert(hq, hw, rows, q_format);
+    }
+    int rc = q_bytes ? point_copy(hq, hw, q_bytes, nw, rows * BENCH_K, d, st) : TOOL_EXIT_FAIL;
+    if (!q_bytes) fprintf(stderr, "hisa bench: out of memory\n");
     free(hq);
     free(hw);
     return rc;
@@ -248,9 +273,9 @@ static int point_time_modes(hisa_runtime *rt, cudaStream_t st, hisa_decode req, 
 
 /* The two records of a point from its medians. Bytes that must be read: flat every key (codes +
  * scale); hisa every block mean and the kept blocks' keys. */
-static void point_records(int32_t batch, int32_t context, const double med[2], double copy_gbps, bench_rec *flat,
+static void point_records(int32_t batch, int32_t context, const double med[2], double read_gbps, bench_rec *flat,
                           bench_rec *hisa) {
-    assert(batch >= 1 && context >= 1 && copy_gbps > 0);
+    assert(batch >= 1 && context >= 1 && read_gbps > 0);
     assert(flat && hisa && flat != hisa);
     double nb = ceil((double)context / BENCH_B);
     double flat_bytes = (double)batch * context * (128 + 4);
@@ -264,16 +289,16 @@ static void point_records(int32_t batch, int32_t context, const double med[2], d
     hisa->median_us = med[1];
     flat->bytes = flat_bytes;
     hisa->bytes = hisa_bytes;
-    flat->floor_us = flat_bytes / (copy_gbps * 1e9) * 1e6;
-    hisa->floor_us = hisa_bytes / (copy_gbps * 1e9) * 1e6;
+    flat->floor_us = flat_bytes / (read_gbps * 1e9) * 1e6; /* the keys are only read */
+    hisa->floor_us = hisa_bytes / (read_gbps * 1e9) * 1e6;
     flat->speedup = 0;
     hisa->speedup = med[1] > 0 ? med[0] / med[1] : 0;
 }
 
 /* One point: a runtime sized for it, batch sequences of context keys from the pool, then both
  * modes timed on a stream of the benchmark's own. */
-static int bench_point(int32_t batch, int32_t context, const float *pool, int32_t pool_n, double copy_gbps,
-                       int reps, bench_rec *flat, bench_rec *hisa) {
+static int bench_point(int32_t batch, int32_t context, const bench_rec *variant, const float *pool, int32_t pool_n,
+                       double read_gbps, int reps, bench_rec *flat, bench_rec *hisa) {
     assert(batch >= 1 && batch <= 256 && context >= 1);
     assert(pool && pool_n > 1024);
     hisa_config cfg = {.n_heads = BENCH_H, .block_size = BENCH_B, .top_blocks = BENCH_M, .topk = BENCH_K,
@@ -294,9 +319,10 @@ static int bench_point(int32_t batch, int32_t context, const float *pool, int32_
     point_bufs d = {0};
     cudaStream_t st = NULL;
     double med[2] = {0, 0};
-    int rc = point_upload(batch, &d, &st);
+    int rc = point_upload(batch, variant->q_format, variant->next_n, &d, &st);
     if (!rc) err = hisa_set_stream(rt, st);
-    hisa_decode req = {.layer = 0, .n_seqs = batch, .seq_ids = seqs, .q = d.q, .w = d.w, .out = d.out};
+    hisa_decode req = {.layer = 0, .n_seqs = batch, .seq_ids = seqs, .q = d.q, .w = d.w, .out = d.out,
+                       .q_format = variant->q_format, .next_n = variant->next_n};
     if (!rc && !err) rc = point_time_modes(rt, st, req, reps, med, &err);
     if (!rc && err)
         fprintf(stderr, "hisa bench: select at batch %d context %d: %s (%s)\n", batch, context, hisa_strerror(err),
@@ -308,7 +334,10 @@ static int bench_point(int32_t batch, int32_t context, const float *pool, int32_
     cudaFree(d.w);
     cudaFree(d.out);
     if (rc || err) return TOOL_EXIT_FAIL;
-    point_records(batch, context, med, copy_gbps, flat, hisa);
+    point_records(batch * variant->next_n, context, med, read_gbps, flat, hisa); /* every row reads */
+    flat->batch = hisa->batch = batch;
+    flat->q_format = hisa->q_format = variant->q_format;
+    flat->next_n = hisa->next_n = variant->next_n;
     return 0;
 }
 
@@ -401,12 +430,55 @@ static int bench_topk(int32_t batch, int32_t n, int32_t k, int reps, double *med
 
 /* --- hisa bench decode ---------------------------------------------------------------------- */
 
-/* What every record repeats: the device, the date, the copy bandwidth measured in this run. */
+/* What every record repeats: the device, the date, the ceilings measured in this run. */
 typedef struct bench_env {
     struct cudaDeviceProp prop;
     char date[32];
-    double copy_gbps;
+    double copy_gbps, read_gbps;
 } bench_env;
+
+/* Read bandwidth: hisa_dev_read_probe over a 2 GiB buffer (not zeros), bytes over the median. */
+static int read_time(hisa_runtime *rt, const void *buf, size_t bytes, uint64_t *sum, double *gbps) {
+    cudaEvent_t e0, e1;
+    BENCH_CUDA(cudaEventCreate(&e0));
+    BENCH_CUDA(cudaEventCreate(&e1));
+    double t[9];
+    int err = 0;
+    for (int i = 0; i < 11 && !err; i++) {
+        BENCH_CUDA(cudaEventRecord(e0, 0));
+        err = hisa_dev_read_probe(rt, buf, bytes, sum);
+        BENCH_CUDA(cudaEventRecord(e1, 0));
+        BENCH_CUDA(cudaEventSynchronize(e1));
+        float ms = 0;
+        BENCH_CUDA(cudaEventElapsedTime(&ms, e0, e1));
+        if (i >= 2) t[i - 2] = ms;
+    }
+    BENCH_CUDA(cudaEventDestroy(e0));
+    BENCH_CUDA(cudaEventDestroy(e1));
+    if (err) return tool_lib_error("bench", "hisa_dev_read_probe", err, NULL);
+    qsort(t, 9, sizeof(double), cmp_double);
+    *gbps = (double)bytes / (t[4] * 1e-3) / 1e9;
+    return 0;
+}
+
+static int measure_read(double *gbps) {
+    hisa_config cfg = {.n_heads = 1, .block_size = 32, .top_blocks = 2, .topk = 32, .max_seqs = 1,
+                       .max_context = 64, .max_prefill_queries = 1, .device = HISA_DEVICE_CUDA(0)};
+    hisa_runtime *rt = NULL;
+    int rc = tool_open("bench", &cfg, NULL, &rt);
+    if (rc) return rc;
+    size_t bytes = (size_t)1 << 31;
+    void *buf = NULL;
+    uint64_t *sum = NULL;
+    BENCH_CUDA(cudaMalloc(&buf, bytes));
+    BENCH_CUDA(cudaMalloc((void **)&sum, sizeof(uint64_t)));
+    BENCH_CUDA(cudaMemset(buf, 0x3c, bytes));
+    rc = read_time(rt, buf, bytes, sum, gbps);
+    hisa_close(rt);
+    BENCH_CUDA(cudaFree(buf));
+    BENCH_CUDA(cudaFree(sum));
+    return rc;
+}
 
 /* The points: batches x contexts, then batch 1 at 1M unless quick. */
 typedef struct decode_grid {
@@ -424,10 +496,11 @@ static int decode_env(bench_env *e) {
     BENCH_CUDA(cudaGetDeviceProperties(&e->prop, 0));
     time_t now = time(NULL);
     strftime(e->date, sizeof e->date, "%Y-%m-%dT%H:%M:%SZ", gmtime(&now));
-    e->copy_gbps = 0;
-    if (measure_copy(&e->copy_gbps)) return TOOL_EXIT_FAIL;
-    printf("device %s (%d SMs), copy %.0f GB/s (read + write)\n", e->prop.name, e->prop.multiProcessorCount,
-           e->copy_gbps);
+    e->copy_gbps = e->read_gbps = 0;
+    if (measure_copy(&e->copy_gbps) || measure_read(&e->read_gbps)) return TOOL_EXIT_FAIL;
+    printf("device %s (%d SMs), copy %.0f GB/s (read + write), read %.0f GB/s (streaming read probe;\n"
+           "floors are bytes read over it, so of_floor of a flat row is its share of the read bandwidth)\n",
+           e->prop.name, e->prop.multiProcessorCount, e->copy_gbps, e->read_gbps);
     return 0;
 }
 
@@ -450,7 +523,9 @@ static int decode_grid_pick(const decode_opts *o, decode_grid *g) {
 static void print_point(const bench_rec *recs) {
     for (int j = 0; j < 2; j++) {
         const bench_rec *r = &recs[j];
-        printf("%-5s %6d %8d %12.1f %10.1f %7.0f%% ", r->mode, r->batch, r->context, r->median_us, r->floor_us,
+        char qs[16];
+        snprintf(qs, sizeof qs, "%sx%d", tool_q_format_name(r->q_format), r->next_n);
+        printf("%-5s %6d %8d %7s %12.1f %10.1f %7.0f%% ", r->mode, r->batch, r->context, qs, r->median_us, r->floor_us,
                100.0 * r->floor_us / r->median_us);
         if (j == 1) printf("%8.2fx\n", r->speedup);
         else printf("%9s\n", "-");
@@ -464,7 +539,9 @@ static int decode_points(const decode_opts *o, const decode_grid *g, const bench
     assert(cap >= 2 * (g->nbat * g->nctx + 1));
     (void)cap;
     int err = 0;
-    printf("%-5s %6s %8s %12s %10s %8s %9s\n", "mode", "batch", "context", "median_us", "floor_us", "of_floor", "speedup");
+    printf("%-5s %6s %8s %7s %12s %10s %8s %9s\n", "mode", "batch", "context", "queries", "median_us", "floor_us",
+           "of_floor", "speedup");
+    const bench_rec plain = {.q_format = HISA_Q_F32, .next_n = 1};
     for (int bi = 0; bi <= g->nbat && !err && !o->topk_only; bi++) {
         for (int ci = 0; ci < g->nctx && !err; ci++) {
             int32_t batch, context;
@@ -476,12 +553,33 @@ static int decode_points(const decode_opts *o, const decode_grid *g, const bench
                 batch = g->batches[bi];
                 context = g->contexts[ci];
             }
-            err = bench_point(batch, context, pool, pool_n, e->copy_gbps, o->reps, &recs[*n_recs], &recs[*n_recs + 1]);
+            err = bench_point(batch, context, &plain, pool, pool_n, e->read_gbps, o->reps, &recs[*n_recs],
+                              &recs[*n_recs + 1]);
             if (err) break;
             print_point(&recs[*n_recs]);
             *n_recs += 2;
         }
     }
+    return err;
+}
+
+/* The engine's query forms at 128K, batch 1 and 64 (not with --batch / --context): fp8 and bf16
+ * queries, and two queries per sequence (next_n 2). */
+static int decode_variants(const decode_opts *o, const bench_env *e, const float *pool, int32_t pool_n,
+                           bench_rec *recs, int cap, int *n_recs) {
+    static const bench_rec k_variants[3] = {{.q_format = HISA_Q_FP8, .next_n = 1},
+                                            {.q_format = HISA_Q_BF16, .next_n = 1},
+                                            {.q_format = HISA_Q_F32, .next_n = 2}};
+    int err = 0;
+    for (int b = 0; b < 2 && !err && !o->one_batch && !o->topk_only; b++)
+        for (int v = 0; v < 3 && !err; v++) {
+            assert(*n_recs + 2 <= cap);
+            err = bench_point(b ? 64 : 1, 131072, &k_variants[v], pool, pool_n, e->read_gbps, o->reps, &recs[*n_recs],
+                              &recs[*n_recs + 1]);
+            if (!err) print_point(&recs[*n_recs]);
+            *n_recs += err ? 0 : 2;
+        }
+    (void)cap;
     return err;
 }
 
@@ -511,8 +609,10 @@ static int decode_write_json(const char *json, const bench_env *e, const bench_r
         tool_json_string(f, e->prop.name);
         fprintf(f, ", \"date\": \"%s\", \"mode\": \"%s\", \"batch\": %d, \"context\": %d, \"key_format\": \"fp8\", "
                    "\"heads\": 64, \"block_size\": 128, \"top_blocks\": 64, \"topk\": 2048, "
-                   "\"median_us\": %.2f, \"floor_us\": %.2f, \"copy_gbps\": %.1f, \"bytes_read\": %.0f",
-                e->date, r->mode, r->batch, r->context, r->median_us, r->floor_us, e->copy_gbps, r->bytes);
+                   "\"q_format\": \"%s\", \"next_n\": %d, \"median_us\": %.2f, \"floor_us\": %.2f, "
+                   "\"copy_gbps\": %.1f, \"read_gbps\": %.1f, \"bytes_read\": %.0f",
+                e->date, r->mode, r->batch, r->context, tool_q_format_name(r->q_format), r->next_n, r->median_us,
+                r->floor_us, e->copy_gbps, e->read_gbps, r->bytes);
         if (strcmp(r->mode, "hisa") == 0) fprintf(f, ", \"speedup_vs_flat\": %.3f", r->speedup);
         fprintf(f, "},\n");
     }
@@ -520,8 +620,8 @@ static int decode_write_json(const char *json, const bench_env *e, const bench_r
         fprintf(f, "  {\"device\": ");
         tool_json_string(f, e->prop.name);
         fprintf(f, ", \"date\": \"%s\", \"mode\": \"topk\", \"batch\": %d, \"context\": 131072, \"key_format\": \"fp8\", "
-                   "\"topk\": 2048, \"median_us\": %.2f, \"copy_gbps\": %.1f}%s\n",
-                e->date, k_topk_batch[i], topk_us[i], e->copy_gbps, i == 1 ? "" : ",");
+                   "\"topk\": 2048, \"median_us\": %.2f, \"copy_gbps\": %.1f, \"read_gbps\": %.1f}%s\n",
+                e->date, k_topk_batch[i], topk_us[i], e->copy_gbps, e->read_gbps, i == 1 ? "" : ",");
     }
     fprintf(f, "]\n");
     fclose(f);
@@ -550,6 +650,7 @@ static int decode_run(const decode_opts *o) {
     bench_rec recs[64];
     int n_recs = 0;
     int err = decode_points(o, &g, &env, pool, pool_n, recs, 64, &n_recs);
+    if (!err) err = decode_variants(o, &env, pool, pool_n, recs, 64, &n_recs);
     free(pool);
     double topk_us[2] = {0, 0};
     if (!err) err = decode_topk(o, topk_us);
