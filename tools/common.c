@@ -278,12 +278,6 @@ int tool_cuda_available(void) {
     return g_cuda_ok;
 }
 
-const char *tool_device_name(int32_t device, char *buf, size_t buf_len) {
-    if (device == HISA_DEVICE_CPU) snprintf(buf, buf_len, "cpu");
-    else snprintf(buf, buf_len, "cuda:%d", device - 1);
-    return buf;
-}
-
 int tool_pick_device(const char *cmd, const char *name, int32_t *device_out,
                      const char **why_out) {
     if (why_out) *why_out = "";
@@ -411,8 +405,4 @@ void tool_json_string(FILE *f, const char *s) {
         else fputc(ch, f);
     }
     fputc('"', f);
-}
-
-const char *tool_key_format_name(int32_t key_format) {
-    return key_format == HISA_KEY_BF16 ? "bf16" : "fp8";
 }

@@ -12,6 +12,18 @@
 
 #include "tools.h"
 
+/* The names of configuration values, as the tools print them (config_msg.c holds every way the
+ * tools describe a configuration; common.c calls in, nothing here calls back). */
+const char *tool_device_name(int32_t device, char *buf, size_t buf_len) {
+    if (device == HISA_DEVICE_CPU) snprintf(buf, buf_len, "cpu");
+    else snprintf(buf, buf_len, "cuda:%d", device - 1);
+    return buf;
+}
+
+const char *tool_key_format_name(int32_t key_format) {
+    return key_format == HISA_KEY_BF16 ? "bf16" : "fp8";
+}
+
 /* Every field of hisa_config a rule can name, with its common option. */
 static const struct {
     const char *field, *option;
