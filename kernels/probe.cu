@@ -2,8 +2,8 @@
  * only reads keys) is judged by. A device-to-device copy also writes, so its rate is not the
  * read ceiling; `hisa bench decode` measures both in the same run.
  *
- * Invariants: every 16-byte vector of the buffer is read exactly once (grid-stride, four loads in
- * flight per thread); the wrapping sum of its 32-bit words goes to *sum (one atomic per warp) so
+ * Invariants: every 16-byte vector of the buffer is read exactly once (CTAs take 32 KB tiles in
+ * turn, four 16-byte loads in flight per thread); the wrapping sum of its 32-bit words goes to *sum (one atomic per warp) so
  * the compiler cannot drop a load, and the tests check that sum against the CPU. */
 #include "common.cuh"
 
@@ -13,18 +13,21 @@ constexpr int kProbeThreads = 512;
 
 __global__ void __launch_bounds__(kProbeThreads) read_probe_kernel(const hisa_k_read_probe_params p) {
     const uint4 *v = static_cast<const uint4 *>(p.buf);
-    const int64_t n = (int64_t)(p.bytes / 16), stride = (int64_t)gridDim.x * kProbeThreads;
+    const int64_t n = (int64_t)(p.bytes / 16);
+    constexpr int64_t kTile = 4 * kProbeThreads; /* a CTA reads 32 KB contiguous per step */
     unsigned long long acc = 0;
-    int64_t i = (int64_t)blockIdx.x * kProbeThreads + threadIdx.x;
-    for (; i + 3 * stride < n; i += 4 * stride) {
-        uint4 a = __ldcs(v + i), b = __ldcs(v + i + stride), c = __ldcs(v + i + 2 * stride), d = __ldcs(v + i + 3 * stride);
+    int64_t t = blockIdx.x;
+    for (; (t + 1) * kTile <= n; t += gridDim.x) { /* whole tiles: four loads in flight */
+        const uint4 *q = v + t * kTile + threadIdx.x;
+        uint4 a = __ldcs(q), b = __ldcs(q + kProbeThreads), c = __ldcs(q + 2 * kProbeThreads), d = __ldcs(q + 3 * kProbeThreads);
         acc += (unsigned long long)a.x + a.y + a.z + a.w + b.x + b.y + b.z + b.w;
         acc += (unsigned long long)c.x + c.y + c.z + c.w + d.x + d.y + d.z + d.w;
     }
-    for (; i < n; i += stride) {
-        uint4 a = __ldcs(v + i);
-        acc += (unsigned long long)a.x + a.y + a.z + a.w;
-    }
+    if (t * kTile < n) /* the one partial tile, taken by whichever CTA reaches it */
+        for (int64_t i = t * kTile + threadIdx.x; i < n; i += kProbeThreads) {
+            uint4 a = __ldcs(v + i);
+            acc += (unsigned long long)a.x + a.y + a.z + a.w;
+        }
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
     if ((threadIdx.x & 31) == 0) atomicAdd(p.sum, acc);

@@ -437,27 +437,28 @@ typedef struct bench_env {
     double copy_gbps, read_gbps;
 } bench_env;
 
-/* Read bandwidth: hisa_dev_read_probe over a 2 GiB buffer (not zeros), bytes over the median. */
+/* Read bandwidth: hisa_dev_read_probe over a 2 GiB buffer (not zeros), captured once in a graph
+ * and replayed (so no host gap between launches is timed), bytes over the median replay. */
 static int read_time(hisa_runtime *rt, const void *buf, size_t bytes, uint64_t *sum, double *gbps) {
-    cudaEvent_t e0, e1;
-    BENCH_CUDA(cudaEventCreate(&e0));
-    BENCH_CUDA(cudaEventCreate(&e1));
-    double t[9];
-    int err = 0;
-    for (int i = 0; i < 11 && !err; i++) {
-        BENCH_CUDA(cudaEventRecord(e0, 0));
-        err = hisa_dev_read_probe(rt, buf, bytes, sum);
-        BENCH_CUDA(cudaEventRecord(e1, 0));
-        BENCH_CUDA(cudaEventSynchronize(e1));
-        float ms = 0;
-        BENCH_CUDA(cudaEventElapsedTime(&ms, e0, e1));
-        if (i >= 2) t[i - 2] = ms;
+    cudaStream_t st;
+    BENCH_CUDA(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+    int err = hisa_set_stream(rt, st);
+    cudaGraph_t graph;
+    cudaGraphExec_t exec;
+    BENCH_CUDA(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+    if (!err) err = hisa_dev_read_probe(rt, buf, bytes, sum);
+    BENCH_CUDA(cudaStreamEndCapture(st, &graph));
+    double us = 0;
+    if (!err) {
+        BENCH_CUDA(cudaGraphInstantiate(&exec, graph, 0));
+        err = time_graph(exec, st, 2, 9, &us);
+        BENCH_CUDA(cudaGraphExecDestroy(exec));
     }
-    BENCH_CUDA(cudaEventDestroy(e0));
-    BENCH_CUDA(cudaEventDestroy(e1));
-    if (err) return tool_lib_error("bench", "hisa_dev_read_probe", err, NULL);
-    qsort(t, 9, sizeof(double), cmp_double);
-    *gbps = (double)bytes / (t[4] * 1e-3) / 1e9;
+    BENCH_CUDA(cudaGraphDestroy(graph));
+    hisa_set_stream(rt, NULL);
+    BENCH_CUDA(cudaStreamDestroy(st));
+    if (err) return err > 0 ? err : tool_lib_error("bench", "hisa_dev_read_probe", err, NULL);
+    *gbps = (double)bytes / (us * 1e-6) / 1e9;
     return 0;
 }
 
