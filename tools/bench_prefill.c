@@ -37,20 +37,23 @@
 void hisa_bench_prefill_help(FILE *f) {
     fprintf(f,
             "usage: hisa bench prefill [--json FILE] [--reps N] [--queries N] [--context N]\n"
-            "                          [--key-format fp8|bf16] [--variant 0|1]\n"
+            "                          [--key-format fp8|bf16] [--variant 0|1] [--query-format F]\n"
             "  Times a prefill chunk of --queries (1..1024, default 1024) queries at the end of\n"
             "  contexts 8K, 16K, 32K, 64K, 128K (or --context N only, at least --queries), H=64,\n"
             "  D=128, B=128, m=64, k=2048, flat and HISA: the whole selection and the scoring\n"
             "  alone (CUDA events, median of --reps, at least 5, default 20), plus the bf16 GEMM\n"
             "  rate of cuBLAS (8192^3) measured in the same run.\n"
             "  --json FILE: the records as JSON (FILE is checked before the run)\n"
-            "  --variant 1: fp8 keys scored with bf16 MMA operands instead of fp16.\n");
+            "  --variant 1: fp8 keys scored with bf16 MMA operands instead of fp16.\n"
+            "  --query-format f32|bf16|fp8: the queries' form (default f32; fp8 folds each head's\n"
+            "  scale into its weight, as an engine's act_quant does).\n");
 }
 
 typedef struct pb_opts {
-    const char *json, *fmt_name;
+    const char *json, *fmt_name, *q_format_name;
     int32_t reps, n_q, one_context, variant;
-    int32_t fmt; /* HISA_KEY_* of fmt_name */
+    int32_t fmt;      /* HISA_KEY_* of fmt_name */
+    int32_t q_format; /* HISA_Q_* of q_format_name */
 } pb_opts;
 
 /* Options into o. Returns tool_parse_opts's codes (-1: --help) or TOOL_EXIT_USAGE. */
@@ -63,9 +66,11 @@ static int pb_parse(int argc, char **argv, pb_opts *o) {
         {"queries", TOOL_OPT_INT, &o->n_q, 1, 1024, "queries of the chunk"},
         {"context", TOOL_OPT_INT, &o->one_context, 1, HISA_MAX_CONTEXT, "tokens, HISA_MAX_CONTEXT"},
         {"key-format", TOOL_OPT_STR, &o->fmt_name, 0, 0, NULL},
-        {"variant", TOOL_OPT_INT, &o->variant, 0, 1, "0: fp16 MMA operands, 1: bf16"}};
-    int perr = tool_parse_opts("bench prefill", argc, argv, opts, 6);
+        {"variant", TOOL_OPT_INT, &o->variant, 0, 1, "0: fp16 MMA operands, 1: bf16"},
+        {"query-format", TOOL_OPT_STR, &o->q_format_name, 0, 0, NULL}};
+    int perr = tool_parse_opts("bench prefill", argc, argv, opts, 7);
     if (perr) return perr;
+    if (tool_parse_q_format("bench prefill", o->q_format_name, &o->q_format)) return TOOL_EXIT_USAGE;
     o->fmt = strcmp(o->fmt_name, "fp8") == 0 ? HISA_KEY_FP8 : strcmp(o->fmt_name, "bf16") == 0 ? HISA_KEY_BF16 : 0;
     if (!o->fmt) {
         fprintf(stderr, "hisa bench prefill: --key-format: '%s'; expected fp8 or bf16\n", o->fmt_name);
@@ -250,7 +255,8 @@ typedef struct pb_env {
 
 /* The device inputs of the chunk: queries, head weights, room for the selection. */
 typedef struct pb_bufs {
-    float *q, *w;
+    void *q;  /* [n_q, H, 128] in the chosen query format */
+    float *w;
     int32_t *out;
 } pb_bufs;
 
@@ -318,19 +324,34 @@ static int pb_write_keys(hisa_runtime *rt, int32_t seq, int32_t max_ctx, const c
     return 0;
 }
 
-static int pb_copy(const float *hq, const float *hw, int32_t n_q, pb_bufs *d) {
+/* The queries in q_format, converted in place at the front of hq (fp8 folds scales into hw). */
+static size_t pb_convert(float *hq, float *hw, int32_t n_q, int32_t q_format) {
+    size_t n = (size_t)n_q * PB_H * 128;
+    void *conv = q_format == HISA_Q_F32 ? NULL : malloc(n * 2);
+    if (q_format != HISA_Q_F32 && !conv) return 0;
+    if (q_format == HISA_Q_BF16) tool_q_to_bf16(hq, (int64_t)n, conv);
+    for (int32_t i = 0; q_format == HISA_Q_FP8 && i < n_q; i++)
+        tool_q_to_fp8(hq + (int64_t)i * PB_H * 128, hw + (int64_t)i * PB_H, PB_H,
+                      (uint8_t *)conv + (int64_t)i * PB_H * 128, hw + (int64_t)i * PB_H);
+    if (conv) memcpy(hq, conv, n * tool_q_format_bytes(q_format));
+    free(conv);
+    return n * tool_q_format_bytes(q_format);
+}
+
+static int pb_copy(const float *hq, const float *hw, int32_t n_q, size_t q_bytes, pb_bufs *d) {
     assert(hq && hw && d);
-    assert(n_q >= 1);
-    PB_CUDA(cudaMalloc((void **)&d->q, sizeof(float) * (size_t)n_q * PB_H * 128));
+    assert(n_q >= 1 && q_bytes > 0);
+    PB_CUDA(cudaMalloc(&d->q, q_bytes));
     PB_CUDA(cudaMalloc((void **)&d->w, sizeof(float) * (size_t)n_q * PB_H));
     PB_CUDA(cudaMalloc((void **)&d->out, sizeof(int32_t) * (size_t)n_q * PB_K));
-    PB_CUDA(cudaMemcpy(d->q, hq, sizeof(float) * (size_t)n_q * PB_H * 128, cudaMemcpyHostToDevice));
+    PB_CUDA(cudaMemcpy(d->q, hq, q_bytes, cudaMemcpyHostToDevice));
     PB_CUDA(cudaMemcpy(d->w, hw, sizeof(float) * (size_t)n_q * PB_H, cudaMemcpyHostToDevice));
     return 0;
 }
 
-/* n_q decode-style queries from the generator (the same at every context), on the device. */
-static int pb_upload_queries(synth_gen *gen, int32_t n_q, pb_bufs *d) {
+/* n_q decode-style queries from the generator (the same at every context), in q_format, on the
+ * device. */
+static int pb_upload_queries(synth_gen *gen, int32_t n_q, int32_t q_format, pb_bufs *d) {
     assert(gen && d);
     assert(n_q >= 1 && n_q <= 1024);
     float *hq = malloc(sizeof(float) * (size_t)n_q * PB_H * 128), *hw = malloc(sizeof(float) * (size_t)n_q * PB_H);
@@ -341,7 +362,9 @@ static int pb_upload_queries(synth_gen *gen, int32_t n_q, pb_bufs *d) {
         return TOOL_EXIT_FAIL;
     }
     for (int32_t i = 0; i < n_q; i++) synth_query(gen, 0, 0, hq + (int64_t)i * PB_H * 128, hw + (int64_t)i * PB_H);
-    int rc = pb_copy(hq, hw, n_q, d);
+    size_t q_bytes = pb_convert(hq, hw, n_q, q_format);
+    int rc = q_bytes ? pb_copy(hq, hw, n_q, q_bytes, d) : TOOL_EXIT_FAIL;
+    if (!q_bytes) fprintf(stderr, "hisa bench prefill: out of memory\n");
     free(hq);
     free(hw);
     return rc;
@@ -364,7 +387,7 @@ static int pb_prepare(const pb_opts *o, cudaStream_t st, int32_t max_ctx, hisa_r
         return TOOL_EXIT_FAIL;
     }
     rc = pb_write_keys(*rt, *seq, max_ctx, o->fmt_name, &gen);
-    if (!rc) rc = pb_upload_queries(&gen, o->n_q, d);
+    if (!rc) rc = pb_upload_queries(&gen, o->n_q, o->q_format, d);
     synth_free(&gen);
     if (rc) {
         hisa_close(*rt);
@@ -386,7 +409,7 @@ static int pb_point(const pb_opts *o, cudaStream_t st, hisa_runtime *rt, int32_t
     r->queries = o->n_q;
     r->context = L;
     hisa_prefill req = {.layer = 0, .mode = mode, .seq = seq, .t0 = t0, .n_q = o->n_q, .q = d->q, .w = d->w,
-                        .out = d->out};
+                        .out = d->out, .q_format = o->q_format};
     uint32_t vf = o->variant ? HISA_DEV_VARIANT_ALT : 0u;
     int err = pb_time(rt, st, &req, vf, o->reps, &r->median_us);
     if (!err) err = pb_time(rt, st, &req, vf | HISA_DEV_SCORING_ONLY, o->reps, &r->scoring_us);
@@ -436,10 +459,12 @@ static int pb_write_json(const pb_opts *o, const pb_env *e, const pb_rec *recs, 
                 ", \"date\": \"%s\", \"mode\": \"%s\", \"queries\": %d, \"context\": %d, \"key_format\": \"%s\", "
                 "\"heads\": %d, \"block_size\": %d, \"top_blocks\": %d, \"topk\": %d, \"median_us\": %.2f, "
                 "\"scoring_us\": %.2f, \"scoring_flops\": %.6g, \"tflops\": %.2f, \"gemm_tflops\": %.2f, "
-                "\"gemm_lib\": \"%s\", \"pct_of_gemm\": %.2f, \"cuda_runtime\": %d, \"driver\": %d, \"variant\": %d",
+                "\"gemm_lib\": \"%s\", \"pct_of_gemm\": %.2f, \"cuda_runtime\": %d, \"driver\": %d, \"variant\": %d, "
+                "\"q_format\": \"%s\"",
                 e->date, r->mode, r->queries, r->context, o->fmt_name, PB_H, PB_B, PB_M, PB_K, r->median_us,
                 r->scoring_us, r->flops, r->tflops, e->gemm, e->gemm_lib,
-                e->gemm > 0 ? 100.0 * r->tflops / e->gemm : 0.0, e->rtv, e->drv, o->variant);
+                e->gemm > 0 ? 100.0 * r->tflops / e->gemm : 0.0, e->rtv, e->drv, o->variant,
+                tool_q_format_name(o->q_format));
         if (strcmp(r->mode, "hisa") == 0) fprintf(f, ", \"speedup_vs_flat\": %.3f", r->speedup);
         fprintf(f, "}%s\n", i + 1 < n_recs ? "," : "");
     }
