@@ -83,6 +83,44 @@ static void topic_vector(uint64_t seed, int64_t topic, float *v) {
     for (int d = 0; d < 128; d++) v[d] = hisa_test_gauss(&s);
 }
 
+static const float *g_sort_j; /* qsort has no context argument; tests run on one thread */
+
+static int by_j_desc(const void *a, const void *b) {
+    int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+    float jx = g_sort_j[x], jy = g_sort_j[y];
+    if (jx != jy) return jx > jy ? -1 : 1; /* NaN scores do not occur in these tests' means */
+    return (x > y) - (x < y);
+}
+
+int hisa_agree_blocks(const float *J, int32_t nb, int32_t m, const int32_t *blocks, char *why, size_t why_len) {
+    const int32_t last = nb - 1;
+    if (blocks[0] != 0 || blocks[m - 1] != last) {
+        snprintf(why, why_len, "blocks 0 / last not forced (%d, %d; last %d)", blocks[0], blocks[m - 1], last);
+        return 0;
+    }
+    for (int32_t i = 1; i < m; i++)
+        if (blocks[i] <= blocks[i - 1] || blocks[i] > last) {
+            snprintf(why, why_len, "kept blocks not ascending in 0 .. %d at %d (%d after %d)", last, i, blocks[i],
+                     blocks[i - 1]);
+            return 0;
+        }
+    if (m <= 2) return 1;
+    int32_t *order = malloc(sizeof(int32_t) * (size_t)nb), *ref = malloc(sizeof(int32_t) * (size_t)m);
+    uint8_t *is_cand = calloc((size_t)nb, 1);
+    for (int32_t b = 1; b < last; b++) {
+        order[b - 1] = b;
+        is_cand[b] = 1;
+    }
+    g_sort_j = J;
+    qsort(order, (size_t)(last - 1), sizeof(int32_t), by_j_desc);
+    memcpy(ref, order, sizeof(int32_t) * (size_t)(m - 2));
+    int ok = hisa_agree(J, nb, is_cand, ref, blocks + 1, m - 2, why, why_len);
+    free(order);
+    free(ref);
+    free(is_cand);
+    return ok;
+}
+
 void hisa_tgen_keys(uint64_t seed, int64_t pos0, int32_t n, float *keys) {
     int64_t seg_start = 0, seg = segment_of(seed, pos0, &seg_start), seg_len = 0;
     float topic[128];

@@ -17,6 +17,12 @@
 int hisa_agree(const float *score, int32_t n_ids, const uint8_t *is_cand, const int32_t *ref,
                const int32_t *got, int32_t k, char *why, size_t why_len);
 
+/* SPEC 4's kept blocks of a HISA row with nb > m blocks, judged: blocks [m] holds 0 first and
+ * nb - 1 last, ascending, and its middle m - 2 agree (the rule above, with J in place of I) with
+ * the best m - 2 of blocks 1 .. nb - 2 by J [nb] (ties to the lower block). Returns 1 or 0 and a
+ * reason in why. The reference middle is sorted here, independently of the backends' top-k. */
+int hisa_agree_blocks(const float *J, int32_t nb, int32_t m, const int32_t *blocks, char *why, size_t why_len);
+
 /* Keys for positions [pos0, pos0 + n) of a structured context: topic segments (length 16..400)
  * of a topic vector plus noise, a few large sink tokens at positions 0..3. Same seed, same
  * positions: same keys, whatever the chunking. */

@@ -704,3 +704,22 @@ HISA_TEST(ties_go_to_lower_positions_and_blocks) {
     free(keys);
     hisa_close(rt);
 }
+
+/* The test suite's kept-block judge (tests/common.c, used by the GPU tests) holds the SPEC rule:
+ * forced ends, ascending, the middle the best m - 2 by J up to a near-tie. */
+HISA_TEST(agree_blocks_judges_the_block_rule) {
+    float J[10] = {5, 1, 9, 3, 8, 2, 7, 7.00001f, 0, 4}; /* blocks 0..9; last = 9 */
+    char why[256];
+    int32_t good[5] = {0, 2, 4, 6, 9};    /* m = 5: the best 3 of 1..8 are 2 (9), 4 (8), 7 (7.00001) */
+    int32_t tie[5] = {0, 2, 4, 7, 9};     /* 6 (7) and 7 (7.00001) are a near-tie: either agrees */
+    int32_t worse[5] = {0, 1, 2, 4, 9};   /* 1 (J 1) instead of 6 or 7 */
+    int32_t unforced[5] = {1, 2, 4, 6, 9};
+    int32_t unsorted[5] = {0, 4, 2, 6, 9};
+    CHECKF(hisa_agree_blocks(J, 10, 5, good, why, sizeof why), "%s", why);
+    CHECKF(hisa_agree_blocks(J, 10, 5, tie, why, sizeof why), "%s", why);
+    CHECK(!hisa_agree_blocks(J, 10, 5, worse, why, sizeof why));
+    CHECK(!hisa_agree_blocks(J, 10, 5, unforced, why, sizeof why));
+    CHECK(!hisa_agree_blocks(J, 10, 5, unsorted, why, sizeof why));
+    int32_t two[2] = {0, 9};
+    CHECK(hisa_agree_blocks(J, 10, 2, two, why, sizeof why));
+}

@@ -199,27 +199,7 @@ static void check_row(hisa_test_ctx *ctx, pair *p, int32_t seq, const float *q, 
         memcpy(cs, I, sizeof(float) * (size_t)n);
     } else {
         REQUIRE(gpu_blocks != NULL);
-        CHECKF(gpu_blocks[0] == 0 && gpu_blocks[m - 1] == last, "%s n=%d: blocks 0 / last not forced (%d, %d)", what,
-               n, gpu_blocks[0], gpu_blocks[m - 1]);
-        for (int32_t i = 1; i < m; i++) CHECKF(gpu_blocks[i] > gpu_blocks[i - 1], "%s: kept blocks not ascending", what);
-        /* the middle blocks against J */
-        float *jb = malloc(sizeof(float) * (size_t)nb);
-        int32_t *bid = malloc(sizeof(int32_t) * (size_t)nb), *refb = malloc(sizeof(int32_t) * (size_t)m);
-        uint8_t *bc = calloc((size_t)nb, 1);
-        for (int32_t b = 1; b < last; b++) {
-            jb[b - 1] = J[b];
-            bid[b - 1] = b;
-            bc[b] = 1;
-        }
-        int32_t nm = hisa__topk_ref(jb, bid, last - 1, m - 2, refb);
-        CHECK_EQ_INT(nm, m - 2);
-        if (m > 2)
-            CHECKF(hisa_agree(J, nb, bc, refb, gpu_blocks + 1, m - 2, why, sizeof why), "%s n=%d: kept blocks: %s",
-                   what, n, why);
-        free(jb);
-        free(bid);
-        free(refb);
-        free(bc);
+        CHECKF(hisa_agree_blocks(J, nb, m, gpu_blocks, why, sizeof why), "%s n=%d: kept blocks: %s", what, n, why);
         for (int32_t i = 0; i < m; i++) {
             int32_t b = gpu_blocks[i];
             if (b < 0 || b > last) continue;
