@@ -320,13 +320,6 @@ int hisa_select_decode(hisa_runtime *rt, const hisa_decode *req) {
     return rt->be->decode(rt, req);
 }
 
-/* Chunk c of a prefill request (the single-chunk form is chunk 0). */
-static void chunk_of(const hisa_prefill *req, int32_t c, int32_t *seq, int32_t *t0, int32_t *n_q) {
-    *seq = req->n_chunks ? req->seqs[c] : req->seq;
-    *t0 = req->n_chunks ? req->t0s[c] : req->t0;
-    *n_q = req->n_chunks ? req->n_qs[c] : req->n_q;
-}
-
 /* Chunk a before chunk b: by sequence, then by first position. */
 static int chunk_before(const hisa_prefill *req, int32_t a, int32_t b) {
     return req->seqs[a] != req->seqs[b] ? req->seqs[a] < req->seqs[b] : req->t0s[a] < req->t0s[b];
@@ -361,12 +354,12 @@ static int chunks_disjoint(const hisa_runtime *rt, const hisa_prefill *req) {
 static int chunks_validate(const hisa_runtime *rt, const hisa_prefill *req) {
     HISA__CHECK(req->n_chunks >= 0, HISA_EINVAL);
     HISA__CHECK(!req->n_chunks || (req->seqs && req->t0s && req->n_qs), HISA_EINVAL);
-    int32_t n_chunks = req->n_chunks ? req->n_chunks : 1;
+    int32_t n_chunks = hisa__prefill_chunks(req);
     HISA__CHECK(n_chunks <= rt->g.max_prefill, HISA_ELIMIT); /* each chunk holds a query */
     int64_t total = 0;
     for (int32_t c = 0; c < n_chunks; c++) {
         int32_t seq, t0, n_q;
-        chunk_of(req, c, &seq, &t0, &n_q);
+        hisa__prefill_chunk(req, c, &seq, &t0, &n_q);
         HISA__CHECK(n_q >= 1, HISA_EINVAL);
         total += n_q;
         HISA__CHECK(total <= rt->g.max_prefill, HISA_ELIMIT);
@@ -381,9 +374,9 @@ static int prefill_run(hisa_runtime *rt, const hisa_prefill *req, uint32_t dev_f
     HISA__CHECK(req != NULL, HISA_EINVAL);
     int err = select_common(rt, req->layer, req->mode, req->q, req->q_format, req->w, req->out, req->flags);
     if (!err) err = chunks_validate(rt, req);
-    for (int32_t c = 0; !err && c < (req->n_chunks ? req->n_chunks : 1); c++) {
+    for (int32_t c = 0; !err && c < hisa__prefill_chunks(req); c++) {
         int32_t seq, t0, n_q;
-        chunk_of(req, c, &seq, &t0, &n_q);
+        hisa__prefill_chunk(req, c, &seq, &t0, &n_q);
         err = check_written(rt, req->layer, seq, t0 + n_q - 1);
     }
     return err ? err : rt->be->prefill(rt, req, dev_flags);

@@ -242,12 +242,11 @@ static int cpu_decode(hisa_runtime *rt, const hisa_decode *req) {
 
 static int cpu_prefill(hisa_runtime *rt, const hisa_prefill *req, uint32_t dev_flags) {
     int64_t H = rt->g.n_heads, k = rt->g.topk, qb = hisa__q_bytes(H, req->q_format), row = 0;
-    int32_t n_chunks = req->n_chunks > 0 ? req->n_chunks : 1;
     assert(dev_flags == 0);
     (void)dev_flags;
-    for (int32_t c = 0; c < n_chunks; c++) {
-        int32_t seq = req->n_chunks ? req->seqs[c] : req->seq, t0 = req->n_chunks ? req->t0s[c] : req->t0;
-        int32_t n_q = req->n_chunks ? req->n_qs[c] : req->n_q;
+    for (int32_t c = 0; c < hisa__prefill_chunks(req); c++) {
+        int32_t seq, t0, n_q;
+        hisa__prefill_chunk(req, c, &seq, &t0, &n_q);
         for (int32_t i = 0; i < n_q; i++, row++)
             (void)hisa__cpu_select_one(rt, req->layer, req->mode, seq, t0 + i, (const uint8_t *)req->q + row * qb,
                                        req->q_format, req->w + row * H, (req->flags & HISA_SLOTS) != 0,

@@ -288,21 +288,24 @@ static int prefill_chunk(hisa_runtime *rt, const hisa_prefill *req, uint32_t dev
 /* Chunks run one launch chain after another on the stream, each reusing the scratch (a batched
  * single launch is the prefill performance issue's). */
 static int cuda_prefill(hisa_runtime *rt, const hisa_prefill *req, uint32_t dev_flags) {
-    const int32_t n_chunks = req->n_chunks > 0 ? req->n_chunks : 1;
+    const int32_t n_chunks = hisa__prefill_chunks(req);
     const void *q = req->q;
     const float *w = req->w;
     int32_t *out = req->out;
     const int host_io = (req->flags & HISA_HOST_IO) != 0;
     int64_t total = 0;
-    for (int32_t c = 0; c < n_chunks; c++) total += req->n_chunks ? req->n_qs[c] : req->n_q;
+    int32_t seq, t0, n_q;
+    for (int32_t c = 0; c < n_chunks; c++) {
+        hisa__prefill_chunk(req, c, &seq, &t0, &n_q);
+        total += n_q;
+    }
     assert(rt && q && w && out && total >= 1 && total <= rt->g.max_prefill);
     if (host_io) {
         int err = stage_in(rt, (int32_t)total, req->q_format, &q, &w, &out);
         if (err) return err;
     }
-    for (int64_t c = 0, row = 0; c < n_chunks; c++) {
-        int32_t seq = req->n_chunks ? req->seqs[c] : req->seq, t0 = req->n_chunks ? req->t0s[c] : req->t0;
-        int32_t n_q = req->n_chunks ? req->n_qs[c] : req->n_q;
+    for (int32_t c = 0, row = 0; c < n_chunks; c++) {
+        hisa__prefill_chunk(req, c, &seq, &t0, &n_q);
         int err = prefill_chunk(rt, req, dev_flags, seq, t0, n_q, row, q, w, out);
         if (err) return err;
         row += n_q;

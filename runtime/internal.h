@@ -162,6 +162,13 @@ int hisa__cpu_scores(struct hisa_runtime *rt, int32_t layer, int32_t seq, int32_
 /* One query at position t of seq (validated): k entries into out, -1 padded; slots on request. */
 int hisa__cpu_select_one(const struct hisa_runtime *rt, int32_t layer, hisa_mode mode, int32_t seq, int32_t t,
                          const void *q, int32_t q_format, const float *w, int out_slots, int32_t *out);
+/* The chunks of a prefill request: n_chunks 0 is the single-chunk form (seq / t0 / n_q). */
+static inline int32_t hisa__prefill_chunks(const hisa_prefill *req) { return req->n_chunks > 0 ? req->n_chunks : 1; }
+static inline void hisa__prefill_chunk(const hisa_prefill *req, int32_t c, int32_t *seq, int32_t *t0, int32_t *n_q) {
+    *seq = req->n_chunks ? req->seqs[c] : req->seq;
+    *t0 = req->n_chunks ? req->t0s[c] : req->t0;
+    *n_q = req->n_chunks ? req->n_qs[c] : req->n_q;
+}
 /* Bytes of one query (H x 128 values) in q_format. */
 static inline int64_t hisa__q_bytes(int64_t H, int32_t q_format) {
     return H * HISA_D * (q_format == HISA_Q_F32 ? 4 : q_format == HISA_Q_BF16 ? 2 : 1);
