@@ -34,13 +34,21 @@ extern "C" {
 #define HISA_K_Q_FP8 2
 #define HISA_K_NEXT_N_MAX 4
 
+/* Decode scorer paths (hisa.h's HISA_KERNELS_*): AUTO is resolved by hisa_k_init. */
+#define HISA_K_PATH_AUTO 0
+#define HISA_K_PATH_PORTABLE 1
+#define HISA_K_PATH_HOPPER 2
+
 /* The device, read once per runtime at open by hisa_k_init: what the launchers size grids by. */
 typedef struct hisa_k_device {
     int32_t ordinal;
+    int32_t path;                     /* in: HISA_K_PATH_*; out: PORTABLE or HOPPER */
     int32_t sm_count;
     int32_t cc_major, cc_minor;
     /* decode scoring kernel CTAs per SM: [fp8 keys, bf16 keys, means][heads / 16 - 1] */
     int32_t score_ctas_per_sm[3][HISA_HEADS_MAX / 16];
+    /* the Hopper scorer's CTAs per SM for N = 16, 32, 64, 128 padded heads */
+    int32_t wg_ctas_per_sm[4];
 } hisa_k_device;
 
 typedef struct hisa_k_cache {
@@ -171,7 +179,8 @@ int hisa_k_init(hisa_k_device *dev);
  * hisa_k_prefill below. Rows with n <= k get 0..n-1; flat rows and HISA rows with nb <= m score
  * every token; HISA rows with nb > m score block means, keep blocks 0, last and the best m-2,
  * then score only the kept blocks' tokens. Output [n_rows, topk], -1 padded. 4 launches (HISA)
- * or 2 (flat) per 256 rows, no allocation, no host sync; the kept blocks of row r are left in
+ * or 2 (flat) per 256 rows, no allocation, no host sync; the token scorer is dev.path's
+ * (PORTABLE mma.sync, or HOPPER wgmma + bulk copies for fp8 keys); the kept blocks of row r are left in
  * scratch.blocks[r] (tests read them). */
 typedef struct hisa_k_select_params {
     hisa_k_cache cache;

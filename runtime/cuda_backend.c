@@ -104,6 +104,10 @@ static int cuda_probe(int32_t device, hisa_k_device *dev, char *detail, size_t d
 static int cuda_start(hisa_runtime *rt) {
     assert(rt && hisa__is_cuda(rt));
     HISA_CUDA_TRY(rt, cudaSetDevice(rt->dev.ordinal));
+    _Static_assert(HISA_K_PATH_AUTO == HISA_KERNELS_AUTO && HISA_K_PATH_PORTABLE == HISA_KERNELS_PORTABLE &&
+                       HISA_K_PATH_HOPPER == HISA_KERNELS_HOPPER,
+                   "kernel paths are hisa.h's values");
+    rt->dev.path = rt->plan.config.kernels;
     HISA_LAUNCH_TRY(rt, hisa_k_init(&rt->dev));
     /* The device mirrors start empty; the top-k histograms start (and stay) zero. */
     cudaStream_t s = stream_of(rt);

@@ -76,6 +76,12 @@ enum { HISA_Q_F32 = 0, HISA_Q_BF16 = 1, HISA_Q_FP8 = 2 };
 /* Selection modes. */
 typedef enum { HISA_MODE_HISA = 0, HISA_MODE_FLAT = 1 } hisa_mode;
 
+/* CUDA decode scorer, chosen at open. AUTO takes the one measured fastest on the device (today the
+ * mma.sync scorer on Hopper too: bench/NOTES-decode.md); PORTABLE forces the mma.sync scorer (the
+ * path for GPUs without wgmma/TMA); HOPPER forces the warpgroup-MMA scorer fed by bulk copies
+ * (fp8 keys; compute capability 9.x). Tests run both on one Hopper GPU. The CPU backend ignores it. */
+enum { HISA_KERNELS_AUTO = 0, HISA_KERNELS_PORTABLE = 1, HISA_KERNELS_HOPPER = 2 };
+
 /* Devices: 0 (the default) is the CPU reference backend; HISA_DEVICE_CUDA(i) is CUDA device i. */
 #define HISA_DEVICE_CPU 0
 #define HISA_DEVICE_CUDA(ordinal) ((ordinal) + 1)
@@ -100,6 +106,7 @@ typedef struct hisa_config {
     int32_t max_batch;           /* sequences per hisa_write / hisa_decode call; default min(max_seqs, 256) */
     int32_t max_prefill_queries; /* tokens per hisa_write_range, queries per hisa_prefill; default min(max_context, 1024) */
     int32_t device;              /* HISA_DEVICE_CPU (default) or HISA_DEVICE_CUDA(ordinal) */
+    int32_t kernels;             /* CUDA decode scorer: HISA_KERNELS_AUTO (default), _PORTABLE or _HOPPER */
 } hisa_config;
 
 /* The memory plan: named regions carved from two reservations. */

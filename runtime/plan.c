@@ -59,6 +59,8 @@ static int check_capacity(hisa_config *c, rule_ctx *r) {
     HISA__RANGE(c, r, max_prefill_queries, c->max_context < 1024 ? c->max_context : 1024, 1, HISA_PREFILL_MAX,
                 "1 <= max_prefill_queries <= 16384 (default min(max_context, 1024))");
     if (c->device < 0) return broke(r, "device", "device >= 0 (0: CPU, i + 1: CUDA device i)");
+    if (c->kernels < HISA_KERNELS_AUTO || c->kernels > HISA_KERNELS_HOPPER)
+        return broke(r, "kernels", "kernels is 0 (auto), 1 (portable) or 2 (hopper)");
     return HISA_OK;
 }
 #undef HISA__RANGE

@@ -220,8 +220,11 @@ hisa_config hisa_tconfig(int32_t H, int32_t B, int32_t m, int32_t k, int32_t key
     return c;
 }
 
+int32_t hisa_t_kernels = HISA_KERNELS_AUTO;
+
 int hisa_tpair_open(hisa_test_ctx *ctx, hisa_config cfg, hisa_runtime **cpu, hisa_runtime **gpu) {
     *cpu = *gpu = NULL;
+    cfg.kernels = hisa_t_kernels;
     cfg.device = HISA_DEVICE_CPU;
     int err = hisa_open(cpu, &cfg, NULL);
     CHECKF(err == HISA_OK, "cpu open: %s", hisa_strerror(err));

@@ -42,6 +42,25 @@ void hisa_brute_select(const float *deq, const float *means, int32_t n, int32_t 
  * 1: both open; 0: no CUDA device (both closed; the caller SKIPs); -1: a failure, reported. */
 int hisa_tpair_open(hisa_test_ctx *ctx, hisa_config cfg, hisa_runtime **cpu, hisa_runtime **gpu);
 
+/* A GPU test run on both decode scorers, whichever AUTO picks: `name_portable` on
+ * HISA_KERNELS_PORTABLE (mma.sync, for GPUs without wgmma/TMA) and `name_hopper` on
+ * HISA_KERNELS_HOPPER (warpgroup MMA fed by bulk copies). hisa_tpair_open opens its CUDA runtime
+ * with hisa_t_kernels. */
+extern int32_t hisa_t_kernels;
+#define HISA_GPU_TEST(name)                                              \
+    static void hisa_gpu_body_##name(hisa_test_ctx *ctx);                \
+    HISA_TEST(name##_portable) {                                         \
+        hisa_t_kernels = HISA_KERNELS_PORTABLE;                          \
+        hisa_gpu_body_##name(ctx);                                       \
+        hisa_t_kernels = HISA_KERNELS_AUTO;                              \
+    }                                                                    \
+    HISA_TEST(name##_hopper) {                                           \
+        hisa_t_kernels = HISA_KERNELS_HOPPER;                            \
+        hisa_gpu_body_##name(ctx);                                       \
+        hisa_t_kernels = HISA_KERNELS_AUTO;                              \
+    }                                                                    \
+    static void hisa_gpu_body_##name(hisa_test_ctx *ctx)
+
 /* Open a small runtime or fail the test. */
 hisa_config hisa_tconfig(int32_t H, int32_t B, int32_t m, int32_t k, int32_t key_format,
                          int32_t max_context, int32_t max_seqs);

@@ -1270,7 +1270,7 @@ static void gj_decode(hisa_test_ctx *ctx, gpair *p, const int32_t *seqs, int32_t
 
 /* Every query format with next_n 1, 2 and 4 over lengths 1 .. past m * B, both key formats (the
  * bf16 runtime's keys written through keys_bf16), HISA and flat. */
-HISA_TEST(engine_gpu_q_formats_and_next_n_match_cpu) {
+HISA_GPU_TEST(engine_gpu_q_formats_and_next_n_match_cpu) {
     const int32_t shapes[2][4] = {{32, 64, 256, HISA_KEY_FP8}, {64, 128, 512, HISA_KEY_BF16}};
     for (int si = 0; si < 2; si++) {
         const int32_t H = shapes[si][0], B = shapes[si][1], m = 8, k = shapes[si][2], mb = m * B;
@@ -1468,7 +1468,7 @@ static int graph_step(hisa_test_ctx *ctx, gpair *p, const int32_t seqs[3], int s
 /* The write + next_n = 2 decode step captured once in a CUDA graph (device pointers: bf16 keys,
  * bf16 queries) and replayed over growing sequences; the host only extends between replays.
  * Lengths cross k, m * B and block boundaries on the way. */
-HISA_TEST(engine_gpu_graph_replay_next_n_2) {
+HISA_GPU_TEST(engine_gpu_graph_replay_next_n_2) {
     const int32_t H = 32, B = 64, m = 8, k = 256, rows = 3 * 2;
     gpair pp, *p = &pp;
     GPAIR_OPEN(p, hisa_tconfig(H, B, m, k, HISA_KEY_FP8, 4096, 3));
@@ -1518,7 +1518,7 @@ HISA_TEST(engine_gpu_graph_replay_next_n_2) {
 /* Shared prefixes on the GPU: forks (with a partial copy, of a fork), writes into shared pages
  * refused, a truncate into a shared page, the parent closed first; the cache equals the CPU's
  * and every selection (next_n 2, both modes) agrees with it; slots point into the shared pages. */
-HISA_TEST(engine_gpu_fork_matches_cpu) {
+HISA_GPU_TEST(engine_gpu_fork_matches_cpu) {
     const int32_t H = 32, B = 64, m = 8, k = 256;
     for (int32_t kf = HISA_KEY_FP8; kf <= HISA_KEY_BF16; kf++) {
         gpair pp, *p = &pp;

@@ -363,12 +363,15 @@ HISA_TEST(gpu_cache_writes_match_cpu) {
 
 /* Lengths 1 .. several blocks past m*B, around k, m*B and multiples of B, in one mixed batch,
  * both modes, both key formats, H 32/64, B 64/128; slots checked against positions. */
-HISA_TEST(gpu_select_lengths_match_cpu) {
+HISA_GPU_TEST(gpu_select_lengths_match_cpu) {
     struct {
         int32_t H, B, kf;
-    } shapes[] = {{64, 128, HISA_KEY_FP8}, {32, 64, HISA_KEY_BF16}, {32, 128, HISA_KEY_FP8}, {64, 64, HISA_KEY_BF16}};
-    for (int si = 0; si < 4; si++) {
-        const int32_t H = shapes[si].H, B = shapes[si].B, m = 8, k = 256;
+    } shapes[] = {{64, 128, HISA_KEY_FP8}, {32, 64, HISA_KEY_BF16}, {32, 128, HISA_KEY_FP8}, {64, 64, HISA_KEY_BF16},
+                  /* the Hopper scorer's other head tiles (N 16, 128) and 32-token pages (a tile's
+                     two halves in two pages) */
+                  {16, 32, HISA_KEY_FP8}, {128, 64, HISA_KEY_FP8}, {8, 256, HISA_KEY_FP8}};
+    for (int si = 0; si < (int)(sizeof shapes / sizeof shapes[0]); si++) {
+        const int32_t H = shapes[si].H, B = shapes[si].B, m = B == 32 ? 12 : 8, k = 256; /* (m - 1) * B >= k */
         int32_t mb = m * B;
         int32_t lens[] = {1, 2, k - 1, k, k + 1, B - 1, B + 1, 3 * B, 3 * B + 1, mb - 1, mb, mb + 1, mb + B - 1,
                           mb + B + 1, 2 * mb + 5, 5000, 9 * B, 9 * B - 1};
@@ -400,7 +403,7 @@ HISA_TEST(gpu_select_lengths_match_cpu) {
 
 /* Long contexts with the production shape (H 64, B 128, m 64, k 2048): up to 300K tokens, a
  * batch mixing them with short sequences. Few queries: the CPU reference is ~0.5 s per 300K. */
-HISA_TEST(gpu_select_long_contexts_match_cpu) {
+HISA_GPU_TEST(gpu_select_long_contexts_match_cpu) {
     for (int fmt = 0; fmt < 2; fmt++) {
         int32_t kf = fmt ? HISA_KEY_BF16 : HISA_KEY_FP8;
         int32_t lens_fp8[] = {300000, 131073, 8191, 2049, 100};
@@ -423,6 +426,25 @@ HISA_TEST(gpu_select_long_contexts_match_cpu) {
         }
         pair_close(p);
     }
+}
+
+/* HISA rows whose m * B candidates exceed one CTA's shared-memory top-k (16384) take the split
+ * top-k (global histograms, last-CTA finish) instead: m 300 x B 64 = 19200 candidates. */
+HISA_GPU_TEST(gpu_select_wide_hisa_rows_match_cpu) {
+    const int32_t lens[] = {30000, 19201, 25000, 5000, 19199};
+    const int32_t n_lens = (int32_t)(sizeof lens / sizeof lens[0]);
+    hisa_config cfg = hisa_tconfig(32, 64, 300, 512, HISA_KEY_FP8, 30016, n_lens);
+    cfg.max_batch = n_lens;
+    pair pp, *p = &pp;
+    PAIR_OPEN(p, cfg);
+    int32_t seqs[8];
+    int ok = 1;
+    for (int i = 0; i < n_lens && ok; i++) {
+        ok = !pair_seq_open(ctx, p, &seqs[i]);
+        if (ok) ok = !pair_append(ctx, p, seqs[i], lens[i], 1300 + (uint64_t)i, 256);
+    }
+    if (ok) decode_and_check(ctx, p, seqs, n_lens, HISA_MODE_HISA, 91, 1, "wide m*B");
+    pair_close(p);
 }
 
 /* Random scores with many exact ties through the top-k alone: same set as the reference. */
@@ -482,7 +504,7 @@ HISA_TEST(gpu_topk_ties_and_nan_match_reference) {
 /* The decode step (write the new token's key + select) captured once in a CUDA graph on a
  * non-default stream and replayed over 100 growing steps; the host only extends the sequences
  * between replays. Lengths cross k, m*B and block boundaries on the way. */
-HISA_TEST(gpu_graph_replay_over_growing_sequences) {
+HISA_GPU_TEST(gpu_graph_replay_over_growing_sequences) {
     const int32_t H = 32, B = 64, m = 8, k = 256;
     hisa_config cfg = hisa_tconfig(H, B, m, k, HISA_KEY_FP8, 4096, 3);
     cfg.max_batch = 3;
@@ -570,7 +592,7 @@ HISA_TEST(gpu_graph_replay_over_growing_sequences) {
 }
 
 /* Truncate (mid-block, at a boundary, below k and below m*B), continue appending, select. */
-HISA_TEST(gpu_truncate_then_continue_matches_cpu) {
+HISA_GPU_TEST(gpu_truncate_then_continue_matches_cpu) {
     const int32_t H = 64, B = 128, m = 8, k = 512;
     hisa_config cfg = hisa_tconfig(H, B, m, k, HISA_KEY_FP8, 8192, 4);
     cfg.max_batch = 4;

@@ -25,6 +25,13 @@
  *                  m*B: index i is token i % B of kept block i / B; blocks ascending, so index
  *                  order is position order and tie-breaking by index is by position)
  *   select         as above, writing positions or slots.
+ * Rows whose whole top-k fits one CTA's shared memory (block rows: nb - 2 <= 16384; HISA-mode
+ * token rows: m * B <= 16384) take select_smem instead of select: one CTA per row, three radix
+ * passes in shared memory, no histograms (the scorer skips them, a.hist = 0). Measured on the
+ * H200: HISA 64 x 128K 115.8 -> 102.9 us, 1 x 128K 45.2 -> 37.0 us (bench/NOTES-decode.md).
+ * score<KEYS> has two scorers behind one launcher, chosen at open (hisa_k_device.path): the
+ * mma.sync one below (PORTABLE, the default while it measures faster) and score_wg (HOPPER:
+ * warpgroup MMA fed by bulk copies, fp8 keys); both are tested against the CPU twin.
  * Kernels after the first use programmatic dependent launch: their prologue (plan, query
  * fragments) overlaps the previous kernel, and they wait where they first read its results.
  *
@@ -44,6 +51,7 @@
 #include <cub/block/block_scan.cuh>
 
 #include "../common.cuh"
+#include "../wgmma.cuh"
 
 namespace {
 
@@ -82,6 +90,8 @@ struct sel_args {
     int raw_n;
     int64_t work_row_words;           /* hisa_k_work_row_words(max length) */
     int cand_cap;                     /* hisa_k_cand_cap(max length) */
+    int hist;                         /* 1: the scorer fills the rows' histograms in work (the split
+                                         top-k reads them); 0: the rows go to select_smem_kernel */
 };
 
 struct row_desc {
@@ -180,6 +190,13 @@ __device__ __forceinline__ uint32_t e4m3x2_to_f16x2(uint32_t two_codes) {
     return (uint32_t)h.x | ((uint32_t)h.y << 16);
 }
 
+/* Four e4m3 codes (one 32-bit word) to two fp16x2 words, exactly: one conversion per pair. */
+__device__ __forceinline__ void e4m3x4_to_f16x4(uint32_t v, uint32_t &lo, uint32_t &hi) {
+    asm("{\n.reg .b16 l, h;\nmov.b32 {l, h}, %2;\ncvt.rn.f16x2.e4m3x2 %0, l;\ncvt.rn.f16x2.e4m3x2 %1, h;\n}\n"
+        : "=r"(lo), "=r"(hi)
+        : "r"(v));
+}
+
 /* The physical dimension of element t (0..3) of k-step j for lane column c: the reduction over
  * K may use any permutation as long as q and keys agree; these make each lane's key loads two
  * (fp8) or four (bf16) 16-byte pieces that together cover whole 32-byte sectors. Elements t = 0,1
@@ -236,6 +253,57 @@ __device__ __forceinline__ void load_q8(float4 (&v)[8], const void *q, int64_t q
     }
 }
 
+using plan_scan_t = cub::BlockScan<int, kScoreThreads>;
+
+/* The work plan of a scoring launch, derived by every CTA alike from the device lengths: row r
+ * of the launch has ceil(L / UNIT) units of work, cut into chunks of C units (C sized so the grid
+ * gets ~4 chunks per CTA, within [kChunkMinUnits, cmax]); prefix[r] is the row's first chunk and
+ * prefix[n_rows] the total. Returns C. Called by all kScoreThreads threads; ends on a barrier. */
+template <int UNIT>
+__device__ int plan_chunks(const sel_args &a, int cmax, int *prefix, int *s_chunk_units,
+                           typename plan_scan_t::TempStorage &tmp) {
+    static_assert(HISA_K_ROWS_PER_LAUNCH <= 2 * kScoreThreads, "two rows per thread");
+    const int tid = threadIdx.x;
+    int units[2], pre[2], total;
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        int r = 2 * tid + i;
+        units[i] = 0;
+        if (r < a.n_rows) {
+            row_desc d = describe(a, r);
+            units[i] = d.active && !d.trivial && d.ksel > 0 ? (d.L + UNIT - 1) / UNIT : 0;
+        }
+    }
+    plan_scan_t(tmp).ExclusiveSum(units, pre, total);
+    if (tid == 0) {
+        long long want = ((long long)total + (long long)gridDim.x * 4 - 1) / ((long long)gridDim.x * 4);
+        *s_chunk_units = (int)min(max(want, (long long)kChunkMinUnits), (long long)cmax);
+    }
+    __syncthreads();
+    const int C = *s_chunk_units;
+    int chunks[2], cpre[2], n_chunks;
+#pragma unroll
+    for (int i = 0; i < 2; i++) chunks[i] = (units[i] + C - 1) / C;
+    __syncthreads(); /* tmp is reused */
+    plan_scan_t(tmp).ExclusiveSum(chunks, cpre, n_chunks);
+#pragma unroll
+    for (int i = 0; i < 2; i++)
+        if (2 * tid + i < a.n_rows) prefix[2 * tid + i] = cpre[i];
+    if (tid == 0) prefix[a.n_rows] = n_chunks;
+    __syncthreads();
+    return C;
+}
+
+/* The row holding chunk c: the last r with prefix[r] <= c. */
+__device__ __forceinline__ int chunk_row(const int *prefix, int n_rows, int c) {
+    int lo = 0, hi = n_rows - 1;
+    while (lo < hi) {
+        int mid = (lo + hi + 1) >> 1;
+        if (prefix[mid] <= c) lo = mid; else hi = mid - 1;
+    }
+    return lo;
+}
+
 template <int SRC>
 __global__ void __launch_bounds__(kScoreThreads, 3) score_kernel(const sel_args a) {
     constexpr bool F16 = SRC == SRC_FP8;
@@ -254,8 +322,7 @@ __global__ void __launch_bounds__(kScoreThreads, 3) score_kernel(const sel_args 
     __shared__ int prefix[HISA_K_ROWS_PER_LAUNCH + 1];
     __shared__ int pg[kPageSlots];
     __shared__ int s_chunk_units;
-    using scan_t = cub::BlockScan<int, kScoreThreads>;
-    __shared__ typename scan_t::TempStorage scan_tmp;
+    __shared__ typename plan_scan_t::TempStorage scan_tmp;
 
     pdl_trigger();
     const hisa_k_select_params &p = a.p;
@@ -265,37 +332,9 @@ __global__ void __launch_bounds__(kScoreThreads, 3) score_kernel(const sel_args 
     bool waited = false;
     uint2 *qb = reinterpret_cast<uint2 *>(qfrag + n_mt * 8 * 32);
 
-    /* work plan: every CTA derives the same chunking from the device lengths */
-    int units[2], pre[2], total;
-#pragma unroll
-    for (int i = 0; i < 2; i++) {
-        int r = 2 * tid + i;
-        units[i] = 0;
-        if (r < a.n_rows) {
-            row_desc d = describe(a, r);
-            units[i] = d.active && !d.trivial && d.ksel > 0 ? (d.L + kUnit - 1) / kUnit : 0;
-        }
-    }
-    scan_t(scan_tmp).ExclusiveSum(units, pre, total);
-    if (tid == 0) {
-        long long want = ((long long)total + (long long)gridDim.x * 4 - 1) / ((long long)gridDim.x * 4);
-        if (want < kChunkMinUnits) want = kChunkMinUnits;
-        if (want > CMAX) want = CMAX;
-        s_chunk_units = (int)want;
-    }
     for (int b = tid; b < kHistBins; b += kScoreThreads) hist[b] = 0;
-    __syncthreads();
-    const int C = s_chunk_units;
-    int chunks[2], cpre[2], n_chunks;
-#pragma unroll
-    for (int i = 0; i < 2; i++) chunks[i] = (units[i] + C - 1) / C;
-    __syncthreads();
-    scan_t(scan_tmp).ExclusiveSum(chunks, cpre, n_chunks);
-#pragma unroll
-    for (int i = 0; i < 2; i++)
-        if (2 * tid + i < a.n_rows) prefix[2 * tid + i] = cpre[i];
-    if (tid == 0) prefix[a.n_rows] = n_chunks;
-    __syncthreads();
+    const int C = plan_chunks<kUnit>(a, CMAX, prefix, &s_chunk_units, scan_tmp);
+    const int n_chunks = prefix[a.n_rows];
 
     int cur_row = -1;
     row_desc d;
@@ -305,16 +344,10 @@ __global__ void __launch_bounds__(kScoreThreads, 3) score_kernel(const sel_args 
     const int c_begin = (int)((int64_t)n_chunks * blockIdx.x / gridDim.x);
     const int c_end = (int)((int64_t)n_chunks * (blockIdx.x + 1) / gridDim.x);
     for (int chunk = c_begin; chunk < c_end; chunk++) {
-        /* the row holding this chunk: the last r with prefix[r] <= chunk */
-        int lo = 0, hi = a.n_rows - 1;
-        while (lo < hi) {
-            int mid = (lo + hi + 1) >> 1;
-            if (prefix[mid] <= chunk) lo = mid; else hi = mid - 1;
-        }
-        const int r = lo;
+        const int r = chunk_row(prefix, a.n_rows, chunk);
         __syncthreads(); /* the previous chunk is done with pg, qfrag, hist */
         if (r != cur_row) {
-            if (cur_row >= 0)
+            if (cur_row >= 0 && a.hist)
                 for (int b = tid; b < kHistBins; b += kScoreThreads) {
                     uint32_t v = hist[b];
                     if (v) {
@@ -528,12 +561,12 @@ __global__ void __launch_bounds__(kScoreThreads, 3) score_kernel(const sel_args 
                 if (e < d.L) {
                     float sv = e < d.valid ? v0 : HISA_K_NAN_SCORE;
                     dst[e] = sv;
-                    atomicAdd(&hist[hisa__k_order_key(sv) >> kHistShift], 1u);
+                    if (a.hist) atomicAdd(&hist[hisa__k_order_key(sv) >> kHistShift], 1u);
                 }
                 if (e + 1 < d.L) {
                     float sv = e + 1 < d.valid ? v1 : HISA_K_NAN_SCORE;
                     dst[e + 1] = sv;
-                    atomicAdd(&hist[hisa__k_order_key(sv) >> kHistShift], 1u);
+                    if (a.hist) atomicAdd(&hist[hisa__k_order_key(sv) >> kHistShift], 1u);
                 }
             }
         };
@@ -550,8 +583,272 @@ __global__ void __launch_bounds__(kScoreThreads, 3) score_kernel(const sel_args 
         __syncwarp();
     }
     __syncthreads();
-    if (cur_row >= 0)
+    if (cur_row >= 0 && a.hist)
         for (int b = tid; b < kHistBins; b += kScoreThreads) {
+            uint32_t v = hist[b];
+            if (v) atomicAdd(d.work + b, v);
+        }
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* scoring on Hopper: warpgroup MMA fed by the bulk copy engine                                */
+
+/* Why this kernel exists: the mma.sync scorer above is bound by instruction issue (~600 per 32
+ * tokens per warp: q fragments from shared memory, one HMMA per 8 tokens x 16 heads, the head sum
+ * across lanes), so flat decode reads keys at under half the bandwidth. Here one warpgroup takes
+ * 64 entries per step as the MMA's M side (A: fp8 codes converted exactly to fp16 in registers),
+ * the query's heads as N (B: an fp16 K-major tile in shared memory, built once per row, scaled per
+ * head by a power of two exactly as the portable path does), K = 128: 8 wgmma per 64 entries, and
+ * the head sum runs along N inside a thread plus two shuffles. Pages arrive by 1-D bulk copies
+ * (cp.async.bulk: the TMA engine without a tensor map) into a ring of kWgStages stages, each
+ * tracked by an mbarrier armed with its byte count and issued kWgStages tiles ahead by thread 0.
+ *
+ * Invariants: fp8 keys only (bf16 keys keep the portable scorer); a tile is 64 entries of one row
+ * in two 32-entry halves, each inside one page (B is a multiple of 32, tiles start at multiples
+ * of 64); a half at or past L is not copied and rows of it are never written; the CTA's g-th tile
+ * uses stage g % S with barrier parity (g / S) & 1 (g counts across chunks); a stage is refilled
+ * only after every thread has read it (the barrier before the refill). Same work plan, outputs
+ * and histogram contract as score_kernel. */
+constexpr int kWgThreads = kScoreThreads; /* one warpgroup; plan_chunks's scan is sized for it */
+constexpr int kWgTile = 64;
+constexpr int kWgStages = 4;
+constexpr int kWgCodeBytes = kWgTile * HISA_D;            /* 8192 */
+constexpr int kWgStageBytes = kWgCodeBytes + kWgTile * 4; /* + 64 fp32 scales */
+constexpr int kWgChunkMaxTiles = 256;                     /* 16384 entries: <= 513 pages at B = 32 */
+static_assert(kWgThreads == 128, "one warpgroup");
+static_assert(kWgChunkMaxTiles * kWgTile / 32 + 1 <= kPageSlots, "a chunk's page ids fit pg");
+static_assert(kWgStageBytes % 128 == 0, "stages stay 16-byte aligned");
+
+template <int N>
+constexpr size_t wg_dyn_smem() { return 1024 /* alignment slack */ + 2 * N * 128 + kWgStages * kWgStageBytes; }
+constexpr int wg_n_index(int H) { return H <= 16 ? 0 : H <= 32 ? 1 : H <= 64 ? 2 : 3; }
+
+/* The row's query as the B tile: head n's logical K element L at 2 atoms x [N][64] fp16 (128-byte
+ * swizzle), scaled by 2^sh(n); ws[n] = w[n] * 2^-sh(n); zero rows for padding heads. The 16
+ * chunks of a head are 16 consecutive lanes, which reduce the head's amax by shuffles. */
+template <int N>
+__device__ void wg_build_q(const hisa_k_select_params &p, int crow, uint8_t *qs, float *ws) {
+    const int tid = threadIdx.x, H = p.cache.n_heads;
+    static_assert((N * 16) % kWgThreads == 0, "chunks per thread");
+    constexpr int IT = N * 16 / kWgThreads, G = IT < 4 ? IT : 4;
+    for (int it0 = 0; it0 < IT; it0 += G) {
+        float2 vv[G][4]; /* G rounds of loads in flight at once (one L2 round trip, not G) */
+#pragma unroll
+        for (int u = 0; u < G; u++) {
+            const int idx = tid + (it0 + u) * kWgThreads, n = idx >> 4, ch = idx & 15, atom = ch >> 3, cc = ch & 7;
+            const int64_t src = ((int64_t)crow * H + min(n, H - 1)) * HISA_D;
+#pragma unroll
+            for (int e = 0; e < 8; e += 2)
+                vv[u][e >> 1] = n < H ? hisa__k_q_load2(p.q, src + hisa__wg_phys_dim(atom * 64 + cc * 8 + e), p.q_format)
+                                      : make_float2(0.0f, 0.0f);
+        }
+#pragma unroll
+        for (int u = 0; u < G; u++) {
+            const int idx = tid + (it0 + u) * kWgThreads, n = idx >> 4, ch = idx & 15, atom = ch >> 3, cc = ch & 7;
+            float2 (&v)[4] = vv[u];
+            float amax = 0.0f;
+#pragma unroll
+            for (int e = 0; e < 4; e++) { /* f32 queries are rounded to bf16 first (SPEC); a no-op otherwise */
+                v[e].x = hisa__k_bf16_to_f32(hisa__k_bf16_from_f32(v[e].x));
+                v[e].y = hisa__k_bf16_to_f32(hisa__k_bf16_from_f32(v[e].y));
+                amax = fmaxf(amax, fmaxf(fabsf(v[e].x), fabsf(v[e].y)));
+            }
+#pragma unroll
+            for (int o = 1; o < 16; o <<= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+            const int sh = n < H ? hisa__k_q_f16_shift(amax) : 0;
+            uint32_t packed[4];
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                __half2 hv = __floats2half2_rn(v[e].x * pow2(sh), v[e].y * pow2(sh));
+                packed[e] = *reinterpret_cast<uint32_t *>(&hv);
+            }
+            if (ch == 0) ws[n] = n < H ? __ldg(p.w + (int64_t)crow * H + n) * pow2(-sh) : 0.0f;
+            *reinterpret_cast<uint4 *>(qs + atom * (N * 128) + n * 128 + ((cc ^ (n & 7)) << 4)) =
+                make_uint4(packed[0], packed[1], packed[2], packed[3]);
+            }
+    }
+    hisa__fence_proxy_async(); /* the generic stores above, before wgmma reads them */
+}
+
+/* Thread 0: arm stage (gi % S) with the bytes of tile `tile` of row d and start its copies. */
+__device__ __forceinline__ void wg_issue(const hisa_k_select_params &p, const row_desc &d, const int *pg, int s0,
+                                         int tile, uint32_t gi, uint8_t *ring, uint64_t *full) {
+    const hisa_k_cache &c = p.cache;
+    const int B = c.block_size, e0 = tile * kWgTile;
+    uint8_t *st = ring + (gi % kWgStages) * kWgStageBytes;
+    uint64_t *bar = full + gi % kWgStages;
+    const int halves = e0 + 32 < d.L ? 2 : 1;
+    hisa__mbar_expect_tx(bar, (uint32_t)halves * (32 * HISA_D + 32 * 4));
+    for (int h = 0; h < halves; h++) {
+        const int e = e0 + 32 * h, off = e % B;
+        const uint8_t *page = c.keys + ((int64_t)p.layer * c.n_pages + pg[e / B - s0]) * c.page_bytes;
+        hisa__bulk_copy(st + h * 32 * HISA_D, page + hisa__code_offset(off), 32 * HISA_D, bar);
+        hisa__bulk_copy(st + kWgCodeBytes + h * 128, page + hisa__scale_offset(B, off), 128, bar);
+    }
+}
+
+template <int N>
+__global__ void __launch_bounds__(kWgThreads, N >= 128 ? 2 : 3) score_wg_kernel(const sel_args a) {
+    extern __shared__ uint8_t wg_smem_raw[];
+    uint8_t *qs = reinterpret_cast<uint8_t *>((reinterpret_cast<uintptr_t>(wg_smem_raw) + 1023) & ~(uintptr_t)1023);
+    uint8_t *ring = qs + 2 * N * 128;
+    __shared__ __align__(8) uint64_t full[kWgStages];
+    __shared__ float ws[N];
+    __shared__ uint32_t hist[kHistBins];
+    __shared__ int prefix[HISA_K_ROWS_PER_LAUNCH + 1];
+    __shared__ int pg[kPageSlots];
+    __shared__ int s_chunk_units;
+    __shared__ typename plan_scan_t::TempStorage scan_tmp;
+
+    pdl_trigger();
+    const hisa_k_select_params &p = a.p;
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t4 = lane & 3;
+    const int B = p.cache.block_size;
+    if (tid == 0) {
+        for (int s = 0; s < kWgStages; s++) hisa__mbar_init(full + s, 1);
+        hisa__mbar_init_fence();
+    }
+    for (int b = tid; b < kHistBins; b += kWgThreads) hist[b] = 0;
+    const int C = plan_chunks<kWgTile>(a, kWgChunkMaxTiles, prefix, &s_chunk_units, scan_tmp);
+    const int n_chunks = prefix[a.n_rows];
+    const int c_begin = (int)((int64_t)n_chunks * blockIdx.x / gridDim.x);
+    const int c_end = (int)((int64_t)n_chunks * (blockIdx.x + 1) / gridDim.x);
+    const uint32_t qs_addr = hisa__smem_u32(qs);
+    uint32_t gtile = 0; /* tiles this CTA has started: stage and barrier parity */
+    int cur_row = -1;
+    bool waited = false;
+    row_desc d;
+    d.work = nullptr;
+    for (int chunk = c_begin; chunk < c_end; chunk++) {
+        const int r = chunk_row(prefix, a.n_rows, chunk);
+        __syncthreads(); /* the previous chunk is done with pg, qs, ws, hist */
+        if (r != cur_row) {
+            if (cur_row >= 0 && a.hist)
+                for (int b = tid; b < kHistBins; b += kWgThreads) {
+                    uint32_t v = hist[b];
+                    if (v) {
+                        atomicAdd(d.work + b, v);
+                        hist[b] = 0;
+                    }
+                }
+            d = describe(a, r);
+            cur_row = r;
+            wg_build_q<N>(p, d.crow, qs, ws);
+        }
+        const int t0 = (chunk - prefix[r]) * C, t1 = min(t0 + C, (d.L + kWgTile - 1) / kWgTile), nt = t1 - t0;
+        if (!waited) { /* from here on: kept blocks and the scores (predecessor's) */
+            pdl_wait();
+            waited = true;
+        }
+        const int s0 = t0 * kWgTile / B, s1 = (min(t1 * kWgTile, d.L) - 1) / B;
+        const int32_t *pt = p.cache.page_table + (int64_t)d.seq * p.cache.pages_per_seq;
+        for (int s = s0 + tid; s <= s1; s += kWgThreads)
+            pg[s - s0] = pt[d.path == PATH_HISA ? p.scratch.blocks[(int64_t)d.crow * p.top_blocks + s] : s];
+        __syncthreads(); /* pg, qs, ws, and every thread is past the last chunk's stage reads */
+        if (tid == 0) {
+            hisa__fence_proxy_async();
+            for (int i = 0; i < min(kWgStages, nt); i++) wg_issue(p, d, pg, s0, t0 + i, gtile + i, ring, full);
+        }
+        /* Software pipeline, two accumulators: while the MMAs of tile i run, the stage of tile i+1
+         * is read and the epilogue of tile i-1 runs. af is rewritten only after wait<0>. */
+        uint4 raw[2][2];
+        float sc[2], sc_prev[2] = {0.0f, 0.0f};
+        uint32_t af[8][4];
+        float acc0[N / 2], acc1[N / 2];
+        auto read_stage = [&](int i) { /* tile i's rows into raw/sc, then release the stage */
+            const uint32_t gi = gtile + i;
+            const uint8_t *st = ring + (gi % kWgStages) * kWgStageBytes;
+            hisa__mbar_wait(full + gi % kWgStages, (gi / kWgStages) & 1u);
+            /* rows 16 * warp + g (+8): 32 code bytes at 32 * t4; odd g reads its two 16-byte
+             * pieces in the other order so a quarter-warp's rows g, g+1 hit different banks */
+#pragma unroll
+            for (int hr = 0; hr < 2; hr++) {
+                const int row = 16 * warp + g + 8 * hr;
+                const uint4 *src = reinterpret_cast<const uint4 *>(st + row * HISA_D + 32 * t4);
+                const uint4 x0 = src[g & 1], x1 = src[(g & 1) ^ 1];
+                raw[hr][0] = (g & 1) ? x1 : x0;
+                raw[hr][1] = (g & 1) ? x0 : x1;
+                sc[hr] = *reinterpret_cast<const float *>(st + kWgCodeBytes + 4 * row);
+            }
+            __syncthreads(); /* every thread has read the stage: refill it */
+            if (tid == 0 && i + kWgStages < nt) {
+                hisa__fence_proxy_async();
+                wg_issue(p, d, pg, s0, t0 + i + kWgStages, gi + kWgStages, ring, full);
+            }
+        };
+        auto mma = [&](float (&acc)[N / 2]) { /* raw -> af, then 8 asynchronous wgmma */
+#pragma unroll
+            for (int kk = 0; kk < 8; kk++)
+#pragma unroll
+                for (int hr = 0; hr < 2; hr++)
+                    e4m3x4_to_f16x4(reinterpret_cast<const uint32_t *>(&raw[hr][kk >> 2])[kk & 3], af[kk][hr], af[kk][2 + hr]);
+#pragma unroll
+            for (int j = 0; j < N / 2; j++) acc[j] = 0.0f;
+            hisa__wgmma_fence();
+#pragma unroll
+            for (int kk = 0; kk < 8; kk++)
+                wgmma_rs_f16<N>::mma(acc, af[kk], hisa__pf_desc(qs_addr + (kk >> 2) * (N * 128) + (kk & 3) * 32), kk > 0);
+            hisa__wgmma_commit();
+        };
+        auto settle = [&](float (&acc)[N / 2]) { /* after wait<0>: acc and af are ours again */
+#pragma unroll
+            for (int j = 0; j < N / 2; j++) hisa__reg_fence(acc[j]);
+#pragma unroll
+            for (int kk = 0; kk < 8; kk++)
+#pragma unroll
+                for (int x = 0; x < 4; x++) hisa__reg_fence(af[kk][x]);
+        };
+        auto epilogue = [&](const float (&acc)[N / 2], int i, const float (&scl)[2]) {
+            /* four independent partial sums per row: the FMA chains are N/16 long, not N/4 */
+            float part[2][4] = {};
+#pragma unroll
+            for (int j = 0; j < N / 8; j++) {
+                const float2 wv = *reinterpret_cast<const float2 *>(ws + 8 * j + 2 * t4);
+                part[0][(2 * j) & 3] = fmaf(wv.x, fmaxf(acc[4 * j + 0], 0.0f), part[0][(2 * j) & 3]);
+                part[0][(2 * j + 1) & 3] = fmaf(wv.y, fmaxf(acc[4 * j + 1], 0.0f), part[0][(2 * j + 1) & 3]);
+                part[1][(2 * j) & 3] = fmaf(wv.x, fmaxf(acc[4 * j + 2], 0.0f), part[1][(2 * j) & 3]);
+                part[1][(2 * j + 1) & 3] = fmaf(wv.y, fmaxf(acc[4 * j + 3], 0.0f), part[1][(2 * j + 1) & 3]);
+            }
+#pragma unroll
+            for (int hr = 0; hr < 2; hr++) {
+                float v = (part[hr][0] + part[hr][1]) + (part[hr][2] + part[hr][3]);
+                v += __shfl_xor_sync(0xffffffffu, v, 1);
+                v += __shfl_xor_sync(0xffffffffu, v, 2);
+                const int e = (t0 + i) * kWgTile + 16 * warp + g + 8 * hr;
+                if (t4 == hr && e < d.L) {
+                    const float sv = e < d.valid ? v * scl[hr] : HISA_K_NAN_SCORE;
+                    const_cast<float *>(d.scores)[e] = sv;
+                    if (a.hist) atomicAdd(&hist[hisa__k_order_key(sv) >> kHistShift], 1u);
+                }
+            }
+        };
+        /* tile i in acc (i even: acc0), tile i - 1 in the other */
+        auto step = [&](int i, float (&acc)[N / 2], float (&prev)[N / 2]) {
+            read_stage(i);
+            hisa__wgmma_wait<0>(); /* tile i - 1's MMAs: af and prev are free */
+            settle(prev);
+            mma(acc);
+            if (i > 0) epilogue(prev, i - 1, sc_prev);
+            sc_prev[0] = sc[0];
+            sc_prev[1] = sc[1];
+        };
+        for (int i = 0; i < nt; i += 2) {
+            step(i, acc0, acc1);
+            if (i + 1 < nt) step(i + 1, acc1, acc0);
+        }
+        hisa__wgmma_wait<0>();
+        if (nt & 1) {
+            settle(acc0);
+            epilogue(acc0, nt - 1, sc_prev);
+        } else {
+            settle(acc1);
+            epilogue(acc1, nt - 1, sc_prev);
+        }
+        gtile += (uint32_t)nt;
+    }
+    __syncthreads();
+    if (cur_row >= 0 && a.hist)
+        for (int b = tid; b < kHistBins; b += kWgThreads) {
             uint32_t v = hist[b];
             if (v) atomicAdd(d.work + b, v);
         }
@@ -619,6 +916,24 @@ __device__ void find_bin(const uint32_t *hist, uint32_t need, bool desc, int *ou
         }
     }
     __syncthreads();
+}
+
+/* Blocks stage, after the m - 2 kept ids of row d are emitted (by this CTA, or by others before a
+ * fence): put them in ascending order by rank (they are distinct, so a block's slot is the number
+ * of kept ids below it; m is small, no sort needed) and force blocks 0 and last. tmp holds m. */
+__device__ void order_kept_blocks(const sel_args &a, const row_desc &d, uint32_t *tmp) {
+    const int tid = threadIdx.x, m = a.p.top_blocks, n_mid = m - 2;
+    int32_t *blocks = a.p.scratch.blocks + (int64_t)d.crow * m;
+    __syncthreads(); /* this CTA's emits are visible to it */
+    for (int i = tid; i < n_mid; i += blockDim.x) tmp[i] = (uint32_t)__ldcg(blocks + 1 + i);
+    __syncthreads();
+    for (int i = tid; i < n_mid; i += blockDim.x) {
+        const uint32_t v = tmp[i];
+        int rank = 0;
+        for (int j = 0; j < n_mid; j++) rank += tmp[j] < v;
+        blocks[1 + rank] = (int32_t)v;
+    }
+    if (tid == 0) hisa__keep_forced(blocks, m, d.last);
 }
 
 /* The second half of a row's top-k, run by one CTA (the last slice of the row to arrive). Level 1
@@ -750,23 +1065,7 @@ __device__ void finish_row(const sel_args &a, const row_desc &d, uint32_t *cand_
     }
     /* the histograms and counters are zero again for the next call */
     for (int b = tid; b < kCandOffset; b += kFinishThreads) d.work[b] = 0;
-    if (a.stage == STAGE_BLOCKS) {
-        const int m = p.top_blocks;
-        int32_t *blocks = p.scratch.blocks + (int64_t)d.crow * m;
-        __syncthreads(); /* this CTA's emits are visible to it; the others' came before the fence */
-        /* ascending order by rank: the m - 2 ids are distinct, so a block's slot is the number of
-         * kept ids below it (m is small; no sort needed) */
-        const int n_mid = m - 2;
-        for (int i = tid; i < n_mid; i += kFinishThreads) cand_s[i] = (uint32_t)__ldcg(blocks + 1 + i);
-        __syncthreads();
-        for (int i = tid; i < n_mid; i += kFinishThreads) {
-            const uint32_t v = cand_s[i];
-            int rank = 0;
-            for (int j = 0; j < n_mid; j++) rank += cand_s[j] < v;
-            blocks[1 + rank] = (int32_t)v;
-        }
-        if (tid == 0) hisa__keep_forced(blocks, m, d.last);
-    }
+    if (a.stage == STAGE_BLOCKS) order_kept_blocks(a, d, cand_s);
 }
 
 /* select: per (slice, row) CTA. Entries above the threshold bin are emitted; entries in it are
@@ -855,6 +1154,77 @@ __global__ void __launch_bounds__(kFinishThreads, 2) select_kernel(const sel_arg
     finish_row(a, d, cand_s, hist, &s_bin, &s_before, s_count, (int)b1, above1);
 }
 
+/* select_smem: the whole top-k of one row in one CTA's shared memory.
+ * Why: a HISA row's candidates (m * B = 8192 at the production shape) and its block scores
+ * (nb - 2) fit in shared memory, so the split/finish path's global histograms, ticket and chain of
+ * dependent L2 round trips (~15 us of fixed latency per stage at batch 1) become one CTA per row:
+ * the order keys are loaded once, three radix passes (11 + 11 + 10 bits) find the threshold key T
+ * in shared memory, entries above T are emitted, and the ties at T go to the lowest indices by a
+ * block scan in index order (SPEC). Invariants: L <= kSmemSelCap; exactly ksel entries emitted;
+ * the scorer ran with a.hist = 0, so the row's work words are untouched (still zero). */
+constexpr int kSmemSelCap = 16384;
+constexpr size_t kSmemSelDynSmem = kSmemSelCap * sizeof(uint32_t);
+
+/* One radix pass over the keys whose bits above `shift + BITS` equal prefix's: the digit bin
+ * where the descending count reaches *need; prefix gains it, *need loses the count above it. */
+template <int BITS>
+__device__ void smem_radix_pass(const uint32_t *keys, int L, int shift, uint32_t *prefix, uint32_t *need,
+                                uint32_t *hist, int *s_bin, uint32_t *s_before) {
+    constexpr int NB = 1 << BITS;
+    const int tid = threadIdx.x, top = shift + BITS;
+    for (int b = tid; b < NB; b += kFinishThreads) hist[b] = 0;
+    __syncthreads();
+    const uint32_t want = top >= 32 ? 0u : (*prefix >> top);
+    for (int i = tid; i < L; i += kFinishThreads) {
+        const uint32_t k = keys[i];
+        if (top >= 32 || (k >> top) == want) atomicAdd(&hist[(k >> shift) & (NB - 1)], 1u);
+    }
+    __syncthreads();
+    find_bin<kFinishThreads, NB>(hist, *need, true, s_bin, s_before);
+    *prefix |= (uint32_t)*s_bin << shift;
+    *need -= *s_before;
+}
+
+__global__ void __launch_bounds__(kFinishThreads) select_smem_kernel(const sel_args a) {
+    extern __shared__ uint32_t keys_s[]; /* [kSmemSelCap] order keys of the row */
+    __shared__ uint32_t hist[4096];
+    __shared__ int s_bin;
+    __shared__ uint32_t s_before, s_count[2];
+    using scan_t = cub::BlockScan<uint32_t, kFinishThreads>;
+    __shared__ typename scan_t::TempStorage scan_tmp;
+    pdl_trigger();
+    const int tid = threadIdx.x;
+    const row_desc d = describe(a, blockIdx.x);
+    pdl_wait(); /* the scores and kept blocks are the predecessors' */
+    if (!d.active) return;
+    if (d.trivial || d.ksel <= 0) {
+        finish_row(a, d, keys_s, hist, &s_bin, &s_before, s_count, 0, 0u);
+        return;
+    }
+    const int L = d.L;
+    for (int i = tid; i < L; i += kFinishThreads) keys_s[i] = hisa__k_order_key(__ldcg(d.scores + i));
+    __syncthreads();
+    uint32_t T = 0, need = (uint32_t)d.ksel;
+    smem_radix_pass<11>(keys_s, L, 21, &T, &need, hist, &s_bin, &s_before);
+    smem_radix_pass<11>(keys_s, L, 10, &T, &need, hist, &s_bin, &s_before);
+    smem_radix_pass<10>(keys_s, L, 0, &T, &need, hist, &s_bin, &s_before);
+    /* need = how many entries equal to T to take (>= 1): the first ones in index order */
+    const uint32_t above = (uint32_t)d.ksel - need;
+    if (tid == 0) s_count[0] = 0;
+    const int per = (L + kFinishThreads - 1) / kFinishThreads, lo = min(L, tid * per), hi = min(L, lo + per);
+    uint32_t ties = 0, rank = 0;
+    for (int i = lo; i < hi; i++) ties += keys_s[i] == T;
+    scan_t(scan_tmp).ExclusiveSum(ties, rank);
+    for (int i = lo; i < hi && rank < need; i++)
+        if (keys_s[i] == T) emit(a, d, (int)(above + rank++), i);
+    for (int i = tid; i < L; i += kFinishThreads) { /* above T: any order */
+        const bool take = keys_s[i] > T;
+        const uint32_t at = warp_slot(take, s_count);
+        if (take) emit(a, d, (int)at, i);
+    }
+    if (a.stage == STAGE_BLOCKS) order_kept_blocks(a, d, keys_s);
+}
+
 /* q fragments, then max(the warps' rings, the bf16 staging of q) */
 size_t score_dyn_smem(int src, int n_mt) {
     size_t frag = (size_t)n_mt * 8 * 32 * sizeof(uint4);
@@ -910,6 +1280,33 @@ int launch_score(const sel_args &a, cudaStream_t s, bool pdl) {
     return launch(score_kernel<SRC>, dim3(grid), dim3(kScoreThreads), smem, s, pdl, a);
 }
 
+/* The Hopper scorer's CTAs per SM for each padded head count. */
+template <int N>
+int wg_init(hisa_k_device *dev) {
+    const void *k = (const void *)score_wg_kernel<N>;
+    if (set_smem(k, wg_dyn_smem<N>())) return HISA_K_EDEVICE;
+    int occ = 0;
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, score_wg_kernel<N>, kWgThreads, wg_dyn_smem<N>()) != cudaSuccess)
+        return HISA_K_EDEVICE;
+    dev->wg_ctas_per_sm[wg_n_index(N)] = occ > 0 ? occ : 1;
+    return HISA_K_OK;
+}
+
+int launch_score_wg(const sel_args &a, cudaStream_t s, bool pdl) {
+    const int H = a.p.cache.n_heads, ni = wg_n_index(H);
+    const dim3 grid(a.p.dev.sm_count * a.p.dev.wg_ctas_per_sm[ni]), block(kWgThreads);
+    switch (ni) {
+    case 0: return launch(score_wg_kernel<16>, grid, block, wg_dyn_smem<16>(), s, pdl, a);
+    case 1: return launch(score_wg_kernel<32>, grid, block, wg_dyn_smem<32>(), s, pdl, a);
+    case 2: return launch(score_wg_kernel<64>, grid, block, wg_dyn_smem<64>(), s, pdl, a);
+    default: return launch(score_wg_kernel<128>, grid, block, wg_dyn_smem<128>(), s, pdl, a);
+    }
+}
+
+int launch_select_smem(const sel_args &a, cudaStream_t s) {
+    return launch(select_smem_kernel, dim3(a.n_rows), dim3(kFinishThreads), kSmemSelDynSmem, s, true, a);
+}
+
 int slices_for(int sm_count, int n_rows, int64_t max_len) {
     /* one wave: two 512-thread CTAs fit an SM */
     int want = (2 * max(sm_count, 1)) / n_rows;
@@ -928,6 +1325,11 @@ int launch_topk(const sel_args &a, int64_t max_len, cudaStream_t s) {
 /* Called by hisa_k_init (device.cu) for every runtime, with its device current. */
 int hisa__k_select_init(hisa_k_device *dev) {
     int err = set_smem((const void *)select_kernel, kFinishDynSmem);
+    if (!err) err = set_smem((const void *)select_smem_kernel, kSmemSelDynSmem);
+    if (!err) err = wg_init<16>(dev);
+    if (!err) err = wg_init<32>(dev);
+    if (!err) err = wg_init<64>(dev);
+    if (!err) err = wg_init<128>(dev);
     if (!err) err = score_init<SRC_FP8>(dev);
     if (!err) err = score_init<SRC_BF16>(dev);
     if (!err) err = score_init<SRC_MEANS>(dev);
@@ -950,6 +1352,12 @@ extern "C" int hisa_k_select(void *stream, const hisa_k_select_params *p) {
     if (p->dev.sm_count < 1) return HISA_K_EINVAL; /* hisa_k_init not run */
     int err = HISA_K_OK;
     cudaStream_t s = (cudaStream_t)stream;
+    /* Hopper scorer for fp8 keys unless the portable path was asked for at open; rows whose
+     * whole top-k fits one CTA's shared memory (every HISA-mode token row: n <= m * B; every
+     * block row: nb - 2 < pages_per_seq) take select_smem instead of the split top-k */
+    const bool hopper = p->dev.path == HISA_K_PATH_HOPPER && c.key_format == HISA__FMT_FP8;
+    const bool smem_blocks = c.pages_per_seq <= kSmemSelCap;
+    const bool smem_tokens = p->mode == HISA_K_MODE_HISA && (int64_t)p->top_blocks * c.block_size <= kSmemSelCap;
     /* next_n > 1 makes more rows than one launch group holds: groups of 256 rows in turn */
     for (int row0 = 0; row0 < p->n_rows; row0 += HISA_K_ROWS_PER_LAUNCH) {
         sel_args a;
@@ -961,16 +1369,24 @@ extern "C" int hisa_k_select(void *stream, const hisa_k_select_params *p) {
         a.raw_n = 0;
         a.work_row_words = hisa_k_work_row_words(p->max_context);
         a.cand_cap = (int)hisa_k_cand_cap(p->max_context);
+        a.hist = 1;
         /* the chain's first kernel follows foreign work (key writes, table updates): no PDL */
         if (p->mode == HISA_K_MODE_HISA) {
             a.stage = STAGE_BLOCKS;
+            a.hist = !smem_blocks;
             if ((err = launch_score<SRC_MEANS>(a, s, false))) return err;
-            if ((err = launch_topk(a, c.pages_per_seq, s))) return err;
+            if ((err = smem_blocks ? launch_select_smem(a, s) : launch_topk(a, c.pages_per_seq, s))) return err;
         }
         a.stage = STAGE_TOKENS;
+        a.hist = !smem_tokens;
         const bool pdl = p->mode == HISA_K_MODE_HISA;
-        err = c.key_format == HISA__FMT_FP8 ? launch_score<SRC_FP8>(a, s, pdl) : launch_score<SRC_BF16>(a, s, pdl);
+        if (hopper) err = launch_score_wg(a, s, pdl);
+        else err = c.key_format == HISA__FMT_FP8 ? launch_score<SRC_FP8>(a, s, pdl) : launch_score<SRC_BF16>(a, s, pdl);
         if (err) return err;
+        if (smem_tokens) {
+            if ((err = launch_select_smem(a, s))) return err;
+            continue;
+        }
         /* in HISA mode no row scores more than m * B entries */
         int64_t max_len = p->mode == HISA_K_MODE_HISA ? min((int64_t)p->max_context, (int64_t)p->top_blocks * c.block_size)
                                                     : (int64_t)p->max_context;

@@ -40,7 +40,7 @@
 #include <string.h>
 
 #include "../common.cuh"
-#include "prefill.cuh"
+#include "../wgmma.cuh"
 
 namespace {
 
@@ -75,14 +75,6 @@ __device__ __forceinline__ uint32_t e4m3x2_to_bf16x2(uint32_t v16) {
     float2 f = __half22float2(__half2(h));
     __nv_bfloat162 b = __floats2bfloat162_rn(f.x, f.y); /* exact: e4m3 values are bf16 values */
     return *reinterpret_cast<uint32_t *>(&b);
-}
-
-/* Logical K index L (0..127) of the MMA -> physical dimension. A thread (lane % 4 = t) supplies
- * logical columns 2t, 2t+1 (regs a0/a1) and 2t+8, 2t+9 (a2/a3) of k-step kk; we make those the
- * physical dims 32t + 4kk + {0,1} and 32t + 4kk + {2,3}. */
-__device__ __forceinline__ int phys_dim(int L) {
-    int kk = L >> 4, c = L & 15, t = (c & 7) >> 1, hi = c >> 3, e = c & 1;
-    return 32 * t + 4 * kk + 2 * hi + e;
 }
 
 /* F16 (fp8 keys only): A and B in fp16. The codes convert exactly (one instruction per pair);
@@ -126,7 +118,7 @@ __global__ void __launch_bounds__(kScoreThreads, N >= 128 ? 1 : 2) score_kernel(
         if (qi < nq && h < H) {
             const int64_t src = ((int64_t)(q_first + qi) * H + h) * HISA_D; /* the head's first element */
 #pragma unroll
-            for (int e = 0; e < 8; e += 2) v[e >> 1] = hisa__k_q_load2(p.q, src + phys_dim(atom * 64 + cc * 8 + e), p.q_format);
+            for (int e = 0; e < 8; e += 2) v[e >> 1] = hisa__k_q_load2(p.q, src + hisa__wg_phys_dim(atom * 64 + cc * 8 + e), p.q_format);
         }
         if (!F16) {
 #pragma unroll
@@ -173,7 +165,7 @@ __global__ void __launch_bounds__(kScoreThreads, N >= 128 ? 1 : 2) score_kernel(
     else
         for (int i = tid; i < p.top_blocks; i += kScoreThreads)
             pg[i] = pt[p.scratch.blocks[(int64_t)q_first * p.top_blocks + i]];
-    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+    hisa__fence_proxy_async();
     __syncthreads();
 
     const int wg = tid >> 7, warp4 = (tid >> 5) & 3, lane = tid & 31, g = lane >> 2, t4 = lane & 3;

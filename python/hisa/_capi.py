@@ -44,6 +44,9 @@ HISA_ESHARED = -15
 HISA_KEY_DEFAULT = 0
 HISA_KEY_FP8 = 1
 HISA_KEY_BF16 = 2
+HISA_KERNELS_AUTO = 0
+HISA_KERNELS_PORTABLE = 1
+HISA_KERNELS_HOPPER = 2
 
 HISA_Q_F32 = 0
 HISA_Q_BF16 = 1
@@ -99,6 +102,7 @@ class hisa_config(ctypes.Structure):
         ("max_batch", i32),
         ("max_prefill_queries", i32),
         ("device", i32),
+        ("kernels", i32),
     ]
 
 

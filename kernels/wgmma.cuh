@@ -1,16 +1,16 @@
-/* prefill.cuh: the Hopper warpgroup MMA wrappers used by kernels/prefill.cu.
+/* wgmma.cuh: the Hopper warpgroup MMA wrappers used by the prefill and decode scorers.
  *
  * Why a header: wgmma with A from registers needs one inline-asm statement per N (the
  * accumulator is N/2 registers per thread); they are generated text, kept apart from the
- * kernels so prefill.cu reads as an algorithm. Other kernels may include this (sm_90a only).
+ * kernels so prefill.cu and decode/select.cu read as algorithms (sm_90a only).
  *
  * Invariants: B is a K-major bf16 tile in shared memory with the 128-byte swizzle (rows of 64
  * elements = 128 bytes, 16-byte chunk c of row n stored at chunk c ^ (n % 8), tiles 1024-byte
  * aligned), described by hisa__pf_desc; A is four bf16x2 registers per thread in the
  * mma.m16n8k16 A-fragment layout of the thread's warp (rows 16 * (warp % 4) + lane / 4, +8).
  * The caller brackets a group with wgmma_fence / wgmma_commit / wgmma_wait<0>. */
-#ifndef HISA_KERNELS_PREFILL_CUH
-#define HISA_KERNELS_PREFILL_CUH
+#ifndef HISA_KERNELS_WGMMA_CUH
+#define HISA_KERNELS_WGMMA_CUH
 
 #include <stdint.h>
 
@@ -22,6 +22,45 @@ __device__ __forceinline__ uint64_t hisa__pf_desc(uint32_t smem_addr) {
     d |= (uint64_t)1 << 62;           /* 128-byte swizzle */
     return d;
 }
+
+/* Logical K index L (0..127) of the MMA -> physical dimension. A thread (lane % 4 = t) supplies
+ * logical columns 2t, 2t+1 (regs a0/a1) and 2t+8, 2t+9 (a2/a3) of k-step kk; we make those the
+ * physical dims 32t + 4kk + {0,1} and 32t + 4kk + {2,3}, so a thread's A data for all eight
+ * k-steps is 32 contiguous bytes of fp8 codes (64 of bf16) per row. B (the queries) is laid out
+ * by the same map; dot products do not care about the order. */
+__device__ __forceinline__ int hisa__wg_phys_dim(int L) {
+    int kk = L >> 4, c = L & 15, t = (c & 7) >> 1, hi = c >> 3, e = c & 1;
+    return 32 * t + 4 * kk + 2 * hi + e;
+}
+
+__device__ __forceinline__ uint32_t hisa__smem_u32(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
+
+/* mbarriers and 1-D bulk copies (the TMA engine without a tensor map): a stage's barrier is
+ * armed with the bytes its copies will deliver and completes when they have landed. */
+__device__ __forceinline__ void hisa__mbar_init(uint64_t *bar, uint32_t count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(hisa__smem_u32(bar)), "r"(count) : "memory");
+}
+__device__ __forceinline__ void hisa__mbar_init_fence() { asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory"); }
+__device__ __forceinline__ void hisa__mbar_expect_tx(uint64_t *bar, uint32_t bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(hisa__smem_u32(bar)), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void hisa__mbar_wait(uint64_t *bar, uint32_t parity) {
+    asm volatile(
+        "{\n.reg .pred P1;\nLAB_WAIT:\n"
+        "mbarrier.try_wait.parity.shared::cta.b64 P1, [%0], %1;\n"
+        "@P1 bra DONE;\nbra LAB_WAIT;\nDONE:\n}\n" ::"r"(hisa__smem_u32(bar)),
+        "r"(parity)
+        : "memory");
+}
+__device__ __forceinline__ void hisa__bulk_copy(void *dst, const void *src, uint32_t bytes, uint64_t *bar) {
+    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(
+                     hisa__smem_u32(dst)),
+                 "l"(src), "r"(bytes), "r"(hisa__smem_u32(bar))
+                 : "memory");
+}
+/* Generic-proxy shared-memory accesses before this are ordered before later async-proxy ones
+ * (wgmma operand reads, bulk copies into a stage just read). */
+__device__ __forceinline__ void hisa__fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
 
 __device__ __forceinline__ void hisa__wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void hisa__wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
@@ -130,4 +169,4 @@ template <> struct wgmma_rs_f16<256> {
     }
 };
 
-#endif /* HISA_KERNELS_PREFILL_CUH */
+#endif /* HISA_KERNELS_WGMMA_CUH */
