@@ -86,6 +86,16 @@ static int pair_append(hisa_test_ctx *ctx, pair *p, int32_t seq, int32_t n, uint
     return 0;
 }
 
+/* Open n sequences on both backends and fill sequence i with lens[i] keys of seed seed0 + i *
+ * step (range writes of `chunk`). 1: all done; 0: a failure (already reported). */
+static int pair_open_filled(hisa_test_ctx *ctx, pair *p, int32_t *seqs, const int32_t *lens, int n, uint64_t seed0,
+                            uint64_t step, int32_t chunk) {
+    for (int i = 0; i < n; i++)
+        if (pair_seq_open(ctx, p, &seqs[i]) || pair_append(ctx, p, seqs[i], lens[i], seed0 + (uint64_t)i * step, chunk))
+            return 0;
+    return 1;
+}
+
 /* Compare every page of the given layer that either backend holds for open sequences. */
 static void compare_cache(hisa_test_ctx *ctx, pair *p, const char *what) {
     hisa_runtime *c = p->cpu, *g = p->gpu;
@@ -381,11 +391,7 @@ HISA_GPU_TEST(gpu_select_lengths_match_cpu) {
         pair pp, *p = &pp;
         PAIR_OPEN(p, cfg);
         int32_t seqs[32];
-        int ok = 1;
-        for (int i = 0; i < n_lens && ok; i++) {
-            ok = !pair_seq_open(ctx, p, &seqs[i]);
-            if (ok) ok = !pair_append(ctx, p, seqs[i], lens[i], 500 + (uint64_t)i * 3 + (uint64_t)si, 256);
-        }
+        int ok = pair_open_filled(ctx, p, seqs, lens, n_lens, 500 + (uint64_t)si, 3, 256);
         if (ok) {
             char what[64];
             snprintf(what, sizeof what, "H%d B%d %s", H, B, shapes[si].kf == HISA_KEY_FP8 ? "fp8" : "bf16");
@@ -415,11 +421,7 @@ HISA_GPU_TEST(gpu_select_long_contexts_match_cpu) {
         pair pp, *p = &pp;
         PAIR_OPEN(p, cfg);
         int32_t seqs[8];
-        int ok = 1;
-        for (int i = 0; i < n_lens && ok; i++) {
-            ok = !pair_seq_open(ctx, p, &seqs[i]);
-            if (ok) ok = !pair_append(ctx, p, seqs[i], lens[i], 900 + (uint64_t)i, 2048);
-        }
+        int ok = pair_open_filled(ctx, p, seqs, lens, n_lens, 900, 1, 2048);
         if (ok) {
             decode_and_check(ctx, p, seqs, n_lens, HISA_MODE_HISA, 81, 0, fmt ? "long bf16" : "long fp8");
             if (!fmt) decode_and_check(ctx, p, seqs, n_lens, HISA_MODE_FLAT, 82, 1, "long fp8 flat");
@@ -438,12 +440,7 @@ HISA_GPU_TEST(gpu_select_wide_hisa_rows_match_cpu) {
     pair pp, *p = &pp;
     PAIR_OPEN(p, cfg);
     int32_t seqs[8];
-    int ok = 1;
-    for (int i = 0; i < n_lens && ok; i++) {
-        ok = !pair_seq_open(ctx, p, &seqs[i]);
-        if (ok) ok = !pair_append(ctx, p, seqs[i], lens[i], 1300 + (uint64_t)i, 256);
-    }
-    if (ok) decode_and_check(ctx, p, seqs, n_lens, HISA_MODE_HISA, 91, 1, "wide m*B");
+    if (pair_open_filled(ctx, p, seqs, lens, n_lens, 1300, 1, 256)) decode_and_check(ctx, p, seqs, n_lens, HISA_MODE_HISA, 91, 1, "wide m*B");
     pair_close(p);
 }
 
@@ -600,11 +597,7 @@ HISA_GPU_TEST(gpu_truncate_then_continue_matches_cpu) {
     pair pp, *p = &pp;
     PAIR_OPEN(p, cfg);
     int32_t seqs[4], lens[4] = {5000, 3000, 2000, 1500}, cut[4] = {4100, 1024, 300, 1100}, more[4] = {200, 300, 1000, 1};
-    int ok = 1;
-    for (int i = 0; i < 4 && ok; i++) {
-        ok = !pair_seq_open(ctx, p, &seqs[i]);
-        if (ok) ok = !pair_append(ctx, p, seqs[i], lens[i], 700 + (uint64_t)i, 512);
-    }
+    int ok = pair_open_filled(ctx, p, seqs, lens, 4, 700, 1, 512);
     if (ok) {
         decode_and_check(ctx, p, seqs, 4, HISA_MODE_HISA, 90, 0, "before truncate");
         for (int i = 0; i < 4; i++) {

@@ -253,6 +253,18 @@ __device__ __forceinline__ void load_q8(float4 (&v)[8], const void *q, int64_t q
     }
 }
 
+/* A scoring CTA's shared histogram of one row into the row's work words (nonzero bins only),
+ * leaving it zero for the next row. */
+__device__ __forceinline__ void flush_hist(uint32_t *hist, uint32_t *work) {
+    for (int b = threadIdx.x; b < kHistBins; b += blockDim.x) {
+        const uint32_t v = hist[b];
+        if (v) {
+            atomicAdd(work + b, v);
+            hist[b] = 0;
+        }
+    }
+}
+
 using plan_scan_t = cub::BlockScan<int, kScoreThreads>;
 
 /* The work plan of a scoring launch, derived by every CTA alike from the device lengths: row r
@@ -347,14 +359,7 @@ __global__ void __launch_bounds__(kScoreThreads, 3) score_kernel(const sel_args 
         const int r = chunk_row(prefix, a.n_rows, chunk);
         __syncthreads(); /* the previous chunk is done with pg, qfrag, hist */
         if (r != cur_row) {
-            if (cur_row >= 0 && a.hist)
-                for (int b = tid; b < kHistBins; b += kScoreThreads) {
-                    uint32_t v = hist[b];
-                    if (v) {
-                        atomicAdd(d.work + b, v);
-                        hist[b] = 0;
-                    }
-                }
+            if (cur_row >= 0 && a.hist) flush_hist(hist, d.work);
             d = describe(a, r);
             cur_row = r;
             /* query fragments for this row: stage q as bf16 (all loads in flight at once), the
@@ -583,11 +588,7 @@ __global__ void __launch_bounds__(kScoreThreads, 3) score_kernel(const sel_args 
         __syncwarp();
     }
     __syncthreads();
-    if (cur_row >= 0 && a.hist)
-        for (int b = tid; b < kHistBins; b += kScoreThreads) {
-            uint32_t v = hist[b];
-            if (v) atomicAdd(d.work + b, v);
-        }
+    if (cur_row >= 0 && a.hist) flush_hist(hist, d.work);
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -723,14 +724,7 @@ __global__ void __launch_bounds__(kWgThreads, N >= 128 ? 2 : 3) score_wg_kernel(
         const int r = chunk_row(prefix, a.n_rows, chunk);
         __syncthreads(); /* the previous chunk is done with pg, qs, ws, hist */
         if (r != cur_row) {
-            if (cur_row >= 0 && a.hist)
-                for (int b = tid; b < kHistBins; b += kWgThreads) {
-                    uint32_t v = hist[b];
-                    if (v) {
-                        atomicAdd(d.work + b, v);
-                        hist[b] = 0;
-                    }
-                }
+            if (cur_row >= 0 && a.hist) flush_hist(hist, d.work);
             d = describe(a, r);
             cur_row = r;
             wg_build_q<N>(p, d.crow, qs, ws);
@@ -847,11 +841,7 @@ __global__ void __launch_bounds__(kWgThreads, N >= 128 ? 2 : 3) score_wg_kernel(
         gtile += (uint32_t)nt;
     }
     __syncthreads();
-    if (cur_row >= 0 && a.hist)
-        for (int b = tid; b < kHistBins; b += kWgThreads) {
-            uint32_t v = hist[b];
-            if (v) atomicAdd(d.work + b, v);
-        }
+    if (cur_row >= 0 && a.hist) flush_hist(hist, d.work);
 }
 
 /* Standalone histogram (STAGE_RAW: scores written by someone else). */
