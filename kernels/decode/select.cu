@@ -748,7 +748,7 @@ __global__ void __launch_bounds__(kWgThreads, N >= 128 ? 2 : 3) score_wg_kernel(
         uint4 raw[2][2];
         float sc[2], sc_prev[2] = {0.0f, 0.0f};
         uint32_t af[8][4];
-        float acc0[N / 2], acc1[N / 2];
+        float acc0[N / 2] = {}, acc1[N / 2] = {}; /* defined once; each tile's first MMA overwrites */
         auto read_stage = [&](int i) { /* tile i's rows into raw/sc, then release the stage */
             const uint32_t gi = gtile + i;
             const uint8_t *st = ring + (gi % kWgStages) * kWgStageBytes;
@@ -776,9 +776,7 @@ __global__ void __launch_bounds__(kWgThreads, N >= 128 ? 2 : 3) score_wg_kernel(
 #pragma unroll
                 for (int hr = 0; hr < 2; hr++)
                     e4m3x4_to_f16x4(reinterpret_cast<const uint32_t *>(&raw[hr][kk >> 2])[kk & 3], af[kk][hr], af[kk][2 + hr]);
-#pragma unroll
-            for (int j = 0; j < N / 2; j++) acc[j] = 0.0f;
-            hisa__wgmma_fence();
+            hisa__wgmma_fence(); /* kk = 0 overwrites acc (scale_d 0): no zeroing per tile */
 #pragma unroll
             for (int kk = 0; kk < 8; kk++)
                 wgmma_rs_f16<N>::mma(acc, af[kk], hisa__pf_desc(qs_addr + (kk >> 2) * (N * 128) + (kk & 3) * 32), kk > 0);
@@ -1359,7 +1357,6 @@ extern "C" int hisa_k_select(void *stream, const hisa_k_select_params *p) {
         a.raw_n = 0;
         a.work_row_words = hisa_k_work_row_words(p->max_context);
         a.cand_cap = (int)hisa_k_cand_cap(p->max_context);
-        a.hist = 1;
         /* the chain's first kernel follows foreign work (key writes, table updates): no PDL */
         if (p->mode == HISA_K_MODE_HISA) {
             a.stage = STAGE_BLOCKS;
