@@ -444,7 +444,9 @@ HISA_GPU_TEST(gpu_select_wide_hisa_rows_match_cpu) {
     pair_close(p);
 }
 
-/* Random scores with many exact ties through the top-k alone: same set as the reference. */
+/* Random scores with many exact ties through the top-k alone: same set as the reference, at two
+ * lengths (the split top-k's slice count and finishing CTA's candidate spill differ). */
+static void topk_ties_and_nan(hisa_test_ctx *ctx, hisa_runtime *g, int32_t n);
 HISA_TEST(gpu_topk_ties_and_nan_match_reference) {
     hisa_config cfg = hisa_tconfig(32, 64, 8, 256, HISA_KEY_FP8, 4096, 2);
     cfg.device = HISA_DEVICE_CUDA(0);
@@ -452,7 +454,13 @@ HISA_TEST(gpu_topk_ties_and_nan_match_reference) {
     int err = hisa_open(&g, &cfg, NULL);
     if (err == HISA_ENODEVICE) SKIP("no CUDA device");
     REQUIRE(err == HISA_OK);
-    const int32_t rows = 3, n = 70000, k = 1000;
+    topk_ties_and_nan(ctx, g, 70000);
+    topk_ties_and_nan(ctx, g, 140000);
+    hisa_close(g);
+}
+
+static void topk_ties_and_nan(hisa_test_ctx *ctx, hisa_runtime *g, int32_t n) {
+    const int32_t rows = 3, k = 1000;
     float *s = malloc(sizeof(float) * (size_t)rows * n);
     int32_t *ids = malloc(sizeof(int32_t) * (size_t)n), *ref = malloc(sizeof(int32_t) * (size_t)k);
     int32_t *got = malloc(sizeof(int32_t) * (size_t)rows * k);
@@ -495,7 +503,6 @@ HISA_TEST(gpu_topk_ties_and_nan_match_reference) {
     free(ids);
     free(ref);
     free(got);
-    hisa_close(g);
 }
 
 /* The decode step (write the new token's key + select) captured once in a CUDA graph on a

@@ -171,19 +171,24 @@ __device__ __forceinline__ void emit(const sel_args &a, const row_desc &d, int s
 /* ------------------------------------------------------------------------------------------ */
 /* scoring                                                                                     */
 
-__device__ __forceinline__ void mma_f16(float (&c)[4], const uint4 &a, uint32_t b0, uint32_t b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a.x), "r"(a.y), "r"(a.z), "r"(a.w), "r"(b0), "r"(b1));
-}
-__device__ __forceinline__ void mma_bf16(float (&c)[4], const uint4 &a, uint32_t b0, uint32_t b1) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a.x), "r"(a.y), "r"(a.z), "r"(a.w), "r"(b0), "r"(b1));
+/* c = a * b + (start ? 0 : c): the first k-step starts the accumulator, so it is never zeroed
+ * (start is a compile-time constant in the unrolled loops). */
+template <bool F16>
+__device__ __forceinline__ void mma16(float (&c)[4], const uint4 &a, uint32_t b0, uint32_t b1, bool start) {
+#define HISA__MMA16(T, C) "mma.sync.aligned.m16n8k16.row.col.f32." T "." T ".f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, " C ";\n"
+    if (start && F16)
+        asm volatile(HISA__MMA16("f16", "{%10,%10,%10,%10}") : "=f"(c[0]), "=f"(c[1]), "=f"(c[2]), "=f"(c[3])
+                     : "r"(a.x), "r"(a.y), "r"(a.z), "r"(a.w), "r"(b0), "r"(b1), "f"(0.0f));
+    else if (start)
+        asm volatile(HISA__MMA16("bf16", "{%10,%10,%10,%10}") : "=f"(c[0]), "=f"(c[1]), "=f"(c[2]), "=f"(c[3])
+                     : "r"(a.x), "r"(a.y), "r"(a.z), "r"(a.w), "r"(b0), "r"(b1), "f"(0.0f));
+    else if (F16)
+        asm volatile(HISA__MMA16("f16", "{%0,%1,%2,%3}") : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                     : "r"(a.x), "r"(a.y), "r"(a.z), "r"(a.w), "r"(b0), "r"(b1));
+    else
+        asm volatile(HISA__MMA16("bf16", "{%0,%1,%2,%3}") : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                     : "r"(a.x), "r"(a.y), "r"(a.z), "r"(a.w), "r"(b0), "r"(b1));
+#undef HISA__MMA16
 }
 __device__ __forceinline__ uint32_t e4m3x2_to_f16x2(uint32_t two_codes) {
     __half2_raw h = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)two_codes, __NV_E4M3);
@@ -316,7 +321,10 @@ __device__ __forceinline__ int chunk_row(const int *prefix, int n_rows, int c) {
     return lo;
 }
 
-template <int SRC>
+/* NMT: the head tiles (ceil(H / 16)) fixed at compile time, or 0 for any. The production shape
+ * (H 64, NMT 4) gets its own instance: with the tile loops resolved the per-unit body loses its
+ * predicated MMA groups (each needed a warp-convergence barrier) and their address arithmetic. */
+template <int SRC, int NMT>
 __global__ void __launch_bounds__(kScoreThreads, 3) score_kernel(const sel_args a) {
     constexpr bool F16 = SRC == SRC_FP8;
     constexpr bool MEANS = SRC == SRC_MEANS;
@@ -340,7 +348,8 @@ __global__ void __launch_bounds__(kScoreThreads, 3) score_kernel(const sel_args 
     const hisa_k_select_params &p = a.p;
     const hisa_k_cache &cache = p.cache;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, c = lane & 3;
-    const int H = cache.n_heads, n_mt = (H + 15) / 16, B = cache.block_size;
+    const int H = cache.n_heads, n_mt = NMT ? NMT : (H + 15) / 16, B = cache.block_size;
+    const int lb = __ffs(B) - 1; /* B is a power of two: page and offset of a token by shifts */
     bool waited = false;
     uint2 *qb = reinterpret_cast<uint2 *>(qfrag + n_mt * 8 * 32);
 
@@ -475,7 +484,7 @@ __global__ void __launch_bounds__(kScoreThreads, 3) score_kernel(const sel_args 
                         cp_async16(dst + t * kRowBytes + 16 * (ch ^ ((t & 1) << 2)), src);
                     }
                 } else {
-                    const int page = pg[e0 / B - s0], off0 = e0 % B;
+                    const int page = pg[(e0 >> lb) - s0], off0 = e0 & (B - 1);
                     const uint8_t *pbase = cache.keys + (layer_pages + page) * cache.page_bytes;
                     const uint8_t *src = pbase + (F16 ? hisa__code_offset(off0) : hisa__bf16_offset(off0));
                     constexpr int CHUNKS = kRowBytes / 16;
@@ -499,11 +508,7 @@ __global__ void __launch_bounds__(kScoreThreads, 3) score_kernel(const sel_args 
             for (int u = 0; u < 4; u++) part[u][0] = part[u][1] = 0.0f;
             for (int hg = 0; hg < n_hg; hg++) {
                 const int mts = min(4, n_mt - 4 * hg);
-                float acc[4][4][4];
-#pragma unroll
-                for (int mt = 0; mt < 4; mt++)
-#pragma unroll
-                    for (int u = 0; u < 4; u++) acc[mt][u][0] = acc[mt][u][1] = acc[mt][u][2] = acc[mt][u][3] = 0.0f;
+                float acc[4][4][4]; /* started by the k-step j = 0 */
 #pragma unroll
                 for (int piece = 0; piece < (F16 ? 2 : 4); piece++) {
                     uint4 raw[4];
@@ -531,8 +536,7 @@ __global__ void __launch_bounds__(kScoreThreads, 3) score_kernel(const sel_args 
                                 uint4 af = qfrag[((4 * hg + mt) * 8 + j) * 32 + lane];
 #pragma unroll
                                 for (int u = 0; u < 4; u++) {
-                                    if (F16) mma_f16(acc[mt][u], af, bf[u][0], bf[u][1]);
-                                    else mma_bf16(acc[mt][u], af, bf[u][0], bf[u][1]);
+                                    mma16<F16>(acc[mt][u], af, bf[u][0], bf[u][1], j == 0);
                                 }
                             }
                         }
@@ -1158,12 +1162,15 @@ __global__ void __launch_bounds__(kFinishThreads, 2) select_kernel(const sel_arg
  * (nb - 2) fit one CTA, so the split/finish path's global histograms, ticket and chain of
  * dependent L2 round trips become one CTA per row. It is a latency chain (batch 1 runs one
  * CTA), so it is built for a short one: 1024 threads, each holding KPT consecutive order keys
- * in registers; three radix passes (11 + 11 + 10 bits, shared histograms, the first one
- * warp-aggregated) find the threshold key T; one block scan of (above T, equal to T) counts
- * gives every thread its output slots, so entries above T land in index order and the ties at
- * T go to the lowest indices (SPEC). Output values come from a per-block table in shared memory,
- * so no emit reads global memory. Measured (ncu, 1 x 128K, 8192 candidates): 512 threads over
- * shared-memory keys, ~2400 dependent warp instructions per warp: 17.3 us.
+ * in registers; three radix passes (11 + 11 + 10 bits, shared histograms) find the threshold
+ * key T; one block scan of (above T, equal to T) counts gives every thread its output slots, so
+ * entries above T land in index order and the ties at T go to the lowest indices (SPEC). Output
+ * values come from a per-block table in shared memory, so no emit reads global memory.
+ * Measured on the H200 (bench/NOTES-decode.md): the 512-thread version over shared-memory keys
+ * ran ~2400 dependent warp instructions per warp (17 us for 8192 candidates under ncu); this one
+ * took HISA 1 x 128K from 36.3 to 30.5 us. Warp-aggregating the first pass's atomics
+ * (__match_any_sync) measured slower than plain shared atomics (30.5 vs 29.1 us), so they are
+ * plain.
  * Invariants: L <= kSmemSelCap; exactly ksel entries written; the scorer ran with a.hist = 0,
  * so the row's work words are untouched (still zero). */
 constexpr int kSmemSelCap = 16384;
@@ -1180,16 +1187,6 @@ struct sel_smem {
 };
 using sel_scan_t = cub::BlockScan<uint32_t, kSelThreads>;
 
-/* hist[bin] += 1 for each lane whose valid holds, one shared atomic per distinct bin of the warp:
- * the first pass sees the top key bits (sign, exponent, two mantissa bits), where a row's scores
- * crowd into a few bins and per-lane atomics on one word would serialize. Whole warps. */
-__device__ __forceinline__ void hist_add_warp(uint32_t *hist, uint32_t bin, bool valid) {
-    const uint32_t act = __ballot_sync(0xffffffffu, valid);
-    if (!valid) return;
-    const uint32_t peers = __match_any_sync(act, bin);
-    if ((int)(threadIdx.x & 31) == __ffs(peers) - 1) atomicAdd(&hist[bin], (uint32_t)__popc(peers));
-}
-
 /* One radix pass over this thread's keys: digit (k >> shift) & (2^BITS - 1) of the keys whose bits
  * above shift + BITS match T's; the bin where the descending count reaches need joins T, and need
  * loses the count above it. Ends on find_bin's barrier. */
@@ -1203,8 +1200,7 @@ __device__ __forceinline__ void sel_pass(const uint32_t (&k)[KPT], int i0, int L
     for (int j = 0; j < KPT; j++) {
         const bool in = i0 + j < L && (top >= 32 || (k[j] >> (top & 31)) == (T >> (top & 31)));
         const uint32_t bin = (k[j] >> shift) & (NB - 1);
-        if (top >= 32) hist_add_warp(sm.hist, bin, in);
-        else if (in) atomicAdd(&sm.hist[bin], 1u);
+        if (in) atomicAdd(&sm.hist[bin], 1u);
     }
     __syncthreads();
     find_bin<kSelThreads, NB>(sm.hist, need, true, &sm.bin, &sm.before);
@@ -1312,11 +1308,12 @@ int set_smem(const void *kernel, size_t bytes) {
  * shared memory, so its occupancy, grows with the heads). */
 template <int SRC>
 int score_init(hisa_k_device *dev) {
-    if (set_smem((const void *)score_kernel<SRC>, score_dyn_smem(SRC, kMaxMTiles))) return HISA_K_EDEVICE;
+    if (set_smem((const void *)score_kernel<SRC, 0>, score_dyn_smem(SRC, kMaxMTiles))) return HISA_K_EDEVICE;
+    if (set_smem((const void *)score_kernel<SRC, 4>, score_dyn_smem(SRC, 4))) return HISA_K_EDEVICE;
     for (int n_mt = 1; n_mt <= kMaxMTiles; n_mt++) {
         int occ = 0;
-        if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, score_kernel<SRC>, kScoreThreads,
-                                                          score_dyn_smem(SRC, n_mt)) != cudaSuccess)
+        if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, n_mt == 4 ? score_kernel<SRC, 4> : score_kernel<SRC, 0>,
+                                                          kScoreThreads, score_dyn_smem(SRC, n_mt)) != cudaSuccess)
             return HISA_K_EDEVICE;
         dev->score_ctas_per_sm[SRC][n_mt - 1] = occ > 0 ? occ : 1;
     }
@@ -1345,7 +1342,7 @@ int launch_score(const sel_args &a, cudaStream_t s, bool pdl) {
     int n_mt = (a.p.cache.n_heads + 15) / 16;
     size_t smem = score_dyn_smem(SRC, n_mt);
     int grid = a.p.dev.sm_count * a.p.dev.score_ctas_per_sm[SRC][n_mt - 1];
-    return launch(score_kernel<SRC>, dim3(grid), dim3(kScoreThreads), smem, s, pdl, a);
+    return launch(n_mt == 4 ? score_kernel<SRC, 4> : score_kernel<SRC, 0>, dim3(grid), dim3(kScoreThreads), smem, s, pdl, a);
 }
 
 /* The Hopper scorer's CTAs per SM for each padded head count. */
