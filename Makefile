@@ -32,11 +32,13 @@ HAVE_NVCC := $(shell command -v '$(NVCC)' >/dev/null 2>&1 && echo 1 || echo 0)
 CUDA      ?= $(if $(filter 1,$(SANITIZE)),0,$(HAVE_NVCC))
 CUDA      := $(CUDA)
 CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
-## ="-gencode ...": extra nvcc targets, Hopper only. The kernels use wgmma and griddepcontrol, so
-## sm_90a is always built and no other architecture can run them; e.g. PTX for the driver:
-## CUDA_ARCH="-gencode arch=compute_90a,code=compute_90a"
+## ="-gencode ...": extra nvcc targets. Always built: sm_90a (Hopper: wgmma, bulk copies,
+## griddepcontrol) and the portable image, sm_80 code plus compute_80 PTX, which Ampere, Ada and
+## Blackwell cards run (decode on the mma.sync kernels; prefill needs Hopper). E.g. Ada code
+## without a JIT at first load: CUDA_ARCH="-gencode arch=compute_89,code=sm_89"
 CUDA_ARCH ?=
-GENCODE   := -gencode arch=compute_90a,code=sm_90a $(CUDA_ARCH)
+GENCODE   := -gencode arch=compute_90a,code=sm_90a -gencode arch=compute_80,code=sm_80 \
+             -gencode arch=compute_80,code=compute_80 $(CUDA_ARCH)
 
 # The library version comes from hisa.h; the shared library is libhisa.so.MAJOR.MINOR.PATCH, its
 # SONAME libhisa.so.MAJOR, and libhisa.so -> libhisa.so.MAJOR -> libhisa.so.MAJOR.MINOR.PATCH.

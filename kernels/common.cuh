@@ -15,9 +15,20 @@
 
 #include "kernels.h"
 
+/* HISA_K_SM90: 1 where the code being compiled may use Hopper's instructions (wgmma, bulk copies,
+ * mbarrier transaction counts, griddepcontrol): the host pass and sm_90 device passes. The sm_80
+ * and compute_80 images (the portable build for Ampere, Ada and Blackwell cards) compile the
+ * Hopper-only kernels as traps, which the host never launches there (hisa_k_device.hopper = 0). */
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+#define HISA_K_SM90 0
+#else
+#define HISA_K_SM90 1
+#endif
+
 /* The per-device setup of each kernel file (shared-memory limits, occupancy), run by hisa_k_init
  * (device.cu) for every runtime with its device current. */
 int hisa__k_select_init(hisa_k_device *dev);
+int hisa__k_hopper_image(void); /* 1: the loaded decode kernels are sm_90 code (select.cu) */
 int hisa__k_prefill_init(void);
 
 /* A launch error (bad configuration) is reported by the launcher; it never syncs. */

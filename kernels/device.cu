@@ -17,14 +17,20 @@ extern "C" int hisa_k_init(hisa_k_device *dev) {
     dev->sm_count = sms;
     dev->cc_major = major;
     dev->cc_minor = minor;
-    /* The kernels are built for sm_90a (wgmma, griddepcontrol): nothing else can run them. */
-    if (major != 9 || sms < 1) return HISA_K_EINVAL;
+    /* The kernels are built as sm_90a code plus sm_80 code and compute_80 PTX (Makefile,
+     * GENCODE). Hopper runs the sm_90a image; older and newer GPUs run the portable one, whose
+     * Hopper-only kernels are traps: dev->hopper says which image is loaded, found from a Hopper
+     * kernel's attributes rather than the compute capability (a forced PTX JIT loads the
+     * portable image on Hopper too, which is how the tests exercise it there). */
+    if (major < 8 || sms < 1) return HISA_K_EINVAL;
     if (dev->path < HISA_K_PATH_AUTO || dev->path > HISA_K_PATH_HOPPER) return HISA_K_EINVAL;
+    dev->hopper = major == 9 && hisa__k_hopper_image();
+    if (dev->path == HISA_K_PATH_HOPPER && !dev->hopper) return HISA_K_EUNSUPPORTED;
     /* AUTO: the scorer measured fastest here. On the H200 the mma.sync scorer is (flat 64 x 128K
-     * 605 us against 626 us for the wgmma one; bench/NOTES-decode.md), so it stays the default
-     * until the Hopper scorer wins. */
+     * 572 us against 626 us for the wgmma one; bench/NOTES-decode.md), so it stays the default
+     * until the Hopper scorer wins; without Hopper code it is the only one. */
     if (dev->path == HISA_K_PATH_AUTO) dev->path = HISA_K_PATH_PORTABLE;
     int err = hisa__k_select_init(dev);
-    if (!err) err = hisa__k_prefill_init();
+    if (!err && dev->hopper) err = hisa__k_prefill_init(); /* prefill is wgmma code */
     return err;
 }

@@ -26,6 +26,7 @@ extern "C" {
 #define HISA_K_EINVAL (-1)
 #define HISA_K_ELIMIT (-12)
 #define HISA_K_EDEVICE (-6)
+#define HISA_K_EUNSUPPORTED (-16) /* the device has no code for this (prefill, the Hopper scorer) */
 #define HISA_K_MODE_HISA 0
 #define HISA_K_MODE_FLAT 1
 /* Query formats: hisa.h's HISA_Q_F32 / BF16 / FP8; queries per sequence in a decode call. */
@@ -45,6 +46,9 @@ typedef struct hisa_k_device {
     int32_t path;                     /* in: HISA_K_PATH_*; out: PORTABLE or HOPPER */
     int32_t sm_count;
     int32_t cc_major, cc_minor;
+    int32_t hopper;                   /* out: 1 when the loaded kernels are Hopper code (wgmma, bulk
+                                         copies, programmatic dependent launch); 0 on other GPUs
+                                         (the sm_80 / compute_80 build): decode only, portable */
     /* decode scoring kernel CTAs per SM: [fp8 keys, bf16 keys, means][heads / 16 - 1] */
     int32_t score_ctas_per_sm[3][HISA_HEADS_MAX / 16];
     /* the Hopper scorer's CTAs per SM for N = 16, 32, 64, 128 padded heads */
@@ -169,8 +173,9 @@ static inline hisa_k_scratch_sizes hisa_k_scratch_bytes(int64_t rows, int64_t ma
     return s;
 }
 
-/* Per runtime, at open, with dev->ordinal current: read the device (refusing one that is not
- * compute capability 9.x: HISA_K_EINVAL), raise the kernels' dynamic shared-memory limits on it,
+/* Per runtime, at open, with dev->ordinal current: read the device (compute capability 8.0 or
+ * newer, else HISA_K_EINVAL), find whether its kernels are Hopper code (dev->hopper; a HOPPER
+ * path without it: HISA_K_EUNSUPPORTED), raise the kernels' dynamic shared-memory limits on it,
  * and fill *dev. Not a stream operation; the only call here that queries the device. */
 int hisa_k_init(hisa_k_device *dev);
 
@@ -235,7 +240,7 @@ int hisa_k_read_probe(void *stream, const hisa_k_read_probe_params *p);
  * tokens (or blocks, or candidates) as M, query-heads as N and the 128 dims as K; top-k per row.
  * Scratch used: scores [n_q rows, stride max_context], block_scores [n_q, pages_per_seq],
  * blocks [n_q, top_blocks]; work is not touched. Up to 5 launches, no allocation, no sync.
- * Requires sm_90a. stop_after_scoring (benchmarks, tests) skips the final top-k: out untouched,
+ * Requires the Hopper image (dev.hopper; else HISA_K_EUNSUPPORTED). stop_after_scoring (benchmarks, tests) skips the final top-k: out untouched,
  * scores and blocks left in scratch. */
 typedef struct hisa_k_prefill_params {
     hisa_k_cache cache;

@@ -28,6 +28,7 @@ const char *hisa_strerror(int err) {
     case HISA_EFORMAT: return "key data in the wrong format";
     case HISA_EUNWRITTEN: return "selection over an unwritten key";
     case HISA_ESHARED: return "write into a page shared by several sequences";
+    case HISA_EUNSUPPORTED: return "not supported on this device";
     default: return "unknown error";
     }
 }

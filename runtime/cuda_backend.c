@@ -92,8 +92,9 @@ static int cuda_probe(int32_t device, hisa_k_device *dev, char *detail, size_t d
         snprintf(detail, detail_bytes, "CUDA device %d: not present (%d devices)", ordinal, n);
         return HISA_ENODEVICE;
     }
-    if (major != 9) { /* the kernels are sm_90a code (wgmma, griddepcontrol) */
-        snprintf(detail, detail_bytes, "CUDA device %d has compute capability %d.%d; hisa's kernels need 9.0 (Hopper)",
+    if (major < 8) { /* the kernels are sm_90a code plus the portable sm_80 image (Makefile) */
+        snprintf(detail, detail_bytes,
+                 "CUDA device %d has compute capability %d.%d; hisa's kernels need 8.0 or newer (9.0 for prefill)",
                  ordinal, major, minor);
         return HISA_ENODEVICE;
     }
@@ -108,7 +109,15 @@ static int cuda_start(hisa_runtime *rt) {
                        HISA_K_PATH_HOPPER == HISA_KERNELS_HOPPER,
                    "kernel paths are hisa.h's values");
     rt->dev.path = rt->plan.config.kernels;
-    HISA_LAUNCH_TRY(rt, hisa_k_init(&rt->dev));
+    const int kerr = hisa_k_init(&rt->dev);
+    if (kerr == HISA_K_EUNSUPPORTED) {
+        snprintf(rt->error_detail, sizeof rt->error_detail,
+                 "kernels = HISA_KERNELS_HOPPER: CUDA device %d (compute capability %d.%d) runs hisa's portable "
+                 "image, not the sm_90a one the Hopper scorer is built in (Hopper, no forced PTX JIT)",
+                 rt->dev.ordinal, rt->dev.cc_major, rt->dev.cc_minor);
+        return HISA_ENODEVICE;
+    }
+    HISA_LAUNCH_TRY(rt, kerr);
     /* The device mirrors start empty; the top-k histograms start (and stay) zero. */
     cudaStream_t s = stream_of(rt);
     HISA_CUDA_TRY(rt, cudaMemsetAsync(rt->r.dev_page_table, 0xff,
@@ -292,6 +301,13 @@ static int prefill_chunk(hisa_runtime *rt, const hisa_prefill *req, uint32_t dev
 /* Chunks run one launch chain after another on the stream, each reusing the scratch (a batched
  * single launch is the prefill performance issue's). */
 static int cuda_prefill(hisa_runtime *rt, const hisa_prefill *req, uint32_t dev_flags) {
+    if (!rt->dev.hopper) { /* before any work: the call changes nothing */
+        snprintf(rt->error_detail, sizeof rt->error_detail,
+                 "prefill: CUDA device %d (compute capability %d.%d) has no Hopper kernels; the prefill scorer is "
+                 "warpgroup-MMA code (compute capability 9.0)",
+                 rt->dev.ordinal, rt->dev.cc_major, rt->dev.cc_minor);
+        return HISA_EUNSUPPORTED;
+    }
     const int32_t n_chunks = hisa__prefill_chunks(req);
     const void *q = req->q;
     const float *w = req->w;

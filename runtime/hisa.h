@@ -57,7 +57,8 @@ enum {
     HISA_ELIMIT = -12,    /* a batch, chunk or context over the configured maximum */
     HISA_EFORMAT = -13,   /* key data in the wrong format for this runtime */
     HISA_EUNWRITTEN = -14, /* selection over a position whose key was never written (CPU) */
-    HISA_ESHARED = -15     /* a write into a page that several sequences share (hisa_seq_fork) */
+    HISA_ESHARED = -15,    /* a write into a page that several sequences share (hisa_seq_fork) */
+    HISA_EUNSUPPORTED = -16 /* the device cannot run this: prefill on a GPU other than Hopper */
 };
 
 /* Key storage formats (SPEC "Keys"). 0 picks the default, fp8. */
@@ -79,7 +80,10 @@ typedef enum { HISA_MODE_HISA = 0, HISA_MODE_FLAT = 1 } hisa_mode;
 /* CUDA decode scorer, chosen at open. AUTO takes the one measured fastest on the device (today the
  * mma.sync scorer on Hopper too: bench/NOTES-decode.md); PORTABLE forces the mma.sync scorer (the
  * path for GPUs without wgmma/TMA); HOPPER forces the warpgroup-MMA scorer fed by bulk copies
- * (fp8 keys; compute capability 9.x). Tests run both on one Hopper GPU. The CPU backend ignores it. */
+ * (fp8 keys; compute capability 9.x, else hisa_open fails with HISA_ENODEVICE). Tests run both on
+ * one Hopper GPU. The CPU backend ignores it. CUDA devices of compute capability 8.0 and newer
+ * open; those other than Hopper run decode on the portable kernels and refuse prefill
+ * (HISA_EUNSUPPORTED). */
 enum { HISA_KERNELS_AUTO = 0, HISA_KERNELS_PORTABLE = 1, HISA_KERNELS_HOPPER = 2 };
 
 /* Devices: 0 (the default) is the CPU reference backend; HISA_DEVICE_CUDA(i) is CUDA device i. */
@@ -157,8 +161,8 @@ int hisa_config_resolve(const hisa_config *cfg, hisa_config *resolved);
 /* The plan for a configuration, without reserving anything (size a GPU with it). */
 int hisa_plan_compute(const hisa_config *cfg, hisa_plan *plan);
 
-/* Open: plan, reserve (or take mem), carve, seal. mem may be NULL. CUDA devices must be
- * Hopper (compute capability 9.0); another gets HISA_ENODEVICE. */
+/* Open: plan, reserve (or take mem), carve, seal. mem may be NULL. CUDA devices need compute
+ * capability 8.0 or newer (else HISA_ENODEVICE); prefill and HISA_KERNELS_HOPPER need Hopper. */
 int hisa_open(hisa_runtime **out, const hisa_config *cfg, const hisa_memory *mem);
 /* Why the last failed hisa_open of this thread failed, in words (the device and its compute
  * capability, the memory it could not reserve, the configuration rule), or "". */
@@ -168,7 +172,8 @@ void hisa_close(hisa_runtime *rt); /* NULL is a no-op */
 /* Resolved configuration and plan of an open runtime. */
 const hisa_config *hisa_get_config(const hisa_runtime *rt);
 const hisa_plan *hisa_get_plan(const hisa_runtime *rt);
-/* Detail of the last HISA_EDEVICE: "cudaMalloc(...) at file:line: message", or "". */
+/* Detail of the last HISA_EDEVICE ("cudaMalloc(...) at file:line: message") or
+ * HISA_EUNSUPPORTED (what the device lacks), or "". */
 const char *hisa_error_detail(const hisa_runtime *rt);
 
 /* CUDA: the stream (a cudaStream_t) all device work goes to; NULL is the legacy default.

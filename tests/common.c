@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "test.h"
+#include "../runtime/internal.h"
 
 int hisa_agree(const float *score, int32_t n_ids, const uint8_t *is_cand, const int32_t *ref,
                const int32_t *got, int32_t k, char *why, size_t why_len) {
@@ -244,3 +245,7 @@ int hisa_tpair_open(hisa_test_ctx *ctx, hisa_config cfg, hisa_runtime **cpu, his
     }
     return 1;
 }
+
+const char hisa_t_no_prefill_why[] = "prefill needs the Hopper kernels; this device runs the portable ones";
+
+int hisa_t_prefill_runs(const hisa_runtime *rt) { return !hisa__is_cuda(rt) || rt->dev.hopper; }

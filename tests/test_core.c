@@ -723,3 +723,14 @@ HISA_TEST(agree_blocks_judges_the_block_rule) {
     int32_t two[2] = {0, 9};
     CHECK(hisa_agree_blocks(J, 10, 2, two, why, sizeof why));
 }
+
+/* Every error code has its own message; a code past the last one is "unknown error". */
+HISA_TEST(every_error_code_has_a_distinct_message) {
+    const char *unknown = hisa_strerror(HISA_EUNSUPPORTED - 1);
+    CHECK(strcmp(unknown, "unknown error") == 0);
+    for (int e = HISA_OK; e >= HISA_EUNSUPPORTED; e--) {
+        const char *m = hisa_strerror(e);
+        CHECKF(m && strcmp(m, unknown) != 0, "code %d has no message", e);
+        for (int f = e + 1; f <= HISA_OK; f++) CHECKF(strcmp(m, hisa_strerror(f)) != 0, "codes %d and %d share a message", e, f);
+    }
+}

@@ -1110,7 +1110,7 @@ typedef struct gpair {
 #define GPAIR_OPEN(p, cfg)                                                 \
     do {                                                                   \
         int r_ = hisa_tpair_open(ctx, (cfg), &(p)->cpu, &(p)->gpu);        \
-        if (r_ == 0) SKIP("no CUDA device");                               \
+        if (r_ == 0) SKIP(hisa_open_detail());                             \
         if (r_ < 0) return;                                                \
     } while (0)
 static void gpair_close(gpair *p) {
@@ -1325,6 +1325,10 @@ HISA_TEST(engine_gpu_batched_prefill_matches_cpu) {
     cfg.max_prefill_queries = 512;
     gpair pp, *p = &pp;
     GPAIR_OPEN(p, cfg);
+    if (!hisa_t_prefill_runs(p->gpu)) {
+        gpair_close(p);
+        SKIP(hisa_t_no_prefill_why);
+    }
     int32_t s[3], seqs[5], total = 0;
     int ok = 1;
     for (int i = 0; i < 3 && ok; i++) ok = !gp_open(ctx, p, &s[i]) && !gp_grow(ctx, p, s[i], lens[i], 70 + (uint64_t)i, 0);

@@ -44,7 +44,7 @@ static void pair_close(pair *p) {
 #define PAIR_OPEN(p, cfg)                       \
     do {                                        \
         int r_ = pair_open(ctx, (p), (cfg));    \
-        if (r_ == 0) SKIP("no CUDA device");    \
+        if (r_ == 0) SKIP(hisa_open_detail());  \
         if (r_ < 0) return;                     \
     } while (0)
 

@@ -51,6 +51,10 @@ static void pf_close(pf_pair *p) {
         int r_ = pf_open(ctx, (p), (cfg));    \
         if (r_ == 0) SKIP("no CUDA device");  \
         if (r_ < 0) return;                   \
+        if (!hisa_t_prefill_runs((p)->gpu)) { \
+            pf_close(p);                      \
+            SKIP(hisa_t_no_prefill_why);      \
+        }                                     \
     } while (0)
 
 static hisa_config pf_config(int32_t H, int32_t B, int32_t m, int32_t k, int32_t fmt, int32_t max_context) {

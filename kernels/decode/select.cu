@@ -195,8 +195,9 @@ __device__ __forceinline__ uint32_t e4m3x2_to_f16x2(uint32_t two_codes) {
     return (uint32_t)h.x | ((uint32_t)h.y << 16);
 }
 
-/* Four e4m3 codes (one 32-bit word) to two fp16x2 words, exactly: one conversion per pair. */
-__device__ __forceinline__ void e4m3x4_to_f16x4(uint32_t v, uint32_t &lo, uint32_t &hi) {
+/* Four e4m3 codes (one 32-bit word) to two fp16x2 words, exactly: one conversion per pair.
+ * (Hopper scorer only: unreferenced in the portable image.) */
+[[maybe_unused]] __device__ __forceinline__ void e4m3x4_to_f16x4(uint32_t v, uint32_t &lo, uint32_t &hi) {
     asm("{\n.reg .b16 l, h;\nmov.b32 {l, h}, %2;\ncvt.rn.f16x2.e4m3x2 %0, l;\ncvt.rn.f16x2.e4m3x2 %1, h;\n}\n"
         : "=r"(lo), "=r"(hi)
         : "r"(v));
@@ -214,9 +215,18 @@ __device__ __forceinline__ int frag_dim(int j, int c) {
 /* Programmatic dependent launch: a kernel lets its successor start early (launch_dependents) and
  * waits for its predecessor's results (wait) only where it first touches them; before that it
  * reads only the call's inputs (q, w, seq_len), which no kernel of the chain writes. Both are
- * no-ops when the launch carries no programmatic dependency. */
-__device__ __forceinline__ void pdl_trigger() { asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory"); }
-__device__ __forceinline__ void pdl_wait() { asm volatile("griddepcontrol.wait;\n" ::: "memory"); }
+ * no-ops when the launch carries no programmatic dependency, and absent from the portable image
+ * (sm_80), whose launches therefore never carry one (launch: pdl needs dev.hopper). */
+__device__ __forceinline__ void pdl_trigger() {
+#if HISA_K_SM90
+    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_wait() {
+#if HISA_K_SM90
+    asm volatile("griddepcontrol.wait;\n" ::: "memory");
+#endif
+}
 
 /* 2^e exactly, for |e| <= 126 (the per-head q scaling keeps e in [-120, 120]). */
 __device__ __forceinline__ float pow2(int e) { return __int_as_float((127 + e) << 23); }
@@ -687,7 +697,7 @@ __device__ void wg_build_q(const hisa_k_select_params &p, int crow, uint8_t *qs,
 }
 
 /* Thread 0: arm stage (gi % S) with the bytes of tile `tile` of row d and start its copies. */
-__device__ __forceinline__ void wg_issue(const hisa_k_select_params &p, const row_desc &d, const int *pg, int s0,
+[[maybe_unused]] __device__ __forceinline__ void wg_issue(const hisa_k_select_params &p, const row_desc &d, const int *pg, int s0,
                                          int tile, uint32_t gi, uint8_t *ring, uint64_t *full) {
     const hisa_k_cache &c = p.cache;
     const int B = c.block_size, e0 = tile * kWgTile;
@@ -705,6 +715,7 @@ __device__ __forceinline__ void wg_issue(const hisa_k_select_params &p, const ro
 
 template <int N>
 __global__ void __launch_bounds__(kWgThreads, N >= 128 ? 2 : 3) score_wg_kernel(const sel_args a) {
+#if HISA_K_SM90
     extern __shared__ uint8_t wg_smem_raw[];
     uint8_t *qs = reinterpret_cast<uint8_t *>((reinterpret_cast<uintptr_t>(wg_smem_raw) + 1023) & ~(uintptr_t)1023);
     uint8_t *ring = qs + 2 * N * 128;
@@ -855,6 +866,9 @@ __global__ void __launch_bounds__(kWgThreads, N >= 128 ? 2 : 3) score_wg_kernel(
     }
     __syncthreads();
     if (cur_row >= 0 && a.hist) flush_hist(hist, d.work);
+#else
+    __trap(); /* never launched without Hopper code (hisa_k_device.hopper) */
+#endif
 }
 
 /* Standalone histogram (STAGE_RAW: scores written by someone else). */
@@ -1320,9 +1334,11 @@ int score_init(hisa_k_device *dev) {
     return HISA_K_OK;
 }
 
-/* Launch with or without a programmatic dependency on the previous kernel of the stream. */
+/* Launch with or without a programmatic dependency on the previous kernel of the stream; never
+ * with one when the loaded kernels are the portable image (no griddepcontrol.wait in them). */
 template <typename... Args>
-int launch(void (*kernel)(Args...), dim3 grid, dim3 block, size_t smem, cudaStream_t s, bool pdl, Args... args) {
+int launch(void (*kernel)(Args...), dim3 grid, dim3 block, size_t smem, cudaStream_t s, bool pdl, const sel_args &a,
+           Args... args) {
     cudaLaunchConfig_t cfg = {};
     cfg.gridDim = grid;
     cfg.blockDim = block;
@@ -1332,7 +1348,7 @@ int launch(void (*kernel)(Args...), dim3 grid, dim3 block, size_t smem, cudaStre
     attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
     attr[0].val.programmaticStreamSerializationAllowed = 1;
     cfg.attrs = attr;
-    cfg.numAttrs = pdl ? 1 : 0;
+    cfg.numAttrs = pdl && a.p.dev.hopper ? 1 : 0;
     if (cudaLaunchKernelEx(&cfg, kernel, args...) != cudaSuccess) return HISA_K_EDEVICE;
     return hisa__k_launch_status();
 }
@@ -1342,7 +1358,7 @@ int launch_score(const sel_args &a, cudaStream_t s, bool pdl) {
     int n_mt = (a.p.cache.n_heads + 15) / 16;
     size_t smem = score_dyn_smem(SRC, n_mt);
     int grid = a.p.dev.sm_count * a.p.dev.score_ctas_per_sm[SRC][n_mt - 1];
-    return launch(n_mt == 4 ? score_kernel<SRC, 4> : score_kernel<SRC, 0>, dim3(grid), dim3(kScoreThreads), smem, s, pdl, a);
+    return launch(n_mt == 4 ? score_kernel<SRC, 4> : score_kernel<SRC, 0>, dim3(grid), dim3(kScoreThreads), smem, s, pdl, a, a);
 }
 
 /* The Hopper scorer's CTAs per SM for each padded head count. */
@@ -1361,15 +1377,15 @@ int launch_score_wg(const sel_args &a, cudaStream_t s, bool pdl) {
     const int H = a.p.cache.n_heads, ni = wg_n_index(H);
     const dim3 grid(a.p.dev.sm_count * a.p.dev.wg_ctas_per_sm[ni]), block(kWgThreads);
     switch (ni) {
-    case 0: return launch(score_wg_kernel<16>, grid, block, wg_dyn_smem<16>(), s, pdl, a);
-    case 1: return launch(score_wg_kernel<32>, grid, block, wg_dyn_smem<32>(), s, pdl, a);
-    case 2: return launch(score_wg_kernel<64>, grid, block, wg_dyn_smem<64>(), s, pdl, a);
-    default: return launch(score_wg_kernel<128>, grid, block, wg_dyn_smem<128>(), s, pdl, a);
+    case 0: return launch(score_wg_kernel<16>, grid, block, wg_dyn_smem<16>(), s, pdl, a, a);
+    case 1: return launch(score_wg_kernel<32>, grid, block, wg_dyn_smem<32>(), s, pdl, a, a);
+    case 2: return launch(score_wg_kernel<64>, grid, block, wg_dyn_smem<64>(), s, pdl, a, a);
+    default: return launch(score_wg_kernel<128>, grid, block, wg_dyn_smem<128>(), s, pdl, a, a);
     }
 }
 
 int launch_select_smem(const sel_args &a, cudaStream_t s) {
-    return launch(select_smem_kernel, dim3(a.n_rows), dim3(kSelThreads), 0, s, true, a);
+    return launch(select_smem_kernel, dim3(a.n_rows), dim3(kSelThreads), 0, s, true, a, a);
 }
 
 int slices_for(int sm_count, int n_rows, int64_t max_len) {
@@ -1382,18 +1398,30 @@ int slices_for(int sm_count, int n_rows, int64_t max_len) {
 
 int launch_topk(const sel_args &a, int64_t max_len, cudaStream_t s) {
     int X = slices_for(a.p.dev.sm_count, a.n_rows, max_len);
-    return launch(select_kernel, dim3(X, a.n_rows), dim3(kFinishThreads), kFinishDynSmem, s, true, a, X);
+    return launch(select_kernel, dim3(X, a.n_rows), dim3(kFinishThreads), kFinishDynSmem, s, true, a, a, X);
 }
 
 } // namespace
 
+/* Whether the image loaded for this device holds Hopper code: the attributes of a Hopper-only
+ * kernel name the PTX it came from (90 for the sm_90a build; 80 when the portable image runs,
+ * on a GPU other than Hopper or under a forced PTX JIT). */
+int hisa__k_hopper_image(void) {
+    cudaFuncAttributes fa;
+    if (cudaFuncGetAttributes(&fa, score_wg_kernel<64>) != cudaSuccess) {
+        cudaGetLastError(); /* not sticky: the answer is "no Hopper code" */
+        return 0;
+    }
+    return fa.ptxVersion >= 90;
+}
+
 /* Called by hisa_k_init (device.cu) for every runtime, with its device current. */
 int hisa__k_select_init(hisa_k_device *dev) {
     int err = set_smem((const void *)select_kernel, kFinishDynSmem);
-    if (!err) err = wg_init<16>(dev);
-    if (!err) err = wg_init<32>(dev);
-    if (!err) err = wg_init<64>(dev);
-    if (!err) err = wg_init<128>(dev);
+    if (!err && dev->hopper) err = wg_init<16>(dev);
+    if (!err && dev->hopper) err = wg_init<32>(dev);
+    if (!err && dev->hopper) err = wg_init<64>(dev);
+    if (!err && dev->hopper) err = wg_init<128>(dev);
     if (!err) err = score_init<SRC_FP8>(dev);
     if (!err) err = score_init<SRC_BF16>(dev);
     if (!err) err = score_init<SRC_MEANS>(dev);

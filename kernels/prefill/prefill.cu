@@ -45,7 +45,7 @@
 namespace {
 
 constexpr int kScoreThreads = 256; /* two consumer warpgroups, each on its own 64-row tiles */
-constexpr int kTile = 64;
+[[maybe_unused]] constexpr int kTile = 64; /* (unreferenced in the portable image) */
 enum { SRC_TOK = 0, SRC_MEAN = 1, SRC_CAND = 2 };
 
 constexpr int kTopkThreads = 512;
@@ -70,7 +70,7 @@ __device__ __forceinline__ int row_limit(const hisa_k_prefill_params &p, int i) 
     return (p.top_blocks - 1) * B + t % B + 1;
 }
 
-__device__ __forceinline__ uint32_t e4m3x2_to_bf16x2(uint32_t v16) {
+[[maybe_unused]] __device__ __forceinline__ uint32_t e4m3x2_to_bf16x2(uint32_t v16) {
     __half2_raw h = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)v16, __NV_E4M3);
     float2 f = __half22float2(__half2(h));
     __nv_bfloat162 b = __floats2bfloat162_rn(f.x, f.y); /* exact: e4m3 values are bf16 values */
@@ -84,6 +84,7 @@ __device__ __forceinline__ uint32_t e4m3x2_to_bf16x2(uint32_t v16) {
  * the scale (ReLU commutes with a positive factor). Otherwise A and B are bf16, all exact. */
 template <int N, int HP, int SRC, bool FP8, bool F16>
 __global__ void __launch_bounds__(kScoreThreads, N >= 128 ? 1 : 2) score_kernel(const pf_args a) {
+#if HISA_K_SM90
     static_assert(FP8 || !F16, "fp16 operands only for fp8 codes");
     constexpr int NQ = N / HP;
     const hisa_k_prefill_params &p = a.p;
@@ -301,6 +302,9 @@ __global__ void __launch_bounds__(kScoreThreads, N >= 128 ? 1 : 2) score_kernel(
         settle(acc, af);
         epilogue(acc, scl, cur);
     }
+#else
+    __trap(); /* never launched without Hopper code (hisa_k_device.hopper) */
+#endif
 }
 
 /* --- top-k ---------------------------------------------------------------------------------- */
@@ -616,6 +620,7 @@ extern "C" int hisa_k_prefill(void *stream, const hisa_k_prefill_params *p) {
         return HISA_K_EINVAL;
     if (p->mode != HISA_K_MODE_HISA && p->mode != HISA_K_MODE_FLAT) return HISA_K_EINVAL;
     if (p->dev.sm_count < 1) return HISA_K_EINVAL; /* hisa_k_init not run */
+    if (!p->dev.hopper) return HISA_K_EUNSUPPORTED;  /* the scorer is wgmma code */
     if (p->q_format < HISA_K_Q_F32 || p->q_format > HISA_K_Q_FP8) return HISA_K_EINVAL;
     if (p->n_q < 1 || p->n_q > HISA_PREFILL_MAX || p->n_q > p->scratch_rows) return HISA_K_ELIMIT;
     if (p->t0 < 0 || p->max_context < 1 || p->max_context > HISA_CONTEXT_MAX ||

@@ -38,7 +38,7 @@ import numpy as np
 from . import _arrays
 from . import _capi
 from ._capi import *  # noqa: F401,F403  (the constants of hisa.h, under their C names)
-from ._capi import (HISA_DEVICE_CUDA, HISA_EDEVICE, HISA_EPOISONED, HISA_HEAD_DIM, HISA_HOST_IO,
+from ._capi import (HISA_DEVICE_CUDA, HISA_EDEVICE, HISA_EPOISONED, HISA_EUNSUPPORTED, HISA_HEAD_DIM, HISA_HOST_IO,
                     HISA_MODE_FLAT, HISA_MODE_HISA, HISA_NEXT_N_MAX, HISA_Q_BF16, HISA_Q_F32,
                     HISA_Q_FP8, HISA_SLOTS, HISA_KEY_FP8, HISA_KEY_BF16)
 
@@ -67,9 +67,9 @@ class HisaError(Exception):
     """A hisa call returned a negative HISA_E* code.
 
     code: the code (hisa.HISA_ESEQ, ...); name: its C name ("HISA_ESEQ"); message: hisa_strerror;
-    call: the C function; detail: hisa_error_detail (HISA_EDEVICE / HISA_EPOISONED) or
-    hisa_open_detail (a failed open), else ""; field / rule: the configuration field and the
-    rule it broke (HISA_ECONFIG, HISA_EOVERFLOW), else None."""
+    call: the C function; detail: hisa_error_detail (HISA_EDEVICE, HISA_EPOISONED,
+    HISA_EUNSUPPORTED) or hisa_open_detail (a failed open), else ""; field / rule: the
+    configuration field and the rule it broke (HISA_ECONFIG, HISA_EOVERFLOW), else None."""
 
     def __init__(self, code, call="", detail="", field=None, rule=None):
         self.code = int(code)
@@ -350,7 +350,7 @@ class Runtime:
         err = getattr(self._lib, name)(self._rt(), *args)
         if err:
             detail = ""
-            if err in (HISA_EDEVICE, HISA_EPOISONED):
+            if err in (HISA_EDEVICE, HISA_EPOISONED, HISA_EUNSUPPORTED):
                 detail = _s(self._lib.hisa_error_detail(self._h)) or ""
             raise HisaError(err, name, detail=detail)
 
