@@ -24,6 +24,13 @@
 #else
 #define HISA_K_SM90 1
 #endif
+/* HISA_K_SM90A: the sm_90a feature set (wgmma, bulk copies), which no other target has (an extra
+ * sm_100 target compiles the Hopper-only kernels as traps too); griddepcontrol needs only 9.0. */
+#if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define HISA_K_SM90A 0
+#else
+#define HISA_K_SM90A 1
+#endif
 
 /* The per-device setup of each kernel file (shared-memory limits, occupancy), run by hisa_k_init
  * (device.cu) for every runtime with its device current. */

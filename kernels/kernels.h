@@ -49,7 +49,8 @@ typedef struct hisa_k_device {
     int32_t hopper;                   /* out: 1 when the loaded kernels are Hopper code (wgmma, bulk
                                          copies, programmatic dependent launch); 0 on other GPUs
                                          (the sm_80 / compute_80 build): decode only, portable */
-    /* decode scoring kernel CTAs per SM: [fp8 keys, bf16 keys, means][heads / 16 - 1] */
+    /* decode scoring kernel CTAs per SM: [fp8 keys, bf16 keys, means][heads / 16 - 1]; 0 where
+     * that many heads' tiles do not fit the device's shared memory per block */
     int32_t score_ctas_per_sm[3][HISA_HEADS_MAX / 16];
     /* the Hopper scorer's CTAs per SM for N = 16, 32, 64, 128 padded heads */
     int32_t wg_ctas_per_sm[4];

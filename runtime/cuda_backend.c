@@ -105,6 +105,7 @@ static int cuda_probe(int32_t device, hisa_k_device *dev, char *detail, size_t d
 static int cuda_start(hisa_runtime *rt) {
     assert(rt && hisa__is_cuda(rt));
     HISA_CUDA_TRY(rt, cudaSetDevice(rt->dev.ordinal));
+    _Static_assert(HISA_K_EUNSUPPORTED == HISA_EUNSUPPORTED, "kernel codes are hisa.h's");
     _Static_assert(HISA_K_PATH_AUTO == HISA_KERNELS_AUTO && HISA_K_PATH_PORTABLE == HISA_KERNELS_PORTABLE &&
                        HISA_K_PATH_HOPPER == HISA_KERNELS_HOPPER,
                    "kernel paths are hisa.h's values");
@@ -118,6 +119,16 @@ static int cuda_start(hisa_runtime *rt) {
         return HISA_ENODEVICE;
     }
     HISA_LAUNCH_TRY(rt, kerr);
+    /* the decode scorers' query tiles grow with the heads; on parts with 99 KB per block the bf16
+     * and block-mean scorers hold at most 80 heads */
+    const int32_t n_mt = (int32_t)((rt->g.n_heads + 15) / 16), src = rt->g.key_format == HISA__FMT_FP8 ? 0 : 1;
+    if (!rt->dev.score_ctas_per_sm[src][n_mt - 1] || !rt->dev.score_ctas_per_sm[2][n_mt - 1]) {
+        snprintf(rt->error_detail, sizeof rt->error_detail,
+                 "n_heads = %d: the decode scorer's shared memory for %d heads does not fit one block of CUDA device "
+                 "%d (compute capability %d.%d)",
+                 (int)rt->g.n_heads, n_mt * 16, rt->dev.ordinal, rt->dev.cc_major, rt->dev.cc_minor);
+        return HISA_ENODEVICE;
+    }
     /* The device mirrors start empty; the top-k histograms start (and stay) zero. */
     cudaStream_t s = stream_of(rt);
     HISA_CUDA_TRY(rt, cudaMemsetAsync(rt->r.dev_page_table, 0xff,

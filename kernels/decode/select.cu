@@ -715,7 +715,7 @@ __device__ void wg_build_q(const hisa_k_select_params &p, int crow, uint8_t *qs,
 
 template <int N>
 __global__ void __launch_bounds__(kWgThreads, N >= 128 ? 2 : 3) score_wg_kernel(const sel_args a) {
-#if HISA_K_SM90
+#if HISA_K_SM90A
     extern __shared__ uint8_t wg_smem_raw[];
     uint8_t *qs = reinterpret_cast<uint8_t *>((reinterpret_cast<uintptr_t>(wg_smem_raw) + 1023) & ~(uintptr_t)1023);
     uint8_t *ring = qs + 2 * N * 128;
@@ -1257,7 +1257,7 @@ __device__ void sel_row_trivial(const sel_args &a, const row_desc &d) {
         return;
     }
     for (int i = threadIdx.x; i < a.p.topk; i += kSelThreads)
-        a.p.out[(int64_t)d.crow * a.p.topk + i] = i < d.n ? token_value(a, d, i) : -1;
+        a.p.out[(int64_t)d.crow * a.p.topk + i] = i < (a.stage == STAGE_RAW ? d.L : d.n) ? token_value(a, d, i) : -1;
 }
 
 /* Blocks stage: the m - 2 kept ids (by slot in sm.aux) in ascending order (distinct: a block's
@@ -1318,18 +1318,39 @@ int set_smem(const void *kernel, size_t bytes) {
                : HISA_K_EDEVICE;
 }
 
+/* *room: the dynamic shared memory one CTA of kernel k may have on dev (the per-block opt-in
+ * limit less the kernel's static shared memory). */
+int smem_room(const hisa_k_device *dev, const void *k, size_t *room) {
+    int optin = 0;
+    cudaFuncAttributes fa;
+    if (cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev->ordinal) != cudaSuccess ||
+        cudaFuncGetAttributes(&fa, k) != cudaSuccess)
+        return HISA_K_EDEVICE;
+    *room = (size_t)optin > fa.sharedSizeBytes ? (size_t)optin - fa.sharedSizeBytes : 0;
+    return HISA_K_OK;
+}
+
 /* The scoring kernel's CTAs per SM for each head-tile count (its grid is one full wave; its
- * shared memory, so its occupancy, grows with the heads). */
+ * shared memory, so its occupancy, grows with the heads). A head-tile count whose shared memory
+ * does not fit one CTA of this device gets 0, and hisa_open refuses that many heads
+ * (cuda_backend.c): the bf16-key and means scorers past 80 heads on parts with 99 KB per block
+ * (sm_86, sm_89, sm_120). */
 template <int SRC>
 int score_init(hisa_k_device *dev) {
-    if (set_smem((const void *)score_kernel<SRC, 0>, score_dyn_smem(SRC, kMaxMTiles))) return HISA_K_EDEVICE;
-    if (set_smem((const void *)score_kernel<SRC, 4>, score_dyn_smem(SRC, 4))) return HISA_K_EDEVICE;
+    const void *k0 = (const void *)score_kernel<SRC, 0>, *k4 = (const void *)score_kernel<SRC, 4>;
+    size_t room0 = 0, room4 = 0;
+    if (smem_room(dev, k0, &room0) || smem_room(dev, k4, &room4)) return HISA_K_EDEVICE;
+    const size_t most0 = score_dyn_smem(SRC, kMaxMTiles), need4 = score_dyn_smem(SRC, 4);
+    if (set_smem(k0, most0 < room0 ? most0 : room0)) return HISA_K_EDEVICE;
+    if (need4 <= room4 && set_smem(k4, need4)) return HISA_K_EDEVICE;
     for (int n_mt = 1; n_mt <= kMaxMTiles; n_mt++) {
+        const size_t need = score_dyn_smem(SRC, n_mt);
         int occ = 0;
-        if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, n_mt == 4 ? score_kernel<SRC, 4> : score_kernel<SRC, 0>,
-                                                          kScoreThreads, score_dyn_smem(SRC, n_mt)) != cudaSuccess)
+        if (need <= (n_mt == 4 ? room4 : room0) &&
+            cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, n_mt == 4 ? score_kernel<SRC, 4> : score_kernel<SRC, 0>,
+                                                          kScoreThreads, need) != cudaSuccess)
             return HISA_K_EDEVICE;
-        dev->score_ctas_per_sm[SRC][n_mt - 1] = occ > 0 ? occ : 1;
+        dev->score_ctas_per_sm[SRC][n_mt - 1] = occ; /* 0: does not fit this device */
     }
     return HISA_K_OK;
 }
@@ -1358,6 +1379,7 @@ int launch_score(const sel_args &a, cudaStream_t s, bool pdl) {
     int n_mt = (a.p.cache.n_heads + 15) / 16;
     size_t smem = score_dyn_smem(SRC, n_mt);
     int grid = a.p.dev.sm_count * a.p.dev.score_ctas_per_sm[SRC][n_mt - 1];
+    if (grid < 1) return HISA_K_EUNSUPPORTED; /* refused at open (cuda_backend.c) */
     return launch(n_mt == 4 ? score_kernel<SRC, 4> : score_kernel<SRC, 0>, dim3(grid), dim3(kScoreThreads), smem, s, pdl, a, a);
 }
 

@@ -84,7 +84,7 @@ __device__ __forceinline__ int row_limit(const hisa_k_prefill_params &p, int i) 
  * the scale (ReLU commutes with a positive factor). Otherwise A and B are bf16, all exact. */
 template <int N, int HP, int SRC, bool FP8, bool F16>
 __global__ void __launch_bounds__(kScoreThreads, N >= 128 ? 1 : 2) score_kernel(const pf_args a) {
-#if HISA_K_SM90
+#if HISA_K_SM90A
     static_assert(FP8 || !F16, "fp16 operands only for fp8 codes");
     constexpr int NQ = N / HP;
     const hisa_k_prefill_params &p = a.p;
