@@ -162,7 +162,9 @@ int hisa_config_resolve(const hisa_config *cfg, hisa_config *resolved);
 int hisa_plan_compute(const hisa_config *cfg, hisa_plan *plan);
 
 /* Open: plan, reserve (or take mem), carve, seal. mem may be NULL. CUDA devices need compute
- * capability 8.0 or newer (else HISA_ENODEVICE); prefill and HISA_KERNELS_HOPPER need Hopper. */
+ * capability 8.0 or newer (else HISA_ENODEVICE); prefill and HISA_KERNELS_HOPPER need Hopper.
+ * On parts with 99 KB of shared memory per block (sm_86, sm_89, sm_120) n_heads is at most 80
+ * (the decode scorer's query tiles; HISA_ENODEVICE, with hisa_open_detail saying so). */
 int hisa_open(hisa_runtime **out, const hisa_config *cfg, const hisa_memory *mem);
 /* Why the last failed hisa_open of this thread failed, in words (the device and its compute
  * capability, the memory it could not reserve, the configuration rule), or "". */
