@@ -25,7 +25,9 @@
 #define HISA_K_SM90 1
 #endif
 /* HISA_K_SM90A: the sm_90a feature set (wgmma, bulk copies), which no other target has (an extra
- * sm_100 target compiles the Hopper-only kernels as traps too); griddepcontrol needs only 9.0. */
+ * sm_100 target compiles the Hopper-only kernels as traps too); griddepcontrol needs only 9.0.
+ * Extra targets of compute capability 9.x must be sm_90a / compute_90a: a plain compute_90 image
+ * would hold the traps yet report ptxVersion 90, which hisa_k_init takes for Hopper code. */
 #if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define HISA_K_SM90A 0
 #else
