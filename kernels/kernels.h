@@ -49,12 +49,24 @@ typedef struct hisa_k_device {
     int32_t hopper;                   /* out: 1 when the loaded kernels are Hopper code (wgmma, bulk
                                          copies, programmatic dependent launch); 0 on other GPUs
                                          (the sm_80 / compute_80 build): decode only, portable */
-    /* decode scoring kernel CTAs per SM: [fp8 keys, bf16 keys, means][heads / 16 - 1]; 0 where
-     * that many heads' tiles do not fit the device's shared memory per block */
+    /* decode scoring kernel CTAs per SM: [HISA_K_SCORER_*][heads / 16 - 1]; 0 where that many
+     * heads' tiles do not fit the device's shared memory per block */
     int32_t score_ctas_per_sm[3][HISA_HEADS_MAX / 16];
     /* the Hopper scorer's CTAs per SM for N = 16, 32, 64, 128 padded heads */
     int32_t wg_ctas_per_sm[4];
 } hisa_k_device;
+
+/* The decode scorers (score_ctas_per_sm's rows): fp8 keys, bf16 keys, block means. */
+enum { HISA_K_SCORER_FP8 = 0, HISA_K_SCORER_BF16 = 1, HISA_K_SCORER_MEANS = 2 };
+
+/* 1 when decode with n_heads heads of key_format (HISA__FMT_*) fits dev: the keys' scorer and the
+ * block-mean scorer (HISA mode) both have room for that many heads' tiles. After hisa_k_init. */
+static inline int hisa_k_decode_fits(const hisa_k_device *dev, int32_t n_heads, int32_t key_format) {
+    const int32_t t = (n_heads + 15) / 16 - 1;
+    const int keys = key_format == HISA__FMT_FP8 ? HISA_K_SCORER_FP8 : HISA_K_SCORER_BF16;
+    return t >= 0 && t < HISA_HEADS_MAX / 16 && dev->score_ctas_per_sm[keys][t] > 0 &&
+           dev->score_ctas_per_sm[HISA_K_SCORER_MEANS][t] > 0;
+}
 
 typedef struct hisa_k_cache {
     uint8_t *keys;         /* [n_layers, n_pages, page_bytes] */

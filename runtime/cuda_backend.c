@@ -121,12 +121,11 @@ static int cuda_start(hisa_runtime *rt) {
     HISA_LAUNCH_TRY(rt, kerr);
     /* the decode scorers' query tiles grow with the heads; on parts with 99 KB per block the bf16
      * and block-mean scorers hold at most 80 heads */
-    const int32_t n_mt = (int32_t)((rt->g.n_heads + 15) / 16), src = rt->g.key_format == HISA__FMT_FP8 ? 0 : 1;
-    if (!rt->dev.score_ctas_per_sm[src][n_mt - 1] || !rt->dev.score_ctas_per_sm[2][n_mt - 1]) {
+    if (!hisa_k_decode_fits(&rt->dev, (int32_t)rt->g.n_heads, (int32_t)rt->g.key_format)) {
         snprintf(rt->error_detail, sizeof rt->error_detail,
-                 "n_heads = %d: the decode scorer's shared memory for %d heads does not fit one block of CUDA device "
-                 "%d (compute capability %d.%d)",
-                 (int)rt->g.n_heads, n_mt * 16, rt->dev.ordinal, rt->dev.cc_major, rt->dev.cc_minor);
+                 "n_heads = %d: the decode scorer's shared memory for that many heads does not fit one block of "
+                 "CUDA device %d (compute capability %d.%d)",
+                 (int)rt->g.n_heads, rt->dev.ordinal, rt->dev.cc_major, rt->dev.cc_minor);
         return HISA_ENODEVICE;
     }
     /* The device mirrors start empty; the top-k histograms start (and stay) zero. */

@@ -73,7 +73,7 @@ constexpr int kCandOffset = 2 * kHistBins + HISA_K_WORK_HDR_WORDS;
 constexpr int kSmemCand = 6144; /* level-2 candidates the finishing CTA holds in shared memory
                                    (48 KB: three 512-thread CTAs per SM) */
 
-enum { SRC_FP8 = 0, SRC_BF16 = 1, SRC_MEANS = 2 };
+enum { SRC_FP8 = HISA_K_SCORER_FP8, SRC_BF16 = HISA_K_SCORER_BF16, SRC_MEANS = HISA_K_SCORER_MEANS };
 enum { STAGE_BLOCKS = 0, STAGE_TOKENS = 1, STAGE_RAW = 2 };
 enum { PATH_TRIVIAL = 0, PATH_FLAT = 1, PATH_HISA = 2 };
 
@@ -1357,9 +1357,9 @@ int score_init(hisa_k_device *dev) {
 
 /* Launch with or without a programmatic dependency on the previous kernel of the stream; never
  * with one when the loaded kernels are the portable image (no griddepcontrol.wait in them). */
-template <typename... Args>
-int launch(void (*kernel)(Args...), dim3 grid, dim3 block, size_t smem, cudaStream_t s, bool pdl, const sel_args &a,
-           Args... args) {
+template <typename... Extra>
+int launch(void (*kernel)(sel_args, Extra...), dim3 grid, dim3 block, size_t smem, cudaStream_t s, bool pdl,
+           const sel_args &a, Extra... extra) {
     cudaLaunchConfig_t cfg = {};
     cfg.gridDim = grid;
     cfg.blockDim = block;
@@ -1370,7 +1370,7 @@ int launch(void (*kernel)(Args...), dim3 grid, dim3 block, size_t smem, cudaStre
     attr[0].val.programmaticStreamSerializationAllowed = 1;
     cfg.attrs = attr;
     cfg.numAttrs = pdl && a.p.dev.hopper ? 1 : 0;
-    if (cudaLaunchKernelEx(&cfg, kernel, args...) != cudaSuccess) return HISA_K_EDEVICE;
+    if (cudaLaunchKernelEx(&cfg, kernel, a, extra...) != cudaSuccess) return HISA_K_EDEVICE;
     return hisa__k_launch_status();
 }
 
@@ -1380,7 +1380,7 @@ int launch_score(const sel_args &a, cudaStream_t s, bool pdl) {
     size_t smem = score_dyn_smem(SRC, n_mt);
     int grid = a.p.dev.sm_count * a.p.dev.score_ctas_per_sm[SRC][n_mt - 1];
     if (grid < 1) return HISA_K_EUNSUPPORTED; /* refused at open (cuda_backend.c) */
-    return launch(n_mt == 4 ? score_kernel<SRC, 4> : score_kernel<SRC, 0>, dim3(grid), dim3(kScoreThreads), smem, s, pdl, a, a);
+    return launch(n_mt == 4 ? score_kernel<SRC, 4> : score_kernel<SRC, 0>, dim3(grid), dim3(kScoreThreads), smem, s, pdl, a);
 }
 
 /* The Hopper scorer's CTAs per SM for each padded head count. */
@@ -1399,15 +1399,15 @@ int launch_score_wg(const sel_args &a, cudaStream_t s, bool pdl) {
     const int H = a.p.cache.n_heads, ni = wg_n_index(H);
     const dim3 grid(a.p.dev.sm_count * a.p.dev.wg_ctas_per_sm[ni]), block(kWgThreads);
     switch (ni) {
-    case 0: return launch(score_wg_kernel<16>, grid, block, wg_dyn_smem<16>(), s, pdl, a, a);
-    case 1: return launch(score_wg_kernel<32>, grid, block, wg_dyn_smem<32>(), s, pdl, a, a);
-    case 2: return launch(score_wg_kernel<64>, grid, block, wg_dyn_smem<64>(), s, pdl, a, a);
-    default: return launch(score_wg_kernel<128>, grid, block, wg_dyn_smem<128>(), s, pdl, a, a);
+    case 0: return launch(score_wg_kernel<16>, grid, block, wg_dyn_smem<16>(), s, pdl, a);
+    case 1: return launch(score_wg_kernel<32>, grid, block, wg_dyn_smem<32>(), s, pdl, a);
+    case 2: return launch(score_wg_kernel<64>, grid, block, wg_dyn_smem<64>(), s, pdl, a);
+    default: return launch(score_wg_kernel<128>, grid, block, wg_dyn_smem<128>(), s, pdl, a);
     }
 }
 
 int launch_select_smem(const sel_args &a, cudaStream_t s) {
-    return launch(select_smem_kernel, dim3(a.n_rows), dim3(kSelThreads), 0, s, true, a, a);
+    return launch(select_smem_kernel, dim3(a.n_rows), dim3(kSelThreads), 0, s, true, a);
 }
 
 int slices_for(int sm_count, int n_rows, int64_t max_len) {
@@ -1420,7 +1420,7 @@ int slices_for(int sm_count, int n_rows, int64_t max_len) {
 
 int launch_topk(const sel_args &a, int64_t max_len, cudaStream_t s) {
     int X = slices_for(a.p.dev.sm_count, a.n_rows, max_len);
-    return launch(select_kernel, dim3(X, a.n_rows), dim3(kFinishThreads), kFinishDynSmem, s, true, a, a, X);
+    return launch(select_kernel, dim3(X, a.n_rows), dim3(kFinishThreads), kFinishDynSmem, s, true, a, X);
 }
 
 } // namespace
@@ -1440,10 +1440,12 @@ int hisa__k_hopper_image(void) {
 /* Called by hisa_k_init (device.cu) for every runtime, with its device current. */
 int hisa__k_select_init(hisa_k_device *dev) {
     int err = set_smem((const void *)select_kernel, kFinishDynSmem);
-    if (!err && dev->hopper) err = wg_init<16>(dev);
-    if (!err && dev->hopper) err = wg_init<32>(dev);
-    if (!err && dev->hopper) err = wg_init<64>(dev);
-    if (!err && dev->hopper) err = wg_init<128>(dev);
+    if (!err && dev->hopper) { /* the Hopper scorer exists only in the sm_90a image */
+        err = wg_init<16>(dev);
+        if (!err) err = wg_init<32>(dev);
+        if (!err) err = wg_init<64>(dev);
+        if (!err) err = wg_init<128>(dev);
+    }
     if (!err) err = score_init<SRC_FP8>(dev);
     if (!err) err = score_init<SRC_BF16>(dev);
     if (!err) err = score_init<SRC_MEANS>(dev);
