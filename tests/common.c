@@ -154,6 +154,20 @@ void hisa_tgen_query(uint64_t seed, int32_t H, int64_t near, float *q, float *w)
     }
 }
 
+void hisa_tquant_query(const float *f, const float *w, int32_t H, uint8_t *codes, float *vals, float *w8) {
+    for (int32_t h = 0; h < H; h++) {
+        const float *x = f + (int64_t)h * HISA_D;
+        float amax = 0.0f;
+        for (int d = 0; d < HISA_D; d++) amax = fmaxf(amax, fabsf(x[d]));
+        float scale = amax > 0.0f ? amax / 448.0f : 1.0f;
+        for (int d = 0; d < HISA_D; d++) {
+            codes[h * HISA_D + d] = hisa__e4m3_from_f32(x[d] / scale);
+            vals[h * HISA_D + d] = hisa__e4m3_to_f32(codes[h * HISA_D + d]);
+        }
+        w8[h] = w[h] * scale;
+    }
+}
+
 static double score_of(const float *key, int32_t H, const float *q, const float *w) {
     double total = 0.0;
     for (int32_t h = 0; h < H; h++) {

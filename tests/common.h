@@ -30,6 +30,10 @@ void hisa_tgen_keys(uint64_t seed, int64_t pos0, int32_t n, float *keys /* [n,12
 /* A query aligned with the topic at position `near` (or random when near < 0), weights mostly
  * positive. q [H,128], w [H]. */
 void hisa_tgen_query(uint64_t seed, int32_t H, int64_t near, float *q, float *w);
+/* The fp8 form of H query heads f [H,128] with weights w [H] (SPEC "Queries", DeepSeek's
+ * act_quant): per head scale = amax / 448 (1 where amax is 0), codes [H,128] = e4m3(f / scale),
+ * vals [H,128] = the codes' values (what the fp8 query is), w8 [H] = w * scale. */
+void hisa_tquant_query(const float *f, const float *w, int32_t H, uint8_t *codes, float *vals, float *w8);
 
 /* Independent brute force, from the SPEC, in double precision over the keys as the cache
  * stores them (dequantized by the caller into deq [n,128], block means into means [nb,128]).

@@ -122,16 +122,9 @@ static void qset_make(eng_qset *s, int32_t H, int32_t rows, uint64_t seed, const
     for (int32_t r = 0; r < rows; r++)
         hisa_tgen_query(seed * 1000 + (uint64_t)r, H, near ? near[r] : -1, s->f + (int64_t)r * H * HISA_D, s->w + (int64_t)r * H);
     for (int64_t i = 0; i < n; i++) s->b[i] = hisa__bf16_from_f32(s->f[i]);
-    for (int64_t rh = 0; rh < (int64_t)rows * H; rh++) {
-        const float *x = s->f + rh * HISA_D;
-        float amax = 0.0f;
-        for (int d = 0; d < HISA_D; d++) amax = fmaxf(amax, fabsf(x[d]));
-        float scale = amax > 0.0f ? amax / 448.0f : 1.0f;
-        for (int d = 0; d < HISA_D; d++) {
-            s->c[rh * HISA_D + d] = hisa__e4m3_from_f32(x[d] / scale);
-            s->v8[rh * HISA_D + d] = hisa__e4m3_to_f32(s->c[rh * HISA_D + d]);
-        }
-        s->w8[rh] = s->w[rh] * scale;
+    for (int32_t r = 0; r < rows; r++) {
+        int64_t i = (int64_t)r * H * HISA_D;
+        hisa_tquant_query(s->f + i, s->w + (int64_t)r * H, H, s->c + i, s->v8 + i, s->w8 + (int64_t)r * H);
     }
 }
 static void qset_free(eng_qset *s) {

@@ -94,12 +94,14 @@ static int pf_truncate(hisa_test_ctx *ctx, pf_pair *p, int32_t len) {
 }
 
 /* The CUDA backend's prefill entry straight (validation is api.c's, tested elsewhere); PF_ALT
- * in flags asks for the bf16-operand variant of the fp8 path (hisa_dev.h). */
+ * in flags asks for the exact alternative operands of the fp8 path (hisa_dev.h); PF_Q8 hands the
+ * kernels fp8 query codes (q is then uint8 codes, w the weights with the scales folded in). */
 #define PF_ALT (1u << 29)
-static int pf_call(hisa_runtime *g, hisa_mode mode, int32_t seq, int32_t t0, int32_t n_q, const float *q,
+#define PF_Q8 (1u << 28)
+static int pf_call(hisa_runtime *g, hisa_mode mode, int32_t seq, int32_t t0, int32_t n_q, const void *q,
                    const float *w, int32_t *out, uint32_t flags) {
     hisa_prefill req = {.layer = 0, .mode = mode, .seq = seq, .t0 = t0, .n_q = n_q, .q = q, .w = w, .out = out,
-                        .flags = flags & ~PF_ALT};
+                        .flags = flags & ~(PF_ALT | PF_Q8), .q_format = (flags & PF_Q8) ? HISA_Q_FP8 : HISA_Q_F32};
     return g->be->prefill(g, &req, (flags & PF_ALT) ? HISA_DEV_VARIANT_ALT : 0);
 }
 
@@ -244,11 +246,22 @@ static void pf_chunk(hisa_test_ctx *ctx, pf_pair *p, hisa_mode mode, int32_t t0,
     hisa_runtime *g = p->gpu;
     float *q = malloc(sizeof(float) * (size_t)n_q * H * 128), *w = malloc(sizeof(float) * (size_t)n_q * H);
     int32_t *out = malloc(sizeof(int32_t) * (size_t)n_q * k), *blocks = malloc(sizeof(int32_t) * (size_t)n_q * m);
+    /* PF_Q8: the GPU gets the codes (gq, gw), the reference their values (q, w: exact in bf16) */
+    const int q8 = (flags & PF_Q8) != 0;
+    uint8_t *codes = q8 ? malloc((size_t)n_q * H * 128) : NULL;
+    float *w8 = q8 ? malloc(sizeof(float) * (size_t)n_q * H) : NULL;
     for (int32_t i = 0; i < n_q; i++) {
         int32_t t = t0 + i;
         int64_t near = (i % 5 == 4) ? -1 : (int64_t)((t * 7919ull + (uint64_t)i * 131ull) % (uint64_t)(t + 1));
-        hisa_tgen_query(qseed + (uint64_t)i, H, near, q + (int64_t)i * H * 128, w + (int64_t)i * H);
+        float *qi = q + (int64_t)i * H * 128, *wi = w + (int64_t)i * H;
+        hisa_tgen_query(qseed + (uint64_t)i, H, near, qi, wi);
+        if (q8) {
+            hisa_tquant_query(qi, wi, H, codes + (int64_t)i * H * 128, qi, w8 + (int64_t)i * H);
+            memcpy(wi, w8 + (int64_t)i * H, sizeof(float) * (size_t)H);
+        }
     }
+    const void *gq = q8 ? (const void *)codes : (const void *)q;
+    const size_t q_bytes = (q8 ? 1 : sizeof(float)) * (size_t)n_q * H * 128;
     for (int64_t i = 0; i < (int64_t)n_q * k; i++) out[i] = POISON_WORD;
     int ok = cudaMemset(g->r.sel_scores, 0xff, sizeof(float) * (size_t)(g->g.rows * g->g.max_context)) == cudaSuccess;
     ok = ok && cudaMemset(g->r.sel_block_scores, 0xff, sizeof(float) * (size_t)(g->g.rows * g->g.pages_per_seq)) == cudaSuccess;
@@ -256,12 +269,13 @@ static void pf_chunk(hisa_test_ctx *ctx, pf_pair *p, hisa_mode mode, int32_t t0,
     REQUIRE(ok);
     int err;
     if (device_io) {
-        float *dq = NULL, *dw = NULL;
+        void *dq = NULL;
+        float *dw = NULL;
         int32_t *dout = NULL;
-        REQUIRE(cudaMalloc((void **)&dq, sizeof(float) * (size_t)n_q * H * 128) == cudaSuccess);
+        REQUIRE(cudaMalloc(&dq, q_bytes) == cudaSuccess);
         REQUIRE(cudaMalloc((void **)&dw, sizeof(float) * (size_t)n_q * H) == cudaSuccess);
         REQUIRE(cudaMalloc((void **)&dout, sizeof(int32_t) * (size_t)n_q * k) == cudaSuccess);
-        REQUIRE(cudaMemcpy(dq, q, sizeof(float) * (size_t)n_q * H * 128, cudaMemcpyHostToDevice) == cudaSuccess);
+        REQUIRE(cudaMemcpy(dq, gq, q_bytes, cudaMemcpyHostToDevice) == cudaSuccess);
         REQUIRE(cudaMemcpy(dw, w, sizeof(float) * (size_t)n_q * H, cudaMemcpyHostToDevice) == cudaSuccess);
         REQUIRE(cudaMemcpy(dout, out, sizeof(int32_t) * (size_t)n_q * k, cudaMemcpyHostToDevice) == cudaSuccess);
         err = pf_call(g, mode, p->seq, t0, n_q, dq, dw, dout, flags);
@@ -271,7 +285,7 @@ static void pf_chunk(hisa_test_ctx *ctx, pf_pair *p, hisa_mode mode, int32_t t0,
         cudaFree(dw);
         cudaFree(dout);
     } else {
-        err = pf_call(g, mode, p->seq, t0, n_q, q, w, out, flags | HISA_HOST_IO);
+        err = pf_call(g, mode, p->seq, t0, n_q, gq, w, out, flags | HISA_HOST_IO);
     }
     CHECKF(err == HISA_OK, "%s: prefill: %s (%s)", what, hisa_strerror(err), hisa_error_detail(g));
     if (err) goto out;
@@ -309,6 +323,8 @@ static void pf_chunk(hisa_test_ctx *ctx, pf_pair *p, hisa_mode mode, int32_t t0,
                      blocks + (int64_t)i * m, what2);
     }
 out:
+    free(codes);
+    free(w8);
     free(q);
     free(w);
     free(out);
@@ -339,6 +355,12 @@ HISA_TEST(gpu_prefill_short) {
             pf_chunk(ctx, &p, (hisa_mode)mode, 1023, 1024, 0, 1, 0, 500, what);
             snprintf(what, sizeof what, "fmt %d mode %d chunk 500+128 bf16 operands", fmt, mode);
             pf_chunk(ctx, &p, (hisa_mode)mode, 500, 128, PF_ALT, 0, 0, 550, what);
+            snprintf(what, sizeof what, "fmt %d mode %d chunk 1000+128 fp8 queries", fmt, mode);
+            pf_chunk(ctx, &p, (hisa_mode)mode, 1000, 128, PF_Q8, 0, 0, 560, what);
+            snprintf(what, sizeof what, "fmt %d mode %d chunk 0+1024 fp8 queries device io", fmt, mode);
+            pf_chunk(ctx, &p, (hisa_mode)mode, 0, 1024, PF_Q8, 1, 0, 570, what);
+            snprintf(what, sizeof what, "fmt %d mode %d chunk 37+7 fp8 queries exact operands", fmt, mode);
+            pf_chunk(ctx, &p, (hisa_mode)mode, 37, 7, PF_Q8 | PF_ALT, 0, 0, 580, what);
         }
         pf_close(&p);
     }
@@ -366,7 +388,8 @@ HISA_TEST(gpu_prefill_truncate) {
 }
 
 /* Head counts that pad (20 -> 32) and the other tile shapes (64: 4 queries per tile, 128: 2);
- * both operand types of the fp8 path (fp16 by default, bf16 with PF_ALT). */
+ * every operand type of the fp8-key path: fp16 by default, bf16 with PF_ALT; with fp8 queries
+ * e4m3 codes by default, fp16 with PF_ALT. */
 HISA_TEST(gpu_prefill_heads) {
     static const int32_t heads[] = {20, 64, 128};
     for (int hi = 0; hi < 3; hi++)
@@ -385,6 +408,11 @@ HISA_TEST(gpu_prefill_heads) {
                 snprintf(what, sizeof what, "H %d fmt %d mode %d chunk %d+%d bf16 operands", heads[hi], fmt, mode,
                          3000 - n_q, n_q);
                 pf_chunk(ctx, &p, (hisa_mode)mode, 3000 - n_q, n_q, PF_ALT, 0, 0, 850, what);
+                snprintf(what, sizeof what, "H %d fmt %d mode %d chunk %d+%d fp8 queries", heads[hi], fmt, mode, 3000 - n_q, n_q);
+                pf_chunk(ctx, &p, (hisa_mode)mode, 3000 - n_q, n_q, PF_Q8, 0, 0, 860, what);
+                snprintf(what, sizeof what, "H %d fmt %d mode %d chunk %d+%d fp8 queries exact", heads[hi], fmt, mode,
+                         3000 - n_q, n_q);
+                pf_chunk(ctx, &p, (hisa_mode)mode, 3000 - n_q, n_q, PF_Q8 | PF_ALT, 0, 0, 870, what);
             }
             pf_close(&p);
         }
@@ -406,6 +434,10 @@ HISA_TEST(gpu_prefill_long) {
         pf_chunk(ctx, &p, HISA_MODE_HISA, 32768 - 1024, 1024, PF_ALT, 1, 6, 905, what);
         snprintf(what, sizeof what, "32K fmt %d flat", fmt);
         pf_chunk(ctx, &p, HISA_MODE_FLAT, 32768 - 128, 128, 0, 0, 4, 901, what);
+        snprintf(what, sizeof what, "32K fmt %d hisa fp8 queries", fmt);
+        pf_chunk(ctx, &p, HISA_MODE_HISA, 32768 - 1024, 1024, PF_Q8, 1, 12, 906, what);
+        snprintf(what, sizeof what, "32K fmt %d flat fp8 queries", fmt);
+        pf_chunk(ctx, &p, HISA_MODE_FLAT, 32768 - 128, 128, PF_Q8, 0, 4, 907, what);
         if (pf_append(ctx, &p, 131072 - 32768, 41) || pf_sync_bytes(ctx, &p)) {
             pf_close(&p);
             return;
@@ -414,6 +446,10 @@ HISA_TEST(gpu_prefill_long) {
         pf_chunk(ctx, &p, HISA_MODE_HISA, 131072 - 1024, 1024, HISA_SLOTS, 1, 12, 902, what);
         snprintf(what, sizeof what, "128K fmt %d flat", fmt);
         pf_chunk(ctx, &p, HISA_MODE_FLAT, 131072 - 1024, 1024, 0, 1, 2, 903, what);
+        snprintf(what, sizeof what, "128K fmt %d hisa fp8 queries", fmt);
+        pf_chunk(ctx, &p, HISA_MODE_HISA, 131072 - 1024, 1024, PF_Q8 | HISA_SLOTS, 1, 12, 908, what);
+        snprintf(what, sizeof what, "128K fmt %d flat fp8 queries", fmt);
+        pf_chunk(ctx, &p, HISA_MODE_FLAT, 131072 - 1024, 1024, PF_Q8, 1, 2, 909, what);
         pf_close(&p);
     }
 }

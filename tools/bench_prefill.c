@@ -44,7 +44,8 @@ void hisa_bench_prefill_help(FILE *f) {
             "  alone (CUDA events, median of --reps, at least 5, default 20), plus the bf16 GEMM\n"
             "  rate of cuBLAS (8192^3) measured in the same run.\n"
             "  --json FILE: the records as JSON (FILE is checked before the run)\n"
-            "  --variant 1: fp8 keys scored with bf16 MMA operands instead of fp16.\n"
+            "  --variant 1: fp8 keys scored with the other exact MMA operands: bf16 instead of\n"
+            "  fp16, and with fp8 queries fp16 instead of e4m3 x e4m3.\n"
             "  --query-format f32|bf16|fp8: the queries' form (default f32; fp8 folds each head's\n"
             "  scale into its weight, as an engine's act_quant does).\n");
 }

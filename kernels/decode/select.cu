@@ -805,7 +805,7 @@ __global__ void __launch_bounds__(kWgThreads, N >= 128 ? 2 : 3) score_wg_kernel(
             hisa__wgmma_fence(); /* kk = 0 overwrites acc (scale_d 0): no zeroing per tile */
 #pragma unroll
             for (int kk = 0; kk < 8; kk++)
-                wgmma_rs_f16<N>::mma(acc, af[kk], hisa__pf_desc(qs_addr + (kk >> 2) * (N * 128) + (kk & 3) * 32), kk > 0);
+                wgmma_rs<HISA_WG_F16, N>::mma(acc, af[kk], hisa__pf_desc(qs_addr + (kk >> 2) * (N * 128) + (kk & 3) * 32), kk > 0);
             hisa__wgmma_commit();
         };
         auto settle = [&](float (&acc)[N / 2]) { /* after wait<0>: acc and af are ours again */

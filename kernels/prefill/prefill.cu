@@ -5,10 +5,12 @@
  * Why this shape. A chunk of n_q queries against n keys is a GEMM: [n x 128] keys times
  * [128 x n_q*H] queries, fp32 accumulation. We put the keys (tokens, block means or a query's
  * candidate tokens) on the MMA's M side, 64 per warpgroup tile, loaded straight from the paged
- * cache into A-fragment registers (fp8 codes convert exactly to bf16, or to fp16), and the
- * query-heads of NQ queries on the N side (N = NQ * HP <= 256, HP = H padded to a power of two
- * >= 16), held in shared memory as a swizzled K-major tile for the whole CTA (bf16; for fp8 keys
- * by default fp16, see score_kernel: one conversion instruction per code pair instead of four).
+ * cache into A-fragment registers (fp8 codes convert exactly to bf16, or to fp16; with fp8
+ * queries they go in as they are, e4m3 x e4m3, no conversion), and the query-heads of NQ queries
+ * on the N side (N = NQ * HP <= 256, HP = H padded to a power of two >= 16), held in shared
+ * memory as a swizzled K-major tile for the whole CTA (bf16; for fp8 keys by default fp16, see
+ * score_kernel: one conversion instruction per code pair instead of four; fp8 queries: their
+ * e4m3 codes).
  * Then the head reduction sum_h w[h] * ReLU(acc[token][h]) runs along N, i.e. inside a thread's
  * registers plus two shuffles, and the per-token fp8 scale multiplies the sum (scale > 0, so
  * ReLU commutes).
@@ -77,37 +79,21 @@ __device__ __forceinline__ int row_limit(const hisa_k_prefill_params &p, int i) 
     return *reinterpret_cast<uint32_t *>(&b);
 }
 
-/* F16 (fp8 keys only): A and B in fp16. The codes convert exactly (one instruction per pair);
- * each query-head row of Q is scaled by a power of two 2^s so its largest |element| lies in
- * [2^14, 2^15), which keeps every bf16 value exact in fp16 except elements below 2^-28 of the
- * row's largest (their products are far under the fp32 rounding of the dot); w[h] * 2^-s undoes
- * the scale (ReLU commutes with a positive factor). Otherwise A and B are bf16, all exact. */
-template <int N, int HP, int SRC, bool FP8, bool F16>
-__global__ void __launch_bounds__(kScoreThreads, N >= 128 ? 1 : 2) score_kernel(const pf_args a) {
-#if HISA_K_SM90A
-    static_assert(FP8 || !F16, "fp16 operands only for fp8 codes");
-    constexpr int NQ = N / HP;
-    const hisa_k_prefill_params &p = a.p;
-    const hisa_k_cache &c = p.cache;
-    const int B = c.block_size, H = c.n_heads;
-    const int q_first = a.row_begin + blockIdx.y * NQ;
-    if (q_first >= a.row_end) return;
-    const int nq = min(NQ, a.row_end - q_first);
-    const int lim_max = row_limit<SRC>(p, q_first + nq - 1); /* monotone in the row */
-    const int r_begin = blockIdx.x * a.span;
-    if (r_begin >= lim_max) return;
+/* Shared memory of score_kernel, from a 1024-byte aligned base: the Q tile (2 atoms x [N][64]
+ * 16-bit elements, or [N][128] e4m3 codes), the weights, 2^-s of each Q row (F16), page ids. */
+template <int N>
+struct score_layout {
+    static constexpr int ws = 2 * N * 128, qinv = ws + 4 * N, pg = qinv + 4 * N;
+    static constexpr size_t bytes = 1024 + (size_t)pg + 4 * HISA_TOP_BLOCKS_MAX;
+};
 
-    extern __shared__ uint8_t smem_raw[];
-    uint8_t *sm = reinterpret_cast<uint8_t *>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~(uintptr_t)1023);
-    uint8_t *qs = sm;                                      /* 2 atoms x [N][64] bf16, swizzled */
-    float *ws = reinterpret_cast<float *>(sm + 2 * N * 128); /* [N] */
-    float *qinv = ws + N;                                  /* [N] F16: 2^-s of each Q row */
-    int *pg = reinterpret_cast<int *>(qinv + N);           /* [<= 1024] pages of the CTA's rows */
-    const int tid = threadIdx.x;
-    const int r_end = min(r_begin + a.span, lim_max);
-
-    /* Q tile: row n = (query n / HP, head n % HP); zero for padding heads and missing queries.
-     * Logical K pairs (L, L+1), L even, are physical pairs: one 8-byte load each. */
+/* The CTA's Q tile for 16-bit operands: row n = (query n / HP, head n % HP), zero for padding
+ * heads and missing queries; 2 atoms x [N][64] elements, swizzled. Logical K pairs (L, L+1), L
+ * even, are physical pairs: one load each. QF is the query format, hoisted out of the loop.
+ * F16: each row scaled by 2^s into fp16 (see score_kernel), qinv[n] = 2^-s. */
+template <int N, int HP, bool F16, int QF>
+__device__ void load_q16(const hisa_k_prefill_params &p, int q_first, int nq, uint8_t *qs, float *qinv) {
+    const int H = p.cache.n_heads, tid = threadIdx.x;
     static_assert((N * 16) % kScoreThreads == 0, "Q tile chunks per thread");
 #pragma unroll 4
     for (int it = 0; it < N * 16 / kScoreThreads; it++) {
@@ -119,7 +105,7 @@ __global__ void __launch_bounds__(kScoreThreads, N >= 128 ? 1 : 2) score_kernel(
         if (qi < nq && h < H) {
             const int64_t src = ((int64_t)(q_first + qi) * H + h) * HISA_D; /* the head's first element */
 #pragma unroll
-            for (int e = 0; e < 8; e += 2) v[e >> 1] = hisa__k_q_load2(p.q, src + hisa__wg_phys_dim(atom * 64 + cc * 8 + e), p.q_format);
+            for (int e = 0; e < 8; e += 2) v[e >> 1] = hisa__k_q_load2(p.q, src + hisa__wg_phys_dim(atom * 64 + cc * 8 + e), QF);
         }
         if (!F16) {
 #pragma unroll
@@ -149,6 +135,68 @@ __global__ void __launch_bounds__(kScoreThreads, N >= 128 ? 1 : 2) score_kernel(
         uint8_t *dst = qs + atom * (N * 128) + n * 128 + ((cc ^ (n & 7)) << 4);
         *reinterpret_cast<uint4 *>(dst) = make_uint4(packed[0], packed[1], packed[2], packed[3]);
     }
+}
+
+/* The Q tile for e4m3 operands (fp8 queries): the codes as given, one atom of [N][128] bytes,
+ * swizzled; 16-byte chunk ch of row n holds k-step ch / 2's logical columns 16 * (ch % 2) ..
+ * +15, i.e. physical dims 32j + 8 * (ch / 2) + 4 * (ch % 2) + {0..3}, j = 0..3
+ * (hisa__wg_phys_dim8). */
+template <int N, int HP>
+__device__ void load_q8(const hisa_k_prefill_params &p, int q_first, int nq, uint8_t *qs) {
+    const int H = p.cache.n_heads;
+    const uint8_t *q = static_cast<const uint8_t *>(p.q);
+    for (int idx = threadIdx.x; idx < N * 8; idx += kScoreThreads) {
+        const int n = idx >> 3, ch = idx & 7, qi = n / HP, h = n % HP;
+        uint32_t v[4] = {0u, 0u, 0u, 0u};
+        if (qi < nq && h < H) {
+            const uint8_t *src = q + ((int64_t)(q_first + qi) * H + h) * HISA_D + 8 * (ch >> 1) + 4 * (ch & 1);
+#pragma unroll
+            for (int j = 0; j < 4; j++) v[j] = __ldg(reinterpret_cast<const uint32_t *>(src + 32 * j));
+        }
+        *reinterpret_cast<uint4 *>(qs + n * 128 + ((ch ^ (n & 7)) << 4)) = make_uint4(v[0], v[1], v[2], v[3]);
+    }
+}
+
+/* OP (wgmma.cuh's operand kinds): BF16, all exact; F16 (fp8 keys): A and B in fp16. The codes
+ * convert exactly (one instruction per pair); each query-head row of Q is scaled by a power of two
+ * 2^s so its largest |element| lies in [2^14, 2^15), which keeps every bf16 value exact in fp16
+ * except elements below 2^-28 of the row's largest (their products are far under the fp32
+ * rounding of the dot); w[h] * 2^-s undoes the scale (ReLU commutes with a positive factor).
+ * E4M3 (fp8 keys and fp8 queries): both operands are the codes, no conversion at all; the
+ * products are exact, the tensor core sums them (its accumulation is the one rounding that
+ * differs from the fp16 path; SPEC's agreement rule judges it). */
+template <int N, int HP, int SRC, bool FP8, int OP>
+__global__ void __launch_bounds__(kScoreThreads, N >= 128 ? 1 : 2) score_kernel(const pf_args a) {
+#if HISA_K_SM90A
+    static_assert(FP8 || OP == HISA_WG_BF16, "fp16 and e4m3 operands only for fp8 codes");
+    static_assert(OP != HISA_WG_E4M3 || SRC != SRC_MEAN, "block means are bf16");
+    constexpr bool F16 = OP == HISA_WG_F16, E4M3 = OP == HISA_WG_E4M3;
+    constexpr int KS = hisa__wg_k<OP>::steps;
+    constexpr int NQ = N / HP;
+    const hisa_k_prefill_params &p = a.p;
+    const hisa_k_cache &c = p.cache;
+    const int B = c.block_size, H = c.n_heads;
+    const int q_first = a.row_begin + blockIdx.y * NQ;
+    if (q_first >= a.row_end) return;
+    const int nq = min(NQ, a.row_end - q_first);
+    const int lim_max = row_limit<SRC>(p, q_first + nq - 1); /* monotone in the row */
+    const int r_begin = blockIdx.x * a.span;
+    if (r_begin >= lim_max) return;
+
+    using L = score_layout<N>;
+    extern __shared__ uint8_t smem_raw[];
+    uint8_t *sm = reinterpret_cast<uint8_t *>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~(uintptr_t)1023);
+    uint8_t *qs = sm;
+    float *ws = reinterpret_cast<float *>(sm + L::ws);     /* [N] */
+    float *qinv = reinterpret_cast<float *>(sm + L::qinv); /* [N] */
+    int *pg = reinterpret_cast<int *>(sm + L::pg);         /* [<= 1024] pages of the CTA's rows */
+    const int tid = threadIdx.x;
+    const int r_end = min(r_begin + a.span, lim_max);
+
+    if constexpr (E4M3) load_q8<N, HP>(p, q_first, nq, qs);
+    else if (p.q_format == HISA_K_Q_F32) load_q16<N, HP, F16, HISA_K_Q_F32>(p, q_first, nq, qs, qinv);
+    else if (p.q_format == HISA_K_Q_BF16) load_q16<N, HP, F16, HISA_K_Q_BF16>(p, q_first, nq, qs, qinv);
+    else load_q16<N, HP, F16, HISA_K_Q_FP8>(p, q_first, nq, qs, qinv);
     if (F16) __syncthreads(); /* qinv */
     for (int n = tid; n < N; n += kScoreThreads) {
         int qi = n / HP, h = n % HP;
@@ -177,7 +225,8 @@ __global__ void __launch_bounds__(kScoreThreads, N >= 128 ? 1 : 2) score_kernel(
 #pragma unroll
     for (int qi = 0; qi < NQ; qi++) lims[qi] = qi < nq ? row_limit<SRC>(p, q_first + qi) : 0;
 
-    /* raw A data of one tile: rows r0 + 16*warp4 + g (+8) */
+    /* raw A data of one tile: rows r0 + 16*warp4 + g (+8) (B is a power of two: shifts) */
+    const int lb = __ffs(B) - 1;
     auto load = [&](int tile_r0, uint4 (&raw)[2][RAW], float (&sc)[2]) {
 #pragma unroll
         for (int hr = 0; hr < 2; hr++) {
@@ -190,9 +239,9 @@ __global__ void __launch_bounds__(kScoreThreads, N >= 128 ? 1 : 2) score_kernel(
             if (SRC == SRC_MEAN) {
                 row = reinterpret_cast<const uint8_t *>(c.means + (layer_pages + pg[r - r_begin]) * HISA_D);
             } else {
-                int page_id = SRC == SRC_TOK ? pg[(r - r_begin) / B] : pg[r / B];
+                int page_id = SRC == SRC_TOK ? pg[(r - r_begin) >> lb] : pg[r >> lb];
                 const uint8_t *page = c.keys + (layer_pages + page_id) * c.page_bytes;
-                int off = r % B;
+                int off = r & (B - 1);
                 if (FP8) {
                     row = page + hisa__code_offset(off);
                     sc[hr] = __ldg(reinterpret_cast<const float *>(page + hisa__scale_offset(B, off)));
@@ -205,15 +254,19 @@ __global__ void __launch_bounds__(kScoreThreads, N >= 128 ? 1 : 2) score_kernel(
             for (int j = 0; j < RAW; j++) raw[hr][j] = __ldg(src + j);
         }
     };
-
-    /* fp8 codes (or bf16 pairs) of one tile into A fragments: k-step kk takes 4 bytes (2 bf16
-     * words) per row */
-    auto convert = [&](const uint4 (&raw)[2][RAW], uint32_t (&af)[8][4]) {
+    /* one tile's raw rows into A fragments: E4M3 takes the code words as they are (k-step kk:
+     * words 2kk, 2kk+1 of rows g, g+8; wgmma.cuh), F16 / BF16 convert fp8 codes (or take bf16
+     * pairs), 4 bytes (2 words) per row and k-step */
+    auto convert = [&](const uint4 (&raw)[2][RAW], uint32_t (&af)[KS][4]) {
 #pragma unroll
-        for (int kk = 0; kk < 8; kk++)
+        for (int kk = 0; kk < KS; kk++)
 #pragma unroll
             for (int hr = 0; hr < 2; hr++) {
-                if (FP8 && F16) {
+                if (E4M3) {
+                    const uint32_t *wv = reinterpret_cast<const uint32_t *>(&raw[hr][kk >> 1]);
+                    af[kk][hr] = wv[(kk & 1) * 2];
+                    af[kk][2 + hr] = wv[(kk & 1) * 2 + 1];
+                } else if (FP8 && F16) {
                     const uint32_t *wv = reinterpret_cast<const uint32_t *>(&raw[hr][kk >> 2]);
                     uint32_t v = wv[kk & 3];
                     __half2_raw lo = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(v & 0xffffu), __NV_E4M3);
@@ -233,22 +286,21 @@ __global__ void __launch_bounds__(kScoreThreads, N >= 128 ? 1 : 2) score_kernel(
             }
     };
     /* one asynchronous group: acc = A(tile) x Q^T over K = 128 */
-    auto issue = [&](float (&acc)[N / 2], uint32_t (&af)[8][4]) {
+    auto issue = [&](float (&acc)[N / 2], uint32_t (&af)[KS][4]) {
         hisa__wgmma_fence();
 #pragma unroll
-        for (int kk = 0; kk < 8; kk++) {
-            uint64_t desc = hisa__pf_desc(qs_addr + (kk >> 2) * (N * 128) + (kk & 3) * 32);
-            if (F16) wgmma_rs_f16<N>::mma(acc, af[kk], desc, kk > 0);
-            else wgmma_rs<N>::mma(acc, af[kk], desc, kk > 0);
+        for (int kk = 0; kk < KS; kk++) {
+            uint32_t at = E4M3 ? qs_addr + kk * 32 : qs_addr + (kk >> 2) * (N * 128) + (kk & 3) * 32;
+            wgmma_rs<OP, N>::mma(acc, af[kk], hisa__pf_desc(at), kk > 0);
         }
         hisa__wgmma_commit();
     };
     /* after wait: the compiler may use acc and af again only from here on */
-    auto settle = [&](float (&acc)[N / 2], uint32_t (&af)[8][4]) {
+    auto settle = [&](float (&acc)[N / 2], uint32_t (&af)[KS][4]) {
 #pragma unroll
         for (int i = 0; i < N / 2; i++) hisa__reg_fence(acc[i]);
 #pragma unroll
-        for (int kk = 0; kk < 8; kk++)
+        for (int kk = 0; kk < KS; kk++)
 #pragma unroll
             for (int x = 0; x < 4; x++) hisa__reg_fence(af[kk][x]);
     };
@@ -285,14 +337,12 @@ __global__ void __launch_bounds__(kScoreThreads, N >= 128 ? 1 : 2) score_kernel(
 
     uint4 raw[2][RAW];
     float sc[2];
-    uint32_t af[8][4];
+    uint32_t af[KS][4];
     const int step = 2 * kTile; /* the other warpgroup takes the tiles in between */
     int cur = r_begin + wg * kTile;
     if (cur >= r_end) return; /* warpgroup-uniform; no barrier follows */
     load(cur, raw, sc);
-    float acc[N / 2];
-#pragma unroll
-    for (int i = 0; i < N / 2; i++) acc[i] = 0.0f;
+    float acc[N / 2] = {};
     for (; cur < r_end; cur += step) {
         convert(raw, af);
         float scl[2] = {sc[0], sc[1]};
@@ -510,7 +560,7 @@ __global__ void __launch_bounds__(kTopkThreads) topk_kernel(const pf_args a, int
 
 template <int N>
 constexpr size_t score_smem() {
-    return 1024 + 2 * N * 128 + 2 * N * 4 + HISA_TOP_BLOCKS_MAX * 4;
+    return score_layout<N>::bytes;
 }
 
 template <class K>
@@ -520,17 +570,28 @@ int set_smem(K kernel, size_t bytes) {
                : HISA_K_EDEVICE;
 }
 
-template <int N, int HP, int SRC, bool FP8, bool F16 = false>
+template <int N, int HP, int SRC, bool FP8, int OP = HISA_WG_BF16>
 int launch_score(cudaStream_t s, const pf_args &a, int lim_max) {
     constexpr int NQ = N / HP;
     dim3 grid((unsigned)((lim_max + a.span - 1) / a.span), (unsigned)((a.row_end - a.row_begin + NQ - 1) / NQ));
-    score_kernel<N, HP, SRC, FP8, F16><<<grid, kScoreThreads, score_smem<N>(), s>>>(a);
+    score_kernel<N, HP, SRC, FP8, OP><<<grid, kScoreThreads, score_smem<N>(), s>>>(a);
     return hisa__k_launch_status();
+}
+
+/* Token scoring (TOK or CAND) in the operands the key and query formats allow: bf16 keys in bf16;
+ * fp8 keys with fp8 queries as e4m3 codes (variant 1: fp16, the exact path), with other queries
+ * in fp16 (variant 1: bf16). */
+template <int N, int HP, int SRC>
+int launch_tokens(cudaStream_t s, const pf_args &a, int lim_max) {
+    const hisa_k_prefill_params &p = a.p;
+    if (p.cache.key_format != HISA__FMT_FP8) return launch_score<N, HP, SRC, false>(s, a, lim_max);
+    if (p.q_format == HISA_K_Q_FP8 && p.variant == 0) return launch_score<N, HP, SRC, true, HISA_WG_E4M3>(s, a, lim_max);
+    if (p.q_format == HISA_K_Q_FP8 || p.variant == 0) return launch_score<N, HP, SRC, true, HISA_WG_F16>(s, a, lim_max);
+    return launch_score<N, HP, SRC, true, HISA_WG_BF16>(s, a, lim_max);
 }
 
 template <int HP>
 int launch_all(cudaStream_t s, const hisa_k_prefill_params &p, int flat_begin, int hisa_begin) {
-    const bool fp8 = p.cache.key_format == HISA__FMT_FP8;
     const int B = p.cache.block_size, n_q = p.n_q;
     pf_args a;
     a.p = p;
@@ -547,10 +608,7 @@ int launch_all(cudaStream_t s, const hisa_k_prefill_params &p, int flat_begin, i
         span = span < 2048 ? 2048 : span;
         span = span > 1024 * B ? 1024 * B : span;
         a.span = (int)span;
-        err = !fp8 ? launch_score<256, HP, SRC_TOK, false>(s, a, lim)
-                   : p.variant == 0 ? launch_score<256, HP, SRC_TOK, true, true>(s, a, lim)
-                                    : launch_score<256, HP, SRC_TOK, true, false>(s, a, lim);
-        if (err) return err;
+        if ((err = launch_tokens<256, HP, SRC_TOK>(s, a, lim))) return err;
     }
     if (hisa_begin < n_q) {
         a.row_begin = hisa_begin;
@@ -562,10 +620,7 @@ int launch_all(cudaStream_t s, const hisa_k_prefill_params &p, int flat_begin, i
         if ((err = hisa__k_launch_status())) return err;
         int lim = p.top_blocks * B;
         a.span = lim; /* one CTA per query: its Q tile is loaded once */
-        err = !fp8 ? launch_score<HP, HP, SRC_CAND, false>(s, a, lim)
-                   : p.variant == 0 ? launch_score<HP, HP, SRC_CAND, true, true>(s, a, lim)
-                                    : launch_score<HP, HP, SRC_CAND, true, false>(s, a, lim);
-        if (err) return err;
+        if ((err = launch_tokens<HP, HP, SRC_CAND>(s, a, lim))) return err;
     }
     if (p.stop_after_scoring) return HISA_K_OK;
     if (hisa_begin > 0) {
@@ -584,15 +639,19 @@ int launch_all(cudaStream_t s, const hisa_k_prefill_params &p, int flat_begin, i
 }
 
 /* Every kernel a launch_all<HP> may run gets its shared-memory limit raised. */
+template <int N, int HP, int SRC>
+int init_tokens() {
+    int err = set_smem(score_kernel<N, HP, SRC, false, HISA_WG_BF16>, score_smem<N>());
+    if (!err) err = set_smem(score_kernel<N, HP, SRC, true, HISA_WG_E4M3>, score_smem<N>());
+    if (!err) err = set_smem(score_kernel<N, HP, SRC, true, HISA_WG_F16>, score_smem<N>());
+    if (!err) err = set_smem(score_kernel<N, HP, SRC, true, HISA_WG_BF16>, score_smem<N>());
+    return err;
+}
 template <int HP>
 int init_heads() {
-    int err = set_smem(score_kernel<256, HP, SRC_TOK, false, false>, score_smem<256>());
-    if (!err) err = set_smem(score_kernel<256, HP, SRC_TOK, true, true>, score_smem<256>());
-    if (!err) err = set_smem(score_kernel<256, HP, SRC_TOK, true, false>, score_smem<256>());
-    if (!err) err = set_smem(score_kernel<256, HP, SRC_MEAN, false, false>, score_smem<256>());
-    if (!err) err = set_smem(score_kernel<HP, HP, SRC_CAND, false, false>, score_smem<HP>());
-    if (!err) err = set_smem(score_kernel<HP, HP, SRC_CAND, true, true>, score_smem<HP>());
-    if (!err) err = set_smem(score_kernel<HP, HP, SRC_CAND, true, false>, score_smem<HP>());
+    int err = init_tokens<256, HP, SRC_TOK>();
+    if (!err) err = init_tokens<HP, HP, SRC_CAND>();
+    if (!err) err = set_smem(score_kernel<256, HP, SRC_MEAN, false, HISA_WG_BF16>, score_smem<256>());
     return err;
 }
 
