@@ -125,7 +125,7 @@ $(file >$(FLAGS_FILE),$(FLAGS_NOW))
 endif
 endif
 
-.PHONY: all test run install clean help soak fuzz
+.PHONY: all test run install clean help soak fuzz sharing
 all: $(BUILD)/libhisa.a $(BUILD)/libhisa.so $(BUILD)/hisa ## build/libhisa.a, build/libhisa.so (-> .so.0 -> .so.0.1.0), build/hisa
 
 # Only when the stamp is missing although it was written above (make clean all, or deleted).
@@ -237,6 +237,13 @@ help: ## this list
 
 soak: $(BUILD)/hisa_tests ## the model-based soak at full length (SOAK_OPS operations)
 	HISA_SOAK_OPS=$(SOAK_OPS) $(BUILD)/hisa_tests soak
+
+# A measurement for kernel design, on the CPU reference (no GPU): bench/sharing.c.
+$(BUILD)/bench_sharing: bench/sharing.c $(BUILD)/obj/tools/synth.o $(BUILD)/libhisa.a $(HEADERS) $(FLAGS_FILE)
+	$(CC) $(HISA_CFLAGS) -o $@ bench/sharing.c $(BUILD)/obj/tools/synth.o $(BUILD)/libhisa.a $(HISA_LDFLAGS) $(LDLIBS)
+
+sharing: $(BUILD)/bench_sharing ## kept blocks shared by neighbouring queries of the prefill bench's chunk (CPU reference)
+	./$(BUILD)/bench_sharing --json $(BUILD)/sharing.json
 
 $(FUZZ_DIR)/fuzz_api: tests/fuzz/fuzz_api.c tests/model.c $(FUZZ_LIB_SRCS) $(HEADERS) Makefile $(FLAGS_FILE)
 	@mkdir -p $(dir $@)
