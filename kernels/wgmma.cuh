@@ -38,7 +38,7 @@ __device__ __forceinline__ int hisa__wg_phys_dim(int L) {
  * physical dims 32t + 8kk + {0..3} and 32t + 8kk + {4..7}, so again a thread's A data for the
  * whole dot is the 32 contiguous code bytes 32t..32t+31 of its row: registers a0, a2 of k-step kk
  * are words 2kk, 2kk+1 of those bytes (row g), a1, a3 the same of row g+8. */
-__device__ __forceinline__ int hisa__wg_phys_dim8(int L) {
+__host__ __device__ constexpr int hisa__wg_phys_dim8(int L) {
     int kk = L >> 5, c = L & 31, t = (c & 15) >> 2, hi = c >> 4, e = c & 3;
     return 32 * t + 8 * kk + 4 * hi + e;
 }
@@ -132,5 +132,25 @@ HISA__WG_N(32, 16)
 HISA__WG_N(64, 32)
 HISA__WG_N(128, 64)
 HISA__WG_N(256, 128)
+#undef HISA__WG_N
+#undef HISA__WG_ONE
+#undef HISA__WG_STR
+#undef HISA__WG_STR2
+#undef HISA__WG_D4
+#undef HISA__WG_D8
+#undef HISA__WG_D16
+#undef HISA__WG_D32
+#undef HISA__WG_D64
+#undef HISA__WG_D128
+#undef HISA__WG_R8
+#undef HISA__WG_P8
+#undef HISA__WG_R16
+#undef HISA__WG_P16
+#undef HISA__WG_R32
+#undef HISA__WG_P32
+#undef HISA__WG_R64
+#undef HISA__WG_P64
+#undef HISA__WG_R128
+#undef HISA__WG_P128
 
 #endif /* HISA_KERNELS_WGMMA_CUH */

@@ -246,7 +246,8 @@ static void pf_chunk(hisa_test_ctx *ctx, pf_pair *p, hisa_mode mode, int32_t t0,
     hisa_runtime *g = p->gpu;
     float *q = malloc(sizeof(float) * (size_t)n_q * H * 128), *w = malloc(sizeof(float) * (size_t)n_q * H);
     int32_t *out = malloc(sizeof(int32_t) * (size_t)n_q * k), *blocks = malloc(sizeof(int32_t) * (size_t)n_q * m);
-    /* PF_Q8: the GPU gets the codes (gq, gw), the reference their values (q, w: exact in bf16) */
+    /* PF_Q8: the GPU gets the codes (gq) and w with the scales folded in; the reference gets the
+     * codes' values in q (exact in bf16) and the same w */
     const int q8 = (flags & PF_Q8) != 0;
     uint8_t *codes = q8 ? malloc((size_t)n_q * H * 128) : NULL;
     float *w8 = q8 ? malloc(sizeof(float) * (size_t)n_q * H) : NULL;

@@ -141,6 +141,15 @@ __device__ void load_q16(const hisa_k_prefill_params &p, int q_first, int nq, ui
  * swizzled; 16-byte chunk ch of row n holds k-step ch / 2's logical columns 16 * (ch % 2) ..
  * +15, i.e. physical dims 32j + 8 * (ch / 2) + 4 * (ch % 2) + {0..3}, j = 0..3
  * (hisa__wg_phys_dim8). */
+/* load_q8's addresses, checked against the map the A side uses (hisa__wg_phys_dim8) */
+constexpr bool q8_chunks_follow_the_map() {
+    for (int ch = 0; ch < 8; ch++)
+        for (int j = 0; j < 4; j++)
+            if (8 * (ch >> 1) + 4 * (ch & 1) + 32 * j != hisa__wg_phys_dim8(16 * ch + 4 * j)) return false;
+    return true;
+}
+static_assert(q8_chunks_follow_the_map(), "load_q8 and hisa__wg_phys_dim8 disagree");
+
 template <int N, int HP>
 __device__ void load_q8(const hisa_k_prefill_params &p, int q_first, int nq, uint8_t *qs) {
     const int H = p.cache.n_heads;
@@ -262,26 +271,22 @@ __global__ void __launch_bounds__(kScoreThreads, N >= 128 ? 1 : 2) score_kernel(
         for (int kk = 0; kk < KS; kk++)
 #pragma unroll
             for (int hr = 0; hr < 2; hr++) {
-                if (E4M3) {
+                if (E4M3 || !FP8) { /* code words, or bf16 pairs: taken as they are */
                     const uint32_t *wv = reinterpret_cast<const uint32_t *>(&raw[hr][kk >> 1]);
                     af[kk][hr] = wv[(kk & 1) * 2];
                     af[kk][2 + hr] = wv[(kk & 1) * 2 + 1];
-                } else if (FP8 && F16) {
+                } else if (F16) {
                     const uint32_t *wv = reinterpret_cast<const uint32_t *>(&raw[hr][kk >> 2]);
                     uint32_t v = wv[kk & 3];
                     __half2_raw lo = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(v & 0xffffu), __NV_E4M3);
                     __half2_raw hi = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(v >> 16), __NV_E4M3);
                     af[kk][hr] = (uint32_t)lo.x | ((uint32_t)lo.y << 16);
                     af[kk][2 + hr] = (uint32_t)hi.x | ((uint32_t)hi.y << 16);
-                } else if (FP8) {
+                } else {
                     const uint32_t *wv = reinterpret_cast<const uint32_t *>(&raw[hr][kk >> 2]);
                     uint32_t v = wv[kk & 3];
                     af[kk][hr] = e4m3x2_to_bf16x2(v & 0xffffu);
                     af[kk][2 + hr] = e4m3x2_to_bf16x2(v >> 16);
-                } else {
-                    const uint32_t *wv = reinterpret_cast<const uint32_t *>(&raw[hr][kk >> 1]);
-                    af[kk][hr] = wv[(kk & 1) * 2];
-                    af[kk][2 + hr] = wv[(kk & 1) * 2 + 1];
                 }
             }
     };
