@@ -16,7 +16,10 @@
  * a decode step can be captured in a CUDA graph), unless the request sets HISA_HOST_IO: then
  * they are host pointers, staged through the arena, and the call returns when the results are
  * in host memory. For a CPU runtime every pointer is a host pointer. Sequence ids and
- * positions are always host arrays. */
+ * positions are always host arrays. A device q is read 4 elements at a time: it must be aligned
+ * to 4 of its elements (16 bytes for f32, 8 for bf16, 4 for fp8; cudaMalloc and torch
+ * allocations are, a slice must start on such a boundary); other device pointers to their
+ * element size. */
 #ifndef HISA_H
 #define HISA_H
 
