@@ -8,6 +8,7 @@
 
 #include "test.h"
 #include "../runtime/internal.h"
+#include "../tools/tools.h"
 
 int hisa_agree(const float *score, int32_t n_ids, const uint8_t *is_cand, const int32_t *ref,
                const int32_t *got, int32_t k, char *why, size_t why_len) {
@@ -155,17 +156,8 @@ void hisa_tgen_query(uint64_t seed, int32_t H, int64_t near, float *q, float *w)
 }
 
 void hisa_tquant_query(const float *f, const float *w, int32_t H, uint8_t *codes, float *vals, float *w8) {
-    for (int32_t h = 0; h < H; h++) {
-        const float *x = f + (int64_t)h * HISA_D;
-        float amax = 0.0f;
-        for (int d = 0; d < HISA_D; d++) amax = fmaxf(amax, fabsf(x[d]));
-        float scale = amax > 0.0f ? amax / 448.0f : 1.0f;
-        for (int d = 0; d < HISA_D; d++) {
-            codes[h * HISA_D + d] = hisa__e4m3_from_f32(x[d] / scale);
-            vals[h * HISA_D + d] = hisa__e4m3_to_f32(codes[h * HISA_D + d]);
-        }
-        w8[h] = w[h] * scale;
-    }
+    tool_q_to_fp8(f, w, H, codes, w8); /* the tools' act_quant (tools/qformat.c, tested there) */
+    for (int64_t i = 0; i < (int64_t)H * HISA_D; i++) vals[i] = hisa__e4m3_to_f32(codes[i]);
 }
 
 static double score_of(const float *key, int32_t H, const float *q, const float *w) {

@@ -31,9 +31,8 @@ void hisa_tgen_keys(uint64_t seed, int64_t pos0, int32_t n, float *keys /* [n,12
  * positive. q [H,128], w [H]. */
 void hisa_tgen_query(uint64_t seed, int32_t H, int64_t near, float *q, float *w);
 /* The fp8 form of H query heads f [H,128] with weights w [H] (SPEC "Queries", DeepSeek's
- * act_quant): per head scale = amax / 448 (1 where amax is 0), codes [H,128] = e4m3(f / scale),
- * vals [H,128] = the codes' values (what the fp8 query is), w8 [H] = w * scale. vals may be f and
- * w8 may be w (each element is read before it is written). */
+ * act_quant): codes [H,128] and w8 [H] = w * scale from tool_q_to_fp8, and vals [H,128] = the
+ * codes' values (what the fp8 query is). vals may be f and w8 may be w. */
 void hisa_tquant_query(const float *f, const float *w, int32_t H, uint8_t *codes, float *vals, float *w8);
 
 /* Independent brute force, from the SPEC, in double precision over the keys as the cache
