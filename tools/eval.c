@@ -51,7 +51,7 @@ static void eval_help(void) {
 typedef struct eval_opts {
     tool_inputs in; /* the four input paths; loaded by the command */
     tool_cfg_opts c;
-    const char *needles_path, *q_format_s;
+    const char *needles_path;
     int json;
     int32_t show, repeat;
 } eval_opts;
@@ -92,20 +92,16 @@ static int eval_parse(int argc, char **argv, eval_opts *o) {
     *o = (eval_opts){.show = 32, .repeat = 1};
     tool_opt opts[20];
     int n = 0;
-    opts[n++] = (tool_opt){"keys", TOOL_OPT_STR, &o->in.keys_path, 0, 0, NULL};
-    opts[n++] = (tool_opt){"scales", TOOL_OPT_STR, &o->in.scales_path, 0, 0, NULL};
-    opts[n++] = (tool_opt){"queries", TOOL_OPT_STR, &o->in.queries_path, 0, 0, NULL};
-    opts[n++] = (tool_opt){"weights", TOOL_OPT_STR, &o->in.weights_path, 0, 0, NULL};
+    tool_inputs_opts_add(opts, &n, &o->in);
     opts[n++] = (tool_opt){"needles", TOOL_OPT_STR, &o->needles_path, 0, 0, NULL};
     opts[n++] = (tool_opt){"json", TOOL_OPT_FLAG, &o->json, 0, 0, NULL};
     opts[n++] = (tool_opt){"show", TOOL_OPT_INT, &o->show, 0, INT32_MAX, "per-query lines"};
     opts[n++] = (tool_opt){"repeat", TOOL_OPT_INT, &o->repeat, 1, INT32_MAX, "runs of each mode"};
-    opts[n++] = (tool_opt){"query-format", TOOL_OPT_STR, &o->q_format_s, 0, 0, NULL};
     tool_cfg_opts_add(opts, &n, &o->c);
     assert(n <= (int)(sizeof opts / sizeof opts[0]));
     int rc = tool_parse_opts("eval", argc, argv, opts, n);
     if (rc) return rc;
-    return tool_parse_q_format("eval", o->q_format_s, &o->in.q_format);
+    return tool_parse_q_format("eval", o->in.q_format_name, &o->in.q_format);
 }
 
 /* Checks the needle file against the inputs: int32 [n] or [n_q,n], positions in 0..L-1 or -1.

@@ -193,6 +193,15 @@ static int check_inputs(const tool_inputs *in, char *err, size_t err_len) {
     return check_values(&in->weights, in->weights_path, "weights", 0, err, err_len);
 }
 
+void tool_inputs_opts_add(tool_opt *opts, int *n, tool_inputs *in) {
+    assert(opts && n && in);
+    opts[(*n)++] = (tool_opt){"keys", TOOL_OPT_STR, &in->keys_path, 0, 0, NULL};
+    opts[(*n)++] = (tool_opt){"scales", TOOL_OPT_STR, &in->scales_path, 0, 0, NULL};
+    opts[(*n)++] = (tool_opt){"queries", TOOL_OPT_STR, &in->queries_path, 0, 0, NULL};
+    opts[(*n)++] = (tool_opt){"weights", TOOL_OPT_STR, &in->weights_path, 0, 0, NULL};
+    opts[(*n)++] = (tool_opt){"query-format", TOOL_OPT_STR, &in->q_format_name, 0, 0, NULL};
+}
+
 int tool_inputs_load(const char *cmd, tool_inputs *in) {
     char err[NPY_ERR_MAX];
     const struct {
@@ -356,7 +365,7 @@ static void select_help(void) {
 typedef struct select_opts {
     tool_inputs in; /* the input paths; loaded by the command */
     tool_cfg_opts c;
-    const char *mode_s, *out_path, *q_format_s;
+    const char *mode_s, *out_path;
     hisa_mode mode; /* of mode_s */
 } select_opts;
 
@@ -366,18 +375,14 @@ static int select_parse(int argc, char **argv, select_opts *o) {
     *o = (select_opts){.mode_s = "hisa"};
     tool_opt opts[16];
     int n = 0;
-    opts[n++] = (tool_opt){"keys", TOOL_OPT_STR, &o->in.keys_path, 0, 0, NULL};
-    opts[n++] = (tool_opt){"scales", TOOL_OPT_STR, &o->in.scales_path, 0, 0, NULL};
-    opts[n++] = (tool_opt){"queries", TOOL_OPT_STR, &o->in.queries_path, 0, 0, NULL};
-    opts[n++] = (tool_opt){"weights", TOOL_OPT_STR, &o->in.weights_path, 0, 0, NULL};
+    tool_inputs_opts_add(opts, &n, &o->in);
     opts[n++] = (tool_opt){"mode", TOOL_OPT_STR, &o->mode_s, 0, 0, NULL};
     opts[n++] = (tool_opt){"out", TOOL_OPT_STR, &o->out_path, 0, 0, NULL};
-    opts[n++] = (tool_opt){"query-format", TOOL_OPT_STR, &o->q_format_s, 0, 0, NULL};
     tool_cfg_opts_add(opts, &n, &o->c);
     assert(n <= (int)(sizeof opts / sizeof opts[0]));
     int rc = tool_parse_opts("select", argc, argv, opts, n);
     if (rc) return rc;
-    rc = tool_parse_q_format("select", o->q_format_s, &o->in.q_format);
+    rc = tool_parse_q_format("select", o->in.q_format_name, &o->in.q_format);
     if (rc) return rc;
     if (strcmp(o->mode_s, "hisa") == 0) o->mode = HISA_MODE_HISA;
     else if (strcmp(o->mode_s, "flat") == 0) o->mode = HISA_MODE_FLAT;

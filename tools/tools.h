@@ -175,12 +175,16 @@ void tool_q_to_fp8(const float *q, const float *w, int64_t n_heads, uint8_t *cod
  * at position L - n_q + i. */
 typedef struct tool_inputs {
     const char *keys_path, *scales_path, *queries_path, *weights_path;
-    int32_t q_format; /* HISA_Q_*: what --queries holds; set before tool_inputs_load */
+    const char *q_format_name; /* --query-format as given (NULL: f32) */
+    int32_t q_format;          /* HISA_Q_*: what --queries holds; set before tool_inputs_load */
     npy_array keys, scales, queries, weights;
     int32_t L, n_q, H;
     int fp8_codes; /* keys are uint8 codes with scales */
 } tool_inputs;
 
+/* The options naming the inputs (--keys, --scales, --queries, --weights, --query-format), appended
+ * to opts at *n; the caller turns q_format_name into q_format (tool_parse_q_format). */
+void tool_inputs_opts_add(tool_opt *opts, int *n, tool_inputs *in);
 /* Loads and cross-checks the four files; prints "hisa CMD: FILE: ..." and returns
  * TOOL_EXIT_USAGE on any problem, 0 on success. */
 int tool_inputs_load(const char *cmd, tool_inputs *in);
