@@ -5,8 +5,8 @@
  * tiles) pays off by how many of the G queries keep the tile's block. The kept blocks are defined
  * by the SPEC, so the CPU reference gives them exactly, with no GPU: this runs hisa's CPU backend.
  *
- * Method: the bench's setting (H 64, B 128, m 64, k 2048, fp8 keys; synth seed 4; 128K keys from
- * the generator, then 1024 queries from it, as `hisa bench prefill` makes them); the chunk is the
+ * Method: the bench's setting (tools/bench_prefill.h: H 64, B 128, m 64, k 2048, its seed; fp8
+ * keys; 128K keys from the generator, then 1024 queries from it, as `hisa bench prefill` makes them); the chunk is the
  * last 1024 positions of each context L. Every query's HISA selection runs on the CPU reference
  * (hisa__cpu_select_one, which leaves the query's m kept blocks in r.cpu_blocks), one runtime per
  * thread. For groups of G consecutive queries: distinct kept blocks per group, and the sharing
@@ -22,9 +22,10 @@
 #include <unistd.h>
 
 #include "../runtime/internal.h"
+#include "../tools/bench_prefill.h"
 #include "../tools/synth.h"
 
-enum { SH_H = 64, SH_B = 128, SH_M = 64, SH_K = 2048, SH_NQ = 1024, SH_MAXC = 131072, SH_THREADS_MAX = 64 };
+enum { SH_H = PB_H, SH_B = PB_B, SH_M = PB_M, SH_K = PB_K, SH_NQ = 1024, SH_MAXC = 131072, SH_THREADS_MAX = 64 };
 
 typedef struct sh_job {
     const float *keys, *q, *w; /* [SH_MAXC,128], [SH_NQ,H,128], [SH_NQ,H] */
@@ -104,7 +105,7 @@ int main(int argc, char **argv) {
     if (!n_ctx) ctxs[n_ctx++] = 32768, ctxs[n_ctx++] = 65536, ctxs[n_ctx++] = 131072;
     synth_params sp;
     synth_params_default(&sp);
-    sp.seed = 4;
+    sp.seed = PB_SEED;
     sp.n_heads = SH_H;
     synth_gen gen;
     float *keys = malloc(sizeof(float) * (size_t)SH_MAXC * 128), *q = malloc(sizeof(float) * SH_NQ * SH_H * 128);
