@@ -6,8 +6,8 @@
  * by the SPEC, so the CPU reference gives them exactly, with no GPU: this runs hisa's CPU backend.
  *
  * Method: the bench's setting (tools/bench_prefill.h: H 64, B 128, m 64, k 2048, its seed; fp8
- * keys; 128K keys from the generator, then 1024 queries from it, as `hisa bench prefill` makes them); the chunk is the
- * last 1024 positions of each context L. Every query's HISA selection runs on the CPU reference
+ * keys; 128K keys from the generator, then 1024 queries from it, as `hisa bench prefill` makes
+ * them); the chunk is the last 1024 positions of each context L. Every query's HISA selection runs on the CPU reference
  * (hisa__cpu_select_one, which leaves the query's m kept blocks in r.cpu_blocks), one runtime per
  * thread. For groups of G consecutive queries: distinct kept blocks per group, and the sharing
  * factor G * m / distinct (1 = no block shared; G = every query keeps the same m blocks).
