@@ -86,10 +86,8 @@ __device__ __forceinline__ void hisa__reg_fence(uint32_t &r) { asm volatile("" :
  * elements per 128-byte swizzle atom), or e4m3 codes (k32, B rows of 128 codes per atom: fp8 keys
  * times fp8 queries, no conversion; the products are exact and accumulate in fp32). */
 enum { HISA_WG_BF16 = 0, HISA_WG_F16 = 1, HISA_WG_E4M3 = 2 };
-template <int OP> struct hisa__wg_k {
-    static constexpr int k = OP == HISA_WG_E4M3 ? 32 : 16; /* K of one instruction */
-    static constexpr int steps = 128 / k;                  /* instructions per 128-dim dot */
-};
+template <int OP> /* instructions per 128-dim dot: K is 32 per e4m3 instruction, else 16 */
+constexpr int hisa__wg_ksteps = OP == HISA_WG_E4M3 ? 128 / 32 : 128 / 16;
 
 /* D[64 x N] (+)= A[64 x K] (four registers per thread) * B[K x N] (shared, K-major); fp32 D;
  * scale_d = 0 overwrites D. One specialization per (kind, N): the accumulator is N/2 registers,

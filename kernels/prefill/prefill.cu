@@ -180,7 +180,7 @@ __global__ void __launch_bounds__(kScoreThreads, N >= 128 ? 1 : 2) score_kernel(
     static_assert(FP8 || OP == HISA_WG_BF16, "fp16 and e4m3 operands only for fp8 codes");
     static_assert(OP != HISA_WG_E4M3 || SRC != SRC_MEAN, "block means are bf16");
     constexpr bool F16 = OP == HISA_WG_F16, E4M3 = OP == HISA_WG_E4M3;
-    constexpr int KS = hisa__wg_k<OP>::steps;
+    constexpr int KS = hisa__wg_ksteps<OP>;
     constexpr int NQ = N / HP;
     const hisa_k_prefill_params &p = a.p;
     const hisa_k_cache &c = p.cache;
