@@ -271,8 +271,8 @@ typedef struct hisa_k_prefill_params {
     int32_t scratch_rows;             /* rows the scratch holds */
     int32_t stop_after_scoring;       /* 0 normally */
     hisa_k_device dev;                /* read once at open (hisa_k_init) */
-    int32_t variant;                  /* fp8 keys: 0 e4m3 x e4m3 with fp8 queries, else fp16 (default); 1 the
-                                       * exact alternative: fp16 with fp8 queries, else bf16 */
+    int32_t fp8_native;               /* fp8 queries and keys: 1 e4m3 x e4m3 (HISA_FP8_MMA_NATIVE) */
+    int32_t variant;                  /* fp8 keys scored exactly: 0 fp16 operands (default), 1 bf16 */
 } hisa_k_prefill_params;
 int hisa_k_prefill(void *stream, const hisa_k_prefill_params *p);
 

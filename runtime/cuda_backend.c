@@ -300,6 +300,7 @@ static int prefill_chunk(hisa_runtime *rt, const hisa_prefill *req, uint32_t dev
     p.stop_after_scoring = (dev_flags & HISA_DEV_SCORING_ONLY) != 0;
     p.dev = rt->dev;
     p.variant = (dev_flags & HISA_DEV_VARIANT_ALT) != 0;
+    p.fp8_native = rt->plan.config.fp8_mma == HISA_FP8_MMA_NATIVE;
     p.q_format = req->q_format;
     p.q = (const uint8_t *)q + row * hisa__q_bytes(H, req->q_format);
     p.w = w + row * H;

@@ -61,6 +61,8 @@ static int check_capacity(hisa_config *c, rule_ctx *r) {
     if (c->device < 0) return broke(r, "device", "device >= 0 (0: CPU, i + 1: CUDA device i)");
     if (c->kernels < HISA_KERNELS_AUTO || c->kernels > HISA_KERNELS_HOPPER)
         return broke(r, "kernels", "kernels is 0 (auto), 1 (portable) or 2 (hopper)");
+    if (c->fp8_mma != HISA_FP8_MMA_EXACT && c->fp8_mma != HISA_FP8_MMA_NATIVE)
+        return broke(r, "fp8_mma", "fp8_mma is 0 (exact) or 1 (native)");
     return HISA_OK;
 }
 #undef HISA__RANGE

@@ -1,6 +1,7 @@
 /* common.c: shared test helpers (see common.h). */
 #include "common.h"
 
+#include <assert.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,6 +13,12 @@
 
 int hisa_agree(const float *score, int32_t n_ids, const uint8_t *is_cand, const int32_t *ref,
                const int32_t *got, int32_t k, char *why, size_t why_len) {
+    return hisa_agree_tol(score, n_ids, is_cand, ref, got, k, 0.0f, why, why_len);
+}
+
+int hisa_agree_tol(const float *score, int32_t n_ids, const uint8_t *is_cand, const int32_t *ref,
+                   const int32_t *got, int32_t k, float eps_extra, char *why, size_t why_len) {
+    assert(eps_extra >= 0.0f);
     int32_t n_ref = 0, n_got = 0;
     while (n_ref < k && ref[n_ref] >= 0) n_ref++;
     while (n_got < k && got[n_got] >= 0) n_got++;
@@ -29,7 +36,7 @@ int hisa_agree(const float *score, int32_t n_ids, const uint8_t *is_cand, const 
     float max_abs = 0.0f, tau = INFINITY;
     for (int32_t i = 0; i < n_ids; i++)
         if (!is_cand || is_cand[i]) max_abs = fmaxf(max_abs, fabsf(score[i]));
-    float eps = 1e-4f * max_abs;
+    float eps = 1e-4f * max_abs + eps_extra;
     for (int32_t i = 0; i < n_ref; i++) {
         in_ref[ref[i]] = 1;
         tau = fminf(tau, score[ref[i]]);

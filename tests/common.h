@@ -16,6 +16,10 @@
  * and a reason in why. */
 int hisa_agree(const float *score, int32_t n_ids, const uint8_t *is_cand, const int32_t *ref,
                const int32_t *got, int32_t k, char *why, size_t why_len);
+/* The same rule with eps widened by eps_extra (>= 0): for arithmetic known to round coarser
+ * than SPEC's (hisa.h's HISA_FP8_MMA_NATIVE), judged with its own error bound added. */
+int hisa_agree_tol(const float *score, int32_t n_ids, const uint8_t *is_cand, const int32_t *ref,
+                   const int32_t *got, int32_t k, float eps_extra, char *why, size_t why_len);
 
 /* SPEC 4's kept blocks of a HISA row with nb > m blocks, judged: blocks [m] holds 0 first and
  * nb - 1 last, ascending, and its middle m - 2 agree (the rule above, with J in place of I) with

@@ -112,6 +112,7 @@ HISA_TEST(config_defaults_and_invalid_configs) {
         {{.max_batch = HISA_BATCH_MAX + 1}, HISA_ECONFIG, "max_batch"},
         {{.max_prefill_queries = HISA_PREFILL_MAX + 1}, HISA_ECONFIG, "max_prefill_queries"},
         {{.device = -2}, HISA_ECONFIG, "device"},
+        {{.fp8_mma = 2}, HISA_ECONFIG, "fp8_mma"},
     };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         hisa_plan plan;

@@ -48,6 +48,8 @@ HISA_TEST(limits_every_field_at_both_ends) {
         FIELD(n_pages, 1, HISA_PAGES_MAX),
         FIELD(max_batch, 1, HISA_BATCH_MAX),
         FIELD(max_prefill_queries, 1, HISA_PREFILL_MAX),
+        FIELD(kernels, HISA_KERNELS_AUTO, HISA_KERNELS_HOPPER),
+        FIELD(fp8_mma, HISA_FP8_MMA_EXACT, HISA_FP8_MMA_NATIVE),
     };
     int32_t checked = 0;
     for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++) {
@@ -79,7 +81,7 @@ HISA_TEST(limits_every_field_at_both_ends) {
             checked++;
         }
     }
-    CHECK_EQ_INT(checked, 13 * 7);
+    CHECK_EQ_INT(checked, (int32_t)(sizeof fields / sizeof fields[0]) * 7);
     /* device: any ordinal plans (without a GPU too), a negative one is refused */
     hisa_config c = base_config();
     hisa_plan plan;

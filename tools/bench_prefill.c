@@ -18,7 +18,8 @@
  * scoring-only time.
  *
  * Output: a table; with --json FILE an array of records (device, date, mode, queries, context,
- * key_format, median_us, scoring_us, tflops, gemm_tflops, pct_of_gemm, speedup_vs_flat). */
+ * key_format, q_format, fp8_mma, median_us, scoring_us, tflops, gemm_tflops, pct_of_gemm,
+ * speedup_vs_flat). */
 #include "bench_prefill.h"
 
 #include <assert.h>
@@ -38,6 +39,7 @@ void hisa_bench_prefill_help(FILE *f) {
     fprintf(f,
             "usage: hisa bench prefill [--json FILE] [--reps N] [--queries N] [--context N]\n"
             "                          [--key-format fp8|bf16] [--variant 0|1] [--query-format F]\n"
+            "                          [--fp8-mma exact|native]\n"
             "  Times a prefill chunk of --queries (1..1024, default 1024) queries at the end of\n"
             "  contexts 8K, 16K, 32K, 64K, 128K (or --context N only, at least --queries), H=64,\n"
             "  D=128, B=128, m=64, k=2048, flat and HISA: the whole selection and the scoring\n"
@@ -45,14 +47,17 @@ void hisa_bench_prefill_help(FILE *f) {
             "  rate of cuBLAS (8192^3) measured in the same run.\n"
             "  --json FILE: the records as JSON (FILE is checked before the run)\n"
             "  --variant 1: fp8 keys scored with the other exact MMA operands: bf16 instead of\n"
-            "  fp16, and with fp8 queries fp16 instead of e4m3 x e4m3.\n"
+            "  fp16.\n"
             "  --query-format f32|bf16|fp8: the queries' form (default f32; fp8 folds each head's\n"
-            "  scale into its weight, as an engine's act_quant does).\n");
+            "  scale into its weight, as an engine's act_quant does).\n"
+            "  --fp8-mma exact|native: hisa_config.fp8_mma (default exact); native multiplies fp8\n"
+            "  queries by fp8 keys on the e4m3 tensor cores (hisa.h: outside SPEC's agreement rule).\n");
 }
 
 typedef struct pb_opts {
-    const char *json, *fmt_name, *q_format_name;
+    const char *json, *fmt_name, *q_format_name, *fp8_mma_name;
     int32_t reps, n_q, one_context, variant;
+    int32_t fp8_mma;  /* HISA_FP8_MMA_* of fp8_mma_name */
     int32_t fmt;      /* HISA_KEY_* of fmt_name */
     int32_t q_format; /* HISA_Q_* of q_format_name */
 } pb_opts;
@@ -60,7 +65,7 @@ typedef struct pb_opts {
 /* Options into o. Returns tool_parse_opts's codes (-1: --help) or TOOL_EXIT_USAGE. */
 static int pb_parse(int argc, char **argv, pb_opts *o) {
     assert(argc >= 1 && o);
-    *o = (pb_opts){.fmt_name = "fp8", .reps = 20, .n_q = 1024};
+    *o = (pb_opts){.fmt_name = "fp8", .fp8_mma_name = "exact", .reps = 20, .n_q = 1024};
     tool_opt opts[] = {
         {"json", TOOL_OPT_STR, &o->json, 0, 0, NULL},
         {"reps", TOOL_OPT_INT, &o->reps, 5, INT32_MAX, "timed calls per point"},
@@ -68,13 +73,19 @@ static int pb_parse(int argc, char **argv, pb_opts *o) {
         {"context", TOOL_OPT_INT, &o->one_context, 1, HISA_MAX_CONTEXT, "tokens, HISA_MAX_CONTEXT"},
         {"key-format", TOOL_OPT_STR, &o->fmt_name, 0, 0, NULL},
         {"variant", TOOL_OPT_INT, &o->variant, 0, 1, "0: fp16 MMA operands, 1: bf16"},
-        {"query-format", TOOL_OPT_STR, &o->q_format_name, 0, 0, NULL}};
-    int perr = tool_parse_opts("bench prefill", argc, argv, opts, 7);
+        {"query-format", TOOL_OPT_STR, &o->q_format_name, 0, 0, NULL},
+        {"fp8-mma", TOOL_OPT_STR, &o->fp8_mma_name, 0, 0, NULL}};
+    int perr = tool_parse_opts("bench prefill", argc, argv, opts, 8);
     if (perr) return perr;
     if (tool_parse_q_format("bench prefill", o->q_format_name, &o->q_format)) return TOOL_EXIT_USAGE;
     o->fmt = strcmp(o->fmt_name, "fp8") == 0 ? HISA_KEY_FP8 : strcmp(o->fmt_name, "bf16") == 0 ? HISA_KEY_BF16 : 0;
     if (!o->fmt) {
         fprintf(stderr, "hisa bench prefill: --key-format: '%s'; expected fp8 or bf16\n", o->fmt_name);
+        return TOOL_EXIT_USAGE;
+    }
+    o->fp8_mma = strcmp(o->fp8_mma_name, "native") == 0 ? HISA_FP8_MMA_NATIVE : HISA_FP8_MMA_EXACT;
+    if (strcmp(o->fp8_mma_name, "native") && strcmp(o->fp8_mma_name, "exact")) {
+        fprintf(stderr, "hisa bench prefill: --fp8-mma: '%s'; expected exact or native\n", o->fp8_mma_name);
         return TOOL_EXIT_USAGE;
     }
     if (o->one_context && o->one_context < o->n_q) {
@@ -279,12 +290,12 @@ static int pb_env_init(pb_env *e) {
 }
 
 /* A runtime for the paper's setting on st, one sequence of max_ctx tokens. */
-static int pb_open(int32_t fmt, cudaStream_t st, int32_t max_ctx, hisa_runtime **rt, int32_t *seq) {
-    assert(rt && seq);
+static int pb_open(const pb_opts *o, cudaStream_t st, int32_t max_ctx, hisa_runtime **rt, int32_t *seq) {
+    assert(o && rt && seq);
     assert(max_ctx >= 1);
-    hisa_config cfg = {.n_heads = PB_H, .block_size = PB_B, .top_blocks = PB_M, .topk = PB_K, .key_format = fmt,
+    hisa_config cfg = {.n_heads = PB_H, .block_size = PB_B, .top_blocks = PB_M, .topk = PB_K, .key_format = o->fmt,
                        .max_context = max_ctx, .max_seqs = 1, .max_prefill_queries = 1024,
-                       .device = HISA_DEVICE_CUDA(0)};
+                       .device = HISA_DEVICE_CUDA(0), .fp8_mma = o->fp8_mma};
     int err = tool_open("bench prefill", &cfg, NULL, rt);
     if (err) return err;
     hisa_set_stream(*rt, st);
@@ -372,7 +383,7 @@ static int pb_upload_queries(synth_gen *gen, int32_t n_q, int32_t q_format, pb_b
 static int pb_prepare(const pb_opts *o, cudaStream_t st, int32_t max_ctx, hisa_runtime **rt, int32_t *seq,
                       pb_bufs *d) {
     assert(o && rt && seq && d);
-    int rc = pb_open(o->fmt, st, max_ctx, rt, seq);
+    int rc = pb_open(o, st, max_ctx, rt, seq);
     if (rc) return rc;
     synth_params sp;
     synth_params_default(&sp);
@@ -423,6 +434,8 @@ static int pb_run(const pb_opts *o, const pb_env *e, hisa_runtime *rt, int32_t s
     assert(o && e && rt && d && recs && n_recs);
     assert(n_ctx >= 1 && 2 * n_ctx <= 16);
     int err = 0;
+    printf("keys %s, queries %s, fp8_mma %s, variant %d\n", o->fmt_name, tool_q_format_name(o->q_format),
+           o->fp8_mma_name, o->variant);
     printf("%-5s %7s %8s %11s %11s %8s %8s %8s\n", "mode", "queries", "context", "median_us", "scoring_us", "tflops",
            "of_gemm", "speedup");
     for (int ci = 0; ci < n_ctx && !err; ci++) {
@@ -458,11 +471,11 @@ static int pb_write_json(const pb_opts *o, const pb_env *e, const pb_rec *recs, 
                 "\"heads\": %d, \"block_size\": %d, \"top_blocks\": %d, \"topk\": %d, \"median_us\": %.2f, "
                 "\"scoring_us\": %.2f, \"scoring_flops\": %.6g, \"tflops\": %.2f, \"gemm_tflops\": %.2f, "
                 "\"gemm_lib\": \"%s\", \"pct_of_gemm\": %.2f, \"cuda_runtime\": %d, \"driver\": %d, \"variant\": %d, "
-                "\"q_format\": \"%s\"",
+                "\"q_format\": \"%s\", \"fp8_mma\": \"%s\"",
                 e->date, r->mode, r->queries, r->context, o->fmt_name, PB_H, PB_B, PB_M, PB_K, r->median_us,
                 r->scoring_us, r->flops, r->tflops, e->gemm, e->gemm_lib,
                 e->gemm > 0 ? 100.0 * r->tflops / e->gemm : 0.0, e->rtv, e->drv, o->variant,
-                tool_q_format_name(o->q_format));
+                tool_q_format_name(o->q_format), o->fp8_mma_name);
         if (strcmp(r->mode, "hisa") == 0) fprintf(f, ", \"speedup_vs_flat\": %.3f", r->speedup);
         fprintf(f, "}%s\n", i + 1 < n_recs ? "," : "");
     }

@@ -6,11 +6,11 @@
  * [128 x n_q*H] queries, fp32 accumulation. We put the keys (tokens, block means or a query's
  * candidate tokens) on the MMA's M side, 64 per warpgroup tile, loaded straight from the paged
  * cache into A-fragment registers (fp8 codes convert exactly to bf16, or to fp16; with fp8
- * queries they go in as they are, e4m3 x e4m3, no conversion), and the query-heads of NQ queries
+ * queries and fp8_mma native they go in as they are, e4m3 x e4m3), and the query-heads of NQ queries
  * on the N side (N = NQ * HP <= 256, HP = H padded to a power of two >= 16), held in shared
  * memory as a swizzled K-major tile for the whole CTA (bf16; for fp8 keys by default fp16, see
- * score_kernel: one conversion instruction per code pair instead of four; fp8 queries: their
- * e4m3 codes).
+ * score_kernel: one conversion instruction per code pair instead of four; native fp8: the
+ * queries' e4m3 codes).
  * Then the head reduction sum_h w[h] * ReLU(acc[token][h]) runs along N, i.e. inside a thread's
  * registers plus two shuffles, and the per-token fp8 scale multiplies the sum (scale > 0, so
  * ReLU commutes).
@@ -171,9 +171,10 @@ __device__ void load_q8(const hisa_k_prefill_params &p, int q_first, int nq, uin
  * 2^s so its largest |element| lies in [2^14, 2^15), which keeps every bf16 value exact in fp16
  * except elements below 2^-28 of the row's largest (their products are far under the fp32
  * rounding of the dot); w[h] * 2^-s undoes the scale (ReLU commutes with a positive factor).
- * E4M3 (fp8 keys and fp8 queries): both operands are the codes, no conversion at all; the
- * products are exact, the tensor core sums them (its accumulation is the one rounding that
- * differs from the fp16 path; SPEC's agreement rule judges it). */
+ * E4M3 (fp8 keys and fp8 queries, fp8_mma native only): both operands are the codes, no
+ * conversion at all; the products are exact, but the fp8 tensor core accumulates with about 13
+ * fraction bits (truncating), so a score is off by up to ~1e-4 of max |I|, SPEC's whole
+ * agreement eps (measured: tests/test_gpu_prefill.c, gpu_prefill_scores_of_fp8_queries). */
 template <int N, int HP, int SRC, bool FP8, int OP>
 __global__ void __launch_bounds__(kScoreThreads, N >= 128 ? 1 : 2) score_kernel(const pf_args a) {
 #if HISA_K_SM90A
@@ -584,14 +585,14 @@ int launch_score(cudaStream_t s, const pf_args &a, int lim_max) {
 }
 
 /* Token scoring (TOK or CAND) in the operands the key and query formats allow: bf16 keys in bf16;
- * fp8 keys with fp8 queries as e4m3 codes (variant 1: fp16, the exact path), with other queries
- * in fp16 (variant 1: bf16). */
+ * fp8 keys exactly in fp16 (variant 1: bf16), or, fp8 queries with fp8_native set (hisa.h's
+ * HISA_FP8_MMA_NATIVE), as e4m3 codes with the fp8 tensor cores' own accumulation. */
 template <int N, int HP, int SRC>
 int launch_tokens(cudaStream_t s, const pf_args &a, int lim_max) {
     const hisa_k_prefill_params &p = a.p;
     if (p.cache.key_format != HISA__FMT_FP8) return launch_score<N, HP, SRC, false>(s, a, lim_max);
-    if (p.q_format == HISA_K_Q_FP8 && p.variant == 0) return launch_score<N, HP, SRC, true, HISA_WG_E4M3>(s, a, lim_max);
-    if (p.q_format == HISA_K_Q_FP8 || p.variant == 0) return launch_score<N, HP, SRC, true, HISA_WG_F16>(s, a, lim_max);
+    if (p.q_format == HISA_K_Q_FP8 && p.fp8_native) return launch_score<N, HP, SRC, true, HISA_WG_E4M3>(s, a, lim_max);
+    if (p.variant == 0) return launch_score<N, HP, SRC, true, HISA_WG_F16>(s, a, lim_max);
     return launch_score<N, HP, SRC, true, HISA_WG_BF16>(s, a, lim_max);
 }
 

@@ -96,6 +96,7 @@ _FIELDS = [f for f, _ in _capi.hisa_config._fields_]
 _KEY_FORMATS = {"default": 0, "fp8": HISA_KEY_FP8, "bf16": HISA_KEY_BF16}
 _KERNELS = {"auto": _capi.HISA_KERNELS_AUTO, "portable": _capi.HISA_KERNELS_PORTABLE,
             "hopper": _capi.HISA_KERNELS_HOPPER}
+_FP8_MMA = {"exact": _capi.HISA_FP8_MMA_EXACT, "native": _capi.HISA_FP8_MMA_NATIVE}
 
 
 def _device_value(v):
@@ -114,7 +115,8 @@ def _device_value(v):
 class Config:
     """hisa_config: Config(n_heads=32, topk=2048, device='cuda:0', ...). A field left 0 takes its
     default (resolve() fills them in). device takes 'cpu' / 'cuda' / 'cuda:N' or the C value;
-    key_format 'fp8' / 'bf16' or the C value; kernels 'auto' / 'portable' / 'hopper' or the C value."""
+    key_format 'fp8' / 'bf16' or the C value; kernels 'auto' / 'portable' / 'hopper' or the C value;
+    fp8_mma 'exact' / 'native' or the C value (hisa.h: native is outside SPEC's agreement rule)."""
     __slots__ = tuple(_FIELDS)
 
     def __init__(self, **fields):
@@ -136,6 +138,10 @@ class Config:
             if v not in _KERNELS:
                 raise ValueError("kernels: 'auto', 'portable' or 'hopper', got %r" % v)
             v = _KERNELS[v]
+        elif k == "fp8_mma" and isinstance(v, str):
+            if v not in _FP8_MMA:
+                raise ValueError("fp8_mma: 'exact' or 'native', got %r" % v)
+            v = _FP8_MMA[v]
         v = int(v)
         if not -2**31 <= v < 2**31:
             raise ValueError("%s: %d is outside int32" % (k, v))

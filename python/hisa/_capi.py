@@ -48,6 +48,8 @@ HISA_KEY_BF16 = 2
 HISA_KERNELS_AUTO = 0
 HISA_KERNELS_PORTABLE = 1
 HISA_KERNELS_HOPPER = 2
+HISA_FP8_MMA_EXACT = 0
+HISA_FP8_MMA_NATIVE = 1
 
 HISA_Q_F32 = 0
 HISA_Q_BF16 = 1
@@ -104,6 +106,7 @@ class hisa_config(ctypes.Structure):
         ("max_prefill_queries", i32),
         ("device", i32),
         ("kernels", i32),
+        ("fp8_mma", i32),
     ]
 
 

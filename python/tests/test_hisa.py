@@ -251,6 +251,9 @@ def test_config_and_plan():
     assert r.key_format == hisa.HISA_KEY_BF16 and r.device == 0 and r.n_pages == 8 * 32, r
     assert hisa.Config(device="cuda:2").device == hisa.HISA_DEVICE_CUDA(2) == 3
     raises_py(TypeError, hisa.Config, n_head=8)
+    assert hisa.Config(fp8_mma="native").fp8_mma == hisa.HISA_FP8_MMA_NATIVE == 1 and r.fp8_mma == 0
+    raises_py(ValueError, hisa.Config, fp8_mma="fast")
+    assert raises(hisa.HISA_ECONFIG, hisa.plan, fp8_mma=2).field == "fp8_mma"
     p = hisa.plan(c)
     assert p.config == r and p.device_bytes > 0 and p.host_bytes > 0
     assert p.regions and all(x.name and x.bytes >= 0 and x.align > 0 for x in p.regions), p.regions
