@@ -711,12 +711,16 @@ HISA_TEST(tools_select_query_formats) {
     for (int n = 1; n <= 3; n += 2) {
         int32_t hisa_rows[3 * 64];
         for (int m = 0; m < 2; m++) {
-            int32_t lib[3 * 64], i8[3 * 64], f32[3 * 64], b16[3 * 64];
+            int32_t lib[3 * 64], i8[3 * 64], f32[3 * 64], b16[3 * 64], nat[3 * 64];
             char a[1200];
             REQUIRE(qformat_library(n, m ? HISA_MODE_FLAT : HISA_MODE_HISA, lib) == 0);
             snprintf(a, sizeof a, "--keys %s/K.npy --queries %s/Q8_%d.npy --weights %s/W_%d.npy "
                      "--query-format fp8 --mode %s", d, d, n, d, n, modes[m]);
             CHECKF(qformat_select(&t, a, n, i8) == 0, "%s", a);
+            /* --fp8-mma native reaches the configuration; the CPU backend computes exactly anyway */
+            snprintf(a, sizeof a, "--keys %s/K.npy --queries %s/Q8_%d.npy --weights %s/W_%d.npy "
+                     "--query-format fp8 --fp8-mma native --mode %s", d, d, n, d, n, modes[m]);
+            CHECKF(qformat_select(&t, a, n, nat) == 0, "%s", a);
             snprintf(a, sizeof a, "--keys %s/K.npy --queries %s/Qf_%d.npy --weights %s/W_%d.npy "
                      "--mode %s", d, d, n, d, n, modes[m]);
             CHECKF(qformat_select(&t, a, n, f32) == 0, "%s", a);
@@ -725,6 +729,7 @@ HISA_TEST(tools_select_query_formats) {
             CHECKF(qformat_select(&t, a, n, b16) == 0, "%s", a);
             size_t bytes = sizeof(int32_t) * (size_t)n * 64;
             CHECKF(memcmp(i8, lib, bytes) == 0, "n_q %d %s: fp8 != library", n, modes[m]);
+            CHECKF(memcmp(i8, nat, bytes) == 0, "n_q %d %s: fp8 --fp8-mma native != exact on the CPU", n, modes[m]);
             CHECKF(memcmp(i8, f32, bytes) == 0, "n_q %d %s: fp8 != f32 values", n, modes[m]);
             CHECKF(memcmp(i8, b16, bytes) == 0, "n_q %d %s: fp8 != bf16 values", n, modes[m]);
             CHECK(lib[63] >= 0); /* 300 visible tokens: k = 64 full */
@@ -779,6 +784,8 @@ HISA_TEST(tools_select_query_format_errors) {
         {"select", "Q8_3", "xyz", "--query-format: 'xyz'; expected f32"},
         {"eval", "Q8_3", "FP8", "--query-format: 'FP8'; expected f32"},
         {"select", "K", "fp8", "K.npy: --query-format fp8 expects"},
+        {"select", "Q8_3", "fp8 --fp8-mma fast", "--fp8-mma: 'fast'; expected exact"},
+        {"eval", "Q8_3", "fp8 --fp8-mma NATIVE", "--fp8-mma: 'NATIVE'; expected exact"},
     };
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
         char a[1200], *e = NULL;

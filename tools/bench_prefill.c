@@ -83,11 +83,7 @@ static int pb_parse(int argc, char **argv, pb_opts *o) {
         fprintf(stderr, "hisa bench prefill: --key-format: '%s'; expected fp8 or bf16\n", o->fmt_name);
         return TOOL_EXIT_USAGE;
     }
-    o->fp8_mma = strcmp(o->fp8_mma_name, "native") == 0 ? HISA_FP8_MMA_NATIVE : HISA_FP8_MMA_EXACT;
-    if (strcmp(o->fp8_mma_name, "native") && strcmp(o->fp8_mma_name, "exact")) {
-        fprintf(stderr, "hisa bench prefill: --fp8-mma: '%s'; expected exact or native\n", o->fp8_mma_name);
-        return TOOL_EXIT_USAGE;
-    }
+    if (tool_parse_fp8_mma("bench prefill", o->fp8_mma_name, &o->fp8_mma)) return TOOL_EXIT_USAGE;
     if (o->one_context && o->one_context < o->n_q) {
         fprintf(stderr, "hisa bench prefill: --context %d: expected at least --queries %d (the chunk is the last "
                         "--queries positions of the context)\n", o->one_context, o->n_q);

@@ -43,6 +43,7 @@ static const struct {
     {"max_batch", "--max-batch", offsetof(hisa_config, max_batch)},
     {"max_prefill_queries", "--prefill-queries", offsetof(hisa_config, max_prefill_queries)},
     {"device", "--device", offsetof(hisa_config, device)},
+    {"fp8_mma", "--fp8-mma", offsetof(hisa_config, fp8_mma)},
 };
 #define N_FIELDS (int)(sizeof k_fields / sizeof k_fields[0])
 #define RULE_FIELDS_MAX 8

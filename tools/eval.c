@@ -34,6 +34,7 @@ static void eval_help(void) {
         "options:\n"
         "  --query-format F   f32 (default), bf16 or fp8: the dtype of Q.npy, passed to the\n"
         "                     library as is (see hisa select --help)\n"
+        "  --fp8-mma A        exact (default) or native (see hisa select --help)\n"
         "  --json             print one JSON object instead of the text report\n"
         "  --show N           per-query lines in the text report (default 32; 0: none; all in\n"
         "                     --json)\n"
@@ -101,7 +102,8 @@ static int eval_parse(int argc, char **argv, eval_opts *o) {
     assert(n <= (int)(sizeof opts / sizeof opts[0]));
     int rc = tool_parse_opts("eval", argc, argv, opts, n);
     if (rc) return rc;
-    return tool_parse_q_format("eval", o->in.q_format_name, &o->in.q_format);
+    rc = tool_parse_q_format("eval", o->in.q_format_name, &o->in.q_format);
+    return rc ? rc : tool_parse_fp8_mma("eval", o->in.fp8_mma_name, &o->in.fp8_mma);
 }
 
 /* Checks the needle file against the inputs: int32 [n] or [n_q,n], positions in 0..L-1 or -1.

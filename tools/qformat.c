@@ -30,6 +30,20 @@ int tool_parse_q_format(const char *cmd, const char *s, int32_t *out) {
     return 0;
 }
 
+int tool_parse_fp8_mma(const char *cmd, const char *s, int32_t *out) {
+    if (!s || strcmp(s, "exact") == 0) *out = HISA_FP8_MMA_EXACT;
+    else if (strcmp(s, "native") == 0) *out = HISA_FP8_MMA_NATIVE;
+    else {
+        fprintf(stderr,
+                "hisa %s: --fp8-mma: '%s'; expected exact (the default: scores within SPEC's "
+                "agreement rule) or native (CUDA prefill multiplies fp8 queries by fp8 keys on "
+                "the e4m3 tensor cores: faster, outside that rule; hisa.h)\n",
+                cmd, s);
+        return TOOL_EXIT_USAGE;
+    }
+    return 0;
+}
+
 const char *tool_q_format_name(int32_t q_format) {
     return q_format == HISA_Q_BF16 ? "bf16" : q_format == HISA_Q_FP8 ? "fp8" : "f32";
 }

@@ -200,6 +200,7 @@ void tool_inputs_opts_add(tool_opt *opts, int *n, tool_inputs *in) {
     opts[(*n)++] = (tool_opt){"queries", TOOL_OPT_STR, &in->queries_path, 0, 0, NULL};
     opts[(*n)++] = (tool_opt){"weights", TOOL_OPT_STR, &in->weights_path, 0, 0, NULL};
     opts[(*n)++] = (tool_opt){"query-format", TOOL_OPT_STR, &in->q_format_name, 0, 0, NULL};
+    opts[(*n)++] = (tool_opt){"fp8-mma", TOOL_OPT_STR, &in->fp8_mma_name, 0, 0, NULL};
 }
 
 int tool_inputs_load(const char *cmd, tool_inputs *in) {
@@ -241,6 +242,7 @@ int tool_inputs_open(const char *cmd, const tool_inputs *in, const tool_cfg_opts
     }
     cfg.n_layers = 1;
     cfg.n_heads = in->H;
+    cfg.fp8_mma = in->fp8_mma;
     cfg.max_seqs = 1;
     cfg.max_batch = 1;
     cfg.max_context = in->L;
@@ -345,6 +347,10 @@ static void select_help(void) {
         "options:\n"
         "  --query-format F   f32 (default), bf16 or fp8: the dtype of Q.npy (float32,\n"
         "                     uint16, uint8), passed to the library as is (SPEC \"Queries\")\n"
+        "  --fp8-mma A        exact (default) or native: with fp8 queries and fp8 keys on a\n"
+        "                     GPU, native multiplies the codes on the e4m3 tensor cores\n"
+        "                     (faster; scores off by up to ~1e-4 of the largest, outside\n"
+        "                     SPEC's agreement rule: hisa.h)\n"
         "  --mode M           hisa (default) or flat (DSA: the exact top-k of all tokens)\n"
         "  --out I.npy        write [n_q,k] int32 positions, each row ascending, -1 padded\n"
         "                     (checked to be writable before the run); without --out the\n"
@@ -383,6 +389,7 @@ static int select_parse(int argc, char **argv, select_opts *o) {
     int rc = tool_parse_opts("select", argc, argv, opts, n);
     if (rc) return rc;
     rc = tool_parse_q_format("select", o->in.q_format_name, &o->in.q_format);
+    if (!rc) rc = tool_parse_fp8_mma("select", o->in.fp8_mma_name, &o->in.fp8_mma);
     if (rc) return rc;
     if (strcmp(o->mode_s, "hisa") == 0) o->mode = HISA_MODE_HISA;
     else if (strcmp(o->mode_s, "flat") == 0) o->mode = HISA_MODE_FLAT;

@@ -155,6 +155,9 @@ int tool_trivial_kind(int64_t n_visible, const hisa_config *cfg);
 /* s: "f32" (or NULL: the default), "bf16", "fp8" into *out (HISA_Q_*). Returns 0, or
  * TOOL_EXIT_USAGE after "hisa CMD: --query-format: 'S'; expected ...". */
 int tool_parse_q_format(const char *cmd, const char *s, int32_t *out);
+/* --fp8-mma exact|native (hisa.h's hisa_config.fp8_mma; NULL: exact) into *out. Returns 0, or
+ * TOOL_EXIT_USAGE after "hisa CMD: --fp8-mma: 'S'; expected ...". */
+int tool_parse_fp8_mma(const char *cmd, const char *s, int32_t *out);
 const char *tool_q_format_name(int32_t q_format); /* "f32" / "bf16" / "fp8" */
 size_t tool_q_format_bytes(int32_t q_format);     /* bytes per query element: 4, 2, 1 */
 uint16_t tool_bf16_from_f32(float x);
@@ -177,13 +180,16 @@ typedef struct tool_inputs {
     const char *keys_path, *scales_path, *queries_path, *weights_path;
     const char *q_format_name; /* --query-format as given (NULL: f32) */
     int32_t q_format;          /* HISA_Q_*: what --queries holds; set before tool_inputs_load */
+    const char *fp8_mma_name;  /* --fp8-mma as given (NULL: exact) */
+    int32_t fp8_mma;           /* HISA_FP8_MMA_* of it: the runtime's hisa_config.fp8_mma */
     npy_array keys, scales, queries, weights;
     int32_t L, n_q, H;
     int fp8_codes; /* keys are uint8 codes with scales */
 } tool_inputs;
 
-/* The options naming the inputs (--keys, --scales, --queries, --weights, --query-format), appended
- * to opts at *n; the caller turns q_format_name into q_format (tool_parse_q_format). */
+/* The options naming the inputs (--keys, --scales, --queries, --weights, --query-format) and how
+ * fp8 queries are multiplied (--fp8-mma), appended to opts at *n; the caller turns the names
+ * into q_format and fp8_mma (tool_parse_q_format, tool_parse_fp8_mma). */
 void tool_inputs_opts_add(tool_opt *opts, int *n, tool_inputs *in);
 /* Loads and cross-checks the four files; prints "hisa CMD: FILE: ..." and returns
  * TOOL_EXIT_USAGE on any problem, 0 on success. */
