@@ -51,6 +51,9 @@ HISA_TEST(limits_every_field_at_both_ends) {
         FIELD(kernels, HISA_KERNELS_AUTO, HISA_KERNELS_HOPPER),
         FIELD(fp8_mma, HISA_FP8_MMA_EXACT, HISA_FP8_MMA_NATIVE),
     };
+    /* every int32 field of hisa_config is in the table, but device (checked below) */
+    _Static_assert(sizeof(hisa_config) == sizeof(int32_t) * (sizeof fields / sizeof fields[0] + 1),
+                   "a hisa_config field is missing from this table");
     int32_t checked = 0;
     for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++) {
         const field_range *f = &fields[i];

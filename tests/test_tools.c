@@ -717,7 +717,7 @@ HISA_TEST(tools_select_query_formats) {
             snprintf(a, sizeof a, "--keys %s/K.npy --queries %s/Q8_%d.npy --weights %s/W_%d.npy "
                      "--query-format fp8 --mode %s", d, d, n, d, n, modes[m]);
             CHECKF(qformat_select(&t, a, n, i8) == 0, "%s", a);
-            /* --fp8-mma native reaches the configuration; the CPU backend computes exactly anyway */
+            /* --fp8-mma native is accepted; the CPU backend computes exactly whatever it says */
             snprintf(a, sizeof a, "--keys %s/K.npy --queries %s/Q8_%d.npy --weights %s/W_%d.npy "
                      "--query-format fp8 --fp8-mma native --mode %s", d, d, n, d, n, modes[m]);
             CHECKF(qformat_select(&t, a, n, nat) == 0, "%s", a);
@@ -1690,6 +1690,10 @@ HISA_TEST(tools_bench_help_and_max_batch_docs) {
     CHECK(run_tool(&t, "bench prefill --help", &o, NULL) == 0);
     CHECK(o && strstr(o, "usage: hisa bench prefill"));
     free(o);
+    char *e = NULL; /* a bad --fp8-mma exits 2 before any device work, naming the option */
+    CHECK(run_tool(&t, "bench prefill --fp8-mma fast", NULL, &e) == 2);
+    CHECKF(e && strstr(e, "hisa bench prefill: --fp8-mma: 'fast'; expected exact"), "%s", e ? e : "");
+    free(e);
     CHECK(run_tool(&t, "bench", NULL, NULL) == 2);
     CHECK(run_tool(&t, "mem --help", &o, NULL) == 0);
     CHECK(o && strstr(o, "default\n                       min(seqs, 256)"));

@@ -97,7 +97,7 @@ const char *tool_rule_text(const char *rule, const tool_field_name *names, char 
     size_t used = 0;
     buf[0] = 0;
     for (const char *p = rule ? rule : ""; *p && used + 1 < buf_len;) {
-        size_t n = strspn(p, "abcdefghijklmnopqrstuvwxyz_");
+        size_t n = strspn(p, "abcdefghijklmnopqrstuvwxyz0123456789_");
         int fi = n ? field_index(p, n) : -1;
         const char *note, *sym = fi >= 0 ? option_of(fi, names, &note) : NULL;
         if (sym && strncmp(sym, "--", 2) == 0) sym += 2;
@@ -121,7 +121,7 @@ static int rule_fields(const hisa_plan *plan, const hisa_config *cfg,
     const char *rule = plan->invalid_rule ? plan->invalid_rule : "";
     const char *d = strstr(rule, "(default"), *end = d && !dflt ? d : rule + strlen(rule);
     for (const char *p = rule; p < end;) {
-        size_t len = strspn(p, "abcdefghijklmnopqrstuvwxyz_");
+        size_t len = strspn(p, "abcdefghijklmnopqrstuvwxyz0123456789_");
         int fi = len ? field_index(p, len) : -1;
         p += len ? len : 1;
         if (fi < 0 || n >= RULE_FIELDS_MAX) continue;

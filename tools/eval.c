@@ -251,9 +251,10 @@ static void report_json(const eval_opts *o, const hisa_config *cfg, const char *
     const tool_inputs *in = &o->in;
     printf("{\"device\": \"%s\", \"L\": %d, \"n_q\": %d, \"heads\": %d, \"block_size\": %d, "
            "\"top_blocks\": %d, \"topk\": %d, \"key_format\": \"%s\", \"query_format\": \"%s\", "
-           "\"queries\": [",
+           "\"fp8_mma\": \"%s\", \"queries\": [",
            dev, in->L, in->n_q, in->H, cfg->block_size, cfg->top_blocks, cfg->topk,
-           tool_key_format_name(cfg->key_format), tool_q_format_name(in->q_format));
+           tool_key_format_name(cfg->key_format), tool_q_format_name(in->q_format),
+           tool_fp8_mma_name(cfg->fp8_mma));
     for (int32_t i = 0; i < in->n_q; i++) {
         const eval_query *q = &res->q[i];
         printf("%s{\"query\": %d, \"position\": %d, \"iou\": %.6f", i ? ", " : "", i,
@@ -304,9 +305,10 @@ static void report_text(const eval_opts *o, const hisa_config *cfg, const char *
                         const eval_result *res) {
     assert(o && cfg && dev && res);
     const tool_inputs *in = &o->in;
-    printf("hisa eval: device %s, L=%d, n_q=%d, H=%d, B=%d, m=%d, k=%d, keys %s, queries %s\n",
+    printf("hisa eval: device %s, L=%d, n_q=%d, H=%d, B=%d, m=%d, k=%d, keys %s, queries %s%s\n",
            dev, in->L, in->n_q, in->H, cfg->block_size, cfg->top_blocks, cfg->topk,
-           tool_key_format_name(cfg->key_format), tool_q_format_name(in->q_format));
+           tool_key_format_name(cfg->key_format), tool_q_format_name(in->q_format),
+           cfg->fp8_mma == HISA_FP8_MMA_NATIVE ? " (fp8_mma native)" : "");
     printf("%8s %8s %8s%s\n", "query", "position", "IoU",
            o->needles_path ? "   needles  flat  hisa" : "");
     for (int32_t i = 0; i < in->n_q && i < o->show; i++) {

@@ -44,6 +44,10 @@ int tool_parse_fp8_mma(const char *cmd, const char *s, int32_t *out) {
     return 0;
 }
 
+const char *tool_fp8_mma_name(int32_t fp8_mma) {
+    return fp8_mma == HISA_FP8_MMA_NATIVE ? "native" : "exact";
+}
+
 const char *tool_q_format_name(int32_t q_format) {
     return q_format == HISA_Q_BF16 ? "bf16" : q_format == HISA_Q_FP8 ? "fp8" : "f32";
 }

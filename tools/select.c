@@ -327,7 +327,8 @@ void tool_sort_rows(int32_t *sel, int64_t n_rows, int32_t k) {
 static void select_help(void) {
     printf(
         "usage: hisa select --keys K.npy [--scales S.npy] --queries Q.npy --weights W.npy\n"
-        "                   [--query-format f32|bf16|fp8] [--mode hisa|flat] [--out I.npy]\n"
+        "                   [--query-format f32|bf16|fp8] [--fp8-mma exact|native]\n"
+        "                   [--mode hisa|flat] [--out I.npy]\n"
         "                   [options]\n"
         "\n"
         "Top-k selection for queries on tensors dumped from your own model, exactly as\n"
@@ -412,11 +413,11 @@ static int select_report(const select_opts *o, const hisa_config *cfg, const int
     FILE *info = o->out_path ? stdout : stderr;
     fprintf(info,
             "hisa select: device %s, mode %s, L=%d, n_q=%d, H=%d, B=%d, m=%d, k=%d, keys %s%s, "
-            "queries %s: %.3f ms\n",
+            "queries %s%s: %.3f ms\n",
             tool_device_name(cfg->device, dev, sizeof dev), o->mode_s, in->L, in->n_q, in->H,
             cfg->block_size, cfg->top_blocks, k, tool_key_format_name(cfg->key_format),
             in->fp8_codes ? " (fp8 codes given)" : "", tool_q_format_name(in->q_format),
-            seconds * 1e3);
+            cfg->fp8_mma == HISA_FP8_MMA_NATIVE ? " (fp8_mma native)" : "", seconds * 1e3);
     if (o->out_path) {
         char nerr[NPY_ERR_MAX];
         int64_t shape[2] = {in->n_q, k};

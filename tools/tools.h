@@ -158,6 +158,7 @@ int tool_parse_q_format(const char *cmd, const char *s, int32_t *out);
 /* --fp8-mma exact|native (hisa.h's hisa_config.fp8_mma; NULL: exact) into *out. Returns 0, or
  * TOOL_EXIT_USAGE after "hisa CMD: --fp8-mma: 'S'; expected ...". */
 int tool_parse_fp8_mma(const char *cmd, const char *s, int32_t *out);
+const char *tool_fp8_mma_name(int32_t fp8_mma); /* "exact" / "native" */
 const char *tool_q_format_name(int32_t q_format); /* "f32" / "bf16" / "fp8" */
 size_t tool_q_format_bytes(int32_t q_format);     /* bytes per query element: 4, 2, 1 */
 uint16_t tool_bf16_from_f32(float x);
