@@ -166,44 +166,18 @@ __device__ void load_q8(const hisa_k_prefill_params &p, int q_first, int nq, uin
     }
 }
 
-/* OP (wgmma.cuh's operand kinds): BF16, all exact; F16 (fp8 keys): A and B in fp16. The codes
- * convert exactly (one instruction per pair); each query-head row of Q is scaled by a power of two
- * 2^s so its largest |element| lies in [2^14, 2^15), which keeps every bf16 value exact in fp16
- * except elements below 2^-28 of the row's largest (their products are far under the fp32
- * rounding of the dot); w[h] * 2^-s undoes the scale (ReLU commutes with a positive factor).
- * E4M3 (fp8 keys and fp8 queries, fp8_mma native only): both operands are the codes, no
- * conversion at all; the products are exact, but the fp8 tensor core accumulates with about 13
- * fraction bits (truncating), so a score is off by up to ~1e-4 of max |I|, SPEC's whole
- * agreement eps (measured: tests/test_gpu_prefill.c, gpu_prefill_scores_of_fp8_queries). */
-template <int N, int HP, int SRC, bool FP8, int OP>
-__global__ void __launch_bounds__(kScoreThreads, N >= 128 ? 1 : 2) score_kernel(const pf_args a) {
-#if HISA_K_SM90A
-    static_assert(FP8 || OP == HISA_WG_BF16, "fp16 and e4m3 operands only for fp8 codes");
-    static_assert(OP != HISA_WG_E4M3 || SRC != SRC_MEAN, "block means are bf16");
-    constexpr bool F16 = OP == HISA_WG_F16, E4M3 = OP == HISA_WG_E4M3;
-    constexpr int KS = hisa__wg_ksteps<OP>;
-    constexpr int NQ = N / HP;
-    const hisa_k_prefill_params &p = a.p;
+/* The CTA's shared inputs, staged once before its tiles: the Q tile in the operand form of OP
+ * (qs; qinv for F16), the weights ws[N] (times qinv for F16), and the page ids pg of the rows
+ * r_begin .. r_end - 1, so the tile loads need no dependent global read: TOK: blocks of the span
+ * (r_begin is a multiple of B); MEAN: the blocks themselves; CAND: the kept blocks (candidate r
+ * is token r % B of kept block r / B). Ends with a barrier. */
+template <int N, int HP, int SRC, int OP>
+__device__ __forceinline__ void stage_cta(const hisa_k_prefill_params &p, int q_first, int nq, int r_begin, int r_end,
+                                          uint8_t *qs, float *ws, float *qinv, int *pg) {
+    constexpr bool F16 = OP == HISA_WG_F16;
     const hisa_k_cache &c = p.cache;
-    const int B = c.block_size, H = c.n_heads;
-    const int q_first = a.row_begin + blockIdx.y * NQ;
-    if (q_first >= a.row_end) return;
-    const int nq = min(NQ, a.row_end - q_first);
-    const int lim_max = row_limit<SRC>(p, q_first + nq - 1); /* monotone in the row */
-    const int r_begin = blockIdx.x * a.span;
-    if (r_begin >= lim_max) return;
-
-    using L = score_layout<N>;
-    extern __shared__ uint8_t smem_raw[];
-    uint8_t *sm = reinterpret_cast<uint8_t *>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~(uintptr_t)1023);
-    uint8_t *qs = sm;
-    float *ws = reinterpret_cast<float *>(sm + L::ws);     /* [N] */
-    float *qinv = reinterpret_cast<float *>(sm + L::qinv); /* [N] */
-    int *pg = reinterpret_cast<int *>(sm + L::pg);         /* [<= 1024] pages of the CTA's rows */
-    const int tid = threadIdx.x;
-    const int r_end = min(r_begin + a.span, lim_max);
-
-    if constexpr (E4M3) load_q8<N, HP>(p, q_first, nq, qs);
+    const int B = c.block_size, H = c.n_heads, tid = threadIdx.x;
+    if constexpr (OP == HISA_WG_E4M3) load_q8<N, HP>(p, q_first, nq, qs);
     else if (p.q_format == HISA_K_Q_F32) load_q16<N, HP, F16, HISA_K_Q_F32>(p, q_first, nq, qs, qinv);
     else if (p.q_format == HISA_K_Q_BF16) load_q16<N, HP, F16, HISA_K_Q_BF16>(p, q_first, nq, qs, qinv);
     else load_q16<N, HP, F16, HISA_K_Q_FP8>(p, q_first, nq, qs, qinv);
@@ -213,9 +187,6 @@ __global__ void __launch_bounds__(kScoreThreads, N >= 128 ? 1 : 2) score_kernel(
         float wv = (qi < nq && h < H) ? __ldg(p.w + (int64_t)(q_first + qi) * H + h) : 0.0f;
         ws[n] = F16 ? wv * qinv[n] : wv;
     }
-    /* page ids of the rows r_begin .. r_end - 1, so the tile loads need no dependent global read:
-     * TOK: blocks of the span (r_begin is a multiple of B); MEAN: the blocks themselves; CAND:
-     * the kept blocks (candidate r is token r % B of kept block r / B) */
     const int32_t *pt = c.page_table + (int64_t)p.seq * c.pages_per_seq;
     if (SRC == SRC_TOK)
         for (int i = tid; i < (r_end - r_begin + B - 1) / B; i += kScoreThreads) pg[i] = pt[r_begin / B + i];
@@ -226,18 +197,25 @@ __global__ void __launch_bounds__(kScoreThreads, N >= 128 ? 1 : 2) score_kernel(
             pg[i] = pt[p.scratch.blocks[(int64_t)q_first * p.top_blocks + i]];
     hisa__fence_proxy_async();
     __syncthreads();
+}
 
-    const int wg = tid >> 7, warp4 = (tid >> 5) & 3, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
-    const uint32_t qs_addr = (uint32_t)__cvta_generic_to_shared(qs);
-    const int64_t layer_pages = (int64_t)p.layer * c.n_pages;
-    constexpr int RAW = FP8 ? 2 : 4; /* uint4 per row per thread: 32 fp8 codes or 32 bf16 */
-    int lims[NQ];
-#pragma unroll
-    for (int qi = 0; qi < NQ; qi++) lims[qi] = qi < nq ? row_limit<SRC>(p, q_first + qi) : 0;
+/* The four steps of one warpgroup's 64-row tile (load, convert, issue, epilogue), over the
+ * CTA's staged inputs. A thread owns rows r0 + 16 * warp4 + g and + 8 of a tile. */
+template <int N, int HP, int SRC, bool FP8, int OP>
+struct pf_tiles {
+    static constexpr bool F16 = OP == HISA_WG_F16, E4M3 = OP == HISA_WG_E4M3;
+    static constexpr int KS = hisa__wg_ksteps<OP>, NQ = N / HP;
+    static constexpr int RAW = FP8 ? 2 : 4; /* uint4 per row per thread: 32 fp8 codes or 32 bf16 */
+    const hisa_k_prefill_params &p;
+    const int *pg;     /* staged page ids */
+    const float *ws;   /* [N] staged weights */
+    uint32_t qs_addr;  /* the Q tile, shared-space address */
+    int q_first, r_begin, lim_max, B, lb, warp4, g, t4;
+    int64_t layer_pages;
 
-    /* raw A data of one tile: rows r0 + 16*warp4 + g (+8) (B is a power of two: shifts) */
-    const int lb = __ffs(B) - 1;
-    auto load = [&](int tile_r0, uint4 (&raw)[2][RAW], float (&sc)[2]) {
+    /* raw A data of one tile (B is a power of two: shifts) */
+    __device__ __forceinline__ void load(int tile_r0, uint4 (&raw)[2][RAW], float (&sc)[2]) const {
+        const hisa_k_cache &c = p.cache;
 #pragma unroll
         for (int hr = 0; hr < 2; hr++) {
             int r = tile_r0 + 16 * warp4 + g + 8 * hr;
@@ -263,11 +241,11 @@ __global__ void __launch_bounds__(kScoreThreads, N >= 128 ? 1 : 2) score_kernel(
 #pragma unroll
             for (int j = 0; j < RAW; j++) raw[hr][j] = __ldg(src + j);
         }
-    };
+    }
     /* one tile's raw rows into A fragments: E4M3 takes the code words as they are (k-step kk:
      * words 2kk, 2kk+1 of rows g, g+8; wgmma.cuh), F16 / BF16 convert fp8 codes (or take bf16
      * pairs), 4 bytes (2 words) per row and k-step */
-    auto convert = [&](const uint4 (&raw)[2][RAW], uint32_t (&af)[KS][4]) {
+    __device__ __forceinline__ static void convert(const uint4 (&raw)[2][RAW], uint32_t (&af)[KS][4]) {
 #pragma unroll
         for (int kk = 0; kk < KS; kk++)
 #pragma unroll
@@ -290,9 +268,10 @@ __global__ void __launch_bounds__(kScoreThreads, N >= 128 ? 1 : 2) score_kernel(
                     af[kk][2 + hr] = e4m3x2_to_bf16x2(v >> 16);
                 }
             }
-    };
-    /* one asynchronous group: acc = A(tile) x Q^T over K = 128 */
-    auto issue = [&](float (&acc)[N / 2], uint32_t (&af)[KS][4]) {
+    }
+    /* one asynchronous group: acc = A(tile) x Q^T over K = 128, waited for; after the wait the
+     * compiler may use acc and af again only from the fences on */
+    __device__ __forceinline__ void mma(float (&acc)[N / 2], uint32_t (&af)[KS][4]) const {
         hisa__wgmma_fence();
 #pragma unroll
         for (int kk = 0; kk < KS; kk++) {
@@ -300,18 +279,18 @@ __global__ void __launch_bounds__(kScoreThreads, N >= 128 ? 1 : 2) score_kernel(
             wgmma_rs<OP, N>::mma(acc, af[kk], hisa__pf_desc(at), kk > 0);
         }
         hisa__wgmma_commit();
-    };
-    /* after wait: the compiler may use acc and af again only from here on */
-    auto settle = [&](float (&acc)[N / 2], uint32_t (&af)[KS][4]) {
+        hisa__wgmma_wait<0>();
 #pragma unroll
         for (int i = 0; i < N / 2; i++) hisa__reg_fence(acc[i]);
 #pragma unroll
         for (int kk = 0; kk < KS; kk++)
 #pragma unroll
             for (int x = 0; x < 4; x++) hisa__reg_fence(af[kk][x]);
-    };
-    /* per query, sum over its heads of w * ReLU, rows g and g+8, times the row's scale */
-    auto epilogue = [&](const float (&acc)[N / 2], const float (&scl)[2], int cur) {
+    }
+    /* per query, sum over its heads of w * ReLU, rows g and g+8, times the row's scale; rows from
+     * each query's limit lims[qi] on are not written */
+    __device__ __forceinline__ void epilogue(const float (&acc)[N / 2], const float (&scl)[2], int cur,
+                                             const int (&lims)[NQ]) const {
         float part[NQ][2];
 #pragma unroll
         for (int qi = 0; qi < NQ; qi++) part[qi][0] = part[qi][1] = 0.0f;
@@ -334,29 +313,72 @@ __global__ void __launch_bounds__(kScoreThreads, N >= 128 ? 1 : 2) score_kernel(
                 int r = cur + 16 * warp4 + g + 8 * hr;
                 if (t4 == ((qi * 2 + hr) & 3) && r < lims[qi]) {
                     float *dst = SRC == SRC_MEAN
-                                     ? p.scratch.block_scores + (int64_t)(q_first + qi) * c.pages_per_seq
+                                     ? p.scratch.block_scores + (int64_t)(q_first + qi) * p.cache.pages_per_seq
                                      : p.scratch.scores + (int64_t)(q_first + qi) * p.max_context;
                     dst[r] = v * scl[hr];
                 }
             }
-    };
+    }
+};
 
-    uint4 raw[2][RAW];
+/* OP (wgmma.cuh's operand kinds): BF16, all exact; F16 (fp8 keys): A and B in fp16. The codes
+ * convert exactly (one instruction per pair); each query-head row of Q is scaled by a power of two
+ * 2^s so its largest |element| lies in [2^14, 2^15), which keeps every bf16 value exact in fp16
+ * except elements below 2^-28 of the row's largest (their products are far under the fp32
+ * rounding of the dot); w[h] * 2^-s undoes the scale (ReLU commutes with a positive factor).
+ * E4M3 (fp8 keys and fp8 queries, fp8_mma native only): both operands are the codes, no
+ * conversion at all; the products are exact, but the fp8 tensor core accumulates with about 13
+ * fraction bits (truncating), so a score is off by up to ~1e-4 of max |I|, SPEC's whole
+ * agreement eps (measured: tests/test_gpu_prefill.c, gpu_prefill_scores_of_fp8_queries). */
+template <int N, int HP, int SRC, bool FP8, int OP>
+__global__ void __launch_bounds__(kScoreThreads, N >= 128 ? 1 : 2) score_kernel(const pf_args a) {
+#if HISA_K_SM90A
+    static_assert(FP8 || OP == HISA_WG_BF16, "fp16 and e4m3 operands only for fp8 codes");
+    static_assert(OP != HISA_WG_E4M3 || SRC != SRC_MEAN, "block means are bf16");
+    using T = pf_tiles<N, HP, SRC, FP8, OP>;
+    constexpr int NQ = T::NQ;
+    const hisa_k_prefill_params &p = a.p;
+    const hisa_k_cache &c = p.cache;
+    const int B = c.block_size;
+    const int q_first = a.row_begin + blockIdx.y * NQ;
+    if (q_first >= a.row_end) return;
+    const int nq = min(NQ, a.row_end - q_first);
+    const int lim_max = row_limit<SRC>(p, q_first + nq - 1); /* monotone in the row */
+    const int r_begin = blockIdx.x * a.span;
+    if (r_begin >= lim_max) return;
+
+    using L = score_layout<N>;
+    extern __shared__ uint8_t smem_raw[];
+    uint8_t *sm = reinterpret_cast<uint8_t *>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~(uintptr_t)1023);
+    uint8_t *qs = sm;
+    float *ws = reinterpret_cast<float *>(sm + L::ws);     /* [N] */
+    float *qinv = reinterpret_cast<float *>(sm + L::qinv); /* [N] */
+    int *pg = reinterpret_cast<int *>(sm + L::pg);         /* [<= 1024] pages of the CTA's rows */
+    const int tid = threadIdx.x;
+    const int r_end = min(r_begin + a.span, lim_max);
+    stage_cta<N, HP, SRC, OP>(p, q_first, nq, r_begin, r_end, qs, ws, qinv, pg);
+
+    const int wg = tid >> 7, lane = tid & 31;
+    T t{p, pg, ws, (uint32_t)__cvta_generic_to_shared(qs), q_first, r_begin, lim_max, B, __ffs(B) - 1,
+        (tid >> 5) & 3, lane >> 2, lane & 3, (int64_t)p.layer * c.n_pages};
+    int lims[NQ];
+#pragma unroll
+    for (int qi = 0; qi < NQ; qi++) lims[qi] = qi < nq ? row_limit<SRC>(p, q_first + qi) : 0;
+
+    uint4 raw[2][T::RAW];
     float sc[2];
-    uint32_t af[KS][4];
+    uint32_t af[T::KS][4];
     const int step = 2 * kTile; /* the other warpgroup takes the tiles in between */
     int cur = r_begin + wg * kTile;
     if (cur >= r_end) return; /* warpgroup-uniform; no barrier follows */
-    load(cur, raw, sc);
+    t.load(cur, raw, sc);
     float acc[N / 2] = {};
     for (; cur < r_end; cur += step) {
-        convert(raw, af);
+        T::convert(raw, af);
         float scl[2] = {sc[0], sc[1]};
-        if (cur + step < r_end) load(cur + step, raw, sc); /* prefetch the next tile */
-        issue(acc, af);
-        hisa__wgmma_wait<0>();
-        settle(acc, af);
-        epilogue(acc, scl, cur);
+        if (cur + step < r_end) t.load(cur + step, raw, sc); /* prefetch the next tile */
+        t.mma(acc, af);
+        t.epilogue(acc, scl, cur, lims);
     }
 #else
     __trap(); /* never launched without Hopper code (hisa_k_device.hopper) */
