@@ -586,11 +586,6 @@ __global__ void __launch_bounds__(kTopkThreads) topk_kernel(const pf_args a, int
 
 /* --- launchers ------------------------------------------------------------------------------ */
 
-template <int N>
-constexpr size_t score_smem() {
-    return score_layout<N>::bytes;
-}
-
 template <class K>
 int set_smem(K kernel, size_t bytes) {
     return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes) == cudaSuccess
@@ -602,7 +597,7 @@ template <int N, int HP, int SRC, bool FP8, int OP = HISA_WG_BF16>
 int launch_score(cudaStream_t s, const pf_args &a, int lim_max) {
     constexpr int NQ = N / HP;
     dim3 grid((unsigned)((lim_max + a.span - 1) / a.span), (unsigned)((a.row_end - a.row_begin + NQ - 1) / NQ));
-    score_kernel<N, HP, SRC, FP8, OP><<<grid, kScoreThreads, score_smem<N>(), s>>>(a);
+    score_kernel<N, HP, SRC, FP8, OP><<<grid, kScoreThreads, score_layout<N>::bytes, s>>>(a);
     return hisa__k_launch_status();
 }
 
@@ -669,17 +664,17 @@ int launch_all(cudaStream_t s, const hisa_k_prefill_params &p, int flat_begin, i
 /* Every kernel a launch_all<HP> may run gets its shared-memory limit raised. */
 template <int N, int HP, int SRC>
 int init_tokens() {
-    int err = set_smem(score_kernel<N, HP, SRC, false, HISA_WG_BF16>, score_smem<N>());
-    if (!err) err = set_smem(score_kernel<N, HP, SRC, true, HISA_WG_E4M3>, score_smem<N>());
-    if (!err) err = set_smem(score_kernel<N, HP, SRC, true, HISA_WG_F16>, score_smem<N>());
-    if (!err) err = set_smem(score_kernel<N, HP, SRC, true, HISA_WG_BF16>, score_smem<N>());
+    int err = set_smem(score_kernel<N, HP, SRC, false, HISA_WG_BF16>, score_layout<N>::bytes);
+    if (!err) err = set_smem(score_kernel<N, HP, SRC, true, HISA_WG_E4M3>, score_layout<N>::bytes);
+    if (!err) err = set_smem(score_kernel<N, HP, SRC, true, HISA_WG_F16>, score_layout<N>::bytes);
+    if (!err) err = set_smem(score_kernel<N, HP, SRC, true, HISA_WG_BF16>, score_layout<N>::bytes);
     return err;
 }
 template <int HP>
 int init_heads() {
     int err = init_tokens<256, HP, SRC_TOK>();
     if (!err) err = init_tokens<HP, HP, SRC_CAND>();
-    if (!err) err = set_smem(score_kernel<256, HP, SRC_MEAN, false, HISA_WG_BF16>, score_smem<256>());
+    if (!err) err = set_smem(score_kernel<256, HP, SRC_MEAN, false, HISA_WG_BF16>, score_layout<256>::bytes);
     return err;
 }
 
