@@ -57,7 +57,7 @@ void hisa_bench_prefill_help(FILE *f) {
 typedef struct pb_opts {
     const char *json, *fmt_name, *q_format_name, *fp8_mma_name;
     int32_t reps, n_q, one_context, variant;
-    int32_t fp8_mma;  /* HISA_FP8_MMA_* of fp8_mma_name */
+    int32_t fp8_mma;  /* HISA_FP8_MMA_* of fp8_mma_name (NULL: exact) */
     int32_t fmt;      /* HISA_KEY_* of fmt_name */
     int32_t q_format; /* HISA_Q_* of q_format_name */
 } pb_opts;
@@ -65,7 +65,7 @@ typedef struct pb_opts {
 /* Options into o. Returns tool_parse_opts's codes (-1: --help) or TOOL_EXIT_USAGE. */
 static int pb_parse(int argc, char **argv, pb_opts *o) {
     assert(argc >= 1 && o);
-    *o = (pb_opts){.fmt_name = "fp8", .fp8_mma_name = "exact", .reps = 20, .n_q = 1024};
+    *o = (pb_opts){.fmt_name = "fp8", .reps = 20, .n_q = 1024};
     tool_opt opts[] = {
         {"json", TOOL_OPT_STR, &o->json, 0, 0, NULL},
         {"reps", TOOL_OPT_INT, &o->reps, 5, INT32_MAX, "timed calls per point"},
@@ -431,7 +431,7 @@ static int pb_run(const pb_opts *o, const pb_env *e, hisa_runtime *rt, int32_t s
     assert(n_ctx >= 1 && 2 * n_ctx <= 16);
     int err = 0;
     printf("keys %s, queries %s, fp8_mma %s, variant %d\n", o->fmt_name, tool_q_format_name(o->q_format),
-           o->fp8_mma_name, o->variant);
+           tool_fp8_mma_name(o->fp8_mma), o->variant);
     printf("%-5s %7s %8s %11s %11s %8s %8s %8s\n", "mode", "queries", "context", "median_us", "scoring_us", "tflops",
            "of_gemm", "speedup");
     for (int ci = 0; ci < n_ctx && !err; ci++) {
@@ -471,7 +471,7 @@ static int pb_write_json(const pb_opts *o, const pb_env *e, const pb_rec *recs, 
                 e->date, r->mode, r->queries, r->context, o->fmt_name, PB_H, PB_B, PB_M, PB_K, r->median_us,
                 r->scoring_us, r->flops, r->tflops, e->gemm, e->gemm_lib,
                 e->gemm > 0 ? 100.0 * r->tflops / e->gemm : 0.0, e->rtv, e->drv, o->variant,
-                tool_q_format_name(o->q_format), o->fp8_mma_name);
+                tool_q_format_name(o->q_format), tool_fp8_mma_name(o->fp8_mma));
         if (strcmp(r->mode, "hisa") == 0) fprintf(f, ", \"speedup_vs_flat\": %.3f", r->speedup);
         fprintf(f, "}%s\n", i + 1 < n_recs ? "," : "");
     }

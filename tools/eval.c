@@ -102,8 +102,7 @@ static int eval_parse(int argc, char **argv, eval_opts *o) {
     assert(n <= (int)(sizeof opts / sizeof opts[0]));
     int rc = tool_parse_opts("eval", argc, argv, opts, n);
     if (rc) return rc;
-    rc = tool_parse_q_format("eval", o->in.q_format_name, &o->in.q_format);
-    return rc ? rc : tool_parse_fp8_mma("eval", o->in.fp8_mma_name, &o->in.fp8_mma);
+    return tool_inputs_parse_names("eval", &o->in);
 }
 
 /* Checks the needle file against the inputs: int32 [n] or [n_q,n], positions in 0..L-1 or -1.

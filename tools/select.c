@@ -203,6 +203,12 @@ void tool_inputs_opts_add(tool_opt *opts, int *n, tool_inputs *in) {
     opts[(*n)++] = (tool_opt){"fp8-mma", TOOL_OPT_STR, &in->fp8_mma_name, 0, 0, NULL};
 }
 
+int tool_inputs_parse_names(const char *cmd, tool_inputs *in) {
+    assert(cmd && in);
+    int rc = tool_parse_q_format(cmd, in->q_format_name, &in->q_format);
+    return rc ? rc : tool_parse_fp8_mma(cmd, in->fp8_mma_name, &in->fp8_mma);
+}
+
 int tool_inputs_load(const char *cmd, tool_inputs *in) {
     char err[NPY_ERR_MAX];
     const struct {
@@ -389,8 +395,7 @@ static int select_parse(int argc, char **argv, select_opts *o) {
     assert(n <= (int)(sizeof opts / sizeof opts[0]));
     int rc = tool_parse_opts("select", argc, argv, opts, n);
     if (rc) return rc;
-    rc = tool_parse_q_format("select", o->in.q_format_name, &o->in.q_format);
-    if (!rc) rc = tool_parse_fp8_mma("select", o->in.fp8_mma_name, &o->in.fp8_mma);
+    rc = tool_inputs_parse_names("select", &o->in);
     if (rc) return rc;
     if (strcmp(o->mode_s, "hisa") == 0) o->mode = HISA_MODE_HISA;
     else if (strcmp(o->mode_s, "flat") == 0) o->mode = HISA_MODE_FLAT;

@@ -189,9 +189,11 @@ typedef struct tool_inputs {
 } tool_inputs;
 
 /* The options naming the inputs (--keys, --scales, --queries, --weights, --query-format) and how
- * fp8 queries are multiplied (--fp8-mma), appended to opts at *n; the caller turns the names
- * into q_format and fp8_mma (tool_parse_q_format, tool_parse_fp8_mma). */
+ * fp8 queries are multiplied (--fp8-mma), appended to opts at *n; after parsing,
+ * tool_inputs_parse_names turns the names into q_format and fp8_mma (0 or TOOL_EXIT_USAGE with
+ * the message). */
 void tool_inputs_opts_add(tool_opt *opts, int *n, tool_inputs *in);
+int tool_inputs_parse_names(const char *cmd, tool_inputs *in);
 /* Loads and cross-checks the four files; prints "hisa CMD: FILE: ..." and returns
  * TOOL_EXIT_USAGE on any problem, 0 on success. */
 int tool_inputs_load(const char *cmd, tool_inputs *in);
