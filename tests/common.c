@@ -150,10 +150,14 @@ void hisa_tgen_keys(uint64_t seed, int64_t pos0, int32_t n, float *keys) {
 }
 
 void hisa_tgen_query(uint64_t seed, int32_t H, int64_t near, float *q, float *w) {
+    hisa_tgen_query_keys(seed, seed, H, near, q, w);
+}
+
+void hisa_tgen_query_keys(uint64_t key_seed, uint64_t seed, int32_t H, int64_t near, float *q, float *w) {
     uint64_t s = mix(seed ^ 0x7777ull, (uint64_t)near);
     float topic[128];
     int64_t seg_start;
-    if (near >= 0) topic_vector(seed, segment_of(seed, near, &seg_start) % 37, topic);
+    if (near >= 0) topic_vector(key_seed, segment_of(key_seed, near, &seg_start) % 37, topic);
     for (int32_t h = 0; h < H; h++) {
         for (int d = 0; d < 128; d++)
             q[h * 128 + d] = (near >= 0 ? 0.5f * topic[d] : 0.0f) + 0.5f * hisa_test_gauss(&s);

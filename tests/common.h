@@ -31,8 +31,11 @@ int hisa_agree_blocks(const float *J, int32_t nb, int32_t m, const int32_t *bloc
  * of a topic vector plus noise, a few large sink tokens at positions 0..3. Same seed, same
  * positions: same keys, whatever the chunking. */
 void hisa_tgen_keys(uint64_t seed, int64_t pos0, int32_t n, float *keys /* [n,128] */);
-/* A query aligned with the topic at position `near` (or random when near < 0), weights mostly
- * positive. q [H,128], w [H]. */
+/* A query aligned with the topic at position `near` of the keys hisa_tgen_keys(key_seed, ..)
+ * writes (or random when near < 0), its noise and weights from seed; weights mostly positive.
+ * q [H,128], w [H]. hisa_tgen_query(seed, ..) is key_seed = seed: aligned with the keys only
+ * where they were written with that same seed (elsewhere its topic is one direction more). */
+void hisa_tgen_query_keys(uint64_t key_seed, uint64_t seed, int32_t H, int64_t near, float *q, float *w);
 void hisa_tgen_query(uint64_t seed, int32_t H, int64_t near, float *q, float *w);
 /* The fp8 form of H query heads f [H,128] with weights w [H] (SPEC "Queries", DeepSeek's
  * act_quant): codes [H,128] and w8 [H] = w * scale from tool_q_to_fp8, and vals [H,128] = the

@@ -28,6 +28,7 @@ typedef struct pf_pair {
     hisa_runtime *cpu, *gpu;
     hisa_config cfg;
     int32_t seq;
+    uint64_t key_seed; /* of the last pf_append: queries lean toward those keys' topics */
 } pf_pair;
 
 /* 1: opened both and a sequence in each; 0: no device (SKIP); -1: failure (reported). */
@@ -70,6 +71,7 @@ static int pf_append(hisa_test_ctx *ctx, pf_pair *p, int32_t n, uint64_t seed) {
     int e1 = hisa_seq_extend(p->cpu, p->seq, n), e2 = hisa_seq_extend(p->gpu, p->seq, n);
     CHECKF(!e1 && !e2, "extend: %s / %s", hisa_strerror(e1), hisa_strerror(e2));
     if (e1 || e2) return -1;
+    p->key_seed = seed;
     const int32_t chunk = p->cfg.max_prefill_queries;
     float *keys = malloc(sizeof(float) * (size_t)chunk * 128);
     for (int32_t pos = len; pos < len + n; pos += chunk) {
@@ -289,7 +291,7 @@ static void pf_chunk(hisa_test_ctx *ctx, pf_pair *p, hisa_mode mode, int32_t t0,
         int32_t t = t0 + i;
         int64_t near = (i % 5 == 4) ? -1 : (int64_t)((t * 7919ull + (uint64_t)i * 131ull) % (uint64_t)(t + 1));
         float *qi = q + (int64_t)i * H * 128, *wi = w + (int64_t)i * H;
-        hisa_tgen_query(qseed + (uint64_t)i, H, near, qi, wi);
+        hisa_tgen_query_keys(p->key_seed, qseed + (uint64_t)i, H, near, qi, wi);
         if (q8) {
             hisa_tquant_query(qi, wi, H, codes + (int64_t)i * H * 128, qi, w8 + (int64_t)i * H);
             memcpy(wi, w8 + (int64_t)i * H, sizeof(float) * (size_t)H);
@@ -496,8 +498,8 @@ HISA_TEST(gpu_prefill_long) {
  * PF_ALT) within 1e-5 of max |I|; the e4m3 tensor cores (fp8_mma native) within pf_native_eps's
  * bound at each token, and their error against max |I| printed (SPEC's eps is 1e-4 of it); and
  * above 1e-6 of max |I|, which the exact operands never reach: the native setting must reach
- * the kernel. H 64 and 128; odd rows are pure noise queries (much cancellation), even rows add a
- * topic direction (hisa_tgen_query's own, from the query seed: not one of the keys' topics). */
+ * the kernel. H 64 and 128; odd rows are pure noise queries (much cancellation), even rows lean
+ * toward the keys' topic at an earlier position. */
 static void pf_scores_case(hisa_test_ctx *ctx, pf_pair *p, int32_t t0, int32_t n_q, const float *q, const float *w,
                            const uint8_t *codes, int alt, float *got) {
     hisa_runtime *g = p->gpu;
@@ -568,7 +570,7 @@ HISA_TEST(gpu_prefill_scores_of_fp8_queries) {
             uint8_t *codes = malloc((size_t)n_q * H * 128);
             for (int32_t i = 0; i < n_q; i++) {
                 float *qi = q + (int64_t)i * H * 128, *wi = w + (int64_t)i * H;
-                hisa_tgen_query(980 + (uint64_t)i, H, i % 2 ? -1 : (int64_t)(t0 + i) * 37 % (t0 + i), qi, wi);
+                hisa_tgen_query_keys(p.key_seed, 980 + (uint64_t)i, H, i % 2 ? -1 : (int64_t)(t0 + i) * 37 % t0, qi, wi);
                 hisa_tquant_query(qi, wi, H, codes + (int64_t)i * H * 128, qi, wi);
             }
             for (int alt = 0; alt <= !native; alt++) pf_scores_case(ctx, &p, t0, n_q, q, w, codes, alt, got);
@@ -644,7 +646,7 @@ HISA_TEST(gpu_prefill_decode_agree) {
         float *q = malloc(sizeof(float) * H * 128), w[64];
         int32_t *dec = malloc(sizeof(int32_t) * k), *pre = malloc(sizeof(int32_t) * k);
         float *I = malloc(sizeof(float) * (t + 1)), *J = malloc(sizeof(float) * 128);
-        hisa_tgen_query(61, H, 1234, q, w);
+        hisa_tgen_query_keys(51, 61, H, 1234, q, w);
         REQUIRE(hisa__cpu_scores(p.cpu, 0, p.seq, t, q, HISA_Q_F32, w, I, J) == HISA_OK);
         for (int mode = 0; mode <= 1; mode++) {
             for (int32_t i = 0; i < k; i++) dec[i] = pre[i] = POISON_WORD;
