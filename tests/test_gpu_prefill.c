@@ -492,6 +492,39 @@ HISA_TEST(gpu_prefill_long) {
     }
 }
 
+/* Row lengths on both sides of the one-CTA top-k's reach (prefill.cu rows_shape: token rows of up
+ * to 8192 candidates, kept-block rows of up to 2048 blocks): HISA token rows of about m * B
+ * candidates and kept-block rows of nb - 2 blocks at 2, 4 and 8 keys per thread, and past the
+ * caps (row_topk). B = 32 keeps the contexts short; every row is judged, with f32 and fp8
+ * queries, positions and slots. */
+HISA_TEST(gpu_prefill_row_lengths) {
+    static const struct {
+        int32_t m, k, len;
+        const char *what;
+    } cases[] = {
+        {60, 256, 4096, "1.9K candidates, 126 blocks"},
+        {120, 512, 20000, "3.8K candidates, 623 blocks"},
+        {200, 512, 40000, "6.4K candidates, 1.2K blocks"},
+        {300, 512, 200000, "9.6K candidates, 6.2K blocks (both past the caps)"},
+    };
+    for (int c = 0; c < (int)(sizeof cases / sizeof cases[0]); c++) {
+        pf_pair p;
+        hisa_config cfg = hisa_tconfig(16, 32, cases[c].m, cases[c].k, HISA_KEY_FP8, (cases[c].len + 1023) / 1024 * 1024, 1);
+        cfg.max_prefill_queries = 64;
+        PF_OPEN(&p, cfg);
+        if (pf_append(ctx, &p, cases[c].len, 61 + (uint64_t)c) || pf_sync_bytes(ctx, &p)) {
+            pf_close(&p);
+            return;
+        }
+        char what[128];
+        snprintf(what, sizeof what, "%s, f32 queries", cases[c].what);
+        pf_chunk(ctx, &p, HISA_MODE_HISA, cases[c].len - 8, 8, 0, 0, 0, 1200 + 10 * (uint64_t)c, what);
+        snprintf(what, sizeof what, "%s, fp8 queries, slots", cases[c].what);
+        pf_chunk(ctx, &p, HISA_MODE_HISA, cases[c].len - 8, 8, PF_Q8 | HISA_SLOTS, 1, 0, 1205 + 10 * (uint64_t)c, what);
+        pf_close(&p);
+    }
+}
+
 /* The scores themselves, not only the selections: flat rows of fp8 queries scored on the GPU
  * against the SPEC formula in double over the same values (selections show an error only where
  * it meets a near-tie; this bounds it at every token). The exact operands (fp16; bf16 with

@@ -51,6 +51,7 @@
 #include <cub/block/block_scan.cuh>
 
 #include "../common.cuh"
+#include "../topk.cuh"
 #include "../wgmma.cuh"
 
 namespace {
@@ -902,55 +903,22 @@ __global__ void __launch_bounds__(kSplitThreads) hist_kernel(const sel_args a, i
 /* ------------------------------------------------------------------------------------------ */
 /* top-k                                                                                       */
 
-/* In a histogram of nbins (shared memory), walking bins from the top (desc) or the bottom, find
- * the bin where the running count reaches need (1 <= need <= total). Returns the bin and the
- * count strictly before it through shared slots; every thread gets them after the barrier. */
-template <int NT, int NBINS>
-__device__ void find_bin(const uint32_t *hist, uint32_t need, bool desc, int *out_bin, uint32_t *out_before) {
-    using scan_t = cub::BlockScan<uint32_t, NT>;
-    __shared__ typename scan_t::TempStorage tmp;
-    constexpr int PER = NBINS / NT;
-    static_assert(NBINS % NT == 0, "bins per thread");
-    const int tid = threadIdx.x;
-    uint32_t local = 0;
-#pragma unroll
-    for (int i = 0; i < PER; i++) {
-        int rank = tid * PER + i, bin = desc ? NBINS - 1 - rank : rank;
-        local += hist[bin];
-    }
-    uint32_t excl;
-    scan_t(tmp).ExclusiveSum(local, excl);
-    if (excl < need && need <= excl + local) {
-        uint32_t run = excl;
-        for (int i = 0; i < PER; i++) {
-            int rank = tid * PER + i, bin = desc ? NBINS - 1 - rank : rank;
-            if (run + hist[bin] >= need) {
-                *out_bin = bin;
-                *out_before = run;
-                break;
-            }
-            run += hist[bin];
-        }
-    }
-    __syncthreads();
-}
-
 /* Blocks stage, after the m - 2 kept ids of row d are emitted (by this CTA, or by others before a
- * fence): put them in ascending order by rank (they are distinct, so a block's slot is the number
- * of kept ids below it; m is small, no sort needed) and force blocks 0 and last. tmp holds m. */
-__device__ void order_kept_blocks(const sel_args &a, const row_desc &d, uint32_t *tmp) {
-    const int tid = threadIdx.x, m = a.p.top_blocks, n_mid = m - 2;
+ * fence): read them back into tmp (m entries) and write them in order with the forced blocks. */
+__device__ void order_kept_blocks(const sel_args &a, const row_desc &d, int32_t *tmp) {
+    const int m = a.p.top_blocks;
     int32_t *blocks = a.p.scratch.blocks + (int64_t)d.crow * m;
     __syncthreads(); /* this CTA's emits are visible to it */
-    for (int i = tid; i < n_mid; i += blockDim.x) tmp[i] = (uint32_t)__ldcg(blocks + 1 + i);
+    for (int i = threadIdx.x; i < m - 2; i += blockDim.x) tmp[i] = __ldcg(blocks + 1 + i);
     __syncthreads();
-    for (int i = tid; i < n_mid; i += blockDim.x) {
-        const uint32_t v = tmp[i];
-        int rank = 0;
-        for (int j = 0; j < n_mid; j++) rank += tmp[j] < v;
-        blocks[1 + rank] = (int32_t)v;
-    }
-    if (tid == 0) hisa__keep_forced(blocks, m, d.last);
+    hisa__k_write_kept(tmp, m, d.last, blocks);
+}
+
+/* A row with nothing to rank (n <= k): every entry in index order, then -1. */
+__device__ void write_all(const sel_args &a, const row_desc &d) {
+    const int n = a.stage == STAGE_RAW ? d.L : d.n;
+    for (int i = threadIdx.x; i < a.p.topk; i += blockDim.x)
+        a.p.out[(int64_t)d.crow * a.p.topk + i] = i < n ? token_value(a, d, i) : -1;
 }
 
 /* The second half of a row's top-k, run by one CTA (the last slice of the row to arrive). Level 1
@@ -962,12 +930,8 @@ __device__ void order_kept_blocks(const sel_args &a, const row_desc &d, uint32_t
 __device__ void finish_row(const sel_args &a, const row_desc &d, uint32_t *cand_s, uint32_t *hist, int *s_bin,
                            uint32_t *s_before, uint32_t *s_count, int known_b1, uint32_t known_above) {
     const int tid = threadIdx.x;
-    const hisa_k_select_params &p = a.p;
-    if (d.trivial) { /* n <= k: everything, in order, then -1 */
-        for (int i = tid; i < p.topk; i += kFinishThreads)
-            p.out[(int64_t)d.crow * p.topk + i] = i < d.L || (a.stage != STAGE_RAW && i < d.n)
-                                                      ? (a.stage == STAGE_RAW ? i : token_value(a, d, i))
-                                                      : -1;
+    if (d.trivial) {
+        write_all(a, d);
         return;
     }
     uint32_t need = (uint32_t)max(d.ksel, 0);
@@ -979,7 +943,7 @@ __device__ void finish_row(const sel_args &a, const row_desc &d, uint32_t *cand_
         for (int k = 0; k < kHistBins / kFinishThreads; k++)
             hist[tid + k * kFinishThreads] = __ldcg(d.work + kHist2Offset + tid + k * kFinishThreads);
         __syncthreads();
-        find_bin<kFinishThreads, kHistBins>(hist, need, true, s_bin, s_before);
+        hisa__k_find_bin<kFinishThreads, kHistBins>(hist, need, true, s_bin, s_before);
         const uint32_t d2 = (uint32_t)*s_bin, pre2 = (b1 << 11) | d2;
         need -= *s_before;
         const uint32_t eq2 = hist[d2];
@@ -1048,7 +1012,7 @@ __device__ void finish_row(const sel_args &a, const row_desc &d, uint32_t *cand_
         clear(2048);
         for_each([&](uint32_t key, uint32_t) { atomicAdd(&hist[key & 1023u], 1u); });
         __syncthreads();
-        find_bin<kFinishThreads, 1024>(hist, need, true, s_bin, s_before);
+        hisa__k_find_bin<kFinishThreads, 1024>(hist, need, true, s_bin, s_before);
         const uint32_t d3 = (uint32_t)*s_bin;
         need -= *s_before;
         const uint32_t T = (pre2 << 10) | d3;
@@ -1061,14 +1025,14 @@ __device__ void finish_row(const sel_args &a, const row_desc &d, uint32_t *cand_
                 if (key == T) atomicAdd(&hist[idx >> 12], 1u);
             });
             __syncthreads();
-            find_bin<kFinishThreads, 4096>(hist, need, false, s_bin, s_before);
+            hisa__k_find_bin<kFinishThreads, 4096>(hist, need, false, s_bin, s_before);
             const uint32_t ihi = (uint32_t)*s_bin, need2 = need - *s_before;
             clear(4096);
             for_each([&](uint32_t key, uint32_t idx) {
                 if (key == T && (idx >> 12) == ihi) atomicAdd(&hist[idx & 4095u], 1u);
             });
             __syncthreads();
-            find_bin<kFinishThreads, 4096>(hist, need2, false, s_bin, s_before);
+            hisa__k_find_bin<kFinishThreads, 4096>(hist, need2, false, s_bin, s_before);
             idxT = (ihi << 12) | (uint32_t)*s_bin;
         }
         if (tid == 0) *s_count = 0;
@@ -1082,7 +1046,7 @@ __device__ void finish_row(const sel_args &a, const row_desc &d, uint32_t *cand_
     }
     /* the histograms and counters are zero again for the next call */
     for (int b = tid; b < kCandOffset; b += kFinishThreads) d.work[b] = 0;
-    if (a.stage == STAGE_BLOCKS) order_kept_blocks(a, d, cand_s);
+    if (a.stage == STAGE_BLOCKS) order_kept_blocks(a, d, reinterpret_cast<int32_t *>(cand_s));
 }
 
 /* select: per (slice, row) CTA. Entries above the threshold bin are emitted; entries in it are
@@ -1107,7 +1071,7 @@ __global__ void __launch_bounds__(kFinishThreads, 2) select_kernel(const sel_arg
 #pragma unroll
     for (int k = 0; k < kHistBins / kFinishThreads; k++) hist[tid + k * kFinishThreads] = __ldcg(d.work + tid + k * kFinishThreads);
     __syncthreads();
-    find_bin<kFinishThreads, kHistBins>(hist, (uint32_t)d.ksel, true, &s_bin, &s_before);
+    hisa__k_find_bin<kFinishThreads, kHistBins>(hist, (uint32_t)d.ksel, true, &s_bin, &s_before);
     const uint32_t b1 = (uint32_t)s_bin, above1 = s_before;
     uint32_t *hist2 = hist + kHistBins;
     for (int b = tid; b < kHistBins; b += kFinishThreads) hist2[b] = 0;
@@ -1171,136 +1135,56 @@ __global__ void __launch_bounds__(kFinishThreads, 2) select_kernel(const sel_arg
     finish_row(a, d, cand_s, hist, &s_bin, &s_before, s_count, (int)b1, above1);
 }
 
-/* select_smem: the whole top-k of one row in one CTA, keys in registers.
+/* select_smem: the whole top-k of one row in one CTA, keys in registers (topk.cuh).
  * Why: a HISA row's candidates (m * B = 8192 at the production shape) and its block scores
  * (nb - 2) fit one CTA, so the split/finish path's global histograms, ticket and chain of
  * dependent L2 round trips become one CTA per row. It is a latency chain (batch 1 runs one
- * CTA), so it is built for a short one: 1024 threads, each holding KPT consecutive order keys
- * in registers; three radix passes (11 + 11 + 10 bits, shared histograms) find the threshold
- * key T; one block scan of (above T, equal to T) counts gives every thread its output slots, so
- * entries above T land in index order and the ties at T go to the lowest indices (SPEC). Output
- * values come from a per-block table in shared memory, so no emit reads global memory.
- * Measured on the H200 (bench/NOTES-decode.md): the 512-thread version over shared-memory keys
- * ran ~2400 dependent warp instructions per warp (17 us for 8192 candidates under ncu); this one
- * took HISA 1 x 128K from 36.3 to 30.5 us. Warp-aggregating the first pass's atomics
- * (__match_any_sync) measured slower than plain shared atomics (30.5 vs 29.1 us), so they are
- * plain.
+ * CTA), so it is built for a short one: 1024 threads, 2-16 keys each. Output values come from a
+ * per-block table in shared memory, so no emit reads global memory. Measured on the H200
+ * (bench/NOTES-decode.md): the 512-thread version over shared-memory keys ran ~2400 dependent
+ * warp instructions per warp (17 us for 8192 candidates under ncu); this one took HISA 1 x 128K
+ * from 36.3 to 30.5 us. Warp-aggregating the first pass's atomics (__match_any_sync) measured
+ * slower than plain shared atomics (30.5 vs 29.1 us), so they are plain.
  * Invariants: L <= kSmemSelCap; exactly ksel entries written; the scorer ran with a.hist = 0,
  * so the row's work words are untouched (still zero). */
 constexpr int kSmemSelCap = 16384;
 constexpr int kSelThreads = 1024;
-constexpr int kSelKptMax = kSmemSelCap / kSelThreads; /* 16 */
-static_assert(kSmemSelCap % kSelThreads == 0 && kSelKptMax <= 16, "keys per thread");
+static_assert(kSmemSelCap % kSelThreads == 0 && kSmemSelCap / kSelThreads <= 16, "keys per thread");
 static_assert(kSmemSelCap / HISA_BLOCK_MIN <= HISA_TOP_BLOCKS_MAX, "one output base per block of a row");
 
-struct sel_smem {
-    uint32_t hist[kHistBins];
-    int32_t aux[HISA_TOP_BLOCKS_MAX]; /* tokens: output value of entry j * B; blocks: kept ids by slot */
-    int bin;
-    uint32_t before;
-};
-using sel_scan_t = cub::BlockScan<uint32_t, kSelThreads>;
-
-/* One radix pass over this thread's keys: digit (k >> shift) & (2^BITS - 1) of the keys whose bits
- * above shift + BITS match T's; the bin where the descending count reaches need joins T, and need
- * loses the count above it. Ends on find_bin's barrier. */
-template <int KPT, int BITS, int SHIFT>
-__device__ __forceinline__ void sel_pass(const uint32_t (&k)[KPT], int i0, int L, uint32_t &T, uint32_t &need,
-                                         sel_smem &sm) {
-    constexpr int NB = 1 << BITS, top = SHIFT + BITS, shift = SHIFT;
-    for (int b = threadIdx.x; b < NB; b += kSelThreads) sm.hist[b] = 0;
-    __syncthreads();
-#pragma unroll
-    for (int j = 0; j < KPT; j++) {
-        const bool in = i0 + j < L && (top >= 32 || (k[j] >> (top & 31)) == (T >> (top & 31)));
-        const uint32_t bin = (k[j] >> shift) & (NB - 1);
-        if (in) atomicAdd(&sm.hist[bin], 1u);
-    }
-    __syncthreads();
-    find_bin<kSelThreads, NB>(sm.hist, need, true, &sm.bin, &sm.before);
-    T |= (uint32_t)sm.bin << shift;
-    need -= sm.before;
-}
-
-/* The top ksel of row d (L entries, L <= KPT * kSelThreads): thread t holds entries
- * t * KPT .. t * KPT + KPT - 1. put(slot, i) gets every selected entry once. */
-template <int KPT, typename Put>
-__device__ void sel_row(const row_desc &d, sel_smem &sm, typename sel_scan_t::TempStorage &scan_tmp, Put put) {
-    const int L = d.L, i0 = threadIdx.x * KPT;
-    uint32_t k[KPT];
-#pragma unroll
-    for (int j = 0; j < KPT; j++) k[j] = i0 + j < L ? hisa__k_order_key(__ldcg(d.scores + i0 + j)) : 0u;
-    uint32_t T = 0, need = (uint32_t)d.ksel;
-    sel_pass<KPT, 11, 21>(k, i0, L, T, need, sm);
-    sel_pass<KPT, 11, 10>(k, i0, L, T, need, sm);
-    sel_pass<KPT, 10, 0>(k, i0, L, T, need, sm);
-    /* need = how many entries equal to T to take (>= 1): the first ones in index order */
-    const uint32_t above = (uint32_t)d.ksel - need;
-    uint32_t cnt = 0; /* above T in the high half, equal in the low; each total < 2^16 */
-#pragma unroll
-    for (int j = 0; j < KPT; j++) cnt += i0 + j < L ? (k[j] > T ? 0x10000u : k[j] == T ? 1u : 0u) : 0u;
-    uint32_t pre;
-    sel_scan_t(scan_tmp).ExclusiveSum(cnt, pre);
-    uint32_t at_above = pre >> 16, at_tie = above + (pre & 0xffffu);
-#pragma unroll
-    for (int j = 0; j < KPT; j++) {
-        if (i0 + j >= L) continue;
-        if (k[j] > T) put(at_above++, i0 + j);
-        else if (k[j] == T && at_tie < (uint32_t)d.ksel) put(at_tie++, i0 + j);
-    }
-}
-
-/* Rows with nothing to rank: every entry (n <= k, -1 padded), or (blocks, m = 2) no middle block. */
-__device__ void sel_row_trivial(const sel_args &a, const row_desc &d) {
-    if (a.stage == STAGE_BLOCKS) {
-        if (threadIdx.x == 0) hisa__keep_forced(a.p.scratch.blocks + (int64_t)d.crow * a.p.top_blocks, a.p.top_blocks, d.last);
-        return;
-    }
-    for (int i = threadIdx.x; i < a.p.topk; i += kSelThreads)
-        a.p.out[(int64_t)d.crow * a.p.topk + i] = i < (a.stage == STAGE_RAW ? d.L : d.n) ? token_value(a, d, i) : -1;
-}
-
-/* Blocks stage: the m - 2 kept ids (by slot in sm.aux) in ascending order (distinct: a block's
- * place is the count below it), then the forced first and last block. */
-__device__ void sel_blocks_out(const sel_args &a, const row_desc &d, const sel_smem &sm) {
-    const int m = a.p.top_blocks, n_mid = m - 2;
-    int32_t *blocks = a.p.scratch.blocks + (int64_t)d.crow * m;
-    __syncthreads();
-    for (int i = threadIdx.x; i < n_mid; i += kSelThreads) {
-        const int32_t v = sm.aux[i];
-        int r = 0;
-        for (int j = 0; j < n_mid; j++) r += sm.aux[j] < v;
-        blocks[1 + r] = v;
-    }
-    if (threadIdx.x == 0) hisa__keep_forced(blocks, m, d.last);
-}
-
 __global__ void __launch_bounds__(kSelThreads) select_smem_kernel(const sel_args a) {
-    __shared__ sel_smem sm;
-    __shared__ typename sel_scan_t::TempStorage scan_tmp;
+    __shared__ hisa__k_rowsel_smem<kSelThreads> sm;
+    __shared__ int32_t aux[HISA_TOP_BLOCKS_MAX]; /* tokens: output value of entry j * B; blocks: kept ids by slot */
     pdl_trigger();
     const row_desc d = describe(a, blockIdx.x);
     pdl_wait(); /* the scores and kept blocks are the predecessors' */
     if (!d.active) return;
-    if (d.trivial || d.ksel <= 0) {
-        sel_row_trivial(a, d);
+    const bool blocks = a.stage == STAGE_BLOCKS;
+    if (d.trivial || d.ksel <= 0) { /* n <= k, or (blocks, m = 2) no middle block */
+        if (!blocks) write_all(a, d);
+        else if (threadIdx.x == 0) hisa__keep_forced(a.p.scratch.blocks + (int64_t)d.crow * a.p.top_blocks, a.p.top_blocks, d.last);
         return;
     }
-    const int L = d.L, B = a.p.cache.block_size, lb = __ffs(B) - 1; /* B is a power of two */
+    /* the valid entries only: HISA rows' padding candidates (NaN, key 0, after every valid one)
+     * are never among the top k ((m - 1) * B >= k are valid), and leaving them out keeps the
+     * row's key range (topk.cuh's rebase) that of its scores */
+    const int L = d.valid, B = a.p.cache.block_size, lb = __ffs(B) - 1; /* B is a power of two */
     if (a.stage == STAGE_TOKENS)
-        for (int j = threadIdx.x; j < (L + B - 1) >> lb; j += kSelThreads) sm.aux[j] = token_value(a, d, j << lb);
+        for (int j = threadIdx.x; j < (L + B - 1) >> lb; j += kSelThreads) aux[j] = token_value(a, d, j << lb);
     int32_t *out = a.p.out + (int64_t)d.crow * a.p.topk;
-    const bool blocks = a.stage == STAGE_BLOCKS;
     auto put = [&](uint32_t slot, int i) {
-        if (blocks) sm.aux[slot] = i + 1;
-        else out[slot] = sm.aux[i >> lb] + (i & (B - 1));
+        if (blocks) aux[slot] = i + 1;
+        else out[slot] = aux[i >> lb] + (i & (B - 1));
     };
-    /* the aux table is read only after sel_row's barriers */
-    if (L <= 2 * kSelThreads) sel_row<2>(d, sm, scan_tmp, put);
-    else if (L <= 4 * kSelThreads) sel_row<4>(d, sm, scan_tmp, put);
-    else if (L <= 8 * kSelThreads) sel_row<8>(d, sm, scan_tmp, put);
-    else sel_row<16>(d, sm, scan_tmp, put);
-    if (blocks) sel_blocks_out(a, d, sm);
+    /* the aux table is read only after the row select's barriers */
+    if (L <= 2 * kSelThreads) hisa__k_row_select<kSelThreads, 2>(d.scores, L, d.ksel, sm, put);
+    else if (L <= 4 * kSelThreads) hisa__k_row_select<kSelThreads, 4>(d.scores, L, d.ksel, sm, put);
+    else if (L <= 8 * kSelThreads) hisa__k_row_select<kSelThreads, 8>(d.scores, L, d.ksel, sm, put);
+    else hisa__k_row_select<kSelThreads, 16>(d.scores, L, d.ksel, sm, put);
+    if (blocks) {
+        __syncthreads();
+        hisa__k_write_kept(aux, a.p.top_blocks, d.last, a.p.scratch.blocks + (int64_t)d.crow * a.p.top_blocks);
+    }
 }
 
 /* q fragments, then max(the warps' rings, the bf16 staging of q) */

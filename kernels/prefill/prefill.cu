@@ -25,11 +25,12 @@
  *                                            scratch.blocks, score<CAND> over the kept blocks'
  *                                            tokens (candidate j = token j % B of kept block
  *                                            j / B: index order is position order)
- *   all rows                                 topk: radix select on the 64-bit composite
- *                                            (order key << 32 | ~index), so ties go to the lower
- *                                            index, as the SPEC asks; one launch for short and
- *                                            flat rows, one for HISA rows (smaller shared
- *                                            memory, more rows per SM).
+ *   all rows                                 top-k, ties to the lower index as the SPEC asks:
+ *                                            HISA rows (and keep) on the shared one-CTA top-k
+ *                                            (topk.cuh, rows_kernel) where they fit it; short
+ *                                            and flat rows (and longer HISA rows) by topk_kernel,
+ *                                            a radix select on the 64-bit composite
+ *                                            (order key << 32 | ~index).
  * Measured choices (bench/NOTES-prefill.md): one refine CTA per query (its Q tile loaded once),
  * page ids staged in shared memory, one accumulator per warpgroup (two CTAs per SM beat a
  * two-accumulator pipeline at one CTA per SM), fp16 operands for fp8 keys.
@@ -42,6 +43,7 @@
 #include <string.h>
 
 #include "../common.cuh"
+#include "../topk.cuh"
 #include "../wgmma.cuh"
 
 namespace {
@@ -392,53 +394,10 @@ struct topk_smem {
     uint32_t hist[kHistBins];
     uint32_t ck[CAP]; /* gathered order keys */
     uint32_t ci[CAP]; /* and their indices */
-    uint32_t scan[kTopkThreads / 32];
-    int n_out, n_cand, sel_bin, sel_above;
+    uint32_t sel_above;
+    int n_out, n_cand, sel_bin;
     int kept[HISA_TOP_BLOCKS_MAX];
 };
-
-/* Descending-cumulative search: the bin b with above(b) < rem <= above(b) + hist[b]. */
-template <int CAP>
-__device__ void find_bin(topk_smem<CAP> &s, int n_bins, int rem) {
-    const int tid = threadIdx.x, per = (n_bins + kTopkThreads - 1) / kTopkThreads;
-    uint32_t local = 0;
-    for (int e = 0; e < per; e++) {
-        int bin = n_bins - 1 - (tid * per + e);
-        if (bin >= 0) local += s.hist[bin];
-    }
-    /* exclusive scan over threads (thread order = descending bins) */
-    const int lane = tid & 31, warp = tid >> 5;
-    uint32_t incl = local;
-#pragma unroll
-    for (int o = 1; o < 32; o <<= 1) {
-        uint32_t y = __shfl_up_sync(0xffffffffu, incl, o);
-        if (lane >= o) incl += y;
-    }
-    if (lane == 31) s.scan[warp] = incl;
-    __syncthreads();
-    if (warp == 0) {
-        uint32_t v = lane < kTopkThreads / 32 ? s.scan[lane] : 0u, vi = v;
-#pragma unroll
-        for (int o = 1; o < 32; o <<= 1) {
-            uint32_t y = __shfl_up_sync(0xffffffffu, vi, o);
-            if (lane >= o) vi += y;
-        }
-        if (lane < kTopkThreads / 32) s.scan[lane] = vi - v; /* exclusive warp offsets */
-    }
-    __syncthreads();
-    uint32_t cum = s.scan[warp] + incl - local;
-    for (int e = 0; e < per; e++) {
-        int bin = n_bins - 1 - (tid * per + e);
-        if (bin < 0) break;
-        uint32_t h = s.hist[bin];
-        if (cum < (uint32_t)rem && cum + h >= (uint32_t)rem) {
-            s.sel_bin = bin;
-            s.sel_above = (int)cum;
-        }
-        cum += h;
-    }
-    __syncthreads();
-}
 
 /* The k largest of row[0..n) (n > k) by (order key desc, index asc); emit(index, slot) once for
  * each, slots 0..k-1. Radix select over the unique 64-bit composite key << 32 | ~index, 12 bits
@@ -464,7 +423,7 @@ __device__ void row_topk(const float *row, int n, int k, topk_smem<CAP> &s, Emit
     for (int level = 0; level < 6; level++) {
         const int sh = level < 5 ? 52 - 12 * level : 0, wd = level < 5 ? 12 : 4;
         const uint64_t dmask = (1ull << wd) - 1;
-        for (int b = tid; b < (1 << wd); b += kTopkThreads) s.hist[b] = 0;
+        for (int b = tid; b < kHistBins; b += kTopkThreads) s.hist[b] = 0; /* all: find_bin walks them */
         __syncthreads();
         for (int i = tid; i < n_src; i += kTopkThreads) {
             uint32_t idx;
@@ -472,9 +431,9 @@ __device__ void row_topk(const float *row, int n, int k, topk_smem<CAP> &s, Emit
             if ((cv & M) == P) atomicAdd(&s.hist[(cv >> sh) & dmask], 1u);
         }
         __syncthreads();
-        find_bin(s, 1 << wd, rem);
+        hisa__k_find_bin<kTopkThreads, kHistBins>(s.hist, (uint32_t)rem, true, &s.sel_bin, &s.sel_above);
         const uint32_t b = (uint32_t)s.sel_bin;
-        rem -= s.sel_above;
+        rem -= (int)s.sel_above;
         const int cnt = (int)s.hist[b];
         const bool take_all = cnt == rem, gather = !in_smem && !take_all && cnt <= CAP;
         if (tid == 0) s.n_cand = 0;
@@ -549,13 +508,56 @@ __global__ void __launch_bounds__(kTopkThreads) keep_kernel(const pf_args a) {
     const float *row = p.scratch.block_scores + (int64_t)i * p.cache.pages_per_seq + 1;
     if (m > 2) row_topk(row, last - 1, m - 2, s, [&](int idx, int slot) { s.kept[slot] = idx + 1; });
     __syncthreads();
-    int32_t *dst = p.scratch.blocks + (int64_t)i * m;
-    for (int j = threadIdx.x; j < m - 2; j += kTopkThreads) {
-        int v = s.kept[j], rank = 0;
-        for (int l = 0; l < m - 2; l++) rank += s.kept[l] < v;
-        dst[rank + 1] = v;
+    hisa__k_write_kept(s.kept, m, last, p.scratch.blocks + (int64_t)i * m);
+}
+
+/* HISA rows whose entries fit the shared one-CTA top-k (topk.cuh: keys in registers, at most
+ * three radix passes, ties by one scan) take it instead of keep_kernel and topk_kernel, whose
+ * levels of 12-bit digits over 64-bit composites ran ~350 instructions per candidate
+ * (bench/NOTES-prefill.md): the token rows (m * B <= 8192 candidates: the production shape) on
+ * 1024 threads, the kept-block rows (nb <= 2050 blocks: 256K tokens at B = 128) on 256, as a
+ * row's fixed cost (barriers, histogram scans) grows with the threads. At most 8 keys a thread
+ * in 32 registers, so 2048 threads per SM. The launcher picks it from host-known bounds. */
+template <bool KEEP>
+struct rows_shape {
+    static constexpr int threads = KEEP ? 256 : 1024;
+    static constexpr int cap = 8 * threads;
+};
+template <bool KEEP>
+struct rowsel_smem {
+    hisa__k_rowsel_smem<rows_shape<KEEP>::threads> sel;
+    int32_t aux[HISA_TOP_BLOCKS_MAX]; /* keep: kept ids by slot; tokens: output value of candidate j * B */
+};
+
+template <int NT, class Put>
+__device__ void rowsel(const float *row, int L, int ksel, hisa__k_rowsel_smem<NT> &sm, Put put) {
+    if (L <= 2 * NT) hisa__k_row_select<NT, 2>(row, L, ksel, sm, put);
+    else if (L <= 4 * NT) hisa__k_row_select<NT, 4>(row, L, ksel, sm, put);
+    else hisa__k_row_select<NT, 8>(row, L, ksel, sm, put);
+}
+
+/* KEEP: the kept blocks of HISA rows (as keep_kernel); else their tokens (as topk_kernel). */
+template <bool KEEP>
+__global__ void __launch_bounds__(rows_shape<KEEP>::threads, 2048 / rows_shape<KEEP>::threads) rows_kernel(const pf_args a) {
+    constexpr int NT = rows_shape<KEEP>::threads;
+    __shared__ rowsel_smem<KEEP> f;
+    const hisa_k_prefill_params &p = a.p;
+    const int i = a.row_begin + blockIdx.x, t = p.t0 + i, B = p.cache.block_size, m = p.top_blocks;
+    int32_t *kept = p.scratch.blocks + (int64_t)i * m;
+    if (KEEP) {
+        const int last = t / B;
+        const float *row = p.scratch.block_scores + (int64_t)i * p.cache.pages_per_seq + 1;
+        if (m > 2) rowsel(row, last - 1, m - 2, f.sel, [&](uint32_t slot, int idx) { f.aux[slot] = idx + 1; });
+        __syncthreads();
+        hisa__k_write_kept(f.aux, m, last, kept);
+        return;
     }
-    if (threadIdx.x == 0) hisa__keep_forced(dst, m, last);
+    const int lb = __ffs(B) - 1; /* B is a power of two */
+    for (int j = threadIdx.x; j < m; j += NT) f.aux[j] = to_slot(p, kept[j] << lb);
+    int32_t *out = p.out + (int64_t)i * p.topk;
+    /* output value = its block start's + the offset; aux is read only after rowsel's barriers */
+    rowsel(p.scratch.scores + (int64_t)i * p.max_context, (m - 1) * B + t % B + 1, p.topk, f.sel,
+           [&](uint32_t slot, int idx) { out[slot] = f.aux[idx >> lb] + (idx & (B - 1)); });
 }
 
 /* rows [row_begin, row_end): flat-scored rows (and n <= k rows) with CAP = kCandCap, HISA rows
@@ -639,7 +641,9 @@ int launch_all(cudaStream_t s, const hisa_k_prefill_params &p, int flat_begin, i
         a.span = 512;
         err = launch_score<256, HP, SRC_MEAN, false>(s, a, (p.t0 + n_q - 1) / B);
         if (err) return err;
-        keep_kernel<<<n_q - hisa_begin, kTopkThreads, sizeof(topk_smem<kCandCapSmall>), s>>>(a);
+        if ((p.t0 + n_q - 1) / B - 1 <= rows_shape<true>::cap)
+            rows_kernel<true><<<n_q - hisa_begin, rows_shape<true>::threads, 0, s>>>(a);
+        else keep_kernel<<<n_q - hisa_begin, kTopkThreads, sizeof(topk_smem<kCandCapSmall>), s>>>(a);
         if ((err = hisa__k_launch_status())) return err;
         int lim = p.top_blocks * B;
         a.span = lim; /* one CTA per query: its Q tile is loaded once */
@@ -655,7 +659,9 @@ int launch_all(cudaStream_t s, const hisa_k_prefill_params &p, int flat_begin, i
     if (hisa_begin < n_q) {
         a.row_begin = hisa_begin;
         a.row_end = n_q;
-        topk_kernel<kCandCapSmall><<<n_q - hisa_begin, kTopkThreads, sizeof(topk_smem<kCandCapSmall>), s>>>(a, hisa_begin);
+        if (p.top_blocks * B <= rows_shape<false>::cap)
+            rows_kernel<false><<<n_q - hisa_begin, rows_shape<false>::threads, 0, s>>>(a);
+        else topk_kernel<kCandCapSmall><<<n_q - hisa_begin, kTopkThreads, sizeof(topk_smem<kCandCapSmall>), s>>>(a, hisa_begin);
         if ((err = hisa__k_launch_status())) return err;
     }
     return HISA_K_OK;
