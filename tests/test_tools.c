@@ -1343,6 +1343,10 @@ HISA_TEST(tools_zero_means_zero_and_ranges) {
         {"stream --device cpu --context 16M --steps 1", 2,
          "--context 16777216 + --steps 1 x --next-n 1 = 16777217 tokens per stream: out of range"},
         {"stream --device cpu --steps many", 2, "--steps: 'many' is not an integer"},
+        /* named choices: each option names its own choices (tool_parse_choice) */
+        {"stream --device cpu --key-format f16", 2, "--key-format: 'f16'; expected fp8 ("},
+        {"bench prefill --key-format f16", 2, "--key-format: 'f16'; expected fp8 ("},
+        {"bench decode --kernels fast", 2, "--kernels: 'fast'; expected auto ("},
         /* lists: no empty entries, each in range */
         {"niah --device cpu --contexts 2K,,4K", 2, "--contexts '2K,,4K': an empty entry"},
         {"niah --device cpu --contexts 2K,", 2, "an empty entry"},

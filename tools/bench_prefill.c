@@ -78,11 +78,9 @@ static int pb_parse(int argc, char **argv, pb_opts *o) {
     int perr = tool_parse_opts("bench prefill", argc, argv, opts, 8);
     if (perr) return perr;
     if (tool_parse_q_format("bench prefill", o->q_format_name, &o->q_format)) return TOOL_EXIT_USAGE;
-    o->fmt = strcmp(o->fmt_name, "fp8") == 0 ? HISA_KEY_FP8 : strcmp(o->fmt_name, "bf16") == 0 ? HISA_KEY_BF16 : 0;
-    if (!o->fmt) {
-        fprintf(stderr, "hisa bench prefill: --key-format: '%s'; expected fp8 or bf16\n", o->fmt_name);
+    if (tool_parse_choice("bench prefill", "key-format", o->fmt_name, tool_key_formats, TOOL_N_CHOICES(tool_key_formats),
+                          &o->fmt))
         return TOOL_EXIT_USAGE;
-    }
     if (tool_parse_fp8_mma("bench prefill", o->fp8_mma_name, &o->fp8_mma)) return TOOL_EXIT_USAGE;
     if (o->one_context && o->one_context < o->n_q) {
         fprintf(stderr, "hisa bench prefill: --context %d: expected at least --queries %d (the chunk is the last "

@@ -21,7 +21,7 @@ const char *tool_device_name(int32_t device, char *buf, size_t buf_len) {
 }
 
 const char *tool_key_format_name(int32_t key_format) {
-    return key_format == HISA_KEY_BF16 ? "bf16" : "fp8";
+    return tool_choice_name(tool_key_formats, TOOL_N_CHOICES(tool_key_formats), key_format);
 }
 
 /* Every field of hisa_config a rule can name, with its common option. */

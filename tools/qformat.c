@@ -16,51 +16,23 @@
 #define D HISA_HEAD_DIM
 #define E4M3_MAX 448.0f
 
-/* The names an option takes, each with its value and a note for the error message; the first
- * is the default. One table per option serves parsing and naming. */
-typedef struct choice {
-    const char *name, *note;
-    int32_t value;
-} choice;
-static const choice k_q_formats[] = {
+static const tool_choice k_q_formats[] = {
     {"f32", "float32, the default", HISA_Q_F32},
     {"bf16", "uint16 bf16 bits", HISA_Q_BF16},
     {"fp8", "uint8 e4m3fn codes, scale folded into the weights", HISA_Q_FP8}};
-static const choice k_fp8_mma[] = {
+static const tool_choice k_fp8_mma[] = {
     {"exact", "the default: scores within SPEC's agreement rule", HISA_FP8_MMA_EXACT},
     {"native", "CUDA prefill multiplies fp8 queries by fp8 keys on the e4m3 tensor cores: faster, outside that "
                "rule; hisa.h", HISA_FP8_MMA_NATIVE}};
-#define N_CHOICES(t) (int)(sizeof(t) / sizeof((t)[0]))
-
-/* s (NULL: the default) into *out; else "hisa CMD: --OPT: 'S'; expected A (note), B (note) or C
- * (note)" and TOOL_EXIT_USAGE. */
-static int parse_choice(const char *cmd, const char *opt, const char *s, const choice *c, int n, int32_t *out) {
-    assert(cmd && opt && c && n >= 1 && out);
-    for (int i = 0; i < n; i++)
-        if (!s ? i == 0 : strcmp(s, c[i].name) == 0) {
-            *out = c[i].value;
-            return 0;
-        }
-    fprintf(stderr, "hisa %s: --%s: '%s'; expected ", cmd, opt, s);
-    for (int i = 0; i < n; i++)
-        fprintf(stderr, "%s%s (%s)", i == 0 ? "" : i == n - 1 ? " or " : ", ", c[i].name, c[i].note);
-    fprintf(stderr, "\n");
-    return TOOL_EXIT_USAGE;
-}
-static const char *choice_name(const choice *c, int n, int32_t value) {
-    for (int i = 1; i < n; i++)
-        if (c[i].value == value) return c[i].name;
-    return c[0].name;
-}
 
 int tool_parse_q_format(const char *cmd, const char *s, int32_t *out) {
-    return parse_choice(cmd, "query-format", s, k_q_formats, N_CHOICES(k_q_formats), out);
+    return tool_parse_choice(cmd, "query-format", s, k_q_formats, TOOL_N_CHOICES(k_q_formats), out);
 }
 int tool_parse_fp8_mma(const char *cmd, const char *s, int32_t *out) {
-    return parse_choice(cmd, "fp8-mma", s, k_fp8_mma, N_CHOICES(k_fp8_mma), out);
+    return tool_parse_choice(cmd, "fp8-mma", s, k_fp8_mma, TOOL_N_CHOICES(k_fp8_mma), out);
 }
-const char *tool_fp8_mma_name(int32_t fp8_mma) { return choice_name(k_fp8_mma, N_CHOICES(k_fp8_mma), fp8_mma); }
-const char *tool_q_format_name(int32_t q_format) { return choice_name(k_q_formats, N_CHOICES(k_q_formats), q_format); }
+const char *tool_fp8_mma_name(int32_t fp8_mma) { return tool_choice_name(k_fp8_mma, TOOL_N_CHOICES(k_fp8_mma), fp8_mma); }
+const char *tool_q_format_name(int32_t q_format) { return tool_choice_name(k_q_formats, TOOL_N_CHOICES(k_q_formats), q_format); }
 
 size_t tool_q_format_bytes(int32_t q_format) {
     return q_format == HISA_Q_BF16 ? 2 : q_format == HISA_Q_FP8 ? 1 : 4;

@@ -397,12 +397,11 @@ static int select_parse(int argc, char **argv, select_opts *o) {
     if (rc) return rc;
     rc = tool_inputs_parse_names("select", &o->in);
     if (rc) return rc;
-    if (strcmp(o->mode_s, "hisa") == 0) o->mode = HISA_MODE_HISA;
-    else if (strcmp(o->mode_s, "flat") == 0) o->mode = HISA_MODE_FLAT;
-    else {
-        fprintf(stderr, "hisa select: --mode: '%s'; expected hisa or flat\n", o->mode_s);
-        return TOOL_EXIT_USAGE;
-    }
+    static const tool_choice modes[] = {{"hisa", "blocks first, then tokens of the kept blocks", HISA_MODE_HISA},
+                                        {"flat", "every token, DSA's indexer", HISA_MODE_FLAT}};
+    int32_t mode = HISA_MODE_HISA;
+    if (tool_parse_choice("select", "mode", o->mode_s, modes, TOOL_N_CHOICES(modes), &mode)) return TOOL_EXIT_USAGE;
+    o->mode = (hisa_mode)mode;
     return o->out_path ? tool_check_output("select", "out", o->out_path) : 0;
 }
 
