@@ -13,18 +13,20 @@
  * top-k 86 -> 47 us and its kept-block top-m 19.5 -> 11.7 us for 1024 rows at 32K; decode
  * HISA 64 x 128K 88.2 -> 83.6 us.
  *
- * Invariants: 1 <= ksel <= L <= NT * KPT < 2^16 (the packed counts); the scores are complete
- * before the call (written by an earlier kernel, or before griddepcontrol.wait: they are read
- * through the read-only path); put(slot, i) is called exactly once for each selected entry,
- * slots 0 .. ksel-1. */
+ * Invariants: 1 <= ksel <= L <= NT * KPT < 2^16 (the packed counts); the scores were written by
+ * a predecessor grid and are read after it completed (a plain launch, or after
+ * griddepcontrol.wait), through the read-only path; put(slot, i) is called exactly once for each
+ * selected entry, slots 0 .. ksel-1. */
 #ifndef HISA_KERNELS_TOPK_CUH
 #define HISA_KERNELS_TOPK_CUH
 
 #include "common.cuh"
 
 /* In a histogram of NBINS (shared memory), walking bins from the top (desc) or the bottom, find
- * the bin where the running count reaches need (1 <= need <= total). Returns the bin and the
- * count strictly before it through shared slots; every thread gets them after the last barrier.
+ * the bin where the running count reaches need. Precondition, the callers' to keep: 1 <= need <=
+ * the histogram's total (else no warp matches and a stale s_warp may write a wrong bin; every
+ * caller's need is a count of entries it knows are there). Returns the bin and the count
+ * strictly before it through shared slots; every thread gets them after the last barrier.
  * Each thread sums its NBINS / NT bins (in walk order), warps reduce their sums, warp 0 scans
  * the warp totals and names the warp where the count reaches need, that warp scans its threads'
  * sums, and the one thread found walks its bins: three barriers and ~30 instructions a thread

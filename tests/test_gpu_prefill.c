@@ -493,10 +493,11 @@ HISA_TEST(gpu_prefill_long) {
 }
 
 /* Row lengths on both sides of the one-CTA top-k's reach (prefill.cu rows_shape: token rows of up
- * to 8192 candidates, kept-block rows of up to 2048 blocks): HISA token rows of about m * B
- * candidates and kept-block rows of nb - 2 blocks at 2, 4 and 8 keys per thread, and past the
- * caps (row_topk). B = 32 keeps the contexts short; every row is judged, with f32 and fp8
- * queries, positions and slots. */
+ * to 8192 candidates, kept-block rows of up to 2048 blocks, chosen per chunk by its last row):
+ * token rows of about m * B candidates and kept-block rows of nb - 2 blocks at 2, 4 and 8 keys per
+ * thread, kept-block rows at the cap and one past it, one stage under its cap with the other
+ * past (row_topk) and both past. B = 32 keeps the contexts short; the chunk is the last 8
+ * positions; every row is judged, with f32 and fp8 queries, positions and slots. */
 HISA_TEST(gpu_prefill_row_lengths) {
     static const struct {
         int32_t m, k, len;
@@ -505,7 +506,10 @@ HISA_TEST(gpu_prefill_row_lengths) {
         {60, 256, 4096, "1.9K candidates, 126 blocks"},
         {120, 512, 20000, "3.8K candidates, 623 blocks"},
         {200, 512, 40000, "6.4K candidates, 1.2K blocks"},
-        {300, 512, 200000, "9.6K candidates, 6.2K blocks (both past the caps)"},
+        {200, 512, 65600, "6.4K candidates, 2048 blocks (the cap)"},
+        {300, 512, 40000, "9.6K candidates (past the cap), 1.2K blocks"},
+        {200, 512, 200000, "6.4K candidates, 6.2K blocks (past the cap)"},
+        {300, 512, 65601, "9.6K candidates, 2048-2049 blocks (both past the caps)"},
     };
     for (int c = 0; c < (int)(sizeof cases / sizeof cases[0]); c++) {
         pf_pair p;
@@ -679,7 +683,7 @@ HISA_TEST(gpu_prefill_decode_agree) {
         float *q = malloc(sizeof(float) * H * 128), w[64];
         int32_t *dec = malloc(sizeof(int32_t) * k), *pre = malloc(sizeof(int32_t) * k);
         float *I = malloc(sizeof(float) * (t + 1)), *J = malloc(sizeof(float) * 128);
-        hisa_tgen_query_keys(51, 61, H, 1234, q, w);
+        hisa_tgen_query_keys(p.key_seed, 61, H, 1234, q, w);
         REQUIRE(hisa__cpu_scores(p.cpu, 0, p.seq, t, q, HISA_Q_F32, w, I, J) == HISA_OK);
         for (int mode = 0; mode <= 1; mode++) {
             for (int32_t i = 0; i < k; i++) dec[i] = pre[i] = POISON_WORD;

@@ -1166,8 +1166,7 @@ __global__ void __launch_bounds__(kSelThreads) select_smem_kernel(const sel_args
         return;
     }
     /* the valid entries only: HISA rows' padding candidates (NaN, key 0, after every valid one)
-     * are never among the top k ((m - 1) * B >= k are valid), and leaving them out keeps the
-     * row's key range (topk.cuh's rebase) that of its scores */
+     * are never among the top k ((m - 1) * B >= k are valid), so they need no ranking */
     const int L = d.valid, B = a.p.cache.block_size, lb = __ffs(B) - 1; /* B is a power of two */
     if (a.stage == STAGE_TOKENS)
         for (int j = threadIdx.x; j < (L + B - 1) >> lb; j += kSelThreads) aux[j] = token_value(a, d, j << lb);

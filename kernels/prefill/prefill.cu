@@ -28,8 +28,9 @@
  *   all rows                                 top-k, ties to the lower index as the SPEC asks:
  *                                            HISA rows (and keep) on the shared one-CTA top-k
  *                                            (topk.cuh, rows_kernel) where they fit it; short
- *                                            and flat rows (and longer HISA rows) by topk_kernel,
- *                                            a radix select on the 64-bit composite
+ *                                            and flat rows, and longer HISA rows (topk_kernel;
+ *                                            keep_kernel for their kept blocks), by a radix
+ *                                            select on the 64-bit composite
  *                                            (order key << 32 | ~index).
  * Measured choices (bench/NOTES-prefill.md): one refine CTA per query (its Q tile loaded once),
  * page ids staged in shared memory, one accumulator per warpgroup (two CTAs per SM beat a
@@ -511,8 +512,8 @@ __global__ void __launch_bounds__(kTopkThreads) keep_kernel(const pf_args a) {
     hisa__k_write_kept(s.kept, m, last, p.scratch.blocks + (int64_t)i * m);
 }
 
-/* HISA rows whose entries fit the shared one-CTA top-k (topk.cuh: keys in registers, at most
- * three radix passes, ties by one scan) take it instead of keep_kernel and topk_kernel, whose
+/* HISA rows whose entries fit the shared one-CTA top-k (topk.cuh: keys in registers, three
+ * radix passes, ties by one scan) take it instead of keep_kernel and topk_kernel, whose
  * levels of 12-bit digits over 64-bit composites ran ~350 instructions per candidate
  * (bench/NOTES-prefill.md): the token rows (m * B <= 8192 candidates: the production shape) on
  * 1024 threads, the kept-block rows (nb <= 2050 blocks: 256K tokens at B = 128) on 256, as a
@@ -560,8 +561,8 @@ __global__ void __launch_bounds__(rows_shape<KEEP>::threads, 2048 / rows_shape<K
            [&](uint32_t slot, int idx) { out[slot] = f.aux[idx >> lb] + (idx & (B - 1)); });
 }
 
-/* rows [row_begin, row_end): flat-scored rows (and n <= k rows) with CAP = kCandCap, HISA rows
- * (8K-ish candidates) with the small CAP so that more rows run at once */
+/* rows [row_begin, row_end): flat-scored rows (and n <= k rows) with CAP = kCandCap; HISA rows
+ * that rows_kernel cannot take (m * B > 8192 candidates) with the small CAP, more rows at once */
 template <int CAP>
 __global__ void __launch_bounds__(kTopkThreads) topk_kernel(const pf_args a, int hisa_begin) {
     const hisa_k_prefill_params &p = a.p;
