@@ -22,6 +22,16 @@
 
 #include "common.cuh"
 
+/* Inclusive prefix sum of v over the lanes of a full warp. */
+__device__ __forceinline__ uint32_t hisa__k_warp_incl_sum(uint32_t v, int lane) {
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+        const uint32_t y = __shfl_up_sync(0xffffffffu, v, o);
+        if (lane >= o) v += y;
+    }
+    return v;
+}
+
 /* In a histogram of NBINS (shared memory), walking bins from the top (desc) or the bottom, find
  * the bin where the running count reaches need. Precondition, the callers' to keep: 1 <= need <=
  * the histogram's total (else no warp matches and a stale s_warp may write a wrong bin; every
@@ -46,12 +56,7 @@ __device__ void hisa__k_find_bin(const uint32_t *hist, uint32_t need, bool desc,
     __syncthreads();
     if (warp == 0) {
         const uint32_t v = lane < NW ? tot[lane] : 0u;
-        uint32_t incl = v;
-#pragma unroll
-        for (int o = 1; o < 32; o <<= 1) {
-            const uint32_t y = __shfl_up_sync(0xffffffffu, incl, o);
-            if (lane >= o) incl += y;
-        }
+        const uint32_t incl = hisa__k_warp_incl_sum(v, lane);
         if (incl - v < need && need <= incl) {
             s_warp = lane;
             s_before = incl - v;
@@ -59,12 +64,7 @@ __device__ void hisa__k_find_bin(const uint32_t *hist, uint32_t need, bool desc,
     }
     __syncthreads();
     if (warp == s_warp) {
-        uint32_t incl = local;
-#pragma unroll
-        for (int o = 1; o < 32; o <<= 1) {
-            const uint32_t y = __shfl_up_sync(0xffffffffu, incl, o);
-            if (lane >= o) incl += y;
-        }
+        const uint32_t incl = hisa__k_warp_incl_sum(local, lane);
         uint32_t run = s_before + incl - local;
         if (run < need && need <= run + local)
             for (int i = 0; i < PER; i++) {
@@ -86,22 +86,12 @@ template <int NT>
 __device__ __forceinline__ uint32_t hisa__k_exclusive_sum(uint32_t v, uint32_t *tot) {
     constexpr int NW = NT / 32;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    uint32_t incl = v;
-#pragma unroll
-    for (int o = 1; o < 32; o <<= 1) {
-        const uint32_t y = __shfl_up_sync(0xffffffffu, incl, o);
-        if (lane >= o) incl += y;
-    }
+    const uint32_t incl = hisa__k_warp_incl_sum(v, lane);
     if (lane == 31) tot[warp] = incl;
     __syncthreads();
     if (warp == 0) {
         const uint32_t t = lane < NW ? tot[lane] : 0u;
-        uint32_t ti = t;
-#pragma unroll
-        for (int o = 1; o < 32; o <<= 1) {
-            const uint32_t y = __shfl_up_sync(0xffffffffu, ti, o);
-            if (lane >= o) ti += y;
-        }
+        const uint32_t ti = hisa__k_warp_incl_sum(t, lane);
         if (lane < NW) tot[lane] = ti - t;
     }
     __syncthreads();

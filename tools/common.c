@@ -200,31 +200,6 @@ int tool_parse_opts(const char *cmd, int argc, char **argv, const tool_opt *opts
     return 0;
 }
 
-int tool_parse_choice(const char *cmd, const char *opt, const char *s, const tool_choice *c, int n, int32_t *out) {
-    assert(cmd && opt && c && n >= 1 && out);
-    for (int i = 0; i < n; i++)
-        if (!s ? i == 0 : strcmp(s, c[i].name) == 0) {
-            *out = c[i].value;
-            return 0;
-        }
-    fprintf(stderr, "hisa %s: --%s: '%s'; expected ", cmd, opt, s);
-    for (int i = 0; i < n; i++)
-        fprintf(stderr, "%s%s (%s)", i == 0 ? "" : i == n - 1 ? " or " : ", ", c[i].name, c[i].note);
-    fprintf(stderr, "\n");
-    return TOOL_EXIT_USAGE;
-}
-
-const char *tool_choice_name(const tool_choice *c, int n, int32_t value) {
-    assert(c && n >= 1);
-    for (int i = 1; i < n; i++)
-        if (c[i].value == value) return c[i].name;
-    return c[0].name;
-}
-
-const tool_choice tool_key_formats[2] = {
-    {"fp8", "e4m3 codes with a per-token scale, 132 bytes a key: the default", HISA_KEY_FP8},
-    {"bf16", "256 bytes a key", HISA_KEY_BF16}};
-
 void tool_cfg_opts_add(tool_opt *opts, int *n, tool_cfg_opts *c) {
     opts[(*n)++] = (tool_opt){"device", TOOL_OPT_STR, &c->device, 0, 0, NULL};
     opts[(*n)++] = (tool_opt){"key-format", TOOL_OPT_STR, &c->key_format, 0, 0, NULL};

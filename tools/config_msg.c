@@ -20,10 +20,6 @@ const char *tool_device_name(int32_t device, char *buf, size_t buf_len) {
     return buf;
 }
 
-const char *tool_key_format_name(int32_t key_format) {
-    return tool_choice_name(tool_key_formats, TOOL_N_CHOICES(tool_key_formats), key_format);
-}
-
 /* Every field of hisa_config a rule can name, with its common option. */
 static const struct {
     const char *field, *option;

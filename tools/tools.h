@@ -67,20 +67,6 @@ typedef struct tool_opt {
  * "hisa CMD: ..." to stderr, or -1 when --help / -h was given (the caller prints its help and
  * exits 0). Positional arguments are refused. */
 int tool_parse_opts(const char *cmd, int argc, char **argv, const tool_opt *opts, int n_opts);
-/* An option that takes one of a few names: each with its value and a note for the error message;
- * the first is the default. One table per option serves parsing and naming. */
-typedef struct tool_choice {
-    const char *name, *note;
-    int32_t value;
-} tool_choice;
-#define TOOL_N_CHOICES(t) (int)(sizeof(t) / sizeof((t)[0]))
-/* s (NULL: the first) into *out. Returns 0, or TOOL_EXIT_USAGE after "hisa CMD: --OPT: 'S';
- * expected A (note), B (note) or C (note)". */
-int tool_parse_choice(const char *cmd, const char *opt, const char *s, const tool_choice *c, int n, int32_t *out);
-/* The name of value in c (the first's where none matches). */
-const char *tool_choice_name(const tool_choice *c, int n, int32_t value);
-/* --key-format fp8|bf16 (common.c): HISA_KEY_* */
-extern const tool_choice tool_key_formats[2];
 
 /* "64K" -> 65536 into *out; 0 on success, -1 on a malformed number, -2 on one outside int64. */
 int tool_parse_i64(const char *s, int64_t *out);
@@ -93,6 +79,24 @@ const char *tool_fmt_bytes(uint64_t bytes, char *buf, size_t buf_len);
  * that can be created or written (its directory exists and is writable; not a directory).
  * Nothing is left behind. Returns 0, or TOOL_EXIT_USAGE after "hisa CMD: --OPT PATH: ...". */
 int tool_check_output(const char *cmd, const char *opt, const char *path);
+
+/* --- named choices (tools/choice.c) --------------------------------------------------------- */
+/* An option that takes one of a few names: each with its value and a note for the error message;
+ * the first is the default. One table per option serves parsing and naming. */
+typedef struct tool_choice {
+    const char *name, *note;
+    int32_t value;
+} tool_choice;
+#define TOOL_N_CHOICES(t) (int)(sizeof(t) / sizeof((t)[0]))
+/* s (NULL: the first) into *out. Returns 0, or TOOL_EXIT_USAGE after "hisa CMD: --OPT: 'S';
+ * expected A (note), B (note) or C (note)". */
+int tool_parse_choice(const char *cmd, const char *opt, const char *s, const tool_choice *c, int n, int32_t *out);
+/* The name of value in c (the first's where none matches). */
+const char *tool_choice_name(const tool_choice *c, int n, int32_t value);
+/* --key-format fp8|bf16: HISA_KEY_* */
+extern const tool_choice tool_key_formats[2];
+/* "fp8" / "bf16". */
+const char *tool_key_format_name(int32_t key_format);
 
 /* --- the configuration options every command shares -------------------------------------- */
 typedef struct tool_cfg_opts {
@@ -272,7 +276,5 @@ double tool_iou(const int32_t *a, const int32_t *b, int32_t k, int32_t *scratch)
 int tool_selected(const int32_t *sel, int32_t k, int32_t pos);
 /* Writes a JSON string literal (quoted, escaped) of s to f. */
 void tool_json_string(FILE *f, const char *s);
-/* "bf16" / "fp8". */
-const char *tool_key_format_name(int32_t key_format);
 
 #endif /* HISA_TOOLS_H */
