@@ -65,10 +65,10 @@ struct pf_args {
     int span;               /* matrix rows per CTA step */
 };
 
-/* rows of the score matrix query row i sees (TOK: tokens 0..t, MEAN: blocks 0..last-1,
- * CAND: its candidates) */
+/* rows of the score matrix query row i sees (TOK: tokens 0..t, MEAN: blocks 0..last-1, so also
+ * last itself, CAND: its candidates); the kernels and the launchers' bounds both use it */
 template <int SRC>
-__device__ __forceinline__ int row_limit(const hisa_k_prefill_params &p, int i) {
+__host__ __device__ __forceinline__ int row_limit(const hisa_k_prefill_params &p, int i) {
     int t = p.t0 + i, B = p.cache.block_size;
     if (SRC == SRC_TOK) return t + 1;
     if (SRC == SRC_MEAN) return t / B;
@@ -505,8 +505,8 @@ __global__ void __launch_bounds__(kTopkThreads) keep_kernel(const pf_args a) {
     topk_smem<kCandCapSmall> &s = *reinterpret_cast<topk_smem<kCandCapSmall> *>(smem_raw);
     const int i = a.row_begin + blockIdx.x;
     if (i >= a.row_end) return;
-    const int t = p.t0 + i, last = t / p.cache.block_size, m = p.top_blocks;
-    const float *row = p.scratch.block_scores + (int64_t)i * p.cache.pages_per_seq + 1;
+    const int last = row_limit<SRC_MEAN>(p, i), m = p.top_blocks;
+    const float *row = p.scratch.block_scores + (int64_t)i * p.cache.pages_per_seq + 1; /* J of blocks 1.. */
     if (m > 2) row_topk(row, last - 1, m - 2, s, [&](int idx, int slot) { s.kept[slot] = idx + 1; });
     __syncthreads();
     hisa__k_write_kept(s.kept, m, last, p.scratch.blocks + (int64_t)i * m);
@@ -582,7 +582,7 @@ __global__ void __launch_bounds__(kTopkThreads) topk_kernel(const pf_args a, int
         const int32_t *kb = p.scratch.blocks + (int64_t)i * m;
         for (int j = threadIdx.x; j < m; j += kTopkThreads) s.kept[j] = kb[j];
         __syncthreads();
-        row_topk(row, (m - 1) * B + t % B + 1, k, s,
+        row_topk(row, row_limit<SRC_CAND>(p, i), k, s,
                  [&](int idx, int slot) { out[slot] = to_slot(p, s.kept[idx / B] * B + idx % B); });
     }
 }
@@ -625,7 +625,7 @@ int launch_all(cudaStream_t s, const hisa_k_prefill_params &p, int flat_begin, i
     if (flat_begin < hisa_begin) {
         a.row_begin = flat_begin;
         a.row_end = hisa_begin;
-        int lim = p.t0 + hisa_begin; /* t + 1 of the last flat row */
+        int lim = row_limit<SRC_TOK>(p, hisa_begin - 1); /* the last flat row's */
         /* spans: about 8 waves of CTAs (one CTA per SM), long enough to amortize the Q tile;
          * a multiple of 256 (>= B: spans start on block boundaries), at most 1024 blocks */
         int64_t groups = (hisa_begin - flat_begin + 255 / HP) / (256 / HP);
@@ -640,9 +640,9 @@ int launch_all(cudaStream_t s, const hisa_k_prefill_params &p, int flat_begin, i
         a.row_begin = hisa_begin;
         a.row_end = n_q;
         a.span = 512;
-        err = launch_score<256, HP, SRC_MEAN, false>(s, a, (p.t0 + n_q - 1) / B);
-        if (err) return err;
-        if ((p.t0 + n_q - 1) / B - 1 <= rows_shape<true>::cap)
+        const int last_max = row_limit<SRC_MEAN>(p, n_q - 1); /* rows are monotone in t */
+        if ((err = launch_score<256, HP, SRC_MEAN, false>(s, a, last_max))) return err;
+        if (last_max - 1 <= rows_shape<true>::cap)
             rows_kernel<true><<<n_q - hisa_begin, rows_shape<true>::threads, 0, s>>>(a);
         else keep_kernel<<<n_q - hisa_begin, kTopkThreads, sizeof(topk_smem<kCandCapSmall>), s>>>(a);
         if ((err = hisa__k_launch_status())) return err;
