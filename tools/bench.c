@@ -51,11 +51,6 @@ typedef struct decode_opts {
     int32_t kernels_v; /* HISA_KERNELS_* of kernels */
 } decode_opts;
 
-/* --kernels: hisa_config.kernels */
-static const tool_choice k_kernels[] = {
-    {"auto", "the scorer measured fastest on this device: the default", HISA_KERNELS_AUTO},
-    {"portable", "mma.sync", HISA_KERNELS_PORTABLE},
-    {"hopper", "warpgroup MMA fed by bulk copies", HISA_KERNELS_HOPPER}};
 
 /* Options into o. Returns tool_parse_opts's codes (-1: --help) or TOOL_EXIT_USAGE. */
 static int decode_parse(int argc, char **argv, decode_opts *o) {
@@ -71,7 +66,7 @@ static int decode_parse(int argc, char **argv, decode_opts *o) {
         {"kernels", TOOL_OPT_STR, &o->kernels, 0, 0, NULL}};
     int perr = tool_parse_opts("bench decode", argc, argv, opts, 7);
     if (perr) return perr;
-    if (tool_parse_choice("bench decode", "kernels", o->kernels, k_kernels, TOOL_N_CHOICES(k_kernels), &o->kernels_v))
+    if (tool_parse_choice("bench decode", "kernels", o->kernels, tool_kernels, TOOL_N_CHOICES(tool_kernels), &o->kernels_v))
         return TOOL_EXIT_USAGE;
     if (o->json) return tool_check_output("bench decode", "json", o->json);
     return 0;
@@ -630,7 +625,7 @@ static int decode_write_json(const char *json, const bench_env *e, const bench_r
                    "\"copy_gbps\": %.1f, \"read_gbps\": %.1f, \"bytes_read\": %.0f, \"kernels\": \"%s\"",
                 e->date, r->mode, r->batch, r->context, tool_q_format_name(r->q_format), r->next_n, r->median_us,
                 r->floor_us, e->copy_gbps, e->read_gbps, r->bytes,
-                tool_choice_name(k_kernels, TOOL_N_CHOICES(k_kernels), g_kernels));
+                tool_choice_name(tool_kernels, TOOL_N_CHOICES(tool_kernels), g_kernels));
         if (strcmp(r->mode, "hisa") == 0) fprintf(f, ", \"speedup_vs_flat\": %.3f", r->speedup);
         fprintf(f, "},\n");
     }

@@ -32,6 +32,11 @@ const tool_choice tool_key_formats[2] = {
     {"fp8", "e4m3 codes with a per-token scale, 132 bytes a key: the default", HISA_KEY_FP8},
     {"bf16", "256 bytes a key", HISA_KEY_BF16}};
 
+const tool_choice tool_kernels[3] = {
+    {"auto", "the scorer measured fastest on this device: the default", HISA_KERNELS_AUTO},
+    {"portable", "mma.sync", HISA_KERNELS_PORTABLE},
+    {"hopper", "warpgroup MMA fed by bulk copies", HISA_KERNELS_HOPPER}};
+
 const char *tool_key_format_name(int32_t key_format) {
     return tool_choice_name(tool_key_formats, TOOL_N_CHOICES(tool_key_formats), key_format);
 }

@@ -55,10 +55,11 @@ static void print_config_json(const hisa_config *c, const char *dev) {
     printf("\"device\": \"%s\", \"config\": {\"n_layers\": %d, \"n_heads\": %d, \"head_dim\": %d, "
            "\"block_size\": %d, \"top_blocks\": %d, \"topk\": %d, \"key_format\": \"%s\", "
            "\"payload_bytes\": %d, \"max_seqs\": %d, \"max_context\": %d, \"n_pages\": %d, "
-           "\"max_batch\": %d, \"max_prefill_queries\": %d, \"kernels\": %d, \"fp8_mma\": \"%s\"}",
+           "\"max_batch\": %d, \"max_prefill_queries\": %d, \"kernels\": \"%s\", \"fp8_mma\": \"%s\"}",
            dev, c->n_layers, c->n_heads, c->head_dim, c->block_size, c->top_blocks, c->topk,
            tool_key_format_name(c->key_format), c->payload_bytes, c->max_seqs, c->max_context,
-           c->n_pages, c->max_batch, c->max_prefill_queries, c->kernels, tool_fp8_mma_name(c->fp8_mma));
+           c->n_pages, c->max_batch, c->max_prefill_queries,
+           tool_choice_name(tool_kernels, TOOL_N_CHOICES(tool_kernels), c->kernels), tool_fp8_mma_name(c->fp8_mma));
 }
 
 /* The --gpu-mem answer: how many sequences fit, their plan, and the configuration rule that
