@@ -54,6 +54,10 @@ __device__ __forceinline__ void hisa__mbar_init_fence() { asm volatile("fence.mb
 __device__ __forceinline__ void hisa__mbar_expect_tx(uint64_t *bar, uint32_t bytes) {
     asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(hisa__smem_u32(bar)), "r"(bytes) : "memory");
 }
+/* One arrival (no transaction bytes): a consumer warp's release of a stage it has read. */
+__device__ __forceinline__ void hisa__mbar_arrive(uint64_t *bar) {
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(hisa__smem_u32(bar)) : "memory");
+}
 __device__ __forceinline__ void hisa__mbar_wait(uint64_t *bar, uint32_t parity) {
     asm volatile(
         "{\n.reg .pred P1;\nLAB_WAIT:\n"

@@ -281,16 +281,17 @@ __device__ __forceinline__ void flush_hist(uint32_t *hist, uint32_t *work) {
     }
 }
 
-using plan_scan_t = cub::BlockScan<int, kScoreThreads>;
+template <int NT = kScoreThreads>
+using plan_scan_t = cub::BlockScan<int, NT>;
 
 /* The work plan of a scoring launch, derived by every CTA alike from the device lengths: row r
  * of the launch has ceil(L / UNIT) units of work, cut into chunks of C units (C sized so the grid
  * gets ~4 chunks per CTA, within [kChunkMinUnits, cmax]); prefix[r] is the row's first chunk and
- * prefix[n_rows] the total. Returns C. Called by all kScoreThreads threads; ends on a barrier. */
-template <int UNIT>
+ * prefix[n_rows] the total. Returns C. Called by all NT threads of the CTA; ends on a barrier. */
+template <int UNIT, int NT = kScoreThreads>
 __device__ int plan_chunks(const sel_args &a, int cmax, int *prefix, int *s_chunk_units,
-                           typename plan_scan_t::TempStorage &tmp) {
-    static_assert(HISA_K_ROWS_PER_LAUNCH <= 2 * kScoreThreads, "two rows per thread");
+                           typename plan_scan_t<NT>::TempStorage &tmp) {
+    static_assert(HISA_K_ROWS_PER_LAUNCH <= 2 * NT, "two rows per thread");
     const int tid = threadIdx.x;
     int units[2], pre[2], total;
 #pragma unroll
@@ -302,7 +303,7 @@ __device__ int plan_chunks(const sel_args &a, int cmax, int *prefix, int *s_chun
             units[i] = d.active && !d.trivial && d.ksel > 0 ? (d.L + UNIT - 1) / UNIT : 0;
         }
     }
-    plan_scan_t(tmp).ExclusiveSum(units, pre, total);
+    plan_scan_t<NT>(tmp).ExclusiveSum(units, pre, total);
     if (tid == 0) {
         long long want = ((long long)total + (long long)gridDim.x * 4 - 1) / ((long long)gridDim.x * 4);
         *s_chunk_units = (int)min(max(want, (long long)kChunkMinUnits), (long long)cmax);
@@ -313,7 +314,7 @@ __device__ int plan_chunks(const sel_args &a, int cmax, int *prefix, int *s_chun
 #pragma unroll
     for (int i = 0; i < 2; i++) chunks[i] = (units[i] + C - 1) / C;
     __syncthreads(); /* tmp is reused */
-    plan_scan_t(tmp).ExclusiveSum(chunks, cpre, n_chunks);
+    plan_scan_t<NT>(tmp).ExclusiveSum(chunks, cpre, n_chunks);
 #pragma unroll
     for (int i = 0; i < 2; i++)
         if (2 * tid + i < a.n_rows) prefix[2 * tid + i] = cpre[i];
@@ -353,7 +354,7 @@ __global__ void __launch_bounds__(kScoreThreads, 3) score_kernel(const sel_args 
     __shared__ int prefix[HISA_K_ROWS_PER_LAUNCH + 1];
     __shared__ int pg[kPageSlots];
     __shared__ int s_chunk_units;
-    __shared__ typename plan_scan_t::TempStorage scan_tmp;
+    __shared__ typename plan_scan_t<>::TempStorage scan_tmp;
 
     pdl_trigger();
     const hisa_k_select_params &p = a.p;
@@ -627,22 +628,29 @@ __global__ void __launch_bounds__(kScoreThreads, 3) score_kernel(const sel_args 
  * the query's heads as N (B: an fp16 K-major tile in shared memory, built once per row, scaled per
  * head by a power of two exactly as the portable path does), K = 128: 8 wgmma per 64 entries, and
  * the head sum runs along N inside a thread plus two shuffles. Pages arrive by 1-D bulk copies
- * (cp.async.bulk: the TMA engine without a tensor map) into a ring of kWgStages stages, each
- * tracked by an mbarrier armed with its byte count and issued kWgStages tiles ahead by thread 0.
+ * (cp.async.bulk: the TMA engine without a tensor map) into a ring of kWgStages stages.
+ * Warp-specialized: a fifth warp only issues the copies (lane 0), so the warpgroup's MMAs never
+ * wait on address arithmetic or a CTA barrier; each stage has a full barrier (armed with its byte
+ * count, completed by the copies) and an empty one (one arrival per consumer warp once it has
+ * read the stage), which the producer waits on before refilling it. Measured (NOTES-decode.md):
+ * with thread 0 of the warpgroup issuing the refills behind a CTA barrier per tile, the copies'
+ * address arithmetic sat on every tile's MMA path.
  *
  * Invariants: fp8 keys only (bf16 keys keep the portable scorer); a tile is 64 entries of one row
  * in two 32-entry halves, each inside one page (B is a multiple of 32, tiles start at multiples
  * of 64); a half at or past L is not copied and rows of it are never written; the CTA's g-th tile
- * uses stage g % S with barrier parity (g / S) & 1 (g counts across chunks); a stage is refilled
- * only after every thread has read it (the barrier before the refill). Same work plan, outputs
- * and histogram contract as score_kernel. */
-constexpr int kWgThreads = kScoreThreads; /* one warpgroup; plan_chunks's scan is sized for it */
+ * uses stage g % S with full-barrier parity (g / S) & 1 and, for g >= S, is issued after the
+ * empty barrier's phase (g / S - 1) completed (g counts across chunks, alike on both sides); the
+ * producer issues exactly the tiles the consumers read, chunk by chunk, between the CTA barriers
+ * that bracket a chunk. Same work plan, outputs and histogram contract as score_kernel. */
+constexpr int kWgConsumers = 128;              /* one warpgroup multiplies */
+constexpr int kWgThreads = kWgConsumers + 32; /* and one warp copies */
 constexpr int kWgTile = 64;
-constexpr int kWgStages = 4;
+constexpr int kWgStages = 6;
 constexpr int kWgCodeBytes = kWgTile * HISA_D;            /* 8192 */
 constexpr int kWgStageBytes = kWgCodeBytes + kWgTile * 4; /* + 64 fp32 scales */
 constexpr int kWgChunkMaxTiles = 256;                     /* 16384 entries: <= 513 pages at B = 32 */
-static_assert(kWgThreads == 128, "one warpgroup");
+static_assert(kWgConsumers == 128, "one warpgroup");
 static_assert(kWgChunkMaxTiles * kWgTile / 32 + 1 <= kPageSlots, "a chunk's page ids fit pg");
 static_assert(kWgStageBytes % 128 == 0, "stages stay 16-byte aligned");
 
@@ -656,13 +664,13 @@ constexpr int wg_n_index(int H) { return H <= 16 ? 0 : H <= 32 ? 1 : H <= 64 ? 2
 template <int N>
 __device__ void wg_build_q(const hisa_k_select_params &p, int crow, uint8_t *qs, float *ws) {
     const int tid = threadIdx.x, H = p.cache.n_heads;
-    static_assert((N * 16) % kWgThreads == 0, "chunks per thread");
-    constexpr int IT = N * 16 / kWgThreads, G = IT < 4 ? IT : 4;
+    static_assert((N * 16) % kWgConsumers == 0, "chunks per thread");
+    constexpr int IT = N * 16 / kWgConsumers, G = IT < 4 ? IT : 4;
     for (int it0 = 0; it0 < IT; it0 += G) {
         float2 vv[G][4]; /* G rounds of loads in flight at once (one L2 round trip, not G) */
 #pragma unroll
         for (int u = 0; u < G; u++) {
-            const int idx = tid + (it0 + u) * kWgThreads, n = idx >> 4, ch = idx & 15, atom = ch >> 3, cc = ch & 7;
+            const int idx = tid + (it0 + u) * kWgConsumers, n = idx >> 4, ch = idx & 15, atom = ch >> 3, cc = ch & 7;
             const int64_t src = ((int64_t)crow * H + min(n, H - 1)) * HISA_D;
 #pragma unroll
             for (int e = 0; e < 8; e += 2)
@@ -671,7 +679,7 @@ __device__ void wg_build_q(const hisa_k_select_params &p, int crow, uint8_t *qs,
         }
 #pragma unroll
         for (int u = 0; u < G; u++) {
-            const int idx = tid + (it0 + u) * kWgThreads, n = idx >> 4, ch = idx & 15, atom = ch >> 3, cc = ch & 7;
+            const int idx = tid + (it0 + u) * kWgConsumers, n = idx >> 4, ch = idx & 15, atom = ch >> 3, cc = ch & 7;
             float2 (&v)[4] = vv[u];
             float amax = 0.0f;
 #pragma unroll
@@ -697,52 +705,77 @@ __device__ void wg_build_q(const hisa_k_select_params &p, int crow, uint8_t *qs,
     hisa__fence_proxy_async(); /* the generic stores above, before wgmma reads them */
 }
 
-/* Thread 0: arm stage (gi % S) with the bytes of tile `tile` of row d and start its copies. */
+/* The producer's lane 0: arm stage (gi % S) with the bytes of tile `tile` of row d and start its copies. */
 [[maybe_unused]] __device__ __forceinline__ void wg_issue(const hisa_k_select_params &p, const row_desc &d, const int *pg, int s0,
                                          int tile, uint32_t gi, uint8_t *ring, uint64_t *full) {
     const hisa_k_cache &c = p.cache;
-    const int B = c.block_size, e0 = tile * kWgTile;
+    const int B = c.block_size, lb = __ffs(B) - 1, e0 = tile * kWgTile; /* B is a power of two */
     uint8_t *st = ring + (gi % kWgStages) * kWgStageBytes;
     uint64_t *bar = full + gi % kWgStages;
     const int halves = e0 + 32 < d.L ? 2 : 1;
     hisa__mbar_expect_tx(bar, (uint32_t)halves * (32 * HISA_D + 32 * 4));
     for (int h = 0; h < halves; h++) {
-        const int e = e0 + 32 * h, off = e % B;
-        const uint8_t *page = c.keys + ((int64_t)p.layer * c.n_pages + pg[e / B - s0]) * c.page_bytes;
+        const int e = e0 + 32 * h, off = e & (B - 1);
+        const uint8_t *page = c.keys + ((int64_t)p.layer * c.n_pages + pg[(e >> lb) - s0]) * c.page_bytes;
         hisa__bulk_copy(st + h * 32 * HISA_D, page + hisa__code_offset(off), 32 * HISA_D, bar);
         hisa__bulk_copy(st + kWgCodeBytes + h * 128, page + hisa__scale_offset(B, off), 128, bar);
     }
 }
 
+/* The producer warp's share of a chunk: lane 0 issues its nt tiles (CTA tiles gtile ..), each
+ * into its stage once the consumers have released that stage's previous tile. */
+[[maybe_unused]] __device__ __forceinline__ void wg_produce(const hisa_k_select_params &p, const row_desc &d, const int *pg,
+                                                            int s0, int t0, int nt, uint32_t gtile, uint8_t *ring,
+                                                            uint64_t *full, uint64_t *empty) {
+    const int lane = threadIdx.x & 31;
+    for (int i = 0; i < nt; i++) {
+        const uint32_t gi = gtile + (uint32_t)i;
+        if (gi >= (uint32_t)kWgStages) hisa__mbar_wait(empty + gi % kWgStages, (gi / kWgStages - 1) & 1u);
+        if (lane == 0) {
+            hisa__fence_proxy_async(); /* the consumers' reads of the stage, before the copy's writes */
+            wg_issue(p, d, pg, s0, t0 + i, gi, ring, full);
+        }
+        __syncwarp();
+    }
+}
+
 template <int N>
-__global__ void __launch_bounds__(kWgThreads, N >= 128 ? 2 : 3) score_wg_kernel(const sel_args a) {
+__global__ void __launch_bounds__(kWgThreads, N >= 128 ? 1 : 2) score_wg_kernel(const sel_args a) {
 #if HISA_K_SM90A
     extern __shared__ uint8_t wg_smem_raw[];
-    uint8_t *qs = reinterpret_cast<uint8_t *>((reinterpret_cast<uintptr_t>(wg_smem_raw) + 1023) & ~(uintptr_t)1023);
+    /* 1024-byte aligned by offsetting the shared array itself, not through an integer: the
+     * pointers below stay in the shared window, so their reads are LDS, not generic loads */
+    uint8_t *qs = wg_smem_raw + ((1024u - (hisa__smem_u32(wg_smem_raw) & 1023u)) & 1023u);
     uint8_t *ring = qs + 2 * N * 128;
-    __shared__ __align__(8) uint64_t full[kWgStages];
+    __shared__ __align__(8) uint64_t full[kWgStages], empty[kWgStages];
     __shared__ float ws[N];
     __shared__ uint32_t hist[kHistBins];
     __shared__ int prefix[HISA_K_ROWS_PER_LAUNCH + 1];
     __shared__ int pg[kPageSlots];
     __shared__ int s_chunk_units;
-    __shared__ typename plan_scan_t::TempStorage scan_tmp;
+    __shared__ typename plan_scan_t<kWgThreads>::TempStorage scan_tmp;
 
     pdl_trigger();
     const hisa_k_select_params &p = a.p;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t4 = lane & 3;
-    const int B = p.cache.block_size;
+    const bool producer = tid >= kWgConsumers;
     if (tid == 0) {
-        for (int s = 0; s < kWgStages; s++) hisa__mbar_init(full + s, 1);
+        for (int s = 0; s < kWgStages; s++) {
+            hisa__mbar_init(full + s, 1);
+            hisa__mbar_init(empty + s, kWgConsumers / 32);
+        }
         hisa__mbar_init_fence();
     }
     for (int b = tid; b < kHistBins; b += kWgThreads) hist[b] = 0;
-    const int C = plan_chunks<kWgTile>(a, kWgChunkMaxTiles, prefix, &s_chunk_units, scan_tmp);
+    const int C = plan_chunks<kWgTile, kWgThreads>(a, kWgChunkMaxTiles, prefix, &s_chunk_units, scan_tmp);
     const int n_chunks = prefix[a.n_rows];
     const int c_begin = (int)((int64_t)n_chunks * blockIdx.x / gridDim.x);
     const int c_end = (int)((int64_t)n_chunks * (blockIdx.x + 1) / gridDim.x);
     const uint32_t qs_addr = hisa__smem_u32(qs);
-    uint32_t gtile = 0; /* tiles this CTA has started: stage and barrier parity */
+    /* rows 16 * warp + g (+8) of a tile: 32 code bytes at 32 * t4 (a quarter-warp's rows g, g+1
+     * share banks: a 2-way conflict on 4 loads a tile, cheaper than ordering the loads by row) */
+    const int code_off = (16 * warp + g) * HISA_D + 32 * t4, sc_off = kWgCodeBytes + 4 * (16 * warp + g);
+    uint32_t gtile = 0; /* tiles this CTA has started: stage and barrier parities */
     int cur_row = -1;
     bool waited = false;
     row_desc d;
@@ -754,55 +787,49 @@ __global__ void __launch_bounds__(kWgThreads, N >= 128 ? 2 : 3) score_wg_kernel(
             if (cur_row >= 0 && a.hist) flush_hist(hist, d.work);
             d = describe(a, r);
             cur_row = r;
-            wg_build_q<N>(p, d.crow, qs, ws);
+            if (!producer) wg_build_q<N>(p, d.crow, qs, ws);
         }
         const int t0 = (chunk - prefix[r]) * C, t1 = min(t0 + C, (d.L + kWgTile - 1) / kWgTile), nt = t1 - t0;
         if (!waited) { /* from here on: kept blocks and the scores (predecessor's) */
             pdl_wait();
             waited = true;
         }
-        const int s0 = t0 * kWgTile / B, s1 = (min(t1 * kWgTile, d.L) - 1) / B;
+        const int s0 = t0 * kWgTile / p.cache.block_size, s1 = (min(t1 * kWgTile, d.L) - 1) / p.cache.block_size;
         const int32_t *pt = p.cache.page_table + (int64_t)d.seq * p.cache.pages_per_seq;
         for (int s = s0 + tid; s <= s1; s += kWgThreads)
             pg[s - s0] = pt[d.path == PATH_HISA ? p.scratch.blocks[(int64_t)d.crow * p.top_blocks + s] : s];
-        __syncthreads(); /* pg, qs, ws, and every thread is past the last chunk's stage reads */
-        if (tid == 0) {
-            hisa__fence_proxy_async();
-            for (int i = 0; i < min(kWgStages, nt); i++) wg_issue(p, d, pg, s0, t0 + i, gtile + i, ring, full);
+        __syncthreads(); /* pg, qs, ws */
+        if (producer) {
+            wg_produce(p, d, pg, s0, t0, nt, gtile, ring, full, empty);
+            gtile += (uint32_t)nt;
+            continue;
         }
-        /* Software pipeline, two accumulators: while the MMAs of tile i run, the stage of tile i+1
-         * is read and the epilogue of tile i-1 runs. af is rewritten only after wait<0>. */
-        uint4 raw[2][2];
+        /* Consumers, software-pipelined with two accumulators: the MMAs of tile i run while the
+         * epilogue of tile i - 1 does; af is rewritten only after wait<0>. */
         float sc[2], sc_prev[2] = {0.0f, 0.0f};
         uint32_t af[8][4];
         float acc0[N / 2] = {}, acc1[N / 2] = {}; /* defined once; each tile's first MMA overwrites */
-        auto read_stage = [&](int i) { /* tile i's rows into raw/sc, then release the stage */
+        auto load_stage = [&](int i) { /* tile i's codes (converted) into af, scales into sc; release */
             const uint32_t gi = gtile + i;
             const uint8_t *st = ring + (gi % kWgStages) * kWgStageBytes;
             hisa__mbar_wait(full + gi % kWgStages, (gi / kWgStages) & 1u);
-            /* rows 16 * warp + g (+8): 32 code bytes at 32 * t4; odd g reads its two 16-byte
-             * pieces in the other order so a quarter-warp's rows g, g+1 hit different banks */
 #pragma unroll
             for (int hr = 0; hr < 2; hr++) {
-                const int row = 16 * warp + g + 8 * hr;
-                const uint4 *src = reinterpret_cast<const uint4 *>(st + row * HISA_D + 32 * t4);
-                const uint4 x0 = src[g & 1], x1 = src[(g & 1) ^ 1];
-                raw[hr][0] = (g & 1) ? x1 : x0;
-                raw[hr][1] = (g & 1) ? x0 : x1;
-                sc[hr] = *reinterpret_cast<const float *>(st + kWgCodeBytes + 4 * row);
+                const uint4 *src = reinterpret_cast<const uint4 *>(st + code_off + hr * 8 * HISA_D);
+#pragma unroll
+                for (int half = 0; half < 2; half++) {
+                    const uint4 x = src[half];
+                    e4m3x4_to_f16x4(x.x, af[4 * half + 0][hr], af[4 * half + 0][2 + hr]);
+                    e4m3x4_to_f16x4(x.y, af[4 * half + 1][hr], af[4 * half + 1][2 + hr]);
+                    e4m3x4_to_f16x4(x.z, af[4 * half + 2][hr], af[4 * half + 2][2 + hr]);
+                    e4m3x4_to_f16x4(x.w, af[4 * half + 3][hr], af[4 * half + 3][2 + hr]);
+                }
+                sc[hr] = *reinterpret_cast<const float *>(st + sc_off + 32 * hr);
             }
-            __syncthreads(); /* every thread has read the stage: refill it */
-            if (tid == 0 && i + kWgStages < nt) {
-                hisa__fence_proxy_async();
-                wg_issue(p, d, pg, s0, t0 + i + kWgStages, gi + kWgStages, ring, full);
-            }
+            __syncwarp();
+            if (lane == 0) hisa__mbar_arrive(empty + gi % kWgStages);
         };
-        auto mma = [&](float (&acc)[N / 2]) { /* raw -> af, then 8 asynchronous wgmma */
-#pragma unroll
-            for (int kk = 0; kk < 8; kk++)
-#pragma unroll
-                for (int hr = 0; hr < 2; hr++)
-                    e4m3x4_to_f16x4(reinterpret_cast<const uint32_t *>(&raw[hr][kk >> 2])[kk & 3], af[kk][hr], af[kk][2 + hr]);
+        auto mma = [&](float (&acc)[N / 2]) { /* 8 asynchronous wgmma over af */
             hisa__wgmma_fence(); /* kk = 0 overwrites acc (scale_d 0): no zeroing per tile */
 #pragma unroll
             for (int kk = 0; kk < 8; kk++)
@@ -843,9 +870,9 @@ __global__ void __launch_bounds__(kWgThreads, N >= 128 ? 2 : 3) score_wg_kernel(
         };
         /* tile i in acc (i even: acc0), tile i - 1 in the other */
         auto step = [&](int i, float (&acc)[N / 2], float (&prev)[N / 2]) {
-            read_stage(i);
             hisa__wgmma_wait<0>(); /* tile i - 1's MMAs: af and prev are free */
             settle(prev);
+            load_stage(i);
             mma(acc);
             if (i > 0) epilogue(prev, i - 1, sc_prev);
             sc_prev[0] = sc[0];
@@ -882,13 +909,19 @@ __global__ void __launch_bounds__(kSplitThreads) hist_kernel(const sel_args a, i
     __syncthreads();
     int64_t lo = (int64_t)d.L * x / X, hi = (int64_t)d.L * (x + 1) / X;
     constexpr int U = 8;
-    for (int64_t base = lo + tid; base < hi; base += kSplitThreads * U) {
-        float v[U];
+    float v[U], next[U]; /* the next iteration's loads in flight while this one counts */
+    auto load = [&](int64_t base) {
 #pragma unroll
         for (int u = 0; u < U; u++) {
             int64_t i = base + u * kSplitThreads;
-            v[u] = i < hi ? __ldg(d.scores + i) : 0.0f;
+            next[u] = i < hi ? __ldg(d.scores + i) : 0.0f;
         }
+    };
+    if (lo + tid < hi) load(lo + tid);
+    for (int64_t base = lo + tid; base < hi; base += kSplitThreads * U) {
+#pragma unroll
+        for (int u = 0; u < U; u++) v[u] = next[u];
+        if (base + kSplitThreads * U < hi) load(base + kSplitThreads * U);
 #pragma unroll
         for (int u = 0; u < U; u++)
             if (base + u * kSplitThreads < hi) atomicAdd(&hist[hisa__k_order_key(v[u]) >> kHistShift], 1u);
@@ -938,6 +971,7 @@ __device__ void finish_row(const sel_args &a, const row_desc &d, uint32_t *cand_
     if (need > 0) {
         const uint32_t b1 = (uint32_t)known_b1, above = known_above; /* level 1, from the main phase */
         need -= above;
+        const uint32_t n_cand = __ldcg(d.work + kCandCounter); /* in flight with the histogram's loads */
         __syncthreads();
 #pragma unroll
         for (int k = 0; k < kHistBins / kFinishThreads; k++)
@@ -947,7 +981,6 @@ __device__ void finish_row(const sel_args &a, const row_desc &d, uint32_t *cand_
         const uint32_t d2 = (uint32_t)*s_bin, pre2 = (b1 << 11) | d2;
         need -= *s_before;
         const uint32_t eq2 = hist[d2];
-        const uint32_t n_cand = __ldcg(d.work + kCandCounter);
         const bool from_buffer = n_cand <= (uint32_t)a.cand_cap;
         const bool l2_smem = eq2 <= (uint32_t)kSmemCand;
         if (tid == 0) *s_count = 0;
@@ -1080,13 +1113,25 @@ __global__ void __launch_bounds__(kFinishThreads, 2) select_kernel(const sel_arg
     uint2 *cand = reinterpret_cast<uint2 *>(d.work + kCandOffset);
     const uint32_t cap = (uint32_t)a.cand_cap;
     constexpr int U = 8; /* loads in flight per thread */
-    for (int base = lo + warp * 32 * U; base < hi; base += kFinishThreads * U) {
-        uint32_t keys[U];
+    constexpr int kStride = kFinishThreads * U;
+    /* The next iteration's scores are loaded before this one's atomics and writes, so their
+     * latency overlaps the counters' round trip instead of following it (measured: the loop
+     * was bound by that chain, one L2 round trip after another). */
+    float next[U];
+    auto load = [&](int base) {
 #pragma unroll
         for (int u = 0; u < U; u++) {
             int i = base + 32 * u + lane;
-            keys[u] = i < hi ? hisa__k_order_key(__ldg(d.scores + i)) : 0u;
+            next[u] = i < hi ? __ldg(d.scores + i) : 0.0f;
         }
+    };
+    if (lo + warp * 32 * U < hi) load(lo + warp * 32 * U);
+    for (int base = lo + warp * 32 * U, it = 0; base < hi; base += kStride, it++) {
+        assert(it <= (hi - lo) / kStride);
+        uint32_t keys[U];
+#pragma unroll
+        for (int u = 0; u < U; u++) keys[u] = base + 32 * u + lane < hi ? hisa__k_order_key(next[u]) : 0u;
+        if (base + kStride < hi) load(base + kStride);
         /* one global atomic per list per warp and iteration (same-address atomics serialize) */
         uint32_t m_above[U], m_in[U], n_above = 0, n_in = 0;
         const uint32_t lt = (1u << lane) - 1u;
