@@ -23,10 +23,41 @@
 
 #define POISON_WORD 0x7f7f7f7f
 
+/* The key seed of each range of positions written to a sequence (newest last), so that a
+ * test's queries lean toward the topics actually there (hisa_tgen_query_keys). */
+enum { PAIR_SEQS = 64, PAIR_RANGES = 4 };
+typedef struct pair_ranges {
+    int32_t start[PAIR_RANGES];
+    uint64_t seed[PAIR_RANGES];
+    int n;
+} pair_ranges;
+
 typedef struct pair {
     hisa_runtime *cpu, *gpu;
     hisa_config cfg;
+    pair_ranges ranges[PAIR_SEQS];
 } pair;
+
+/* Writes of seed from position start on (a new range unless it continues the newest one). */
+static void pair_note_seed(hisa_test_ctx *ctx, pair *p, int32_t seq, int32_t start, uint64_t seed) {
+    REQUIRE(seq >= 0 && seq < PAIR_SEQS);
+    pair_ranges *r = &p->ranges[seq];
+    if (r->n > 0 && r->seed[r->n - 1] == seed && r->start[r->n - 1] <= start) return;
+    REQUIRE(r->n < PAIR_RANGES);
+    r->start[r->n] = start;
+    r->seed[r->n] = seed;
+    r->n++;
+}
+
+/* The seed the keys at position pos of seq were written with: the newest range starting at or
+ * before pos (writes after a truncation start at its cut, so they supersede what it removed). */
+static uint64_t pair_key_seed(const pair *p, int32_t seq, int64_t pos) {
+    if (seq < 0 || seq >= PAIR_SEQS || pos < 0) return 0;
+    const pair_ranges *r = &p->ranges[seq];
+    for (int i = r->n - 1; i >= 0; i--)
+        if (r->start[i] <= pos) return r->seed[i];
+    return 0;
+}
 
 /* 1: opened both; 0: no device (SKIP); -1: failure (already reported). */
 static int pair_open(hisa_test_ctx *ctx, pair *p, hisa_config cfg) {
@@ -69,6 +100,7 @@ static int pair_append(hisa_test_ctx *ctx, pair *p, int32_t seq, int32_t n, uint
     int32_t len = 0;
     hisa_seq_length(p->cpu, seq, &len);
     BOTH(hisa_seq_extend(p->cpu, seq, n), hisa_seq_extend(p->gpu, seq, n));
+    pair_note_seed(ctx, p, seq, len, seed);
     float *keys = malloc(sizeof(float) * (size_t)chunk * 128);
     for (int32_t pos = len; pos < len + n; pos += chunk) {
         int32_t c = len + n - pos < chunk ? len + n - pos : chunk;
@@ -242,9 +274,11 @@ static void decode_and_check(hisa_test_ctx *ctx, pair *p, const int32_t *seqs, i
     for (int32_t i = 0; i < n_seqs; i++) {
         int32_t len = 0;
         hisa_seq_length(p->cpu, seqs[i], &len);
-        /* aligned with a random earlier position for half the rows, random for the rest */
-        hisa_tgen_query(qseed + (uint64_t)i, H, (i & 1) ? (int64_t)((qseed * 31 + (uint64_t)i * 7) % (uint64_t)len) : -1,
-                        q + (int64_t)i * H * 128, w + (int64_t)i * H);
+        /* aligned with the topic of a random earlier position for half the rows (the keys'
+         * own seed there), random for the rest */
+        const int64_t near = (i & 1) ? (int64_t)((qseed * 31 + (uint64_t)i * 7) % (uint64_t)len) : -1;
+        hisa_tgen_query_keys(pair_key_seed(p, seqs[i], near), qseed + (uint64_t)i, H, near, q + (int64_t)i * H * 128,
+                             w + (int64_t)i * H);
     }
     hisa_decode req = {.layer = 0, .mode = mode, .n_seqs = n_seqs, .seq_ids = seqs, .q = q, .w = w, .out = out,
                        .flags = HISA_HOST_IO};
@@ -552,8 +586,8 @@ HISA_GPU_TEST(gpu_graph_replay_over_growing_sequences) {
             int32_t len = 0;
             hisa_seq_length(p->cpu, seqs[i], &len);
             hisa_tgen_keys(300 + (uint64_t)i, len - 1, 1, keys + i * 128);
-            hisa_tgen_query(1000 + (uint64_t)step * 3 + (uint64_t)i, H, step % 2 ? len / 2 : -1, q + (int64_t)i * H * 128,
-                            w + i * H);
+            hisa_tgen_query_keys(300 + (uint64_t)i, 1000 + (uint64_t)step * 3 + (uint64_t)i, H, step % 2 ? len / 2 : -1,
+                                 q + (int64_t)i * H * 128, w + i * H);
         }
         hisa_write cw = {.layer = 0, .n_tokens = 3, .seq_ids = seqs, .keys = keys};
         CHECK(hisa_write_keys(p->cpu, &cw) == HISA_OK);

@@ -739,6 +739,105 @@ __device__ void wg_build_q(const hisa_k_select_params &p, int crow, uint8_t *qs,
     }
 }
 
+/* The consumer warpgroup's share of a chunk: tiles t0 .. t0 + nt - 1 of row d (CTA tiles gtile ..),
+ * each read from its stage (fp8 codes converted exactly to fp16 A fragments), multiplied by the
+ * query tile at qs_addr, reduced over heads into d.scores (and hist when a.hist). Software-
+ * pipelined with two accumulators: the MMAs of tile i run while the epilogue of tile i - 1 does;
+ * af is rewritten only after wait<0>. (Hopper image only.) */
+template <int N>
+__device__ __forceinline__ void wg_consume(const sel_args &a, const row_desc &d, int t0, int nt, uint32_t gtile,
+                                           const uint8_t *ring, uint64_t *full, uint64_t *empty, uint32_t qs_addr,
+                                           const float *ws, uint32_t *hist) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t4 = lane & 3;
+    /* rows 16 * warp + g (+8) of a tile: 32 code bytes at 32 * t4 (a quarter-warp's rows g, g+1
+     * share banks: a 2-way conflict on 4 loads a tile, cheaper than ordering the loads by row) */
+    const int code_off = (16 * warp + g) * HISA_D + 32 * t4, sc_off = kWgCodeBytes + 4 * (16 * warp + g);
+    float sc[2], sc_prev[2] = {0.0f, 0.0f};
+    uint32_t af[8][4];
+    float acc0[N / 2] = {}, acc1[N / 2] = {}; /* defined once; each tile's first MMA overwrites */
+    auto load_stage = [&](int i) { /* tile i's codes (converted) into af, scales into sc; release */
+        const uint32_t gi = gtile + i;
+        const uint8_t *st = ring + (gi % kWgStages) * kWgStageBytes;
+        hisa__mbar_wait(full + gi % kWgStages, (gi / kWgStages) & 1u);
+#pragma unroll
+        for (int hr = 0; hr < 2; hr++) {
+            const uint4 *src = reinterpret_cast<const uint4 *>(st + code_off + hr * 8 * HISA_D);
+#pragma unroll
+            for (int half = 0; half < 2; half++) {
+                const uint4 x = src[half];
+                e4m3x4_to_f16x4(x.x, af[4 * half + 0][hr], af[4 * half + 0][2 + hr]);
+                e4m3x4_to_f16x4(x.y, af[4 * half + 1][hr], af[4 * half + 1][2 + hr]);
+                e4m3x4_to_f16x4(x.z, af[4 * half + 2][hr], af[4 * half + 2][2 + hr]);
+                e4m3x4_to_f16x4(x.w, af[4 * half + 3][hr], af[4 * half + 3][2 + hr]);
+            }
+            sc[hr] = *reinterpret_cast<const float *>(st + sc_off + 32 * hr);
+        }
+        __syncwarp();
+        if (lane == 0) hisa__mbar_arrive(empty + gi % kWgStages);
+    };
+    auto mma = [&](float (&acc)[N / 2]) { /* 8 asynchronous wgmma over af */
+        hisa__wgmma_fence(); /* kk = 0 overwrites acc (scale_d 0): no zeroing per tile */
+#pragma unroll
+        for (int kk = 0; kk < 8; kk++)
+            wgmma_rs<HISA_WG_F16, N>::mma(acc, af[kk], hisa__pf_desc(qs_addr + (kk >> 2) * (N * 128) + (kk & 3) * 32), kk > 0);
+        hisa__wgmma_commit();
+    };
+    auto settle = [&](float (&acc)[N / 2]) { /* after wait<0>: acc and af are ours again */
+#pragma unroll
+        for (int j = 0; j < N / 2; j++) hisa__reg_fence(acc[j]);
+#pragma unroll
+        for (int kk = 0; kk < 8; kk++)
+#pragma unroll
+            for (int x = 0; x < 4; x++) hisa__reg_fence(af[kk][x]);
+    };
+    auto epilogue = [&](const float (&acc)[N / 2], int i, const float (&scl)[2]) {
+        /* four independent partial sums per row: the FMA chains are N/16 long, not N/4 */
+        float part[2][4] = {};
+#pragma unroll
+        for (int j = 0; j < N / 8; j++) {
+            const float2 wv = *reinterpret_cast<const float2 *>(ws + 8 * j + 2 * t4);
+            part[0][(2 * j) & 3] = fmaf(wv.x, fmaxf(acc[4 * j + 0], 0.0f), part[0][(2 * j) & 3]);
+            part[0][(2 * j + 1) & 3] = fmaf(wv.y, fmaxf(acc[4 * j + 1], 0.0f), part[0][(2 * j + 1) & 3]);
+            part[1][(2 * j) & 3] = fmaf(wv.x, fmaxf(acc[4 * j + 2], 0.0f), part[1][(2 * j) & 3]);
+            part[1][(2 * j + 1) & 3] = fmaf(wv.y, fmaxf(acc[4 * j + 3], 0.0f), part[1][(2 * j + 1) & 3]);
+        }
+#pragma unroll
+        for (int hr = 0; hr < 2; hr++) {
+            float v = (part[hr][0] + part[hr][1]) + (part[hr][2] + part[hr][3]);
+            v += __shfl_xor_sync(0xffffffffu, v, 1);
+            v += __shfl_xor_sync(0xffffffffu, v, 2);
+            const int e = (t0 + i) * kWgTile + 16 * warp + g + 8 * hr;
+            if (t4 == hr && e < d.L) {
+                const float sv = e < d.valid ? v * scl[hr] : HISA_K_NAN_SCORE;
+                const_cast<float *>(d.scores)[e] = sv;
+                if (a.hist) atomicAdd(&hist[hisa__k_order_key(sv) >> kHistShift], 1u);
+            }
+        }
+    };
+    /* tile i in acc (i even: acc0), tile i - 1 in the other */
+    auto step = [&](int i, float (&acc)[N / 2], float (&prev)[N / 2]) {
+        hisa__wgmma_wait<0>(); /* tile i - 1's MMAs: af and prev are free */
+        settle(prev);
+        load_stage(i);
+        mma(acc);
+        if (i > 0) epilogue(prev, i - 1, sc_prev);
+        sc_prev[0] = sc[0];
+        sc_prev[1] = sc[1];
+    };
+    for (int i = 0; i < nt; i += 2) {
+        step(i, acc0, acc1);
+        if (i + 1 < nt) step(i + 1, acc1, acc0);
+    }
+    hisa__wgmma_wait<0>();
+    if (nt & 1) {
+        settle(acc0);
+        epilogue(acc0, nt - 1, sc_prev);
+    } else {
+        settle(acc1);
+        epilogue(acc1, nt - 1, sc_prev);
+    }
+}
+
 template <int N>
 __global__ void __launch_bounds__(kWgThreads, N >= 128 ? 1 : 2) score_wg_kernel(const sel_args a) {
 #if HISA_K_SM90A
@@ -757,7 +856,7 @@ __global__ void __launch_bounds__(kWgThreads, N >= 128 ? 1 : 2) score_wg_kernel(
 
     pdl_trigger();
     const hisa_k_select_params &p = a.p;
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, t4 = lane & 3;
+    const int tid = threadIdx.x;
     const bool producer = tid >= kWgConsumers;
     if (tid == 0) {
         for (int s = 0; s < kWgStages; s++) {
@@ -772,9 +871,6 @@ __global__ void __launch_bounds__(kWgThreads, N >= 128 ? 1 : 2) score_wg_kernel(
     const int c_begin = (int)((int64_t)n_chunks * blockIdx.x / gridDim.x);
     const int c_end = (int)((int64_t)n_chunks * (blockIdx.x + 1) / gridDim.x);
     const uint32_t qs_addr = hisa__smem_u32(qs);
-    /* rows 16 * warp + g (+8) of a tile: 32 code bytes at 32 * t4 (a quarter-warp's rows g, g+1
-     * share banks: a 2-way conflict on 4 loads a tile, cheaper than ordering the loads by row) */
-    const int code_off = (16 * warp + g) * HISA_D + 32 * t4, sc_off = kWgCodeBytes + 4 * (16 * warp + g);
     uint32_t gtile = 0; /* tiles this CTA has started: stage and barrier parities */
     int cur_row = -1;
     bool waited = false;
@@ -799,97 +895,8 @@ __global__ void __launch_bounds__(kWgThreads, N >= 128 ? 1 : 2) score_wg_kernel(
         for (int s = s0 + tid; s <= s1; s += kWgThreads)
             pg[s - s0] = pt[d.path == PATH_HISA ? p.scratch.blocks[(int64_t)d.crow * p.top_blocks + s] : s];
         __syncthreads(); /* pg, qs, ws */
-        if (producer) {
-            wg_produce(p, d, pg, s0, t0, nt, gtile, ring, full, empty);
-            gtile += (uint32_t)nt;
-            continue;
-        }
-        /* Consumers, software-pipelined with two accumulators: the MMAs of tile i run while the
-         * epilogue of tile i - 1 does; af is rewritten only after wait<0>. */
-        float sc[2], sc_prev[2] = {0.0f, 0.0f};
-        uint32_t af[8][4];
-        float acc0[N / 2] = {}, acc1[N / 2] = {}; /* defined once; each tile's first MMA overwrites */
-        auto load_stage = [&](int i) { /* tile i's codes (converted) into af, scales into sc; release */
-            const uint32_t gi = gtile + i;
-            const uint8_t *st = ring + (gi % kWgStages) * kWgStageBytes;
-            hisa__mbar_wait(full + gi % kWgStages, (gi / kWgStages) & 1u);
-#pragma unroll
-            for (int hr = 0; hr < 2; hr++) {
-                const uint4 *src = reinterpret_cast<const uint4 *>(st + code_off + hr * 8 * HISA_D);
-#pragma unroll
-                for (int half = 0; half < 2; half++) {
-                    const uint4 x = src[half];
-                    e4m3x4_to_f16x4(x.x, af[4 * half + 0][hr], af[4 * half + 0][2 + hr]);
-                    e4m3x4_to_f16x4(x.y, af[4 * half + 1][hr], af[4 * half + 1][2 + hr]);
-                    e4m3x4_to_f16x4(x.z, af[4 * half + 2][hr], af[4 * half + 2][2 + hr]);
-                    e4m3x4_to_f16x4(x.w, af[4 * half + 3][hr], af[4 * half + 3][2 + hr]);
-                }
-                sc[hr] = *reinterpret_cast<const float *>(st + sc_off + 32 * hr);
-            }
-            __syncwarp();
-            if (lane == 0) hisa__mbar_arrive(empty + gi % kWgStages);
-        };
-        auto mma = [&](float (&acc)[N / 2]) { /* 8 asynchronous wgmma over af */
-            hisa__wgmma_fence(); /* kk = 0 overwrites acc (scale_d 0): no zeroing per tile */
-#pragma unroll
-            for (int kk = 0; kk < 8; kk++)
-                wgmma_rs<HISA_WG_F16, N>::mma(acc, af[kk], hisa__pf_desc(qs_addr + (kk >> 2) * (N * 128) + (kk & 3) * 32), kk > 0);
-            hisa__wgmma_commit();
-        };
-        auto settle = [&](float (&acc)[N / 2]) { /* after wait<0>: acc and af are ours again */
-#pragma unroll
-            for (int j = 0; j < N / 2; j++) hisa__reg_fence(acc[j]);
-#pragma unroll
-            for (int kk = 0; kk < 8; kk++)
-#pragma unroll
-                for (int x = 0; x < 4; x++) hisa__reg_fence(af[kk][x]);
-        };
-        auto epilogue = [&](const float (&acc)[N / 2], int i, const float (&scl)[2]) {
-            /* four independent partial sums per row: the FMA chains are N/16 long, not N/4 */
-            float part[2][4] = {};
-#pragma unroll
-            for (int j = 0; j < N / 8; j++) {
-                const float2 wv = *reinterpret_cast<const float2 *>(ws + 8 * j + 2 * t4);
-                part[0][(2 * j) & 3] = fmaf(wv.x, fmaxf(acc[4 * j + 0], 0.0f), part[0][(2 * j) & 3]);
-                part[0][(2 * j + 1) & 3] = fmaf(wv.y, fmaxf(acc[4 * j + 1], 0.0f), part[0][(2 * j + 1) & 3]);
-                part[1][(2 * j) & 3] = fmaf(wv.x, fmaxf(acc[4 * j + 2], 0.0f), part[1][(2 * j) & 3]);
-                part[1][(2 * j + 1) & 3] = fmaf(wv.y, fmaxf(acc[4 * j + 3], 0.0f), part[1][(2 * j + 1) & 3]);
-            }
-#pragma unroll
-            for (int hr = 0; hr < 2; hr++) {
-                float v = (part[hr][0] + part[hr][1]) + (part[hr][2] + part[hr][3]);
-                v += __shfl_xor_sync(0xffffffffu, v, 1);
-                v += __shfl_xor_sync(0xffffffffu, v, 2);
-                const int e = (t0 + i) * kWgTile + 16 * warp + g + 8 * hr;
-                if (t4 == hr && e < d.L) {
-                    const float sv = e < d.valid ? v * scl[hr] : HISA_K_NAN_SCORE;
-                    const_cast<float *>(d.scores)[e] = sv;
-                    if (a.hist) atomicAdd(&hist[hisa__k_order_key(sv) >> kHistShift], 1u);
-                }
-            }
-        };
-        /* tile i in acc (i even: acc0), tile i - 1 in the other */
-        auto step = [&](int i, float (&acc)[N / 2], float (&prev)[N / 2]) {
-            hisa__wgmma_wait<0>(); /* tile i - 1's MMAs: af and prev are free */
-            settle(prev);
-            load_stage(i);
-            mma(acc);
-            if (i > 0) epilogue(prev, i - 1, sc_prev);
-            sc_prev[0] = sc[0];
-            sc_prev[1] = sc[1];
-        };
-        for (int i = 0; i < nt; i += 2) {
-            step(i, acc0, acc1);
-            if (i + 1 < nt) step(i + 1, acc1, acc0);
-        }
-        hisa__wgmma_wait<0>();
-        if (nt & 1) {
-            settle(acc0);
-            epilogue(acc0, nt - 1, sc_prev);
-        } else {
-            settle(acc1);
-            epilogue(acc1, nt - 1, sc_prev);
-        }
+        if (producer) wg_produce(p, d, pg, s0, t0, nt, gtile, ring, full, empty);
+        else wg_consume<N>(a, d, t0, nt, gtile, ring, full, empty, qs_addr, ws, hist);
         gtile += (uint32_t)nt;
     }
     __syncthreads();
