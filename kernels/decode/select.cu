@@ -639,9 +639,8 @@ __global__ void __launch_bounds__(kScoreThreads, 3) score_kernel(const sel_args 
  * Invariants: fp8 keys only (bf16 keys keep the portable scorer); a tile is 64 entries of one row
  * in two 32-entry halves, each inside one page (B is a power of two, at least 32; tiles start at
  * multiples of 64); a half at or past L is not copied and rows of it are never written; the CTA's
- * g-th tile
- * uses stage g % S with full-barrier parity (g / S) & 1 and, for g >= S, is issued after the
- * empty barrier's phase (g / S - 1) completed (g counts across chunks, alike on both sides); the
+ * g-th tile uses stage g % S with full-barrier parity (g / S) & 1 and, for g >= S, is issued after
+ * the empty barrier's phase (g / S - 1) completed (g counts across chunks, alike on both sides); the
  * producer issues exactly the tiles the consumers read, chunk by chunk, between the CTA barriers
  * that bracket a chunk. Same work plan, outputs and histogram contract as score_kernel. */
 constexpr int kWgConsumers = 128;              /* one warpgroup multiplies */
