@@ -51,7 +51,6 @@ typedef struct decode_opts {
     int32_t kernels_v; /* HISA_KERNELS_* of kernels */
 } decode_opts;
 
-
 /* Options into o. Returns tool_parse_opts's codes (-1: --help) or TOOL_EXIT_USAGE. */
 static int decode_parse(int argc, char **argv, decode_opts *o) {
     assert(argc >= 1 && o);

@@ -546,7 +546,7 @@ __global__ void __launch_bounds__(rows_shape<KEEP>::threads, 2048 / rows_shape<K
     const int i = a.row_begin + blockIdx.x, t = p.t0 + i, B = p.cache.block_size, m = p.top_blocks;
     int32_t *kept = p.scratch.blocks + (int64_t)i * m;
     if (KEEP) {
-        const int last = t / B;
+        const int last = row_limit<SRC_MEAN>(p, i);
         const float *row = p.scratch.block_scores + (int64_t)i * p.cache.pages_per_seq + 1;
         if (m > 2) rowsel(row, last - 1, m - 2, f.sel, [&](uint32_t slot, int idx) { f.aux[slot] = idx + 1; });
         __syncthreads();
