@@ -18,6 +18,9 @@ SANITIZE  ?=
 NDEBUG    ?=
 ## ="word ...": make test runs only the tests whose names contain one of the words
 TESTS     ?=
+## =N: tests make test runs at once, each in its own process (default: the CPUs, at most 8; 1: one
+## after another in one process)
+TEST_JOBS ?=
 BUILD     ?= build
 CC        ?= cc
 ifeq ($(SANITIZE),1)
@@ -34,7 +37,7 @@ CUDA      := $(CUDA)
 CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
 ## ="-gencode ...": extra nvcc targets. Always built: sm_90a (Hopper: wgmma, bulk copies,
 ## griddepcontrol) and the portable image, sm_80 code plus compute_80 PTX, which Ampere, Ada and
-## Blackwell cards run (decode on the mma.sync kernels; prefill needs Hopper). E.g. Ada code
+## Blackwell cards run (decode and prefill on the mma.sync kernels). E.g. Ada code
 ## without a JIT at first load: CUDA_ARCH="-gencode arch=compute_89,code=sm_89"
 CUDA_ARCH ?=
 GENCODE   := -gencode arch=compute_90a,code=sm_90a -gencode arch=compute_80,code=sm_80 \
@@ -179,7 +182,8 @@ $(BUILD)/hisa_tests: $(TEST_OBJS) $(TOOL_OBJS) $(BUILD)/libhisa.a $(FLAGS_FILE)
 # program linked with -lhisa runs; tests/readme_examples.sh compiles the README's C blocks
 # against hisa.h and runs the ones marked <!-- test: c-program --> linked with -lhisa.
 test: $(BUILD)/hisa_tests $(BUILD)/hisa $(BUILD)/libhisa.so ## run the tests (GPU tests say "skipped: no CUDA device" without a GPU), then check libhisa.so and the README's C code
-	HISA_TOOL=$(BUILD)/hisa ASAN_OPTIONS=protect_shadow_gap=0:detect_leaks=1 ./$(BUILD)/hisa_tests $(TESTS)
+	HISA_TOOL=$(BUILD)/hisa HISA_TEST_JOBS=$(TEST_JOBS) ASAN_OPTIONS=protect_shadow_gap=0:detect_leaks=1 \
+	    ./$(BUILD)/hisa_tests $(TESTS)
 	CC='$(CC)' CFLAGS='$(SANFLAGS)' ASAN_OPTIONS=detect_leaks=1 bash tests/check_lib.sh $(BUILD)
 	CC='$(CC)' CFLAGS='$(SANFLAGS)' ASAN_OPTIONS=detect_leaks=1 bash tests/readme_examples.sh $(BUILD)
 	bash python/run_tests.sh $(BUILD) $(TESTS)

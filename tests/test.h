@@ -2,7 +2,9 @@
  * it registers itself before main. CHECK records a failure and goes on; REQUIRE stops the test.
  * A test that cannot run here (no GPU) calls SKIP("no CUDA device"): it prints
  * "skipped: no CUDA device" and counts as skipped, never as passed.
- * The runner's last line is "N passed, N failed, N skipped"; exit status 1 on any failure. */
+ * The runner's last line is "N passed, N failed, N skipped"; exit status 1 on any failure.
+ * Tests run several at once, each in a child process of its own (HISA_TEST_JOBS, test_main.c), so
+ * a test may not count on another's state or on running alone. */
 #ifndef HISA_TEST_H
 #define HISA_TEST_H
 

@@ -1,7 +1,12 @@
-/* test_main.c: runs every registered test (or those whose names contain argv[1..]). */
+/* test_main.c: runs every registered test (or those whose names contain argv[1..]), several at
+ * once in child processes (HISA_TEST_JOBS). */
+#include <assert.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "test.h"
 
@@ -74,23 +79,131 @@ static int matches(const char *name, int argc, char **argv) {
     return 0;
 }
 
-int main(int argc, char **argv) {
-    setvbuf(stdout, NULL, _IOLBF, 0);
-    int passed = 0, failed = 0, skipped = 0;
-    for (int i = 0; i < g_n_tests; i++) {
-        if (!matches(g_tests[i].name, argc, argv)) continue;
-        hisa_test_ctx ctx = {g_tests[i].name, 0, 0};
-        g_tests[i].fn(&ctx);
-        if (ctx.failures) {
-            printf("FAIL %s (%d checks)\n", ctx.name, ctx.failures);
-            failed++;
-        } else if (ctx.skipped) {
-            skipped++;
-        } else {
-            printf("ok   %s\n", ctx.name);
-            passed++;
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+enum { R_PASS = 0, R_FAIL = 1, R_SKIP = 2 };
+
+/* Test i in this process: its FAIL line (with the failed-check count) printed here. */
+static int run_one(int i) {
+    hisa_test_ctx ctx = {g_tests[i].name, 0, 0};
+    g_tests[i].fn(&ctx);
+    if (ctx.failures) {
+        printf("FAIL %s (%d checks)\n", ctx.name, ctx.failures);
+        return R_FAIL;
+    }
+    return ctx.skipped ? R_SKIP : R_PASS;
+}
+
+static void report(int i, int r, double secs, int *counts) {
+    if (r == R_PASS) printf("ok   %s (%.1f s)\n", g_tests[i].name, secs);
+    counts[r]++;
+}
+
+/* Tests run in forked children, `jobs` at a time: each child's stdout and stderr go to its own
+ * file, printed whole in registration order once it and every test before it are done, so the
+ * log reads as a sequential run's. A child that crashes, or exits with a status of its own
+ * (LeakSanitizer's), fails its test and no other. The parent touches no CUDA (each child
+ * opens its own context) and starts no threads before forking. */
+typedef struct job {
+    int test, result, done;
+    pid_t pid;
+    FILE *out;
+    double t0, secs;
+} job;
+
+static int start_job(job *j) {
+    j->out = tmpfile();
+    if (!j->out) return -1;
+    fflush(NULL); /* nothing buffered is inherited and written twice */
+    j->t0 = now_s();
+    j->pid = fork();
+    if (j->pid < 0) return -1;
+    if (j->pid == 0) {
+        dup2(fileno(j->out), 1);
+        dup2(fileno(j->out), 2);
+        int r = run_one(j->test);
+        fflush(stdout);
+        exit(r); /* exit, not _exit: sanitizers' exit checks run */
+    }
+    return 0;
+}
+
+static void finish_job(job *j, int status) {
+    j->secs = now_s() - j->t0;
+    j->done = 1;
+    if (WIFEXITED(status) && WEXITSTATUS(status) <= R_SKIP) {
+        j->result = WEXITSTATUS(status);
+        return;
+    }
+    j->result = R_FAIL;
+    fseek(j->out, 0, SEEK_END);
+    if (WIFSIGNALED(status)) fprintf(j->out, "FAIL %s (killed by signal %d)\n", g_tests[j->test].name, WTERMSIG(status));
+    else fprintf(j->out, "FAIL %s (exit status %d)\n", g_tests[j->test].name, WEXITSTATUS(status));
+    fflush(j->out);
+}
+
+static int run_forked(job *jobs, int n, int n_par, int *counts) {
+    int started = 0, printed = 0, running = 0;
+    while (printed < n) {
+        assert(running <= n_par && started <= n);
+        while (running < n_par && started < n) {
+            if (start_job(&jobs[started])) return -1;
+            started++, running++;
+        }
+        int status = 0;
+        pid_t pid = waitpid(-1, &status, 0);
+        if (pid < 0) return -1;
+        for (int k = 0; k < started; k++)
+            if (jobs[k].pid == pid && !jobs[k].done) {
+                finish_job(&jobs[k], status);
+                running--;
+            }
+        for (; printed < started && jobs[printed].done; printed++) {
+            job *j = &jobs[printed];
+            rewind(j->out);
+            char buf[4096];
+            size_t got;
+            while ((got = fread(buf, 1, sizeof buf, j->out)) > 0) fwrite(buf, 1, got, stdout);
+            fclose(j->out);
+            report(j->test, j->result, j->secs, counts);
         }
     }
-    printf("%d passed, %d failed, %d skipped\n", passed, failed, skipped);
-    return failed ? 1 : 0;
+    return 0;
+}
+
+/* HISA_TEST_JOBS: tests at once (1: one after another in this process, as under a debugger);
+ * default the online CPUs, at most 8. */
+static int jobs_wanted(void) {
+    const char *e = getenv("HISA_TEST_JOBS");
+    long n = e && *e ? strtol(e, NULL, 10) : sysconf(_SC_NPROCESSORS_ONLN);
+    const long most = e && *e ? 64 : 8;
+    return n < 1 ? 1 : n > most ? (int)most : (int)n;
+}
+
+int main(int argc, char **argv) {
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    int counts[3] = {0, 0, 0}; /* R_PASS, R_FAIL, R_SKIP */
+    static job jobs[HISA_TESTS_MAX];
+    int n = 0;
+    for (int i = 0; i < g_n_tests; i++)
+        if (matches(g_tests[i].name, argc, argv)) jobs[n++] = (job){.test = i};
+    const int n_par = jobs_wanted();
+    if (n_par > 1 && n > 1) {
+        if (run_forked(jobs, n, n_par, counts)) {
+            perror("hisa_tests: running tests in child processes");
+            return 1;
+        }
+    } else {
+        for (int k = 0; k < n; k++) {
+            const double t0 = now_s();
+            const int r = run_one(jobs[k].test);
+            report(jobs[k].test, r, now_s() - t0, counts);
+        }
+    }
+    printf("%d passed, %d failed, %d skipped\n", counts[R_PASS], counts[R_FAIL], counts[R_SKIP]);
+    return counts[R_FAIL] ? 1 : 0;
 }
