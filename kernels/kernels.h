@@ -54,6 +54,8 @@ typedef struct hisa_k_device {
     int32_t score_ctas_per_sm[3][HISA_HEADS_MAX / 16];
     /* the Hopper scorer's CTAs per SM for N = 16, 32, 64, 128 padded heads */
     int32_t wg_ctas_per_sm[4];
+    int32_t prefill_portable;         /* out: 1 when prefill runs on the decode kernels (hisa_k_select
+                                         with chunk = 1): no Hopper image, or PORTABLE asked for */
 } hisa_k_device;
 
 /* The decode scorers (score_ctas_per_sm's rows): fp8 keys, bf16 keys, block means. */
@@ -193,8 +195,11 @@ static inline hisa_k_scratch_sizes hisa_k_scratch_bytes(int64_t rows, int64_t ma
 int hisa_k_init(hisa_k_device *dev);
 
 /* Decode selection for n_rows queries: row r is the query of seq_ids[r] at t = seq_len - 1, read
- * on the device (so a captured graph follows growing sequences); prefill chunks go to
- * hisa_k_prefill below. Rows with n <= k get 0..n-1; flat rows and HISA rows with nb <= m score
+ * on the device (so a captured graph follows growing sequences). With chunk = 1 the rows are a
+ * prefill chunk instead: row r is the query at t = t0 + r of seq_ids[0] (n_rows up to
+ * HISA_PREFILL_MAX): the portable prefill, for devices without the Hopper image or when
+ * dev.prefill_portable says so; hisa_k_prefill below is the Hopper one. Rows with n <= k get
+ * 0..n-1; flat rows and HISA rows with nb <= m score
  * every token; HISA rows with nb > m score block means, keep blocks 0, last and the best m-2,
  * then score only the kept blocks' tokens. Output [n_rows, topk], -1 padded. 4 launches (HISA)
  * or 2 (flat) per 256 rows, no allocation, no host sync; the token scorer is dev.path's
@@ -217,6 +222,10 @@ typedef struct hisa_k_select_params {
     int32_t max_context;              /* scratch row stride of scores */
     hisa_k_device dev;                /* read once at open (hisa_k_init) */
     int32_t scratch_rows;             /* rows the scratch holds (>= n_rows) */
+    int32_t chunk;                    /* 0: decode rows; 1: a prefill chunk of seq_ids[0] (next_n 1) */
+    int32_t t0;                       /* chunk: the first row's position; t0 + n_rows <= max_context */
+    int32_t stop_after_scoring;       /* benchmarks, tests: no token top-k (out untouched; scores and
+                                         kept blocks left in scratch) */
 } hisa_k_select_params;
 int hisa_k_select(void *stream, const hisa_k_select_params *p);
 
@@ -253,8 +262,9 @@ int hisa_k_read_probe(void *stream, const hisa_k_read_probe_params *p);
  * tokens (or blocks, or candidates) as M, query-heads as N and the 128 dims as K; top-k per row.
  * Scratch used: scores [n_q rows, stride max_context], block_scores [n_q, pages_per_seq],
  * blocks [n_q, top_blocks]; work is not touched. Up to 5 launches, no allocation, no sync.
- * Requires the Hopper image (dev.hopper; else HISA_K_EUNSUPPORTED). stop_after_scoring (benchmarks, tests) skips the final top-k: out untouched,
- * scores and blocks left in scratch. */
+ * Requires the Hopper image (dev.hopper; else HISA_K_EUNSUPPORTED; hisa_k_select's chunk rows are
+ * the portable prefill). stop_after_scoring (benchmarks, tests) skips the final top-k: out
+ * untouched, scores and blocks left in scratch. */
 typedef struct hisa_k_prefill_params {
     hisa_k_cache cache;
     hisa_k_scratch scratch;

@@ -245,6 +245,28 @@ static int cuda_write(hisa_runtime *rt, const hisa_write *req, int32_t range_seq
     return HISA_OK;
 }
 
+/* The fields of a selection launch that decode and the portable prefill share. */
+static hisa_k_select_params select_params(const hisa_runtime *rt, int32_t layer, hisa_mode mode, uint32_t flags,
+                                          int32_t q_format, int32_t n_rows) {
+    assert(rt && n_rows >= 1 && n_rows <= rt->g.rows);
+    hisa_k_select_params p;
+    memset(&p, 0, sizeof p);
+    p.cache = cache_of(rt);
+    p.scratch = scratch_of(rt);
+    p.layer = layer;
+    p.mode = (int32_t)mode;
+    p.top_blocks = (int32_t)rt->g.top_blocks;
+    p.topk = (int32_t)rt->g.topk;
+    p.out_slots = (flags & HISA_SLOTS) != 0;
+    p.n_rows = n_rows;
+    p.next_n = 1;
+    p.q_format = q_format;
+    p.max_context = (int32_t)rt->g.max_context;
+    p.dev = rt->dev;
+    p.scratch_rows = (int32_t)rt->g.rows;
+    return p;
+}
+
 static int cuda_decode(hisa_runtime *rt, const hisa_decode *req) {
     const int32_t next_n = req->next_n > 1 ? req->next_n : 1, n_rows = req->n_seqs * next_n;
     const void *q = req->q;
@@ -252,22 +274,9 @@ static int cuda_decode(hisa_runtime *rt, const hisa_decode *req) {
     int32_t *out = req->out;
     const int host_io = (req->flags & HISA_HOST_IO) != 0;
     assert(rt && req->seq_ids && req->n_seqs <= HISA_BATCH_MAX && n_rows <= rt->g.rows && q && w && out);
-    hisa_k_select_params p;
-    memset(&p, 0, sizeof p);
-    p.cache = cache_of(rt);
-    p.scratch = scratch_of(rt);
-    p.layer = req->layer;
-    p.mode = (int32_t)req->mode;
-    p.top_blocks = (int32_t)rt->g.top_blocks;
-    p.topk = (int32_t)rt->g.topk;
-    p.out_slots = (req->flags & HISA_SLOTS) != 0;
-    p.n_rows = n_rows;
+    hisa_k_select_params p = select_params(rt, req->layer, req->mode, req->flags, req->q_format, n_rows);
     p.next_n = next_n;
-    p.q_format = req->q_format;
     for (int32_t i = 0; i < req->n_seqs; i++) p.seq_ids[i] = req->seq_ids[i];
-    p.max_context = (int32_t)rt->g.max_context;
-    p.dev = rt->dev;
-    p.scratch_rows = (int32_t)rt->g.rows;
     if (host_io) {
         int err = stage_in(rt, n_rows, req->q_format, &q, &w, &out);
         if (err) return err;
@@ -279,10 +288,27 @@ static int cuda_decode(hisa_runtime *rt, const hisa_decode *req) {
     return host_io ? stage_out(rt, n_rows, req->out) : HISA_OK;
 }
 
-/* One chunk's launch: rows [row, row + n_q) of the call's q / w / out. */
+/* One chunk's launch: rows [row, row + n_q) of the call's q / w / out. Where the device has no
+ * Hopper image (or the portable kernels were asked for), the decode kernels take the chunk's
+ * queries as rows of their own positions (dev.prefill_portable). */
 static int prefill_chunk(hisa_runtime *rt, const hisa_prefill *req, uint32_t dev_flags, int32_t seq, int32_t t0,
                          int32_t n_q, int64_t row, const void *q, const float *w, int32_t *out) {
     const int64_t H = rt->g.n_heads;
+    q = (const uint8_t *)q + row * hisa__q_bytes(H, req->q_format);
+    w += row * H;
+    out += row * rt->g.topk;
+    if (rt->dev.prefill_portable) {
+        hisa_k_select_params p = select_params(rt, req->layer, req->mode, req->flags, req->q_format, n_q);
+        p.chunk = 1;
+        p.t0 = t0;
+        p.seq_ids[0] = seq;
+        p.stop_after_scoring = (dev_flags & HISA_DEV_SCORING_ONLY) != 0;
+        p.q = q;
+        p.w = w;
+        p.out = out;
+        HISA_LAUNCH_TRY(rt, hisa_k_select(rt->stream, &p));
+        return HISA_OK;
+    }
     hisa_k_prefill_params p;
     memset(&p, 0, sizeof p);
     p.cache = cache_of(rt);
@@ -302,9 +328,9 @@ static int prefill_chunk(hisa_runtime *rt, const hisa_prefill *req, uint32_t dev
     p.variant = (dev_flags & HISA_DEV_VARIANT_ALT) != 0;
     p.fp8_native = rt->plan.config.fp8_mma == HISA_FP8_MMA_NATIVE;
     p.q_format = req->q_format;
-    p.q = (const uint8_t *)q + row * hisa__q_bytes(H, req->q_format);
-    p.w = w + row * H;
-    p.out = out + row * rt->g.topk;
+    p.q = q;
+    p.w = w;
+    p.out = out;
     HISA_LAUNCH_TRY(rt, hisa_k_prefill(rt->stream, &p));
     return HISA_OK;
 }
@@ -312,13 +338,6 @@ static int prefill_chunk(hisa_runtime *rt, const hisa_prefill *req, uint32_t dev
 /* Chunks run one launch chain after another on the stream, each reusing the scratch (a batched
  * single launch is the prefill performance issue's). */
 static int cuda_prefill(hisa_runtime *rt, const hisa_prefill *req, uint32_t dev_flags) {
-    if (!rt->dev.hopper) { /* before any work: the call changes nothing */
-        snprintf(rt->error_detail, sizeof rt->error_detail,
-                 "prefill: CUDA device %d (compute capability %d.%d) has no Hopper kernels; the prefill scorer is "
-                 "warpgroup-MMA code (compute capability 9.0)",
-                 rt->dev.ordinal, rt->dev.cc_major, rt->dev.cc_minor);
-        return HISA_EUNSUPPORTED;
-    }
     const int32_t n_chunks = hisa__prefill_chunks(req);
     const void *q = req->q;
     const float *w = req->w;

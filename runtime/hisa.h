@@ -61,7 +61,8 @@ enum {
     HISA_EFORMAT = -13,   /* key data in the wrong format for this runtime */
     HISA_EUNWRITTEN = -14, /* selection over a position whose key was never written (CPU) */
     HISA_ESHARED = -15,    /* a write into a page that several sequences share (hisa_seq_fork) */
-    HISA_EUNSUPPORTED = -16 /* the device cannot run this: prefill on a GPU other than Hopper */
+    HISA_EUNSUPPORTED = -16 /* the device cannot run this (kept for the ABI: since every CUDA device
+                               prefills, on the portable kernels where it lacks Hopper's, no call returns it) */
 };
 
 /* Key storage formats (SPEC "Keys"). 0 picks the default, fp8. */
@@ -82,11 +83,12 @@ typedef enum { HISA_MODE_HISA = 0, HISA_MODE_FLAT = 1 } hisa_mode;
 
 /* CUDA decode scorer, chosen at open. AUTO takes the one measured fastest on the device (today the
  * mma.sync scorer on Hopper too: bench/NOTES-decode.md); PORTABLE forces the mma.sync scorer (the
- * path for GPUs without wgmma/TMA); HOPPER forces the warpgroup-MMA scorer fed by bulk copies
- * (fp8 keys; compute capability 9.x, else hisa_open fails with HISA_ENODEVICE). Tests run both on
- * one Hopper GPU. The CPU backend ignores it. CUDA devices of compute capability 8.0 and newer
- * open; those other than Hopper run decode on the portable kernels and refuse prefill
- * (HISA_EUNSUPPORTED). */
+ * path for GPUs without wgmma/TMA) for decode and for prefill, whose queries it then takes as
+ * rows of their own positions (on Hopper, AUTO and HOPPER prefill on the wgmma kernels); HOPPER
+ * forces the warpgroup-MMA scorer fed by bulk copies (fp8 keys; compute capability 9.x, else
+ * hisa_open fails with HISA_ENODEVICE). Tests run both on one Hopper GPU. The CPU backend ignores
+ * it. CUDA devices of compute capability 8.0 and newer open; those other than Hopper run decode
+ * and prefill on the portable kernels. */
 enum { HISA_KERNELS_AUTO = 0, HISA_KERNELS_PORTABLE = 1, HISA_KERNELS_HOPPER = 2 };
 
 /* CUDA prefill arithmetic for fp8 queries over fp8 keys, chosen at open.
@@ -98,7 +100,8 @@ enum { HISA_KERNELS_AUTO = 0, HISA_KERNELS_PORTABLE = 1, HISA_KERNELS_HOPPER = 2
  *   fp8 MMA keeps about 13 fraction bits while it accumulates, so a score can be off by
  *   ~1e-4 of max |I| (measured: up to 1.5e-4), as much as SPEC's agreement eps: near ties may
  *   select otherwise than the reference would. Outside SPEC's rule; opt in knowingly.
- * Decode, bf16 / f32 queries, bf16 keys and the CPU backend always compute exactly. */
+ * Decode, the portable prefill (HISA_KERNELS_PORTABLE, GPUs other than Hopper), bf16 / f32
+ * queries, bf16 keys and the CPU backend always compute exactly. */
 enum { HISA_FP8_MMA_EXACT = 0, HISA_FP8_MMA_NATIVE = 1 };
 
 /* Devices: 0 (the default) is the CPU reference backend; HISA_DEVICE_CUDA(i) is CUDA device i. */
@@ -178,7 +181,7 @@ int hisa_config_resolve(const hisa_config *cfg, hisa_config *resolved);
 int hisa_plan_compute(const hisa_config *cfg, hisa_plan *plan);
 
 /* Open: plan, reserve (or take mem), carve, seal. mem may be NULL. CUDA devices need compute
- * capability 8.0 or newer (else HISA_ENODEVICE); prefill and HISA_KERNELS_HOPPER need Hopper.
+ * capability 8.0 or newer (else HISA_ENODEVICE); HISA_KERNELS_HOPPER needs Hopper.
  * On parts with 99 KB of shared memory per block (sm_86, sm_89, sm_120) n_heads is at most 80
  * (the decode scorer's query tiles; HISA_ENODEVICE, with hisa_open_detail saying so). */
 int hisa_open(hisa_runtime **out, const hisa_config *cfg, const hisa_memory *mem);

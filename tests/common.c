@@ -263,6 +263,3 @@ int hisa_tpair_open(hisa_test_ctx *ctx, hisa_config cfg, hisa_runtime **cpu, his
     return 1;
 }
 
-const char hisa_t_no_prefill_why[] = "prefill needs the Hopper kernels; this device runs the portable ones";
-
-int hisa_t_prefill_runs(const hisa_runtime *rt) { return !hisa__is_cuda(rt) || rt->dev.hopper; }

@@ -53,16 +53,11 @@ void hisa_brute_select(const float *deq, const float *means, int32_t n, int32_t 
  * 1: both open; 0: no CUDA device (both closed; the caller SKIPs); -1: a failure, reported. */
 int hisa_tpair_open(hisa_test_ctx *ctx, hisa_config cfg, hisa_runtime **cpu, hisa_runtime **gpu);
 
-/* 1 when rt runs prefill: the CPU backend, or a CUDA device running the Hopper kernels. A CUDA
- * runtime on another GPU (or on the portable image under a forced PTX JIT) refuses prefill with
- * HISA_EUNSUPPORTED and changes nothing; tests that need it skip with hisa_t_no_prefill_why. */
-int hisa_t_prefill_runs(const hisa_runtime *rt);
-extern const char hisa_t_no_prefill_why[];
-
-/* A GPU test run on both decode scorers, whichever AUTO picks: `name_portable` on
- * HISA_KERNELS_PORTABLE (mma.sync, for GPUs without wgmma/TMA) and `name_hopper` on
- * HISA_KERNELS_HOPPER (warpgroup MMA fed by bulk copies). hisa_tpair_open opens its CUDA runtime
- * with hisa_t_kernels. */
+/* A GPU test run on both kernel paths, whichever AUTO picks: `name_portable` on
+ * HISA_KERNELS_PORTABLE (the mma.sync decode scorer, for GPUs without wgmma/TMA; prefill through
+ * the decode kernels) and `name_hopper` on HISA_KERNELS_HOPPER (warpgroup MMA fed by bulk copies;
+ * prefill on prefill.cu's wgmma kernels). hisa_tpair_open opens its CUDA runtime with
+ * hisa_t_kernels. */
 extern int32_t hisa_t_kernels;
 #define HISA_GPU_TEST(name)                                              \
     static void hisa_gpu_body_##name(hisa_test_ctx *ctx);                \

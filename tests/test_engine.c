@@ -1310,7 +1310,7 @@ static void gj_chunk(hisa_test_ctx *ctx, gpair *p, int32_t seq, int32_t t0, int3
 
 /* Chunks of 3 sequences in one GPU call: each chunk alone is judged against the CPU; each row of
  * the batch must be the same set as the row alone, or agree with the CPU on the CPU's blocks. */
-HISA_TEST(engine_gpu_batched_prefill_matches_cpu) {
+HISA_GPU_TEST(engine_gpu_batched_prefill_matches_cpu) {
     const int32_t H = 32, B = 64, m = 8, k = 256, n_chunks = 5;
     const int32_t lens[3] = {700, 2500, 4000}, which[5] = {0, 2, 1, 2, 0};
     const int32_t t0s[5] = {600, 3000, 100, 10, 300}, n_qs[5] = {50, 120, 30, 20, 40};
@@ -1318,10 +1318,6 @@ HISA_TEST(engine_gpu_batched_prefill_matches_cpu) {
     cfg.max_prefill_queries = 512;
     gpair pp, *p = &pp;
     GPAIR_OPEN(p, cfg);
-    if (!hisa_t_prefill_runs(p->gpu)) {
-        gpair_close(p);
-        SKIP(hisa_t_no_prefill_why);
-    }
     int32_t s[3], seqs[5], total = 0;
     int ok = 1;
     for (int i = 0; i < 3 && ok; i++) ok = !gp_open(ctx, p, &s[i]) && !gp_grow(ctx, p, s[i], lens[i], 70 + (uint64_t)i, 0);

@@ -18,7 +18,7 @@
  * scoring-only time.
  *
  * Output: a table; with --json FILE an array of records (device, date, mode, queries, context,
- * key_format, q_format, fp8_mma, median_us, scoring_us, tflops, gemm_tflops, pct_of_gemm,
+ * key_format, q_format, fp8_mma, kernels, median_us, scoring_us, tflops, gemm_tflops, pct_of_gemm,
  * speedup_vs_flat). */
 #include "bench_prefill.h"
 
@@ -39,7 +39,7 @@ void hisa_bench_prefill_help(FILE *f) {
     fprintf(f,
             "usage: hisa bench prefill [--json FILE] [--reps N] [--queries N] [--context N]\n"
             "                          [--key-format fp8|bf16] [--variant 0|1] [--query-format F]\n"
-            "                          [--fp8-mma exact|native]\n"
+            "                          [--fp8-mma exact|native] [--kernels auto|portable|hopper]\n"
             "  Times a prefill chunk of --queries (1..1024, default 1024) queries at the end of\n"
             "  contexts 8K, 16K, 32K, 64K, 128K (or --context N only, at least --queries), H=64,\n"
             "  D=128, B=128, m=64, k=2048, flat and HISA: the whole selection and the scoring\n"
@@ -51,12 +51,15 @@ void hisa_bench_prefill_help(FILE *f) {
             "  --query-format f32|bf16|fp8: the queries' form (default f32; fp8 folds each head's\n"
             "  scale into its weight, as an engine's act_quant does).\n"
             "  --fp8-mma exact|native: hisa_config.fp8_mma (default exact); native multiplies fp8\n"
-            "  queries by fp8 keys on the e4m3 tensor cores (hisa.h: outside SPEC's agreement rule).\n");
+            "  queries by fp8 keys on the e4m3 tensor cores (hisa.h: outside SPEC's agreement rule).\n"
+            "  --kernels auto|portable|hopper: hisa_config.kernels (default auto); portable runs the\n"
+            "  chunk on the decode kernels, one row per query (the path of GPUs other than Hopper).\n");
 }
 
 typedef struct pb_opts {
-    const char *json, *fmt_name, *q_format_name, *fp8_mma_name;
+    const char *json, *fmt_name, *q_format_name, *fp8_mma_name, *kernels_name;
     int32_t reps, n_q, one_context, variant;
+    int32_t kernels;  /* HISA_KERNELS_* of kernels_name (NULL: auto) */
     int32_t fp8_mma;  /* HISA_FP8_MMA_* of fp8_mma_name (NULL: exact) */
     int32_t fmt;      /* HISA_KEY_* of fmt_name */
     int32_t q_format; /* HISA_Q_* of q_format_name */
@@ -74,14 +77,18 @@ static int pb_parse(int argc, char **argv, pb_opts *o) {
         {"key-format", TOOL_OPT_STR, &o->fmt_name, 0, 0, NULL},
         {"variant", TOOL_OPT_INT, &o->variant, 0, 1, "0: fp16 MMA operands, 1: bf16"},
         {"query-format", TOOL_OPT_STR, &o->q_format_name, 0, 0, NULL},
-        {"fp8-mma", TOOL_OPT_STR, &o->fp8_mma_name, 0, 0, NULL}};
-    int perr = tool_parse_opts("bench prefill", argc, argv, opts, 8);
+        {"fp8-mma", TOOL_OPT_STR, &o->fp8_mma_name, 0, 0, NULL},
+        {"kernels", TOOL_OPT_STR, &o->kernels_name, 0, 0, NULL}};
+    int perr = tool_parse_opts("bench prefill", argc, argv, opts, 9);
     if (perr) return perr;
     if (tool_parse_q_format("bench prefill", o->q_format_name, &o->q_format)) return TOOL_EXIT_USAGE;
     if (tool_parse_choice("bench prefill", "key-format", o->fmt_name, tool_key_formats, TOOL_N_CHOICES(tool_key_formats),
                           &o->fmt))
         return TOOL_EXIT_USAGE;
     if (tool_parse_fp8_mma("bench prefill", o->fp8_mma_name, &o->fp8_mma)) return TOOL_EXIT_USAGE;
+    if (tool_parse_choice("bench prefill", "kernels", o->kernels_name, tool_kernels,
+                          TOOL_N_CHOICES(tool_kernels), &o->kernels))
+        return TOOL_EXIT_USAGE;
     if (o->one_context && o->one_context < o->n_q) {
         fprintf(stderr, "hisa bench prefill: --context %d: expected at least --queries %d (the chunk is the last "
                         "--queries positions of the context)\n", o->one_context, o->n_q);
@@ -289,7 +296,7 @@ static int pb_open(const pb_opts *o, cudaStream_t st, int32_t max_ctx, hisa_runt
     assert(max_ctx >= 1);
     hisa_config cfg = {.n_heads = PB_H, .block_size = PB_B, .top_blocks = PB_M, .topk = PB_K, .key_format = o->fmt,
                        .max_context = max_ctx, .max_seqs = 1, .max_prefill_queries = 1024,
-                       .device = HISA_DEVICE_CUDA(0), .fp8_mma = o->fp8_mma};
+                       .device = HISA_DEVICE_CUDA(0), .fp8_mma = o->fp8_mma, .kernels = o->kernels};
     int err = tool_open("bench prefill", &cfg, NULL, rt);
     if (err) return err;
     hisa_set_stream(*rt, st);
@@ -428,8 +435,8 @@ static int pb_run(const pb_opts *o, const pb_env *e, hisa_runtime *rt, int32_t s
     assert(o && e && rt && d && recs && n_recs);
     assert(n_ctx >= 1 && 2 * n_ctx <= 16);
     int err = 0;
-    printf("keys %s, queries %s, fp8_mma %s, variant %d\n", o->fmt_name, tool_q_format_name(o->q_format),
-           tool_fp8_mma_name(o->fp8_mma), o->variant);
+    printf("keys %s, queries %s, fp8_mma %s, variant %d, kernels %s\n", o->fmt_name, tool_q_format_name(o->q_format),
+           tool_fp8_mma_name(o->fp8_mma), o->variant, tool_choice_name(tool_kernels, TOOL_N_CHOICES(tool_kernels), o->kernels));
     printf("%-5s %7s %8s %11s %11s %8s %8s %8s\n", "mode", "queries", "context", "median_us", "scoring_us", "tflops",
            "of_gemm", "speedup");
     for (int ci = 0; ci < n_ctx && !err; ci++) {
@@ -465,11 +472,12 @@ static int pb_write_json(const pb_opts *o, const pb_env *e, const pb_rec *recs, 
                 "\"heads\": %d, \"block_size\": %d, \"top_blocks\": %d, \"topk\": %d, \"median_us\": %.2f, "
                 "\"scoring_us\": %.2f, \"scoring_flops\": %.6g, \"tflops\": %.2f, \"gemm_tflops\": %.2f, "
                 "\"gemm_lib\": \"%s\", \"pct_of_gemm\": %.2f, \"cuda_runtime\": %d, \"driver\": %d, \"variant\": %d, "
-                "\"q_format\": \"%s\", \"fp8_mma\": \"%s\"",
+                "\"q_format\": \"%s\", \"fp8_mma\": \"%s\", \"kernels\": \"%s\"",
                 e->date, r->mode, r->queries, r->context, o->fmt_name, PB_H, PB_B, PB_M, PB_K, r->median_us,
                 r->scoring_us, r->flops, r->tflops, e->gemm, e->gemm_lib,
                 e->gemm > 0 ? 100.0 * r->tflops / e->gemm : 0.0, e->rtv, e->drv, o->variant,
-                tool_q_format_name(o->q_format), tool_fp8_mma_name(o->fp8_mma));
+                tool_q_format_name(o->q_format), tool_fp8_mma_name(o->fp8_mma),
+                tool_choice_name(tool_kernels, TOOL_N_CHOICES(tool_kernels), o->kernels));
         if (strcmp(r->mode, "hisa") == 0) fprintf(f, ", \"speedup_vs_flat\": %.3f", r->speedup);
         fprintf(f, "}%s\n", i + 1 < n_recs ? "," : "");
     }

@@ -121,12 +121,17 @@ __device__ __forceinline__ row_desc describe(const sel_args &a, int r) {
         return d;
     }
     const int B = p.cache.block_size, m = p.top_blocks, k = p.topk;
-    const int j = p.next_n == 1 ? 0 : d.crow % p.next_n; /* the common case divides nothing */
-    d.seq = p.seq_ids[p.next_n == 1 ? d.crow : d.crow / p.next_n];
-    /* read on the device (graph replays follow growing sequences); query j of next_n stands at
-     * t = len - next_n + j and sees t + 1 positions */
-    d.n = p.cache.seq_len[d.seq] - p.next_n + j + 1;
-    d.n = max(d.n, 0);
+    if (p.chunk) { /* a prefill chunk: row r is the query at t0 + r, host-known */
+        d.seq = p.seq_ids[0];
+        d.n = p.t0 + d.crow + 1;
+    } else {
+        const int j = p.next_n == 1 ? 0 : d.crow % p.next_n; /* the common case divides nothing */
+        d.seq = p.seq_ids[p.next_n == 1 ? d.crow : d.crow / p.next_n];
+        /* read on the device (graph replays follow growing sequences); query j of next_n stands
+         * at t = len - next_n + j and sees t + 1 positions */
+        d.n = p.cache.seq_len[d.seq] - p.next_n + j + 1;
+        d.n = max(d.n, 0);
+    }
     d.nb = (d.n + B - 1) / B;
     d.last = d.nb - 1;
     d.path = d.n <= k ? PATH_TRIVIAL : ((p.mode == HISA_K_MODE_FLAT || d.nb <= m) ? PATH_FLAT : PATH_HISA);
@@ -1395,8 +1400,12 @@ extern "C" int hisa_k_select(void *stream, const hisa_k_select_params *p) {
     if (!hisa__k_select_shape_ok(c, p->layer, p->top_blocks, p->topk)) return HISA_K_EINVAL;
     if (p->next_n < 1 || p->next_n > HISA_K_NEXT_N_MAX || p->q_format < HISA_K_Q_F32 || p->q_format > HISA_K_Q_FP8)
         return HISA_K_EINVAL;
-    if (p->n_rows < 1 || p->n_rows % p->next_n || p->n_rows / p->next_n > HISA_BATCH_MAX || p->n_rows > p->scratch_rows)
+    if (p->n_rows < 1 || p->n_rows % p->next_n || p->n_rows > p->scratch_rows) return HISA_K_ELIMIT;
+    if (p->chunk ? (p->next_n != 1 || p->t0 < 0 || p->n_rows > HISA_PREFILL_MAX || p->t0 + p->n_rows > p->max_context)
+                 : p->n_rows / p->next_n > HISA_BATCH_MAX)
         return HISA_K_ELIMIT;
+    for (int i = 0; i < (p->chunk ? 1 : p->n_rows / p->next_n); i++)
+        if (p->seq_ids[i] < 0 || p->seq_ids[i] >= c.max_seqs) return HISA_K_EINVAL;
     if (p->max_context < 1 || p->max_context > HISA_CONTEXT_MAX) return HISA_K_ELIMIT;
     if ((int64_t)p->scratch_rows * hisa_k_work_row_words(p->max_context) > p->scratch.work_words) return HISA_K_EINVAL;
     if (p->mode != HISA_K_MODE_HISA && p->mode != HISA_K_MODE_FLAT) return HISA_K_EINVAL;
@@ -1433,6 +1442,7 @@ extern "C" int hisa_k_select(void *stream, const hisa_k_select_params *p) {
         if (hopper) err = launch_score_wg(a, s, pdl);
         else err = c.key_format == HISA__FMT_FP8 ? launch_score<SRC_FP8>(a, s, pdl) : launch_score<SRC_BF16>(a, s, pdl);
         if (err) return err;
+        if (p->stop_after_scoring) continue;
         if (smem_tokens) {
             if ((err = launch_select_smem(a, s))) return err;
             continue;
