@@ -31,7 +31,7 @@ extern "C" int hisa_k_init(hisa_k_device *dev) {
      * until the Hopper scorer wins; without Hopper code it is the only one. */
     /* Prefill: the wgmma kernels (prefill.cu) wherever Hopper code is loaded, unless the portable
      * kernels were asked for by name; then the decode kernels' chunk rows (select.cu). */
-    dev->prefill_portable = !dev->hopper || dev->path == HISA_K_PATH_PORTABLE;
+    dev->all_portable = !dev->hopper || dev->path == HISA_K_PATH_PORTABLE;
     if (dev->path == HISA_K_PATH_AUTO) dev->path = HISA_K_PATH_PORTABLE;
     int err = hisa__k_select_init(dev);
     if (!err && dev->hopper) err = hisa__k_prefill_init(); /* prefill is wgmma code */

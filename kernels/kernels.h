@@ -52,10 +52,11 @@ typedef struct hisa_k_device {
     /* decode scoring kernel CTAs per SM: [HISA_K_SCORER_*][heads / 16 - 1]; 0 where that many
      * heads' tiles do not fit the device's shared memory per block */
     int32_t score_ctas_per_sm[3][HISA_HEADS_MAX / 16];
-    /* the Hopper scorer's CTAs per SM for N = 16, 32, 64, 128 padded heads */
-    int32_t wg_ctas_per_sm[4];
-    int32_t prefill_portable;         /* out: 1 when prefill runs on the decode kernels (hisa_k_select
-                                         with chunk = 1): no Hopper image, or PORTABLE asked for */
+    /* the Hopper scorer's CTAs per SM: [exact fp16, e4m3][N = 16, 32, 64, 128 padded heads] */
+    int32_t wg_ctas_per_sm[2][4];
+    int32_t all_portable;             /* out: 1 when only the portable kernels run (no Hopper image, or
+                                         PORTABLE asked for): prefill on the decode kernels
+                                         (hisa_k_select with chunk = 1), no e4m3 decode */
 } hisa_k_device;
 
 /* The decode scorers (score_ctas_per_sm's rows): fp8 keys, bf16 keys, block means. */
@@ -198,7 +199,7 @@ int hisa_k_init(hisa_k_device *dev);
  * on the device (so a captured graph follows growing sequences). With chunk = 1 the rows are a
  * prefill chunk instead: row r is the query at t = t0 + r of seq_ids[0] (n_rows up to
  * HISA_PREFILL_MAX): the portable prefill, for devices without the Hopper image or when
- * dev.prefill_portable says so; hisa_k_prefill below is the Hopper one. Rows with n <= k get
+ * dev.all_portable says so; hisa_k_prefill below is the Hopper one. Rows with n <= k get
  * 0..n-1; flat rows and HISA rows with nb <= m score
  * every token; HISA rows with nb > m score block means, keep blocks 0, last and the best m-2,
  * then score only the kept blocks' tokens. Output [n_rows, topk], -1 padded. 4 launches (HISA)
@@ -226,6 +227,8 @@ typedef struct hisa_k_select_params {
     int32_t t0;                       /* chunk: the first row's position; t0 + n_rows <= max_context */
     int32_t stop_after_scoring;       /* benchmarks, tests: no token top-k (out untouched; scores and
                                          kept blocks left in scratch) */
+    int32_t fp8_native;               /* fp8 queries over fp8 keys: 1 e4m3 x e4m3 on the Hopper scorer
+                                         (HISA_FP8_MMA_NATIVE; needs dev.hopper) */
 } hisa_k_select_params;
 int hisa_k_select(void *stream, const hisa_k_select_params *p);
 

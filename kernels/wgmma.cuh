@@ -43,6 +43,18 @@ __host__ __device__ constexpr int hisa__wg_phys_dim8(int L) {
     return 32 * t + 8 * kk + 4 * hi + e;
 }
 
+/* The e4m3 B tile (queries) in that order: 16-byte chunk ch of a row holds k-step ch / 2's
+ * logical columns 16 * (ch % 2) .. +15, i.e. the 4-byte groups at physical dims
+ * hisa__wg_q8_dim(ch, j), j = 0..3 (checked against hisa__wg_phys_dim8 below). */
+__host__ __device__ constexpr int hisa__wg_q8_dim(int ch, int j) { return 8 * (ch >> 1) + 4 * (ch & 1) + 32 * j; }
+constexpr bool hisa__wg_q8_follows_the_map() {
+    for (int ch = 0; ch < 8; ch++)
+        for (int j = 0; j < 4; j++)
+            if (hisa__wg_q8_dim(ch, j) != hisa__wg_phys_dim8(16 * ch + 4 * j)) return false;
+    return true;
+}
+static_assert(hisa__wg_q8_follows_the_map(), "hisa__wg_q8_dim and hisa__wg_phys_dim8 disagree");
+
 __device__ __forceinline__ uint32_t hisa__smem_u32(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
 
 /* mbarriers and 1-D bulk copies (the TMA engine without a tensor map): a stage's barrier is

@@ -276,6 +276,7 @@ static int cuda_decode(hisa_runtime *rt, const hisa_decode *req) {
     assert(rt && req->seq_ids && req->n_seqs <= HISA_BATCH_MAX && n_rows <= rt->g.rows && q && w && out);
     hisa_k_select_params p = select_params(rt, req->layer, req->mode, req->flags, req->q_format, n_rows);
     p.next_n = next_n;
+    p.fp8_native = rt->plan.config.fp8_mma == HISA_FP8_MMA_NATIVE && !rt->dev.all_portable;
     for (int32_t i = 0; i < req->n_seqs; i++) p.seq_ids[i] = req->seq_ids[i];
     if (host_io) {
         int err = stage_in(rt, n_rows, req->q_format, &q, &w, &out);
@@ -290,14 +291,14 @@ static int cuda_decode(hisa_runtime *rt, const hisa_decode *req) {
 
 /* One chunk's launch: rows [row, row + n_q) of the call's q / w / out. Where the device has no
  * Hopper image (or the portable kernels were asked for), the decode kernels take the chunk's
- * queries as rows of their own positions (dev.prefill_portable). */
+ * queries as rows of their own positions (dev.all_portable). */
 static int prefill_chunk(hisa_runtime *rt, const hisa_prefill *req, uint32_t dev_flags, int32_t seq, int32_t t0,
                          int32_t n_q, int64_t row, const void *q, const float *w, int32_t *out) {
     const int64_t H = rt->g.n_heads;
     q = (const uint8_t *)q + row * hisa__q_bytes(H, req->q_format);
     w += row * H;
     out += row * rt->g.topk;
-    if (rt->dev.prefill_portable) {
+    if (rt->dev.all_portable) {
         hisa_k_select_params p = select_params(rt, req->layer, req->mode, req->flags, req->q_format, n_q);
         p.chunk = 1;
         p.t0 = t0;

@@ -91,17 +91,18 @@ typedef enum { HISA_MODE_HISA = 0, HISA_MODE_FLAT = 1 } hisa_mode;
  * and prefill on the portable kernels. */
 enum { HISA_KERNELS_AUTO = 0, HISA_KERNELS_PORTABLE = 1, HISA_KERNELS_HOPPER = 2 };
 
-/* CUDA prefill arithmetic for fp8 queries over fp8 keys, chosen at open.
+/* CUDA arithmetic for fp8 queries over fp8 keys, chosen at open.
  * EXACT (the default): the codes go to the tensor cores as fp16 (exact); products and sums are
  *   the SPEC formula's up to fp32 rounding (measured: 1.5e-7 of max |I|), so selections agree
  *   with the CPU reference under SPEC's rule.
  * NATIVE: e4m3 x e4m3 tensor cores, the arithmetic of DeepGEMM's fp8_mqa_logits: the codes as
- *   they sit in the pages, half the MMA instructions (prefill ~1.2x faster on an H200). Hopper's
+ *   they sit in the pages, half the MMA instructions and no conversion (prefill ~1.2x faster on
+ *   an H200; decode scores them on the Hopper scorer, whichever `kernels` AUTO picks). Hopper's
  *   fp8 MMA keeps about 13 fraction bits while it accumulates, so a score can be off by
  *   ~1e-4 of max |I| (measured: up to 1.5e-4), as much as SPEC's agreement eps: near ties may
  *   select otherwise than the reference would. Outside SPEC's rule; opt in knowingly.
- * Decode, the portable prefill (HISA_KERNELS_PORTABLE, GPUs other than Hopper), bf16 / f32
- * queries, bf16 keys and the CPU backend always compute exactly. */
+ * The portable kernels (HISA_KERNELS_PORTABLE, GPUs other than Hopper), bf16 / f32 queries,
+ * bf16 keys, block means and the CPU backend always compute exactly. */
 enum { HISA_FP8_MMA_EXACT = 0, HISA_FP8_MMA_NATIVE = 1 };
 
 /* Devices: 0 (the default) is the CPU reference backend; HISA_DEVICE_CUDA(i) is CUDA device i. */
@@ -129,7 +130,7 @@ typedef struct hisa_config {
     int32_t max_prefill_queries; /* tokens per hisa_write_range, queries per hisa_prefill; default min(max_context, 1024) */
     int32_t device;              /* HISA_DEVICE_CPU (default) or HISA_DEVICE_CUDA(ordinal) */
     int32_t kernels;             /* CUDA decode scorer: HISA_KERNELS_AUTO (default), _PORTABLE or _HOPPER */
-    int32_t fp8_mma;             /* CUDA prefill, fp8 queries: HISA_FP8_MMA_EXACT (default) or _NATIVE */
+    int32_t fp8_mma;             /* CUDA, fp8 queries: HISA_FP8_MMA_EXACT (default) or _NATIVE */
 } hisa_config;
 
 /* The memory plan: named regions carved from two reservations. */

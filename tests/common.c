@@ -171,6 +171,16 @@ void hisa_tquant_query(const float *f, const float *w, int32_t H, uint8_t *codes
     for (int64_t i = 0; i < (int64_t)H * HISA_D; i++) vals[i] = hisa__e4m3_to_f32(codes[i]);
 }
 
+double hisa_t_native_bound(const float *q, const float *w, int32_t H, const float *key) {
+    double b = 0.0;
+    for (int32_t h = 0; h < H; h++) {
+        double a = 0.0;
+        for (int d = 0; d < 128; d++) a += fabs((double)q[h * 128 + d] * key[d]);
+        b += fabs((double)w[h]) * a;
+    }
+    return ldexp(b, -10);
+}
+
 static double score_of(const float *key, int32_t H, const float *q, const float *w) {
     double total = 0.0;
     for (int32_t h = 0; h < H; h++) {

@@ -42,6 +42,14 @@ void hisa_tgen_query(uint64_t seed, int32_t H, int64_t near, float *q, float *w)
  * codes' values (what the fp8 query is). vals may be f and w8 may be w. */
 void hisa_tquant_query(const float *f, const float *w, int32_t H, uint8_t *codes, float *vals, float *w8);
 
+/* The score error hisa.h's HISA_FP8_MMA_NATIVE may add to a token with dequantized key `key`
+ * for query values q [H,128] and weights w [H]: Hopper's fp8 MMA truncates its fp32 accumulator
+ * to 13 fraction bits after each k32 step, so a head's dot over 4 steps is off by under
+ * 4 * 2^-13 * max |partial sum| <= 2^-11 * sum_d |q_d k_d|; ReLU does not enlarge it, the
+ * weights scale it. Twice that, for rounding inside a step: 2^-10 * sum_h |w_h| sum_d |q_hd k_d|.
+ * (On the H200 the largest error seen is 0.04 of it: bench/NOTES-prefill.md.) */
+double hisa_t_native_bound(const float *q, const float *w, int32_t H, const float *key);
+
 /* Independent brute force, from the SPEC, in double precision over the keys as the cache
  * stores them (dequantized by the caller into deq [n,128], block means into means [nb,128]).
  * out [k] ascending, -1 padded; scores I [n] (double, stored as float) for the agreement rule. */

@@ -152,28 +152,15 @@ static void pf_mean_key(const pf_pair *p, int32_t b, float *key) {
     for (int d = 0; d < 128; d++) key[d] = hisa__bf16_to_f32(mean[d]);
 }
 
-/* The score error hisa.h's HISA_FP8_MMA_NATIVE may add to token s (position s < n, is_cand
- * NULL: all), maxed over the candidates. Hopper's fp8 MMA truncates its fp32 accumulator to 13
- * fraction bits after each k32 step: the error of a head's dot over 4 steps is under
- * 4 * 2^-13 * max |partial sum| <= 2^-11 * sum_d |q_d k_d|; ReLU does not enlarge it, the
- * weights scale it. Twice that, for rounding inside a step: 2^-10 * sum_h |w_h| sum_d |q_hd k_d|.
- * A worst case: on the H200 the largest error seen was 0.04 of it (bench/NOTES-prefill.md). */
-static double pf_native_bound(const float *q, const float *w, int32_t H, const float *key) {
-    double b = 0.0;
-    for (int32_t h = 0; h < H; h++) {
-        double a = 0.0;
-        for (int d = 0; d < 128; d++) a += fabs((double)q[h * 128 + d] * key[d]);
-        b += fabs((double)w[h]) * a;
-    }
-    return ldexp(b, -10);
-}
+/* The score error HISA_FP8_MMA_NATIVE may add (hisa_t_native_bound) to token s (position s < n,
+ * is_cand NULL: all), maxed over the candidates. */
 static double pf_native_eps(const pf_pair *p, const float *q, const float *w, const uint8_t *is_cand, int32_t n) {
     double worst = 0.0;
     float key[128];
     for (int32_t s = 0; s < n; s++) {
         if (is_cand && !is_cand[s]) continue;
         pf_token_key(p, s, key);
-        double b = pf_native_bound(q, w, p->cfg.n_heads, key);
+        double b = hisa_t_native_bound(q, w, p->cfg.n_heads, key);
         worst = b > worst ? b : worst;
     }
     return worst;
@@ -574,7 +561,7 @@ static void pf_scores_case(hisa_test_ctx *ctx, pf_pair *p, int32_t t0, int32_t n
             amax = fabs(ref) > amax ? fabs(ref) : amax;
             dmax = (d > dmax || d != d) ? d : dmax;
             if (native) {
-                double r = d == 0.0 ? 0.0 : d / pf_native_bound(qi, wi, H, key);
+                double r = d == 0.0 ? 0.0 : d / hisa_t_native_bound(qi, wi, H, key);
                 worst_bound = r <= worst_bound ? worst_bound : r != r ? INFINITY : r;
             }
         }

@@ -28,6 +28,7 @@ static void decode_help(FILE *f) {
     fprintf(f,
             "usage: hisa bench decode [--json FILE] [--reps N] [--quick] [--batch N --context N]\n"
             "                         [--topk-only] [--kernels auto|portable|hopper]\n"
+            "                         [--fp8-mma exact|native]\n"
             "  Times hisa_select_decode (CUDA graph replays, median) for flat and HISA over batch\n"
             "  {1,16,64} x context {8K,32K,64K,128K} plus batch 1 at 1M (H=64, D=128, B=128, m=64,\n"
             "  k=2048, fp8 keys), then at 128K and batch 1 and 64 fp8 and bf16 queries and next_n 2,\n"
@@ -40,15 +41,18 @@ static void decode_help(FILE *f) {
             "  1..16M, HISA_MAX_CONTEXT)\n"
             "  --topk-only: the top-k alone.\n"
             "  --kernels auto|portable|hopper: the decode scorer (hisa_config.kernels; default auto,\n"
-            "  the one measured fastest: portable is mma.sync, hopper is warpgroup MMA + bulk copies).\n");
+            "  the one measured fastest: portable is mma.sync, hopper is warpgroup MMA + bulk copies).\n"
+            "  --fp8-mma exact|native: hisa_config.fp8_mma (default exact); native scores fp8 queries\n"
+            "  on the Hopper scorer's e4m3 tensor cores (hisa.h: outside SPEC's agreement rule).\n");
 }
 
 typedef struct decode_opts {
     const char *json;
     int32_t reps, one_batch, one_context;
     int quick, topk_only;
-    const char *kernels;
+    const char *kernels, *fp8_mma;
     int32_t kernels_v; /* HISA_KERNELS_* of kernels */
+    int32_t fp8_mma_v; /* HISA_FP8_MMA_* of fp8_mma */
 } decode_opts;
 
 /* Options into o. Returns tool_parse_opts's codes (-1: --help) or TOOL_EXIT_USAGE. */
@@ -62,9 +66,11 @@ static int decode_parse(int argc, char **argv, decode_opts *o) {
         {"batch", TOOL_OPT_INT, &o->one_batch, 1, HISA_MAX_BATCH, "sequences, HISA_MAX_BATCH"},
         {"context", TOOL_OPT_INT, &o->one_context, 1, HISA_MAX_CONTEXT, "tokens, HISA_MAX_CONTEXT"},
         {"topk-only", TOOL_OPT_FLAG, &o->topk_only, 0, 0, NULL},
-        {"kernels", TOOL_OPT_STR, &o->kernels, 0, 0, NULL}};
-    int perr = tool_parse_opts("bench decode", argc, argv, opts, 7);
+        {"kernels", TOOL_OPT_STR, &o->kernels, 0, 0, NULL},
+        {"fp8-mma", TOOL_OPT_STR, &o->fp8_mma, 0, 0, NULL}};
+    int perr = tool_parse_opts("bench decode", argc, argv, opts, 8);
     if (perr) return perr;
+    if (tool_parse_fp8_mma("bench decode", o->fp8_mma, &o->fp8_mma_v)) return TOOL_EXIT_USAGE;
     if (tool_parse_choice("bench decode", "kernels", o->kernels, tool_kernels, TOOL_N_CHOICES(tool_kernels), &o->kernels_v))
         return TOOL_EXIT_USAGE;
     if (o->json) return tool_check_output("bench decode", "json", o->json);
@@ -81,8 +87,8 @@ static int decode_parse(int argc, char **argv, decode_opts *o) {
 /* The setting of every decode point: H heads, blocks of B tokens, m blocks kept, k selected. */
 enum { BENCH_H = 64, BENCH_B = 128, BENCH_M = 64, BENCH_K = 2048 };
 
-/* The decode scorer every point opens with (--kernels). */
-static int32_t g_kernels = HISA_KERNELS_AUTO;
+/* The decode scorer and fp8 arithmetic every point opens with (--kernels, --fp8-mma). */
+static int32_t g_kernels = HISA_KERNELS_AUTO, g_fp8_mma = HISA_FP8_MMA_EXACT;
 
 typedef struct bench_rec {
     char mode[16];
@@ -313,7 +319,8 @@ static int bench_point(int32_t batch, int32_t context, const bench_rec *variant,
     assert(pool && pool_n > 1024);
     hisa_config cfg = {.n_heads = BENCH_H, .block_size = BENCH_B, .top_blocks = BENCH_M, .topk = BENCH_K,
                        .key_format = HISA_KEY_FP8, .max_seqs = batch, .max_context = context, .max_batch = batch,
-                       .max_prefill_queries = 1024, .device = HISA_DEVICE_CUDA(0), .kernels = g_kernels};
+                       .max_prefill_queries = 1024, .device = HISA_DEVICE_CUDA(0), .kernels = g_kernels,
+                       .fp8_mma = g_fp8_mma};
     hisa_runtime *rt = NULL;
     int err = tool_open("bench", &cfg, NULL, &rt);
     if (err) return err;
@@ -621,10 +628,11 @@ static int decode_write_json(const char *json, const bench_env *e, const bench_r
         fprintf(f, ", \"date\": \"%s\", \"mode\": \"%s\", \"batch\": %d, \"context\": %d, \"key_format\": \"fp8\", "
                    "\"heads\": 64, \"block_size\": 128, \"top_blocks\": 64, \"topk\": 2048, "
                    "\"q_format\": \"%s\", \"next_n\": %d, \"median_us\": %.2f, \"floor_us\": %.2f, "
-                   "\"copy_gbps\": %.1f, \"read_gbps\": %.1f, \"bytes_read\": %.0f, \"kernels\": \"%s\"",
+                   "\"copy_gbps\": %.1f, \"read_gbps\": %.1f, \"bytes_read\": %.0f, \"kernels\": \"%s\", "
+                   "\"fp8_mma\": \"%s\"",
                 e->date, r->mode, r->batch, r->context, tool_q_format_name(r->q_format), r->next_n, r->median_us,
                 r->floor_us, e->copy_gbps, e->read_gbps, r->bytes,
-                tool_choice_name(tool_kernels, TOOL_N_CHOICES(tool_kernels), g_kernels));
+                tool_choice_name(tool_kernels, TOOL_N_CHOICES(tool_kernels), g_kernels), tool_fp8_mma_name(g_fp8_mma));
         if (strcmp(r->mode, "hisa") == 0) fprintf(f, ", \"speedup_vs_flat\": %.3f", r->speedup);
         fprintf(f, "},\n");
     }
@@ -649,6 +657,7 @@ static int decode_run(const decode_opts *o) {
         return TOOL_EXIT_FAIL;
     }
     g_kernels = o->kernels_v;
+    g_fp8_mma = o->fp8_mma_v;
     bench_env env;
     if (decode_env(&env)) return TOOL_EXIT_FAIL;
     const int32_t pool_n = 1 << 16;

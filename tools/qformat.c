@@ -22,7 +22,7 @@ static const tool_choice k_q_formats[] = {
     {"fp8", "uint8 e4m3fn codes, scale folded into the weights", HISA_Q_FP8}};
 static const tool_choice k_fp8_mma[] = {
     {"exact", "the default: scores within SPEC's agreement rule", HISA_FP8_MMA_EXACT},
-    {"native", "CUDA prefill multiplies fp8 queries by fp8 keys on the e4m3 tensor cores: faster, outside that "
+    {"native", "CUDA multiplies fp8 queries by fp8 keys on Hopper's e4m3 tensor cores: faster, outside that "
                "rule; hisa.h", HISA_FP8_MMA_NATIVE}};
 
 int tool_parse_q_format(const char *cmd, const char *s, int32_t *out) {

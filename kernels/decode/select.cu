@@ -710,6 +710,25 @@ __device__ void wg_build_q(const hisa_k_select_params &p, int crow, uint8_t *qs,
     hisa__fence_proxy_async(); /* the generic stores above, before wgmma reads them */
 }
 
+/* The row's fp8 query codes as the B tile of the e4m3 MMA (HISA_FP8_MMA_NATIVE): one atom of
+ * [N][128] codes as given (hisa__wg_q8_dim's order, 128-byte swizzle), ws[n] = w[n] (the codes
+ * are the values: no per-head scaling); zero rows for padding heads. */
+template <int N>
+__device__ void wg_build_q8(const hisa_k_select_params &p, int crow, uint8_t *qs, float *ws) {
+    const int H = p.cache.n_heads;
+    const uint8_t *q = static_cast<const uint8_t *>(p.q) + (int64_t)crow * H * HISA_D;
+    for (int idx = threadIdx.x; idx < N * 8; idx += kWgConsumers) {
+        const int n = idx >> 3, ch = idx & 7;
+        uint32_t v[4] = {0u, 0u, 0u, 0u};
+        if (n < H)
+#pragma unroll
+            for (int j = 0; j < 4; j++) v[j] = __ldg(reinterpret_cast<const uint32_t *>(q + n * HISA_D + hisa__wg_q8_dim(ch, j)));
+        *reinterpret_cast<uint4 *>(qs + n * 128 + ((ch ^ (n & 7)) << 4)) = make_uint4(v[0], v[1], v[2], v[3]);
+    }
+    for (int n = threadIdx.x; n < N; n += kWgConsumers) ws[n] = n < H ? __ldg(p.w + (int64_t)crow * H + n) : 0.0f;
+    hisa__fence_proxy_async(); /* the generic stores above, before wgmma reads them */
+}
+
 /* The producer's lane 0: arm stage (gi % S) with the bytes of tile `tile` of row d and start its copies. */
 [[maybe_unused]] __device__ __forceinline__ void wg_issue(const hisa_k_select_params &p, const row_desc &d, const int *pg, int s0,
                                          int tile, uint32_t gi, uint8_t *ring, uint64_t *full) {
@@ -745,11 +764,11 @@ __device__ void wg_build_q(const hisa_k_select_params &p, int crow, uint8_t *qs,
 }
 
 /* The consumer warpgroup's share of a chunk: tiles t0 .. t0 + nt - 1 of row d (CTA tiles gtile ..),
- * each read from its stage (fp8 codes converted exactly to fp16 A fragments), multiplied by the
- * query tile at qs_addr, reduced over heads into d.scores (and hist when a.hist). Software-
- * pipelined with two accumulators: the MMAs of tile i run while the epilogue of tile i - 1 does;
- * af is rewritten only after wait<0>. (Hopper image only.) */
-template <int N>
+ * each read from its stage (OP F16: fp8 codes converted exactly to fp16 A fragments; E4M3: the
+ * codes as they are), multiplied by the query tile at qs_addr, reduced over heads into d.scores
+ * (and hist when a.hist). Software-pipelined with two accumulators: the MMAs of tile i run while
+ * the epilogue of tile i - 1 does; af is rewritten only after wait<0>. (Hopper image only.) */
+template <int N, int OP>
 __device__ __forceinline__ void wg_consume(const sel_args &a, const row_desc &d, int t0, int nt, uint32_t gtile,
                                            const uint8_t *ring, uint64_t *full, uint64_t *empty, uint32_t qs_addr,
                                            const float *ws, uint32_t *hist) {
@@ -757,8 +776,9 @@ __device__ __forceinline__ void wg_consume(const sel_args &a, const row_desc &d,
     /* rows 16 * warp + g (+8) of a tile: 32 code bytes at 32 * t4 (a quarter-warp's rows g, g+1
      * share banks: a 2-way conflict on 4 loads a tile, cheaper than ordering the loads by row) */
     const int code_off = (16 * warp + g) * HISA_D + 32 * t4, sc_off = kWgCodeBytes + 4 * (16 * warp + g);
+    constexpr int KS = hisa__wg_ksteps<OP>;
     float sc[2], sc_prev[2] = {0.0f, 0.0f};
-    uint32_t af[8][4];
+    uint32_t af[KS][4];
     float acc0[N / 2] = {}, acc1[N / 2] = {}; /* defined once; each tile's first MMA overwrites */
     auto load_stage = [&](int i) { /* tile i's codes (converted) into af, scales into sc; release */
         const uint32_t gi = gtile + i;
@@ -770,28 +790,35 @@ __device__ __forceinline__ void wg_consume(const sel_args &a, const row_desc &d,
 #pragma unroll
             for (int half = 0; half < 2; half++) {
                 const uint4 x = src[half];
-                e4m3x4_to_f16x4(x.x, af[4 * half + 0][hr], af[4 * half + 0][2 + hr]);
-                e4m3x4_to_f16x4(x.y, af[4 * half + 1][hr], af[4 * half + 1][2 + hr]);
-                e4m3x4_to_f16x4(x.z, af[4 * half + 2][hr], af[4 * half + 2][2 + hr]);
-                e4m3x4_to_f16x4(x.w, af[4 * half + 3][hr], af[4 * half + 3][2 + hr]);
+                if constexpr (OP == HISA_WG_E4M3) { /* k-step kk: words 2kk, 2kk + 1 (hisa__wg_phys_dim8) */
+                    af[2 * half][hr] = x.x, af[2 * half][2 + hr] = x.y;
+                    af[2 * half + 1][hr] = x.z, af[2 * half + 1][2 + hr] = x.w;
+                } else {
+                    e4m3x4_to_f16x4(x.x, af[4 * half + 0][hr], af[4 * half + 0][2 + hr]);
+                    e4m3x4_to_f16x4(x.y, af[4 * half + 1][hr], af[4 * half + 1][2 + hr]);
+                    e4m3x4_to_f16x4(x.z, af[4 * half + 2][hr], af[4 * half + 2][2 + hr]);
+                    e4m3x4_to_f16x4(x.w, af[4 * half + 3][hr], af[4 * half + 3][2 + hr]);
+                }
             }
             sc[hr] = *reinterpret_cast<const float *>(st + sc_off + 32 * hr);
         }
         __syncwarp();
         if (lane == 0) hisa__mbar_arrive(empty + gi % kWgStages);
     };
-    auto mma = [&](float (&acc)[N / 2]) { /* 8 asynchronous wgmma over af */
+    auto mma = [&](float (&acc)[N / 2]) { /* KS asynchronous wgmma over af */
         hisa__wgmma_fence(); /* kk = 0 overwrites acc (scale_d 0): no zeroing per tile */
 #pragma unroll
-        for (int kk = 0; kk < 8; kk++)
-            wgmma_rs<HISA_WG_F16, N>::mma(acc, af[kk], hisa__pf_desc(qs_addr + (kk >> 2) * (N * 128) + (kk & 3) * 32), kk > 0);
+        for (int kk = 0; kk < KS; kk++) {
+            const uint32_t at = OP == HISA_WG_E4M3 ? qs_addr + kk * 32 : qs_addr + (kk >> 2) * (N * 128) + (kk & 3) * 32;
+            wgmma_rs<OP, N>::mma(acc, af[kk], hisa__pf_desc(at), kk > 0);
+        }
         hisa__wgmma_commit();
     };
     auto settle = [&](float (&acc)[N / 2]) { /* after wait<0>: acc and af are ours again */
 #pragma unroll
         for (int j = 0; j < N / 2; j++) hisa__reg_fence(acc[j]);
 #pragma unroll
-        for (int kk = 0; kk < 8; kk++)
+        for (int kk = 0; kk < KS; kk++)
 #pragma unroll
             for (int x = 0; x < 4; x++) hisa__reg_fence(af[kk][x]);
     };
@@ -843,7 +870,7 @@ __device__ __forceinline__ void wg_consume(const sel_args &a, const row_desc &d,
     }
 }
 
-template <int N>
+template <int N, int OP>
 __global__ void __launch_bounds__(kWgThreads, N >= 128 ? 1 : 2) score_wg_kernel(const sel_args a) {
 #if HISA_K_SM90A
     extern __shared__ uint8_t wg_smem_raw[];
@@ -888,7 +915,8 @@ __global__ void __launch_bounds__(kWgThreads, N >= 128 ? 1 : 2) score_wg_kernel(
             if (cur_row >= 0 && a.hist) flush_hist(hist, d.work);
             d = describe(a, r);
             cur_row = r;
-            if (!producer) wg_build_q<N>(p, d.crow, qs, ws);
+            if (!producer && OP == HISA_WG_E4M3) wg_build_q8<N>(p, d.crow, qs, ws);
+            else if (!producer) wg_build_q<N>(p, d.crow, qs, ws);
         }
         const int t0 = (chunk - prefix[r]) * C, t1 = min(t0 + C, (d.L + kWgTile - 1) / kWgTile), nt = t1 - t0;
         if (!waited) { /* from here on: kept blocks and the scores (predecessor's) */
@@ -901,7 +929,7 @@ __global__ void __launch_bounds__(kWgThreads, N >= 128 ? 1 : 2) score_wg_kernel(
             pg[s - s0] = pt[d.path == PATH_HISA ? p.scratch.blocks[(int64_t)d.crow * p.top_blocks + s] : s];
         __syncthreads(); /* pg, qs, ws */
         if (producer) wg_produce(p, d, pg, s0, t0, nt, gtile, ring, full, empty);
-        else wg_consume<N>(a, d, t0, nt, gtile, ring, full, empty, qs_addr, ws, hist);
+        else wg_consume<N, OP>(a, d, t0, nt, gtile, ring, full, empty, qs_addr, ws, hist);
         gtile += (uint32_t)nt;
     }
     __syncthreads();
@@ -1323,26 +1351,35 @@ int launch_score(const sel_args &a, cudaStream_t s, bool pdl) {
     return launch(n_mt == 4 ? score_kernel<SRC, 4> : score_kernel<SRC, 0>, dim3(grid), dim3(kScoreThreads), smem, s, pdl, a);
 }
 
-/* The Hopper scorer's CTAs per SM for each padded head count. */
-template <int N>
+/* The Hopper scorer's CTAs per SM for each padded head count and operand kind (F16 exact, E4M3). */
+template <int N, int OP>
 int wg_init(hisa_k_device *dev) {
-    const void *k = (const void *)score_wg_kernel<N>;
+    const void *k = (const void *)score_wg_kernel<N, OP>;
     if (set_smem(k, wg_dyn_smem<N>())) return HISA_K_EDEVICE;
     int occ = 0;
-    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, score_wg_kernel<N>, kWgThreads, wg_dyn_smem<N>()) != cudaSuccess)
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&occ, score_wg_kernel<N, OP>, kWgThreads, wg_dyn_smem<N>()) != cudaSuccess)
         return HISA_K_EDEVICE;
-    dev->wg_ctas_per_sm[wg_n_index(N)] = occ > 0 ? occ : 1;
+    dev->wg_ctas_per_sm[OP == HISA_WG_E4M3][wg_n_index(N)] = occ > 0 ? occ : 1;
     return HISA_K_OK;
 }
+template <int OP>
+int wg_init_all(hisa_k_device *dev) {
+    int err = wg_init<16, OP>(dev);
+    if (!err) err = wg_init<32, OP>(dev);
+    if (!err) err = wg_init<64, OP>(dev);
+    if (!err) err = wg_init<128, OP>(dev);
+    return err;
+}
 
+template <int OP>
 int launch_score_wg(const sel_args &a, cudaStream_t s, bool pdl) {
     const int H = a.p.cache.n_heads, ni = wg_n_index(H);
-    const dim3 grid(a.p.dev.sm_count * a.p.dev.wg_ctas_per_sm[ni]), block(kWgThreads);
+    const dim3 grid(a.p.dev.sm_count * a.p.dev.wg_ctas_per_sm[OP == HISA_WG_E4M3][ni]), block(kWgThreads);
     switch (ni) {
-    case 0: return launch(score_wg_kernel<16>, grid, block, wg_dyn_smem<16>(), s, pdl, a);
-    case 1: return launch(score_wg_kernel<32>, grid, block, wg_dyn_smem<32>(), s, pdl, a);
-    case 2: return launch(score_wg_kernel<64>, grid, block, wg_dyn_smem<64>(), s, pdl, a);
-    default: return launch(score_wg_kernel<128>, grid, block, wg_dyn_smem<128>(), s, pdl, a);
+    case 0: return launch(score_wg_kernel<16, OP>, grid, block, wg_dyn_smem<16>(), s, pdl, a);
+    case 1: return launch(score_wg_kernel<32, OP>, grid, block, wg_dyn_smem<32>(), s, pdl, a);
+    case 2: return launch(score_wg_kernel<64, OP>, grid, block, wg_dyn_smem<64>(), s, pdl, a);
+    default: return launch(score_wg_kernel<128, OP>, grid, block, wg_dyn_smem<128>(), s, pdl, a);
     }
 }
 
@@ -1370,7 +1407,7 @@ int launch_topk(const sel_args &a, int64_t max_len, cudaStream_t s) {
  * on a GPU other than Hopper or under a forced PTX JIT). */
 int hisa__k_hopper_image(void) {
     cudaFuncAttributes fa;
-    if (cudaFuncGetAttributes(&fa, score_wg_kernel<64>) != cudaSuccess) {
+    if (cudaFuncGetAttributes(&fa, score_wg_kernel<64, HISA_WG_F16>) != cudaSuccess) {
         cudaGetLastError(); /* not sticky: the answer is "no Hopper code" */
         return 0;
     }
@@ -1381,10 +1418,8 @@ int hisa__k_hopper_image(void) {
 int hisa__k_select_init(hisa_k_device *dev) {
     int err = set_smem((const void *)select_kernel, kFinishDynSmem);
     if (!err && dev->hopper) { /* the Hopper scorer exists only in the sm_90a image */
-        err = wg_init<16>(dev);
-        if (!err) err = wg_init<32>(dev);
-        if (!err) err = wg_init<64>(dev);
-        if (!err) err = wg_init<128>(dev);
+        err = wg_init_all<HISA_WG_F16>(dev);
+        if (!err) err = wg_init_all<HISA_WG_E4M3>(dev);
     }
     if (!err) err = score_init<SRC_FP8>(dev);
     if (!err) err = score_init<SRC_BF16>(dev);
@@ -1412,10 +1447,13 @@ extern "C" int hisa_k_select(void *stream, const hisa_k_select_params *p) {
     if (p->dev.sm_count < 1) return HISA_K_EINVAL; /* hisa_k_init not run */
     int err = HISA_K_OK;
     cudaStream_t s = (cudaStream_t)stream;
-    /* Hopper scorer for fp8 keys unless the portable path was asked for at open; rows whose
-     * whole top-k fits one CTA's shared memory (every HISA-mode token row: n <= m * B; every
-     * block row: nb - 2 < pages_per_seq) take select_smem instead of the split top-k */
-    const bool hopper = p->dev.path == HISA_K_PATH_HOPPER && c.key_format == HISA__FMT_FP8;
+    /* Hopper scorer for fp8 keys when it was asked for at open, and for fp8 queries over them
+     * with fp8_native (e4m3 operands: it is the one scorer with them); rows whose whole top-k
+     * fits one CTA's shared memory (every HISA-mode token row: n <= m * B; every block row:
+     * nb - 2 < pages_per_seq) take select_smem instead of the split top-k */
+    const bool native = p->fp8_native && p->q_format == HISA_K_Q_FP8 && c.key_format == HISA__FMT_FP8;
+    if (native && !p->dev.hopper) return HISA_K_EUNSUPPORTED;
+    const bool hopper = (p->dev.path == HISA_K_PATH_HOPPER && c.key_format == HISA__FMT_FP8) || native;
     const bool smem_blocks = c.pages_per_seq <= kSmemSelCap;
     const bool smem_tokens = p->mode == HISA_K_MODE_HISA && (int64_t)p->top_blocks * c.block_size <= kSmemSelCap;
     /* next_n > 1 makes more rows than one launch group holds: groups of 256 rows in turn */
@@ -1439,7 +1477,8 @@ extern "C" int hisa_k_select(void *stream, const hisa_k_select_params *p) {
         a.stage = STAGE_TOKENS;
         a.hist = !smem_tokens;
         const bool pdl = p->mode == HISA_K_MODE_HISA;
-        if (hopper) err = launch_score_wg(a, s, pdl);
+        if (native) err = launch_score_wg<HISA_WG_E4M3>(a, s, pdl);
+        else if (hopper) err = launch_score_wg<HISA_WG_F16>(a, s, pdl);
         else err = c.key_format == HISA__FMT_FP8 ? launch_score<SRC_FP8>(a, s, pdl) : launch_score<SRC_BF16>(a, s, pdl);
         if (err) return err;
         if (p->stop_after_scoring) continue;

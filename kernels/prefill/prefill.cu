@@ -141,18 +141,7 @@ __device__ void load_q16(const hisa_k_prefill_params &p, int q_first, int nq, ui
 }
 
 /* The Q tile for e4m3 operands (fp8 queries): the codes as given, one atom of [N][128] bytes,
- * swizzled; 16-byte chunk ch of row n holds k-step ch / 2's logical columns 16 * (ch % 2) ..
- * +15, i.e. physical dims 32j + 8 * (ch / 2) + 4 * (ch % 2) + {0..3}, j = 0..3
- * (hisa__wg_phys_dim8). */
-/* load_q8's addresses, checked against the map the A side uses (hisa__wg_phys_dim8) */
-constexpr bool q8_chunks_follow_the_map() {
-    for (int ch = 0; ch < 8; ch++)
-        for (int j = 0; j < 4; j++)
-            if (8 * (ch >> 1) + 4 * (ch & 1) + 32 * j != hisa__wg_phys_dim8(16 * ch + 4 * j)) return false;
-    return true;
-}
-static_assert(q8_chunks_follow_the_map(), "load_q8 and hisa__wg_phys_dim8 disagree");
-
+ * swizzled, chunk ch of row n from the dims hisa__wg_q8_dim(ch, j). */
 template <int N, int HP>
 __device__ void load_q8(const hisa_k_prefill_params &p, int q_first, int nq, uint8_t *qs) {
     const int H = p.cache.n_heads;
@@ -161,9 +150,9 @@ __device__ void load_q8(const hisa_k_prefill_params &p, int q_first, int nq, uin
         const int n = idx >> 3, ch = idx & 7, qi = n / HP, h = n % HP;
         uint32_t v[4] = {0u, 0u, 0u, 0u};
         if (qi < nq && h < H) {
-            const uint8_t *src = q + ((int64_t)(q_first + qi) * H + h) * HISA_D + 8 * (ch >> 1) + 4 * (ch & 1);
+            const uint8_t *src = q + ((int64_t)(q_first + qi) * H + h) * HISA_D;
 #pragma unroll
-            for (int j = 0; j < 4; j++) v[j] = __ldg(reinterpret_cast<const uint32_t *>(src + 32 * j));
+            for (int j = 0; j < 4; j++) v[j] = __ldg(reinterpret_cast<const uint32_t *>(src + hisa__wg_q8_dim(ch, j)));
         }
         *reinterpret_cast<uint4 *>(qs + n * 128 + ((ch ^ (n & 7)) << 4)) = make_uint4(v[0], v[1], v[2], v[3]);
     }
