@@ -291,9 +291,11 @@ using plan_scan_t = cub::BlockScan<int, NT>;
 
 /* The work plan of a scoring launch, derived by every CTA alike from the device lengths: row r
  * of the launch has ceil(L / UNIT) units of work, cut into chunks of C units (C sized so the grid
- * gets ~4 chunks per CTA, within [kChunkMinUnits, cmax]); prefix[r] is the row's first chunk and
- * prefix[n_rows] the total. Returns C. Called by all NT threads of the CTA; ends on a barrier. */
-template <int UNIT, int NT = kScoreThreads>
+ * gets ~PER_CTA chunks per CTA, within [kChunkMinUnits, cmax]); prefix[r] is the row's first chunk
+ * and prefix[n_rows] the total. Returns C. Called by all NT threads of the CTA; ends on a barrier.
+ * PER_CTA: 4 for token rows (several chunks a CTA even out uneven rows); 1 for block means, whose
+ * chunks are short next to the query setup each one pays (a row's q fragments). */
+template <int UNIT, int PER_CTA, int NT = kScoreThreads>
 __device__ int plan_chunks(const sel_args &a, int cmax, int *prefix, int *s_chunk_units,
                            typename plan_scan_t<NT>::TempStorage &tmp) {
     static_assert(HISA_K_ROWS_PER_LAUNCH <= 2 * NT, "two rows per thread");
@@ -310,7 +312,8 @@ __device__ int plan_chunks(const sel_args &a, int cmax, int *prefix, int *s_chun
     }
     plan_scan_t<NT>(tmp).ExclusiveSum(units, pre, total);
     if (tid == 0) {
-        long long want = ((long long)total + (long long)gridDim.x * 4 - 1) / ((long long)gridDim.x * 4);
+        const long long per = (long long)gridDim.x * PER_CTA;
+        long long want = ((long long)total + per - 1) / per;
         *s_chunk_units = (int)min(max(want, (long long)kChunkMinUnits), (long long)cmax);
     }
     __syncthreads();
@@ -371,7 +374,7 @@ __global__ void __launch_bounds__(kScoreThreads, 3) score_kernel(const sel_args 
     uint2 *qb = reinterpret_cast<uint2 *>(qfrag + n_mt * 8 * 32);
 
     for (int b = tid; b < kHistBins; b += kScoreThreads) hist[b] = 0;
-    const int C = plan_chunks<kUnit>(a, CMAX, prefix, &s_chunk_units, scan_tmp);
+    const int C = plan_chunks<kUnit, MEANS ? 1 : 4>(a, CMAX, prefix, &s_chunk_units, scan_tmp);
     const int n_chunks = prefix[a.n_rows];
 
     int cur_row = -1;
@@ -898,7 +901,7 @@ __global__ void __launch_bounds__(kWgThreads, N >= 128 ? 1 : 2) score_wg_kernel(
         hisa__mbar_init_fence();
     }
     for (int b = tid; b < kHistBins; b += kWgThreads) hist[b] = 0;
-    const int C = plan_chunks<kWgTile, kWgThreads>(a, kWgChunkMaxTiles, prefix, &s_chunk_units, scan_tmp);
+    const int C = plan_chunks<kWgTile, 4, kWgThreads>(a, kWgChunkMaxTiles, prefix, &s_chunk_units, scan_tmp);
     const int n_chunks = prefix[a.n_rows];
     const int c_begin = (int)((int64_t)n_chunks * blockIdx.x / gridDim.x);
     const int c_end = (int)((int64_t)n_chunks * (blockIdx.x + 1) / gridDim.x);
