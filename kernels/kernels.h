@@ -224,7 +224,9 @@ typedef struct hisa_k_select_params {
     hisa_k_device dev;                /* read once at open (hisa_k_init) */
     int32_t scratch_rows;             /* rows the scratch holds (>= n_rows) */
     int32_t chunk;                    /* 0: decode rows; 1: a prefill chunk of seq_ids[0] (next_n 1) */
-    int32_t t0;                       /* chunk: the first row's position; t0 + n_rows <= max_context */
+    int32_t t0;                       /* chunk: the first row's position; t0 + n_rows <= max_context, and
+                                         the caller sees to t0 + n_rows <= seq_len with every key
+                                         below written (the runtime's checks) */
     int32_t stop_after_scoring;       /* benchmarks, tests: no token top-k (out untouched; scores and
                                          kept blocks left in scratch) */
     int32_t fp8_native;               /* fp8 queries over fp8 keys: 1 e4m3 x e4m3 on the Hopper scorer

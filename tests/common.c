@@ -181,6 +181,16 @@ double hisa_t_native_bound(const float *q, const float *w, int32_t H, const floa
     return ldexp(b, -10);
 }
 
+double hisa_t_score(const float *q, const float *w, int32_t H, const float *key) {
+    double total = 0.0;
+    for (int32_t h = 0; h < H; h++) {
+        double dot = 0.0;
+        for (int d = 0; d < 128; d++) dot += (double)q[h * 128 + d] * key[d];
+        total += w[h] * (dot > 0 ? dot : 0);
+    }
+    return total;
+}
+
 static double score_of(const float *key, int32_t H, const float *q, const float *w) {
     double total = 0.0;
     for (int32_t h = 0; h < H; h++) {

@@ -49,6 +49,9 @@ void hisa_tquant_query(const float *f, const float *w, int32_t H, uint8_t *codes
  * weights scale it. Twice that, for rounding inside a step: 2^-10 * sum_h |w_h| sum_d |q_hd k_d|.
  * (On the H200 the largest error seen is 0.04 of it: bench/NOTES-prefill.md.) */
 double hisa_t_native_bound(const float *q, const float *w, int32_t H, const float *key);
+/* The SPEC score of a key in double, for query values q [H,128] already in their value form
+ * (bf16 or e4m3 values; not rounded here) and weights w [H]. */
+double hisa_t_score(const float *q, const float *w, int32_t H, const float *key);
 
 /* Independent brute force, from the SPEC, in double precision over the keys as the cache
  * stores them (dequantized by the caller into deq [n,128], block means into means [nb,128]).

@@ -4,7 +4,8 @@
  * "skipped: no CUDA device" and counts as skipped, never as passed.
  * The runner's last line is "N passed, N failed, N skipped"; exit status 1 on any failure.
  * Tests run several at once, each in a child process of its own (HISA_TEST_JOBS, test_main.c), so
- * a test may not count on another's state or on running alone. */
+ * a test may not count on another's state; one that reads state of the whole machine (free device
+ * memory) is HISA_TEST_SERIAL and runs with no other test beside it. */
 #ifndef HISA_TEST_H
 #define HISA_TEST_H
 
@@ -18,16 +19,18 @@ typedef struct hisa_test_ctx {
 } hisa_test_ctx;
 
 typedef void (*hisa_test_fn)(hisa_test_ctx *ctx);
-void hisa_test_register(const char *name, hisa_test_fn fn);
+void hisa_test_register(const char *name, hisa_test_fn fn, int serial);
 void hisa_test_fail(hisa_test_ctx *ctx, const char *file, int line, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
-#define HISA_TEST(name)                                                               \
+#define HISA_TEST_(name, serial)                                                      \
     static void hisa_test_##name(hisa_test_ctx *ctx);                                 \
     __attribute__((constructor)) static void hisa_test_reg_##name(void) {             \
-        hisa_test_register(#name, hisa_test_##name);                                  \
+        hisa_test_register(#name, hisa_test_##name, serial);                          \
     }                                                                                 \
     static void hisa_test_##name(hisa_test_ctx *ctx)
+#define HISA_TEST(name) HISA_TEST_(name, 0)
+#define HISA_TEST_SERIAL(name) HISA_TEST_(name, 1)
 
 #define CHECK(cond)                                                                   \
     do {                                                                              \

@@ -141,7 +141,7 @@ static int cuda_available(void) {
     return err != HISA_ENODEVICE;
 }
 
-HISA_TEST(faults_every_cuda_reservation_fails_cleanly) {
+HISA_TEST_SERIAL(faults_every_cuda_reservation_fails_cleanly) { /* reads the device's free memory */
     if (!cuda_available()) SKIP("no CUDA device");
     reservation_sweep(ctx, HISA_DEVICE_CUDA(0));
 }

@@ -129,16 +129,6 @@ static int pf_sync_bytes(hisa_test_ctx *ctx, pf_pair *p) {
     return ok ? 0 : -1;
 }
 
-/* Reference formula in double (SPEC), q rounded to bf16 as the reference does. */
-static double pf_score(const float *qr, const float *w, int32_t H, const float *key) {
-    double total = 0.0;
-    for (int32_t h = 0; h < H; h++) {
-        double dot = 0.0;
-        for (int d = 0; d < 128; d++) dot += (double)qr[h * 128 + d] * key[d];
-        total += w[h] * (dot > 0 ? dot : 0);
-    }
-    return total;
-}
 static void pf_token_key(const pf_pair *p, int32_t s, float *key) {
     const hisa_runtime *c = p->cpu;
     int32_t B = (int32_t)c->g.block_size;
@@ -220,7 +210,7 @@ static void pf_check_row(hisa_test_ctx *ctx, pf_pair *p, hisa_mode mode, int32_t
         uint8_t *bc = calloc((size_t)nb, 1);
         for (int32_t b = 0; b <= last; b++) {
             pf_mean_key(p, b, key);
-            J[b] = (float)pf_score(qr, w, H, key);
+            J[b] = (float)hisa_t_score(qr, w, H, key);
             bc[b] = b >= 1 && b < last;
         }
         if (m > 2)
@@ -235,7 +225,7 @@ static void pf_check_row(hisa_test_ctx *ctx, pf_pair *p, hisa_mode mode, int32_t
         for (int32_t i = 0; i < m; i++)
             for (int32_t s = gblocks[i] * B; s < gblocks[i] * B + B && s < n; s++) {
                 pf_token_key(p, s, key);
-                I[s] = (float)pf_score(qr, w, H, key);
+                I[s] = (float)hisa_t_score(qr, w, H, key);
                 is_cand[s] = 1;
                 ids[nc] = s;
                 cs[nc++] = I[s];
@@ -537,8 +527,9 @@ static void pf_scores_case(hisa_test_ctx *ctx, pf_pair *p, int32_t t0, int32_t n
     hisa_runtime *g = p->gpu;
     const int32_t H = p->cfg.n_heads;
     const int64_t mc = g->g.max_context;
-    const int native = p->cfg.fp8_mma == HISA_FP8_MMA_NATIVE;
-    const char *ops = native ? "e4m3" : alt ? "bf16" : "fp16";
+    /* the portable prefill computes exactly whatever fp8_mma says (hisa.h) */
+    const int native = p->cfg.fp8_mma == HISA_FP8_MMA_NATIVE && !g->dev.all_portable;
+    const char *ops = native ? "e4m3" : g->dev.all_portable ? "portable" : alt ? "bf16" : "fp16";
     REQUIRE(cudaMemset(g->r.sel_scores, 0xff, sizeof(float) * (size_t)(g->g.rows * mc)) == cudaSuccess);
     int32_t *out = malloc(sizeof(int32_t) * (size_t)n_q * (size_t)p->cfg.topk); /* HISA_HOST_IO stages it back */
     int err = pf_call(g, HISA_MODE_FLAT, p->seq, t0, n_q, codes, w, out, HISA_HOST_IO | PF_Q8 | PF_SCORES | (alt ? PF_ALT : 0u));
@@ -556,7 +547,7 @@ static void pf_scores_case(hisa_test_ctx *ctx, pf_pair *p, int32_t t0, int32_t n
         double amax = 0.0, dmax = 0.0;
         for (int32_t s = 0; s <= t; s++) {
             pf_token_key(p, s, key);
-            double ref = pf_score(qi, wi, H, key);
+            double ref = hisa_t_score(qi, wi, H, key);
             double d = fabs((double)got[(int64_t)i * mc + s] - ref); /* NaN poison: d is NaN */
             amax = fabs(ref) > amax ? fabs(ref) : amax;
             dmax = (d > dmax || d != d) ? d : dmax;
@@ -584,7 +575,7 @@ static void pf_scores_case(hisa_test_ctx *ctx, pf_pair *p, int32_t t0, int32_t n
     }
 }
 
-HISA_TEST(gpu_prefill_scores_of_fp8_queries) {
+HISA_GPU_TEST(gpu_prefill_scores_of_fp8_queries) {
     static const int32_t heads[] = {64, 128};
     for (int hi = 0; hi < 2; hi++)
         for (int native = 0; native <= 1; native++) {
@@ -606,6 +597,8 @@ HISA_TEST(gpu_prefill_scores_of_fp8_queries) {
                 hisa_tquant_query(qi, wi, H, codes + (int64_t)i * H * 128, qi, wi);
             }
             for (int alt = 0; alt <= !native; alt++) pf_scores_case(ctx, &p, t0, n_q, q, w, codes, alt, got);
+            /* scoring alone leaves the selection state as it found it: a whole selection after */
+            pf_chunk(ctx, &p, HISA_MODE_FLAT, t0, n_q, PF_Q8, 0, 0, 990, "flat selection after scoring alone");
             free(q);
             free(w);
             free(got);

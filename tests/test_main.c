@@ -14,13 +14,15 @@
 static struct {
     const char *name;
     hisa_test_fn fn;
+    int serial; /* runs with no other test beside it */
 } g_tests[HISA_TESTS_MAX];
 static int g_n_tests;
 
-void hisa_test_register(const char *name, hisa_test_fn fn) {
+void hisa_test_register(const char *name, hisa_test_fn fn, int serial) {
     if (g_n_tests >= HISA_TESTS_MAX) abort(); /* raise HISA_TESTS_MAX */
     g_tests[g_n_tests].name = name;
     g_tests[g_n_tests].fn = fn;
+    g_tests[g_n_tests].serial = serial;
     g_n_tests++;
 }
 
@@ -86,6 +88,9 @@ static double now_s(void) {
 }
 
 enum { R_PASS = 0, R_FAIL = 1, R_SKIP = 2 };
+/* A child's exit status for each result: values no runtime uses (the sanitizers exit 1, a test
+ * that calls exit() its own), so any other status is a failure named as such. */
+static const int k_child_status[3] = {0, 100, 101};
 
 /* Test i in this process: its FAIL line (with the failed-check count) printed here. */
 static int run_one(int i) {
@@ -103,11 +108,11 @@ static void report(int i, int r, double secs, int *counts) {
     counts[r]++;
 }
 
-/* Tests run in forked children, `jobs` at a time: each child's stdout and stderr go to its own
- * file, printed whole in registration order once it and every test before it are done, so the
- * log reads as a sequential run's. A child that crashes, or exits with a status of its own
- * (LeakSanitizer's), fails its test and no other. The parent touches no CUDA (each child
- * opens its own context) and starts no threads before forking. */
+/* Tests run in forked children, `jobs` at a time (a serial test alone): each child's stdout and
+ * stderr go to its own file, printed whole in registration order once it and every test before
+ * it are done, so the log reads as a sequential run's. A child that crashes or exits with a
+ * status of its own (a sanitizer's report) fails its test and no other. The parent touches no
+ * CUDA (each child opens its own context) and starts no threads before forking. */
 typedef struct job {
     int test, result, done;
     pid_t pid;
@@ -121,13 +126,15 @@ static int start_job(job *j) {
     fflush(NULL); /* nothing buffered is inherited and written twice */
     j->t0 = now_s();
     j->pid = fork();
-    if (j->pid < 0) return -1;
+    if (j->pid < 0) {
+        fclose(j->out);
+        return -1;
+    }
     if (j->pid == 0) {
-        dup2(fileno(j->out), 1);
-        dup2(fileno(j->out), 2);
+        if (dup2(fileno(j->out), 1) < 0 || dup2(fileno(j->out), 2) < 0) _exit(2);
         int r = run_one(j->test);
         fflush(stdout);
-        exit(r); /* exit, not _exit: sanitizers' exit checks run */
+        exit(k_child_status[r]); /* exit, not _exit: the sanitizers' exit checks run */
     }
     return 0;
 }
@@ -135,10 +142,11 @@ static int start_job(job *j) {
 static void finish_job(job *j, int status) {
     j->secs = now_s() - j->t0;
     j->done = 1;
-    if (WIFEXITED(status) && WEXITSTATUS(status) <= R_SKIP) {
-        j->result = WEXITSTATUS(status);
-        return;
-    }
+    for (int r = R_PASS; r <= R_SKIP; r++)
+        if (WIFEXITED(status) && WEXITSTATUS(status) == k_child_status[r]) {
+            j->result = r;
+            return;
+        }
     j->result = R_FAIL;
     fseek(j->out, 0, SEEK_END);
     if (WIFSIGNALED(status)) fprintf(j->out, "FAIL %s (killed by signal %d)\n", g_tests[j->test].name, WTERMSIG(status));
@@ -146,13 +154,28 @@ static void finish_job(job *j, int status) {
     fflush(j->out);
 }
 
+static void print_job(job *j, int *counts) {
+    rewind(j->out);
+    char buf[4096];
+    size_t got;
+    while ((got = fread(buf, 1, sizeof buf, j->out)) > 0) fwrite(buf, 1, got, stdout);
+    fclose(j->out);
+    report(j->test, j->result, j->secs, counts);
+}
+
 static int run_forked(job *jobs, int n, int n_par, int *counts) {
-    int started = 0, printed = 0, running = 0;
+    int started = 0, printed = 0, running = 0, serial_running = 0;
     while (printed < n) {
         assert(running <= n_par && started <= n);
-        while (running < n_par && started < n) {
-            if (start_job(&jobs[started])) return -1;
+        while (running < n_par && started < n && !serial_running) {
+            const int serial = g_tests[jobs[started].test].serial;
+            if (serial && running > 0) break; /* it waits for the others, then runs alone */
+            if (start_job(&jobs[started])) {
+                while (wait(NULL) > 0) continue; /* no child left behind */
+                return -1;
+            }
             started++, running++;
+            serial_running = serial;
         }
         int status = 0;
         pid_t pid = waitpid(-1, &status, 0);
@@ -161,16 +184,9 @@ static int run_forked(job *jobs, int n, int n_par, int *counts) {
             if (jobs[k].pid == pid && !jobs[k].done) {
                 finish_job(&jobs[k], status);
                 running--;
+                if (g_tests[jobs[k].test].serial) serial_running = 0;
             }
-        for (; printed < started && jobs[printed].done; printed++) {
-            job *j = &jobs[printed];
-            rewind(j->out);
-            char buf[4096];
-            size_t got;
-            while ((got = fread(buf, 1, sizeof buf, j->out)) > 0) fwrite(buf, 1, got, stdout);
-            fclose(j->out);
-            report(j->test, j->result, j->secs, counts);
-        }
+        for (; printed < started && jobs[printed].done; printed++) print_job(&jobs[printed], counts);
     }
     return 0;
 }

@@ -89,6 +89,11 @@ static int pb_parse(int argc, char **argv, pb_opts *o) {
     if (tool_parse_choice("bench prefill", "kernels", o->kernels_name, tool_kernels,
                           TOOL_N_CHOICES(tool_kernels), &o->kernels))
         return TOOL_EXIT_USAGE;
+    if (o->variant && o->kernels == HISA_KERNELS_PORTABLE) {
+        fprintf(stderr, "hisa bench prefill: --variant 1 with --kernels portable: the portable prefill has one exact "
+                        "arithmetic, no operand variants\n");
+        return TOOL_EXIT_USAGE;
+    }
     if (o->one_context && o->one_context < o->n_q) {
         fprintf(stderr, "hisa bench prefill: --context %d: expected at least --queries %d (the chunk is the last "
                         "--queries positions of the context)\n", o->one_context, o->n_q);

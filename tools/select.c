@@ -355,7 +355,7 @@ static void select_help(void) {
         "  --query-format F   f32 (default), bf16 or fp8: the dtype of Q.npy (float32,\n"
         "                     uint16, uint8), passed to the library as is (SPEC \"Queries\")\n"
         "  --fp8-mma A        exact (default) or native: with fp8 queries and fp8 keys on a\n"
-        "                     GPU, native multiplies the codes on the e4m3 tensor cores\n"
+        "                     Hopper GPU, native multiplies the codes on the e4m3 tensor cores\n"
         "                     (faster; scores off by up to ~1e-4 of the largest, outside\n"
         "                     SPEC's agreement rule: hisa.h)\n"
         "  --mode M           hisa (default) or flat (DSA: the exact top-k of all tokens)\n"

@@ -31,7 +31,10 @@
  * H200: HISA 64 x 128K 115.8 -> 102.9 us, 1 x 128K 45.2 -> 37.0 us (bench/NOTES-decode.md).
  * score<KEYS> has two scorers behind one launcher, chosen at open (hisa_k_device.path): the
  * mma.sync one below (PORTABLE, the default while it measures faster) and score_wg (HOPPER:
- * warpgroup MMA fed by bulk copies, fp8 keys); both are tested against the CPU twin.
+ * warpgroup MMA fed by bulk copies, fp8 keys; also, whichever path was picked unless PORTABLE was
+ * asked for, fp8 queries with fp8_native); all are tested against the CPU twin.
+ * Prefill on the portable path: the same pipeline with a chunk's queries as rows (p.chunk, row r
+ * at t0 + r), so GPUs without the Hopper image select prefill chunks with these kernels.
  * Kernels after the first use programmatic dependent launch: their prologue (plan, query
  * fragments) overlaps the previous kernel, and they wait where they first read its results.
  *
@@ -41,6 +44,8 @@
  * resolution of the head's dot anyway); the factor is folded into w (w * 2^-e), and the per-token
  * fp8 scale multiplies the ReLU-weighted sum (scale > 0). bf16 keys and block means use bf16 mma
  * with q in bf16, exact products. Accumulation order differs from the CPU: SPEC's agreement rule.
+ * The one inexact form, by request only: fp8_native (hisa.h's HISA_FP8_MMA_NATIVE) multiplies fp8
+ * query codes by key codes on the e4m3 tensor cores, whose accumulation keeps ~13 fraction bits.
  *
  * Invariants: the per-row histograms and counters in scratch.work are zero between calls; the
  * candidate index of a token fits 24 bits (HISA_CONTEXT_MAX); a row selects exactly k (flat:
@@ -634,7 +639,8 @@ __global__ void __launch_bounds__(kScoreThreads, 3) score_kernel(const sel_args 
  * across lanes), so flat decode reads keys at under half the bandwidth. Here one warpgroup takes
  * 64 entries per step as the MMA's M side (A: fp8 codes converted exactly to fp16 in registers),
  * the query's heads as N (B: an fp16 K-major tile in shared memory, built once per row, scaled per
- * head by a power of two exactly as the portable path does), K = 128: 8 wgmma per 64 entries, and
+ * head by a power of two exactly as the portable path does), K = 128: 8 wgmma per 64 entries
+ * (OP E4M3, fp8_native: A the codes as they are, B the query's codes, 4 e4m3 wgmma), and
  * the head sum runs along N inside a thread plus two shuffles. Pages arrive by 1-D bulk copies
  * (cp.async.bulk: the TMA engine without a tensor map) into a ring of kWgStages stages.
  * Warp-specialized: a fifth warp only issues the copies (lane 0), so the warpgroup's MMAs never
@@ -766,6 +772,26 @@ __device__ void wg_build_q8(const hisa_k_select_params &p, int crow, uint8_t *qs
     }
 }
 
+/* A thread's 32 code bytes of tile row g + 8 * hr (two uint4) into its A fragments: E4M3 takes
+ * the words as they are (k-step kk: words 2kk, 2kk + 1, hisa__wg_phys_dim8); F16 converts each
+ * word's four codes exactly (k-step kk: word kk, hisa__wg_phys_dim). */
+template <int OP, int KS>
+__device__ __forceinline__ void wg_frags(const uint4 *src, int hr, uint32_t (&af)[KS][4]) {
+#pragma unroll
+    for (int half = 0; half < 2; half++) {
+        const uint4 x = src[half];
+        if constexpr (OP == HISA_WG_E4M3) {
+            af[2 * half][hr] = x.x, af[2 * half][2 + hr] = x.y;
+            af[2 * half + 1][hr] = x.z, af[2 * half + 1][2 + hr] = x.w;
+        } else {
+            e4m3x4_to_f16x4(x.x, af[4 * half + 0][hr], af[4 * half + 0][2 + hr]);
+            e4m3x4_to_f16x4(x.y, af[4 * half + 1][hr], af[4 * half + 1][2 + hr]);
+            e4m3x4_to_f16x4(x.z, af[4 * half + 2][hr], af[4 * half + 2][2 + hr]);
+            e4m3x4_to_f16x4(x.w, af[4 * half + 3][hr], af[4 * half + 3][2 + hr]);
+        }
+    }
+}
+
 /* The consumer warpgroup's share of a chunk: tiles t0 .. t0 + nt - 1 of row d (CTA tiles gtile ..),
  * each read from its stage (OP F16: fp8 codes converted exactly to fp16 A fragments; E4M3: the
  * codes as they are), multiplied by the query tile at qs_addr, reduced over heads into d.scores
@@ -789,20 +815,7 @@ __device__ __forceinline__ void wg_consume(const sel_args &a, const row_desc &d,
         hisa__mbar_wait(full + gi % kWgStages, (gi / kWgStages) & 1u);
 #pragma unroll
         for (int hr = 0; hr < 2; hr++) {
-            const uint4 *src = reinterpret_cast<const uint4 *>(st + code_off + hr * 8 * HISA_D);
-#pragma unroll
-            for (int half = 0; half < 2; half++) {
-                const uint4 x = src[half];
-                if constexpr (OP == HISA_WG_E4M3) { /* k-step kk: words 2kk, 2kk + 1 (hisa__wg_phys_dim8) */
-                    af[2 * half][hr] = x.x, af[2 * half][2 + hr] = x.y;
-                    af[2 * half + 1][hr] = x.z, af[2 * half + 1][2 + hr] = x.w;
-                } else {
-                    e4m3x4_to_f16x4(x.x, af[4 * half + 0][hr], af[4 * half + 0][2 + hr]);
-                    e4m3x4_to_f16x4(x.y, af[4 * half + 1][hr], af[4 * half + 1][2 + hr]);
-                    e4m3x4_to_f16x4(x.z, af[4 * half + 2][hr], af[4 * half + 2][2 + hr]);
-                    e4m3x4_to_f16x4(x.w, af[4 * half + 3][hr], af[4 * half + 3][2 + hr]);
-                }
-            }
+            wg_frags<OP>(reinterpret_cast<const uint4 *>(st + code_off + hr * 8 * HISA_D), hr, af);
             sc[hr] = *reinterpret_cast<const float *>(st + sc_off + 32 * hr);
         }
         __syncwarp();
@@ -1439,7 +1452,8 @@ extern "C" int hisa_k_select(void *stream, const hisa_k_select_params *p) {
     if (p->next_n < 1 || p->next_n > HISA_K_NEXT_N_MAX || p->q_format < HISA_K_Q_F32 || p->q_format > HISA_K_Q_FP8)
         return HISA_K_EINVAL;
     if (p->n_rows < 1 || p->n_rows % p->next_n || p->n_rows > p->scratch_rows) return HISA_K_ELIMIT;
-    if (p->chunk ? (p->next_n != 1 || p->t0 < 0 || p->n_rows > HISA_PREFILL_MAX || p->t0 + p->n_rows > p->max_context)
+    if (p->chunk ? (p->next_n != 1 || p->t0 < 0 || p->n_rows > HISA_PREFILL_MAX ||
+                    (int64_t)p->t0 + p->n_rows > p->max_context)
                  : p->n_rows / p->next_n > HISA_BATCH_MAX)
         return HISA_K_ELIMIT;
     for (int i = 0; i < (p->chunk ? 1 : p->n_rows / p->next_n); i++)
@@ -1459,7 +1473,8 @@ extern "C" int hisa_k_select(void *stream, const hisa_k_select_params *p) {
     const bool hopper = (p->dev.path == HISA_K_PATH_HOPPER && c.key_format == HISA__FMT_FP8) || native;
     const bool smem_blocks = c.pages_per_seq <= kSmemSelCap;
     const bool smem_tokens = p->mode == HISA_K_MODE_HISA && (int64_t)p->top_blocks * c.block_size <= kSmemSelCap;
-    /* next_n > 1 makes more rows than one launch group holds: groups of 256 rows in turn */
+    /* next_n > 1 and prefill chunks make more rows than one launch group holds: groups of 256
+     * rows in turn */
     for (int row0 = 0; row0 < p->n_rows; row0 += HISA_K_ROWS_PER_LAUNCH) {
         sel_args a;
         a.p = *p;
@@ -1478,7 +1493,7 @@ extern "C" int hisa_k_select(void *stream, const hisa_k_select_params *p) {
             if ((err = smem_blocks ? launch_select_smem(a, s) : launch_topk(a, c.pages_per_seq, s))) return err;
         }
         a.stage = STAGE_TOKENS;
-        a.hist = !smem_tokens;
+        a.hist = !smem_tokens && !p->stop_after_scoring; /* no split top-k to read and clear them */
         const bool pdl = p->mode == HISA_K_MODE_HISA;
         if (native) err = launch_score_wg<HISA_WG_E4M3>(a, s, pdl);
         else if (hopper) err = launch_score_wg<HISA_WG_F16>(a, s, pdl);
