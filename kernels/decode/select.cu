@@ -886,6 +886,20 @@ __device__ __forceinline__ void wg_consume(const sel_args &a, const row_desc &d,
     }
 }
 
+/* A barrier of the consumer warpgroup alone (named barrier 1; 0 is __syncthreads). */
+[[maybe_unused]] __device__ __forceinline__ void wg_consumers_sync() { asm volatile("bar.sync 1, %0;\n" ::"n"(kWgConsumers) : "memory"); }
+
+/* The consumers' share of a histogram flush (flush_hist over the warpgroup's threads). */
+[[maybe_unused]] __device__ __forceinline__ void wg_flush_hist(uint32_t *hist, uint32_t *work) {
+    for (int b = threadIdx.x; b < kHistBins; b += kWgConsumers) {
+        const uint32_t v = hist[b];
+        if (v) {
+            atomicAdd(work + b, v);
+            hist[b] = 0;
+        }
+    }
+}
+
 template <int N, int OP>
 __global__ void __launch_bounds__(kWgThreads, N >= 128 ? 1 : 2) score_wg_kernel(const sel_args a) {
 #if HISA_K_SM90A
@@ -918,7 +932,10 @@ __global__ void __launch_bounds__(kWgThreads, N >= 128 ? 1 : 2) score_wg_kernel(
     const int n_chunks = prefix[a.n_rows];
     const int c_begin = (int)((int64_t)n_chunks * blockIdx.x / gridDim.x);
     const int c_end = (int)((int64_t)n_chunks * (blockIdx.x + 1) / gridDim.x);
-    const uint32_t qs_addr = hisa__smem_u32(qs);
+    /* From here the two roles walk the same chunks apart, meeting only at the stages' barriers,
+     * so the copies of a CTA's next chunk start while its consumers finish this one (no ring
+     * drain per chunk): the producer stages its own page ids; the consumers alone guard qs, ws
+     * and hist with a barrier of their own at each change of row. */
     uint32_t gtile = 0; /* tiles this CTA has started: stage and barrier parities */
     int cur_row = -1;
     bool waited = false;
@@ -926,30 +943,40 @@ __global__ void __launch_bounds__(kWgThreads, N >= 128 ? 1 : 2) score_wg_kernel(
     d.work = nullptr;
     for (int chunk = c_begin; chunk < c_end; chunk++) {
         const int r = chunk_row(prefix, a.n_rows, chunk);
-        __syncthreads(); /* the previous chunk is done with pg, qs, ws, hist */
         if (r != cur_row) {
-            if (cur_row >= 0 && a.hist) flush_hist(hist, d.work);
+            if (!producer && cur_row >= 0) {
+                wg_consumers_sync(); /* every consumer warp is past its last MMA (qs) and atomic (hist) */
+                if (a.hist) wg_flush_hist(hist, d.work);
+            }
             d = describe(a, r);
             cur_row = r;
-            if (!producer && OP == HISA_WG_E4M3) wg_build_q8<N>(p, d.crow, qs, ws);
-            else if (!producer) wg_build_q<N>(p, d.crow, qs, ws);
+            if (!producer) {
+                if (OP == HISA_WG_E4M3) wg_build_q8<N>(p, d.crow, qs, ws);
+                else wg_build_q<N>(p, d.crow, qs, ws);
+                wg_consumers_sync(); /* qs, ws and the cleared hist, before any MMA or atomic */
+            }
         }
         const int t0 = (chunk - prefix[r]) * C, t1 = min(t0 + C, (d.L + kWgTile - 1) / kWgTile), nt = t1 - t0;
-        if (!waited) { /* from here on: kept blocks and the scores (predecessor's) */
+        if (!waited) { /* from here on: kept blocks, histograms and scores (the predecessor's) */
             pdl_wait();
             waited = true;
         }
-        const int s0 = t0 * kWgTile / p.cache.block_size, s1 = (min(t1 * kWgTile, d.L) - 1) / p.cache.block_size;
-        const int32_t *pt = p.cache.page_table + (int64_t)d.seq * p.cache.pages_per_seq;
-        for (int s = s0 + tid; s <= s1; s += kWgThreads)
-            pg[s - s0] = pt[d.path == PATH_HISA ? p.scratch.blocks[(int64_t)d.crow * p.top_blocks + s] : s];
-        __syncthreads(); /* pg, qs, ws */
-        if (producer) wg_produce(p, d, pg, s0, t0, nt, gtile, ring, full, empty);
-        else wg_consume<N, OP>(a, d, t0, nt, gtile, ring, full, empty, qs_addr, ws, hist);
+        if (producer) {
+            const int s0 = t0 * kWgTile / p.cache.block_size, s1 = (min(t1 * kWgTile, d.L) - 1) / p.cache.block_size;
+            const int32_t *pt = p.cache.page_table + (int64_t)d.seq * p.cache.pages_per_seq;
+            for (int s = s0 + (tid & 31); s <= s1; s += 32) /* lane 0 has issued every earlier tile */
+                pg[s - s0] = pt[d.path == PATH_HISA ? p.scratch.blocks[(int64_t)d.crow * p.top_blocks + s] : s];
+            __syncwarp();
+            wg_produce(p, d, pg, s0, t0, nt, gtile, ring, full, empty);
+        } else {
+            wg_consume<N, OP>(a, d, t0, nt, gtile, ring, full, empty, hisa__smem_u32(qs), ws, hist);
+        }
         gtile += (uint32_t)nt;
     }
-    __syncthreads();
-    if (cur_row >= 0 && a.hist) flush_hist(hist, d.work);
+    if (!producer && cur_row >= 0 && a.hist) {
+        wg_consumers_sync();
+        wg_flush_hist(hist, d.work);
+    }
 #else
     __trap(); /* never launched without Hopper code (hisa_k_device.hopper) */
 #endif
