@@ -643,10 +643,11 @@ __global__ void __launch_bounds__(kScoreThreads, 3) score_kernel(const sel_args 
  * (OP E4M3, fp8_native: A the codes as they are, B the query's codes, 4 e4m3 wgmma), and
  * the head sum runs along N inside a thread plus two shuffles. Pages arrive by 1-D bulk copies
  * (cp.async.bulk: the TMA engine without a tensor map) into a ring of kWgStages stages.
- * Warp-specialized: a fifth warp only issues the copies (lane 0), so the warpgroup's MMAs never
- * wait on address arithmetic or a CTA barrier; each stage has a full barrier (armed with its byte
- * count, completed by the copies) and an empty one (one arrival per consumer warp once it has
- * read the stage), which the producer waits on before refilling it. Measured (NOTES-decode.md):
+ * Warp-specialized: a fifth warp only stages page ids (its 32 lanes) and issues the copies (lane
+ * 0), so the warpgroup's MMAs never wait on address arithmetic or a CTA barrier; each stage has a
+ * full barrier (armed with its byte count, completed by the copies) and an empty one (one
+ * arrival per consumer warp once it has read the stage), which the producer waits on before
+ * refilling it. Measured (NOTES-decode.md):
  * with thread 0 of the warpgroup issuing the refills behind a CTA barrier per tile, the copies'
  * address arithmetic sat on every tile's MMA path.
  *
@@ -655,8 +656,10 @@ __global__ void __launch_bounds__(kScoreThreads, 3) score_kernel(const sel_args 
  * multiples of 64); a half at or past L is not copied and rows of it are never written; the CTA's
  * g-th tile uses stage g % S with full-barrier parity (g / S) & 1 and, for g >= S, is issued after
  * the empty barrier's phase (g / S - 1) completed (g counts across chunks, alike on both sides); the
- * producer issues exactly the tiles the consumers read, chunk by chunk, between the CTA barriers
- * that bracket a chunk. Same work plan, outputs and histogram contract as score_kernel. */
+ * producer issues exactly the tiles the consumers read, the two roles deriving the same chunks
+ * from the shared plan and meeting only at the stages' barriers (the consumers alone also at a
+ * named barrier when the row changes). Same work plan, outputs and histogram contract as
+ * score_kernel. */
 constexpr int kWgConsumers = 128;              /* one warpgroup multiplies */
 constexpr int kWgThreads = kWgConsumers + 32; /* and one warp copies */
 constexpr int kWgTile = 64;
