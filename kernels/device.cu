@@ -26,12 +26,13 @@ extern "C" int hisa_k_init(hisa_k_device *dev) {
     if (dev->path < HISA_K_PATH_AUTO || dev->path > HISA_K_PATH_HOPPER) return HISA_K_EINVAL;
     dev->hopper = major == 9 && hisa__k_hopper_image();
     if (dev->path == HISA_K_PATH_HOPPER && !dev->hopper) return HISA_K_EUNSUPPORTED;
+    /* Only the portable kernels run without Hopper code or when asked for by name: prefill then
+     * takes the decode kernels' chunk rows (select.cu), not prefill.cu's wgmma, and fp8_native
+     * computes exactly. Read before AUTO resolves, which also lands on PORTABLE. */
+    dev->all_portable = !dev->hopper || dev->path == HISA_K_PATH_PORTABLE;
     /* AUTO: the scorer measured fastest here. On the H200 the mma.sync scorer is (flat 64 x 128K
      * 572 us against 626 us for the wgmma one; bench/NOTES-decode.md), so it stays the default
      * until the Hopper scorer wins; without Hopper code it is the only one. */
-    /* Prefill: the wgmma kernels (prefill.cu) wherever Hopper code is loaded, unless the portable
-     * kernels were asked for by name; then the decode kernels' chunk rows (select.cu). */
-    dev->all_portable = !dev->hopper || dev->path == HISA_K_PATH_PORTABLE;
     if (dev->path == HISA_K_PATH_AUTO) dev->path = HISA_K_PATH_PORTABLE;
     int err = hisa__k_select_init(dev);
     if (!err && dev->hopper) err = hisa__k_prefill_init(); /* prefill is wgmma code */

@@ -230,7 +230,7 @@ typedef struct hisa_k_select_params {
     int32_t stop_after_scoring;       /* benchmarks, tests: no token top-k (out untouched; scores and
                                          kept blocks left in scratch) */
     int32_t fp8_native;               /* fp8 queries over fp8 keys: 1 e4m3 x e4m3 on the Hopper scorer
-                                         (HISA_FP8_MMA_NATIVE; needs dev.hopper) */
+                                         (HISA_FP8_MMA_NATIVE), unless dev.all_portable: exact */
 } hisa_k_select_params;
 int hisa_k_select(void *stream, const hisa_k_select_params *p);
 

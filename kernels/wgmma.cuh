@@ -105,6 +105,26 @@ enum { HISA_WG_BF16 = 0, HISA_WG_F16 = 1, HISA_WG_E4M3 = 2 };
 template <int OP> /* instructions per 128-dim dot: K is 32 per e4m3 instruction, else 16 */
 constexpr int hisa__wg_ksteps = OP == HISA_WG_E4M3 ? 128 / 32 : 128 / 16;
 
+/* The shared address of k-step kk's B slice in a query tile at qs_addr: e4m3 tiles are one
+ * 128-code atom per row (32 bytes a k32 step); 16-bit tiles two atoms of 64 elements [2][N][128
+ * bytes] (32 bytes a k16 step, four steps an atom). */
+template <int OP, int N>
+__device__ __forceinline__ uint32_t hisa__wg_b_addr(uint32_t qs_addr, int kk) {
+    return OP == HISA_WG_E4M3 ? qs_addr + kk * 32 : qs_addr + (kk >> 2) * (N * 128) + (kk & 3) * 32;
+}
+
+/* After wgmma_wait<0>: the accumulators and A fragments are the thread's again (the compiler
+ * must not have moved their uses across the asynchronous MMA). */
+template <int NA, int KS>
+__device__ __forceinline__ void hisa__wg_settle(float (&acc)[NA], uint32_t (&af)[KS][4]) {
+#pragma unroll
+    for (int i = 0; i < NA; i++) hisa__reg_fence(acc[i]);
+#pragma unroll
+    for (int kk = 0; kk < KS; kk++)
+#pragma unroll
+        for (int x = 0; x < 4; x++) hisa__reg_fence(af[kk][x]);
+}
+
 /* D[64 x N] (+)= A[64 x K] (four registers per thread) * B[K x N] (shared, K-major); fp32 D;
  * scale_d = 0 overwrites D. One specialization per (kind, N): the accumulator is N/2 registers,
  * so each N is its own asm statement; the operand lists below are generated text. */

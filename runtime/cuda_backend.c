@@ -264,6 +264,7 @@ static hisa_k_select_params select_params(const hisa_runtime *rt, int32_t layer,
     p.max_context = (int32_t)rt->g.max_context;
     p.dev = rt->dev;
     p.scratch_rows = (int32_t)rt->g.rows;
+    p.fp8_native = rt->plan.config.fp8_mma == HISA_FP8_MMA_NATIVE;
     return p;
 }
 
@@ -276,7 +277,6 @@ static int cuda_decode(hisa_runtime *rt, const hisa_decode *req) {
     assert(rt && req->seq_ids && req->n_seqs <= HISA_BATCH_MAX && n_rows <= rt->g.rows && q && w && out);
     hisa_k_select_params p = select_params(rt, req->layer, req->mode, req->flags, req->q_format, n_rows);
     p.next_n = next_n;
-    p.fp8_native = rt->plan.config.fp8_mma == HISA_FP8_MMA_NATIVE && !rt->dev.all_portable;
     for (int32_t i = 0; i < req->n_seqs; i++) p.seq_ids[i] = req->seq_ids[i];
     if (host_io) {
         int err = stage_in(rt, n_rows, req->q_format, &q, &w, &out);

@@ -827,20 +827,11 @@ __device__ __forceinline__ void wg_consume(const sel_args &a, const row_desc &d,
     auto mma = [&](float (&acc)[N / 2]) { /* KS asynchronous wgmma over af */
         hisa__wgmma_fence(); /* kk = 0 overwrites acc (scale_d 0): no zeroing per tile */
 #pragma unroll
-        for (int kk = 0; kk < KS; kk++) {
-            const uint32_t at = OP == HISA_WG_E4M3 ? qs_addr + kk * 32 : qs_addr + (kk >> 2) * (N * 128) + (kk & 3) * 32;
-            wgmma_rs<OP, N>::mma(acc, af[kk], hisa__pf_desc(at), kk > 0);
-        }
+        for (int kk = 0; kk < KS; kk++)
+            wgmma_rs<OP, N>::mma(acc, af[kk], hisa__pf_desc(hisa__wg_b_addr<OP, N>(qs_addr, kk)), kk > 0);
         hisa__wgmma_commit();
     };
-    auto settle = [&](float (&acc)[N / 2]) { /* after wait<0>: acc and af are ours again */
-#pragma unroll
-        for (int j = 0; j < N / 2; j++) hisa__reg_fence(acc[j]);
-#pragma unroll
-        for (int kk = 0; kk < KS; kk++)
-#pragma unroll
-            for (int x = 0; x < 4; x++) hisa__reg_fence(af[kk][x]);
-    };
+    auto settle = [&](float (&acc)[N / 2]) { hisa__wg_settle(acc, af); }; /* after wait<0> */
     auto epilogue = [&](const float (&acc)[N / 2], int i, const float (&scl)[2]) {
         /* four independent partial sums per row: the FMA chains are N/16 long, not N/4 */
         float part[2][4] = {};
@@ -889,10 +880,8 @@ __device__ __forceinline__ void wg_consume(const sel_args &a, const row_desc &d,
     }
 }
 
-/* A barrier of the consumer warpgroup alone (named barrier 1; 0 is __syncthreads). */
-[[maybe_unused]] __device__ __forceinline__ void wg_consumers_sync() { asm volatile("bar.sync 1, %0;\n" ::"n"(kWgConsumers) : "memory"); }
-
-/* The consumers' share of a histogram flush (flush_hist over the warpgroup's threads). */
+/* flush_hist by the consumer warpgroup alone (its stride is theirs, not the CTA's; flush_hist
+ * itself is left as the device-tested score_kernel compiles it). */
 [[maybe_unused]] __device__ __forceinline__ void wg_flush_hist(uint32_t *hist, uint32_t *work) {
     for (int b = threadIdx.x; b < kHistBins; b += kWgConsumers) {
         const uint32_t v = hist[b];
@@ -902,6 +891,9 @@ __device__ __forceinline__ void wg_consume(const sel_args &a, const row_desc &d,
         }
     }
 }
+
+/* A barrier of the consumer warpgroup alone (named barrier 1; 0 is __syncthreads). */
+[[maybe_unused]] __device__ __forceinline__ void wg_consumers_sync() { asm volatile("bar.sync 1, %0;\n" ::"n"(kWgConsumers) : "memory"); }
 
 template <int N, int OP>
 __global__ void __launch_bounds__(kWgThreads, N >= 128 ? 1 : 2) score_wg_kernel(const sel_args a) {
@@ -1495,11 +1487,12 @@ extern "C" int hisa_k_select(void *stream, const hisa_k_select_params *p) {
     int err = HISA_K_OK;
     cudaStream_t s = (cudaStream_t)stream;
     /* Hopper scorer for fp8 keys when it was asked for at open, and for fp8 queries over them
-     * with fp8_native (e4m3 operands: it is the one scorer with them); rows whose whole top-k
-     * fits one CTA's shared memory (every HISA-mode token row: n <= m * B; every block row:
-     * nb - 2 < pages_per_seq) take select_smem instead of the split top-k */
-    const bool native = p->fp8_native && p->q_format == HISA_K_Q_FP8 && c.key_format == HISA__FMT_FP8;
-    if (native && !p->dev.hopper) return HISA_K_EUNSUPPORTED;
+     * with fp8_native unless only the portable kernels run (e4m3 operands: it is the one scorer
+     * with them; the portable kernels compute exactly); rows whose whole top-k fits one CTA's
+     * shared memory (every HISA-mode token row: n <= m * B; every block row: nb - 2 <
+     * pages_per_seq) take select_smem instead of the split top-k */
+    const bool native = p->fp8_native && !p->dev.all_portable && p->q_format == HISA_K_Q_FP8 &&
+                        c.key_format == HISA__FMT_FP8;
     const bool hopper = (p->dev.path == HISA_K_PATH_HOPPER && c.key_format == HISA__FMT_FP8) || native;
     const bool smem_blocks = c.pages_per_seq <= kSmemSelCap;
     const bool smem_tokens = p->mode == HISA_K_MODE_HISA && (int64_t)p->top_blocks * c.block_size <= kSmemSelCap;

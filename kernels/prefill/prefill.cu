@@ -266,18 +266,11 @@ struct pf_tiles {
     __device__ __forceinline__ void mma(float (&acc)[N / 2], uint32_t (&af)[KS][4]) const {
         hisa__wgmma_fence();
 #pragma unroll
-        for (int kk = 0; kk < KS; kk++) {
-            uint32_t at = E4M3 ? qs_addr + kk * 32 : qs_addr + (kk >> 2) * (N * 128) + (kk & 3) * 32;
-            wgmma_rs<OP, N>::mma(acc, af[kk], hisa__pf_desc(at), kk > 0);
-        }
+        for (int kk = 0; kk < KS; kk++)
+            wgmma_rs<OP, N>::mma(acc, af[kk], hisa__pf_desc(hisa__wg_b_addr<OP, N>(qs_addr, kk)), kk > 0);
         hisa__wgmma_commit();
         hisa__wgmma_wait<0>();
-#pragma unroll
-        for (int i = 0; i < N / 2; i++) hisa__reg_fence(acc[i]);
-#pragma unroll
-        for (int kk = 0; kk < KS; kk++)
-#pragma unroll
-            for (int x = 0; x < 4; x++) hisa__reg_fence(af[kk][x]);
+        hisa__wg_settle(acc, af);
     }
     /* per query, sum over its heads of w * ReLU, rows g and g+8, times the row's scale; rows from
      * each query's limit lims[qi] on are not written */
