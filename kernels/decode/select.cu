@@ -977,7 +977,8 @@ __global__ void __launch_bounds__(kWgThreads, N >= 128 ? 1 : 2) score_wg_kernel(
 #endif
 }
 
-/* Standalone histogram (STAGE_RAW: scores written by someone else). */
+/* Standalone histogram (STAGE_RAW: scores written by someone else): a streaming pass, 16-byte
+ * loads with four in flight a thread (hisa__k_stream_row), 32-bit indices. */
 __global__ void __launch_bounds__(kSplitThreads) hist_kernel(const sel_args a, int X) {
     __shared__ uint32_t hist[kHistBins];
     const int r = blockIdx.y, x = blockIdx.x, tid = threadIdx.x;
@@ -985,25 +986,10 @@ __global__ void __launch_bounds__(kSplitThreads) hist_kernel(const sel_args a, i
     if (d.trivial) return;
     for (int b = tid; b < kHistBins; b += kSplitThreads) hist[b] = 0;
     __syncthreads();
-    int64_t lo = (int64_t)d.L * x / X, hi = (int64_t)d.L * (x + 1) / X;
-    constexpr int U = 8;
-    float v[U], next[U]; /* the next iteration's loads in flight while this one counts */
-    auto load = [&](int64_t base) {
-#pragma unroll
-        for (int u = 0; u < U; u++) {
-            int64_t i = base + u * kSplitThreads;
-            next[u] = i < hi ? __ldg(d.scores + i) : 0.0f;
-        }
-    };
-    if (lo + tid < hi) load(lo + tid);
-    for (int64_t base = lo + tid; base < hi; base += kSplitThreads * U) {
-#pragma unroll
-        for (int u = 0; u < U; u++) v[u] = next[u];
-        if (base + kSplitThreads * U < hi) load(base + kSplitThreads * U);
-#pragma unroll
-        for (int u = 0; u < U; u++)
-            if (base + u * kSplitThreads < hi) atomicAdd(&hist[hisa__k_order_key(v[u]) >> kHistShift], 1u);
-    }
+    const int lo = (int)((int64_t)d.L * x / X), hi = (int)((int64_t)d.L * (x + 1) / X);
+    hisa__k_stream_row<kSplitThreads, 4>(d.scores + lo, hi - lo, [&](int, float v, bool ok) {
+        if (ok) atomicAdd(&hist[hisa__k_order_key(v) >> kHistShift], 1u);
+    });
     __syncthreads();
     for (int b = tid; b < kHistBins; b += kSplitThreads) {
         uint32_t v = hist[b];

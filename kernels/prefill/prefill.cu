@@ -382,41 +382,6 @@ struct topk_smem {
     int kept[HISA_TOP_BLOCKS_MAX];
 };
 
-/* Every entry of row[0..n) to f(i, x, valid), 16-byte loads, V of them in flight per thread (the
- * row need only be 4-byte aligned: a scalar head up to the first 16-byte boundary, then float4s,
- * then a scalar tail). Every thread of the CTA makes the same number of calls in the same order
- * of steps (invalid entries with valid = false), so f may use warp votes.
- * Why: the flat rows' passes loaded one float per thread per iteration, so a 512-thread CTA had
- * ~2 KB in flight and the top-k of 1024 prefill rows of 128K ran at ~1 TB/s (1.08 ms). */
-template <int NT, int V, class F>
-__device__ __forceinline__ void stream_row(const float *row, int n, F f) {
-    const int tid = threadIdx.x;
-    const int head = min(n, (int)(((16u - ((uint32_t)reinterpret_cast<uintptr_t>(row) & 15u)) & 15u) >> 2));
-    f(tid, tid < head ? __ldg(row + tid) : 0.0f, tid < head);
-    const float4 *v = reinterpret_cast<const float4 *>(row + head);
-    const int nv = (n - head) >> 2;
-    for (int base = 0, it = 0; base < nv; base += NT * V, it++) {
-        assert(it <= nv / (NT * V));
-        float4 x[V];
-#pragma unroll
-        for (int u = 0; u < V; u++) {
-            const int j = base + u * NT + tid;
-            x[u] = j < nv ? __ldg(v + j) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        }
-#pragma unroll
-        for (int u = 0; u < V; u++) {
-            const int j = base + u * NT + tid, i = head + 4 * j;
-            const bool ok = j < nv;
-            f(i, x[u].x, ok);
-            f(i + 1, x[u].y, ok);
-            f(i + 2, x[u].z, ok);
-            f(i + 3, x[u].w, ok);
-        }
-    }
-    const int i = head + 4 * nv + tid; /* at most 3 left */
-    f(i, i < n ? __ldg(row + i) : 0.0f, i < n);
-}
-
 /* The k largest of row[0..n) (n > k) by (order key desc, index asc); emit(index, slot) once for
  * each, slots 0..k-1. Radix select over the unique 64-bit composite key << 32 | ~index, 12 bits
  * at a time; the threshold bin is gathered into shared memory as soon as it fits. */
@@ -438,7 +403,7 @@ __device__ void row_topk(const float *row, int n, int k, topk_smem<CAP> &s, Emit
                 body(((uint64_t)key << 32) | (uint32_t)~idx, idx, ok);
             }
         } else {
-            stream_row<kTopkThreads, 4>(row, n_src, [&](int i, float x, bool ok) {
+            hisa__k_stream_row<kTopkThreads, 4>(row, n_src, [&](int i, float x, bool ok) {
                 body(((uint64_t)hisa__k_order_key(x) << 32) | (uint32_t)~(uint32_t)i, (uint32_t)i, ok);
             });
         }
