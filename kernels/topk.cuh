@@ -109,6 +109,7 @@ __device__ __forceinline__ uint32_t hisa__k_exclusive_sum(uint32_t v, uint32_t *
  * with this; bench/NOTES-prefill.md). */
 template <int NT, int V, class F>
 __device__ __forceinline__ void hisa__k_stream_row(const float *row, int n, F f) {
+    assert(blockDim.x == NT && n >= 0); /* the strides are the CTA's width */
     const int tid = threadIdx.x;
     const int head = min(n, (int)(((16u - ((uint32_t)reinterpret_cast<uintptr_t>(row) & 15u)) & 15u) >> 2));
     f(tid, tid < head ? __ldg(row + tid) : 0.0f, tid < head);

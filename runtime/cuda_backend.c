@@ -94,7 +94,7 @@ static int cuda_probe(int32_t device, hisa_k_device *dev, char *detail, size_t d
     }
     if (major < 8) { /* the kernels are sm_90a code plus the portable sm_80 image (Makefile) */
         snprintf(detail, detail_bytes,
-                 "CUDA device %d has compute capability %d.%d; hisa's kernels need 8.0 or newer (9.0 for prefill)",
+                 "CUDA device %d has compute capability %d.%d; hisa's kernels need 8.0 or newer",
                  ordinal, major, minor);
         return HISA_ENODEVICE;
     }

@@ -129,7 +129,7 @@ typedef struct hisa_config {
     int32_t max_batch;           /* sequences per hisa_write / hisa_decode call; default min(max_seqs, 256) */
     int32_t max_prefill_queries; /* tokens per hisa_write_range, queries per hisa_prefill; default min(max_context, 1024) */
     int32_t device;              /* HISA_DEVICE_CPU (default) or HISA_DEVICE_CUDA(ordinal) */
-    int32_t kernels;             /* CUDA decode scorer: HISA_KERNELS_AUTO (default), _PORTABLE or _HOPPER */
+    int32_t kernels;             /* CUDA kernels (decode scorer, prefill path): HISA_KERNELS_AUTO (default), _PORTABLE or _HOPPER */
     int32_t fp8_mma;             /* CUDA, fp8 queries: HISA_FP8_MMA_EXACT (default) or _NATIVE */
 } hisa_config;
 

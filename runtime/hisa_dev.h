@@ -22,7 +22,8 @@ extern "C" {
 /* hisa_dev_prefill's dev_flags. */
 #define HISA_DEV_SCORING_ONLY 1u /* run the scoring kernels alone: out untouched */
 #define HISA_DEV_VARIANT_ALT 2u  /* fp8 keys scored with the other exact operands: bf16 instead of
-                                  * fp16 (not the e4m3 path of fp8_mma native, which it leaves) */
+                                  * fp16 (not the e4m3 path of fp8_mma native, which it leaves);
+                                  * HISA_EINVAL where the portable prefill runs (one arithmetic) */
 
 /* hisa_select_prefill (device pointers, no HISA_HOST_IO) with the stage switches above. */
 int hisa_dev_prefill(hisa_runtime *rt, const hisa_prefill *req, uint32_t dev_flags);

@@ -402,6 +402,44 @@ HISA_GPU_TEST(gpu_prefill_truncate) {
     }
 }
 
+/* hisa_dev_prefill's HISA_DEV_VARIANT_ALT names operands only prefill.cu's wgmma kernels have: the
+ * portable prefill refuses it (HISA_EINVAL, out untouched) instead of running its one arithmetic
+ * under that name; the Hopper path runs it. */
+HISA_GPU_TEST(gpu_dev_prefill_variant_where_it_exists) {
+    pf_pair p;
+    PF_OPEN(&p, pf_config(16, 32, 8, 64, HISA_KEY_FP8, 4096));
+    if (pf_append(ctx, &p, 300, 51) || pf_sync_bytes(ctx, &p)) {
+        pf_close(&p);
+        return;
+    }
+    const int32_t n_q = 4, H = 16, k = 64;
+    float hq[4 * 16 * 128], hw[4 * 16];
+    uint64_t rs = 52;
+    for (int i = 0; i < n_q * H * 128; i++) hq[i] = hisa_test_gauss(&rs);
+    for (int i = 0; i < n_q * H; i++) hw[i] = 0.5f + 0.01f * (float)i;
+    float *dq = NULL, *dw = NULL;
+    int32_t *dout = NULL, got[4 * 64];
+    REQUIRE(cudaMalloc((void **)&dq, sizeof hq) == cudaSuccess && cudaMalloc((void **)&dw, sizeof hw) == cudaSuccess &&
+            cudaMalloc((void **)&dout, sizeof got) == cudaSuccess);
+    REQUIRE(cudaMemcpy(dq, hq, sizeof hq, cudaMemcpyHostToDevice) == cudaSuccess &&
+            cudaMemcpy(dw, hw, sizeof hw, cudaMemcpyHostToDevice) == cudaSuccess &&
+            cudaMemset(dout, 0x7f, sizeof got) == cudaSuccess);
+    hisa_prefill req = {.layer = 0, .mode = HISA_MODE_FLAT, .seq = p.seq, .t0 = 290, .n_q = n_q, .q = dq, .w = dw,
+                        .out = dout, .q_format = HISA_Q_F32};
+    const int portable = p.gpu->dev.all_portable;
+    CHECK_EQ_INT(hisa_dev_prefill(p.gpu, &req, HISA_DEV_VARIANT_ALT), portable ? HISA_EINVAL : HISA_OK);
+    REQUIRE(hisa_sync(p.gpu) == HISA_OK);
+    REQUIRE(cudaMemcpy(got, dout, sizeof got, cudaMemcpyDeviceToHost) == cudaSuccess);
+    int untouched = 0;
+    for (int i = 0; i < n_q * k; i++) untouched += got[i] == POISON_WORD;
+    CHECKF(portable ? untouched == n_q * k : untouched == 0, "portable %d: %d of %d outputs unwritten", portable,
+           untouched, n_q * k);
+    cudaFree(dq);
+    cudaFree(dw);
+    cudaFree(dout);
+    pf_close(&p);
+}
+
 /* Head counts that pad (20 -> 32) and the other tile shapes (64: 4 queries per tile, 128: 2);
  * both exact operand types of the fp8-key path (fp16 by default, bf16 with PF_ALT), for f32 and
  * fp8 queries (the e4m3 path of fp8_mma native: gpu_prefill_native_fp8). */

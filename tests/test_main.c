@@ -5,9 +5,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
+#include "../tools/tools.h"
 #include "test.h"
 
 #define HISA_TESTS_MAX 512
@@ -81,12 +81,6 @@ static int matches(const char *name, int argc, char **argv) {
     return 0;
 }
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 enum { R_PASS = 0, R_FAIL = 1, R_SKIP = 2 };
 /* A child's exit status for each result: values no runtime uses (the sanitizers exit 1, a test
  * that calls exit() its own), so any other status is a failure named as such. */
@@ -124,7 +118,7 @@ static int start_job(job *j) {
     j->out = tmpfile();
     if (!j->out) return -1;
     fflush(NULL); /* nothing buffered is inherited and written twice */
-    j->t0 = now_s();
+    j->t0 = tool_now_s();
     j->pid = fork();
     if (j->pid < 0) {
         fclose(j->out);
@@ -140,7 +134,7 @@ static int start_job(job *j) {
 }
 
 static void finish_job(job *j, int status) {
-    j->secs = now_s() - j->t0;
+    j->secs = tool_now_s() - j->t0;
     j->done = 1;
     for (int r = R_PASS; r <= R_SKIP; r++)
         if (WIFEXITED(status) && WEXITSTATUS(status) == k_child_status[r]) {
@@ -215,9 +209,9 @@ int main(int argc, char **argv) {
         }
     } else {
         for (int k = 0; k < n; k++) {
-            const double t0 = now_s();
+            const double t0 = tool_now_s();
             const int r = run_one(jobs[k].test);
-            report(jobs[k].test, r, now_s() - t0, counts);
+            report(jobs[k].test, r, tool_now_s() - t0, counts);
         }
     }
     printf("%d passed, %d failed, %d skipped\n", counts[R_PASS], counts[R_FAIL], counts[R_SKIP]);

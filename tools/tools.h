@@ -97,7 +97,7 @@ const char *tool_choice_name(const tool_choice *c, int n, int32_t value);
 extern const tool_choice tool_key_formats[2];
 /* "fp8" / "bf16". */
 const char *tool_key_format_name(int32_t key_format);
-/* hisa_config.kernels (bench decode --kernels): HISA_KERNELS_* */
+/* hisa_config.kernels (bench decode / bench prefill --kernels): HISA_KERNELS_* */
 extern const tool_choice tool_kernels[3];
 
 /* --- the configuration options every command shares -------------------------------------- */

@@ -1479,7 +1479,7 @@ extern "C" int hisa_k_select(void *stream, const hisa_k_select_params *p) {
      * pages_per_seq) take select_smem instead of the split top-k */
     const bool native = p->fp8_native && !p->dev.all_portable && p->q_format == HISA_K_Q_FP8 &&
                         c.key_format == HISA__FMT_FP8;
-    const bool hopper = (p->dev.path == HISA_K_PATH_HOPPER && c.key_format == HISA__FMT_FP8) || native;
+    const bool hopper = p->dev.path == HISA_K_PATH_HOPPER && c.key_format == HISA__FMT_FP8; /* (native goes first) */
     const bool smem_blocks = c.pages_per_seq <= kSmemSelCap;
     const bool smem_tokens = p->mode == HISA_K_MODE_HISA && (int64_t)p->top_blocks * c.block_size <= kSmemSelCap;
     /* next_n > 1 and prefill chunks make more rows than one launch group holds: groups of 256
