@@ -100,6 +100,32 @@ static inline bool hisa__k_select_shape_ok(const hisa_k_cache &c, int layer, int
     return hisa__k_cache_ok(c) && layer >= 0 && layer < c.n_layers && topk >= 1 && topk <= HISA_TOPK_MAX &&
            top_blocks >= 2 && top_blocks <= HISA_TOP_BLOCKS_MAX;
 }
+/* ... and of a prefill chunk table (kernels.h): HISA_K_OK, HISA_K_EINVAL for a malformed one
+ * (count, rows not increasing from 0, a sequence out of range, t0 < 0), HISA_K_ELIMIT for rows
+ * or positions past the caps (rows: HISA_PREFILL_MAX and scratch_rows; positions: max_context
+ * and the page table). */
+static inline int hisa__k_chunks_check(const hisa_k_chunks &ch, const hisa_k_cache &c, int64_t max_context,
+                                       int64_t scratch_rows) {
+    if (ch.n < 1 || ch.n > HISA_K_CHUNKS_MAX || ch.row0[0] != 0) return HISA_K_EINVAL;
+    for (int i = 0; i < ch.n; i++) {
+        const int64_t n_q = (int64_t)ch.row0[i + 1] - ch.row0[i], end = (int64_t)ch.t0[i] + n_q;
+        if (n_q < 1 || ch.seq[i] < 0 || ch.seq[i] >= c.max_seqs || ch.t0[i] < 0) return HISA_K_EINVAL;
+        if (end > max_context || end > (int64_t)c.pages_per_seq * c.block_size) return HISA_K_ELIMIT;
+    }
+    const int64_t rows = ch.row0[ch.n];
+    return rows > HISA_PREFILL_MAX || rows > scratch_rows ? HISA_K_ELIMIT : HISA_K_OK;
+}
+/* The last i in [0, n) with a[i] <= x, for a ascending with a[0] <= x (a chunk table's row0, a
+ * launch's unit prefix): binary search, log2(HISA_K_CHUNKS_MAX) steps. */
+__host__ __device__ __forceinline__ int hisa__k_last_le(const int32_t *a, int n, int x) {
+    int lo = 0, hi = n - 1;
+    while (lo < hi) { /* a[lo] <= x */
+        const int mid = (lo + hi + 1) >> 1;
+        if (a[mid] <= x) lo = mid;
+        else hi = mid - 1;
+    }
+    return lo;
+}
 
 /* Query values (SPEC "Queries") from a query tensor in format fmt, at element e of the tensor
  * (4 or 2 consecutive elements; e a multiple of 4 or 2): f32 as given (the caller rounds to bf16),

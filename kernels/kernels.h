@@ -195,11 +195,25 @@ static inline hisa_k_scratch_sizes hisa_k_scratch_bytes(int64_t rows, int64_t ma
  * and fill *dev. Not a stream operation; the only call here that queries the device. */
 int hisa_k_init(hisa_k_device *dev);
 
+/* The prefill chunks of one launch (hisa_k_prefill, and hisa_k_select with chunk = 1): chunk c
+ * is the queries at positions t0[c] .. t0[c] + n_q - 1 of sequence seq[c], n_q = row0[c + 1] -
+ * row0[c] >= 1, and they are rows row0[c] .. row0[c + 1] - 1 of q, w, out and the scratch
+ * (row0[0] = 0: the chunks' queries concatenated in chunk order). Kernel parameters are passed by
+ * value, so a launch holds at most HISA_K_CHUNKS_MAX chunks; a call with more runs as several
+ * launches (runtime/cuda_backend.c). The launchers check every field. */
+#define HISA_K_CHUNKS_MAX 64
+typedef struct hisa_k_chunks {
+    int32_t n;                           /* 1..HISA_K_CHUNKS_MAX */
+    int32_t seq[HISA_K_CHUNKS_MAX];      /* [n] */
+    int32_t t0[HISA_K_CHUNKS_MAX];       /* [n] */
+    int32_t row0[HISA_K_CHUNKS_MAX + 1]; /* [n + 1], strictly increasing from 0; row0[n] is the launch's rows */
+} hisa_k_chunks;
+
 /* Decode selection for n_rows queries: row r is the query of seq_ids[r] at t = seq_len - 1, read
- * on the device (so a captured graph follows growing sequences). With chunk = 1 the rows are a
- * prefill chunk instead: row r is the query at t = t0 + r of seq_ids[0] (n_rows up to
- * HISA_PREFILL_MAX): the portable prefill, for devices without the Hopper image or when
- * dev.all_portable says so; hisa_k_prefill below is the Hopper one. Rows with n <= k get
+ * on the device (so a captured graph follows growing sequences). With chunk = 1 the rows are
+ * prefill chunks instead (chunks; n_rows = chunks.row0[chunks.n] up to HISA_PREFILL_MAX): the
+ * portable prefill, for devices without the Hopper image or when dev.all_portable says so;
+ * hisa_k_prefill below is the Hopper one. Rows with n <= k get
  * 0..n-1; flat rows and HISA rows with nb <= m score
  * every token; HISA rows with nb > m score block means, keep blocks 0, last and the best m-2,
  * then score only the kept blocks' tokens. Output [n_rows, topk], -1 padded. 4 launches (HISA)
@@ -223,10 +237,10 @@ typedef struct hisa_k_select_params {
     int32_t max_context;              /* scratch row stride of scores */
     hisa_k_device dev;                /* read once at open (hisa_k_init) */
     int32_t scratch_rows;             /* rows the scratch holds (>= n_rows) */
-    int32_t chunk;                    /* 0: decode rows; 1: a prefill chunk of seq_ids[0] (next_n 1) */
-    int32_t t0;                       /* chunk: the first row's position; t0 + n_rows <= max_context, and
-                                         the caller sees to t0 + n_rows <= seq_len with every key
-                                         below written (the runtime's checks) */
+    int32_t chunk;                    /* 0: decode rows; 1: the prefill chunks below (next_n 1) */
+    hisa_k_chunks chunks;             /* chunk: t0 + n_q <= max_context each, and the caller sees to
+                                         t0 + n_q <= seq_len with every key below written (the
+                                         runtime's checks) */
     int32_t stop_after_scoring;       /* benchmarks, tests: no token top-k (out untouched; scores and
                                          kept blocks left in scratch) */
     int32_t fp8_native;               /* fp8 queries over fp8 keys: 1 e4m3 x e4m3 on the Hopper scorer
@@ -260,13 +274,15 @@ int hisa_k_read_probe(void *stream, const hisa_k_read_probe_params *p);
 
 /* --- prefill: chunked causal selection on tensor cores (kernels/prefill.cu, issue 4) ------- */
 
-/* Selection for the n_q queries at t0 .. t0+n_q-1 of one sequence, each seeing positions <= its
- * own t (SPEC). Rows are partitioned by t: n <= k (all positions), flat (FLAT mode, or HISA
+/* Selection for the queries of up to HISA_K_CHUNKS_MAX chunks (chunks: n_q queries at t0 ..
+ * t0+n_q-1 of a sequence each), in one launch chain for all of them; each query sees positions
+ * <= its own t (SPEC). Each chunk's rows are partitioned by t: n <= k (all positions), flat (FLAT mode, or HISA
  * with nb <= m: every visible token scored) and HISA (nb > m: block means scored, m blocks
  * kept per row into scratch.blocks ascending, their tokens scored). Scoring is a wgmma GEMM with
  * tokens (or blocks, or candidates) as M, query-heads as N and the 128 dims as K; top-k per row.
- * Scratch used: scores [n_q rows, stride max_context], block_scores [n_q, pages_per_seq],
- * blocks [n_q, top_blocks]; work is not touched. Up to 5 launches, no allocation, no sync.
+ * Rows of one class (flat, HISA, ...) of every chunk share each kernel's grid.
+ * Scratch used: scores [rows, stride max_context], block_scores [rows, pages_per_seq],
+ * blocks [rows, top_blocks]; work is not touched. Up to 6 launches, no allocation, no sync.
  * Requires the Hopper image (dev.hopper; else HISA_K_EUNSUPPORTED; hisa_k_select's chunk rows are
  * the portable prefill). stop_after_scoring (benchmarks, tests) skips the final top-k: out
  * untouched, scores and blocks left in scratch. */
@@ -277,11 +293,12 @@ typedef struct hisa_k_prefill_params {
     int32_t mode;                     /* HISA_MODE_HISA (0) / HISA_MODE_FLAT (1) */
     int32_t top_blocks, topk;         /* m, k; (m - 1) * B >= k */
     int32_t out_slots;                /* 1: page * B + offset */
-    int32_t seq, t0, n_q;             /* n_q <= HISA_PREFILL_MAX, <= scratch_rows; t0 + n_q <= max_context */
-    const void *q;                    /* [n_q, H, 128] in q_format, device */
+    hisa_k_chunks chunks;             /* rows = chunks.row0[chunks.n] <= HISA_PREFILL_MAX, <= scratch_rows;
+                                         t0 + n_q <= max_context each */
+    const void *q;                    /* [rows, H, 128] in q_format, device */
     int32_t q_format;                 /* HISA_K_Q_* */
-    const float *w;                   /* [n_q, H] fp32, device */
-    int32_t *out;                     /* [n_q, topk] int32, device */
+    const float *w;                   /* [rows, H] fp32, device */
+    int32_t *out;                     /* [rows, topk] int32, device */
     int32_t max_context;              /* row stride of scratch.scores */
     int32_t scratch_rows;             /* rows the scratch holds */
     int32_t stop_after_scoring;       /* 0 normally */

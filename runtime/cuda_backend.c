@@ -289,20 +289,21 @@ static int cuda_decode(hisa_runtime *rt, const hisa_decode *req) {
     return host_io ? stage_out(rt, n_rows, req->out) : HISA_OK;
 }
 
-/* One chunk's launch: rows [row, row + n_q) of the call's q / w / out. Where the device has no
- * Hopper image (or the portable kernels were asked for), the decode kernels take the chunk's
- * queries as rows of their own positions (dev.all_portable). */
-static int prefill_chunk(hisa_runtime *rt, const hisa_prefill *req, uint32_t dev_flags, int32_t seq, int32_t t0,
-                         int32_t n_q, int64_t row, const void *q, const float *w, int32_t *out) {
+/* One launch chain for chunks [c0, c0 + ch->n) of req, rows [row, row + ch->row0[ch->n]) of the
+ * call's q / w / out (the scratch's rows from 0). Where the device has no Hopper image (or the
+ * portable kernels were asked for), the decode kernels take the chunks' queries as rows of their
+ * own positions (dev.all_portable). */
+static int prefill_launch(hisa_runtime *rt, const hisa_prefill *req, uint32_t dev_flags, const hisa_k_chunks *ch,
+                          int64_t row, const void *q, const float *w, int32_t *out) {
+    assert(ch->n >= 1 && ch->n <= HISA_K_CHUNKS_MAX && row >= 0);
     const int64_t H = rt->g.n_heads;
     q = (const uint8_t *)q + row * hisa__q_bytes(H, req->q_format);
     w += row * H;
     out += row * rt->g.topk;
     if (rt->dev.all_portable) {
-        hisa_k_select_params p = select_params(rt, req->layer, req->mode, req->flags, req->q_format, n_q);
+        hisa_k_select_params p = select_params(rt, req->layer, req->mode, req->flags, req->q_format, ch->row0[ch->n]);
         p.chunk = 1;
-        p.t0 = t0;
-        p.seq_ids[0] = seq;
+        p.chunks = *ch;
         p.stop_after_scoring = (dev_flags & HISA_DEV_SCORING_ONLY) != 0;
         p.q = q;
         p.w = w;
@@ -319,9 +320,7 @@ static int prefill_chunk(hisa_runtime *rt, const hisa_prefill *req, uint32_t dev
     p.top_blocks = (int32_t)rt->g.top_blocks;
     p.topk = (int32_t)rt->g.topk;
     p.out_slots = (req->flags & HISA_SLOTS) != 0;
-    p.seq = seq;
-    p.t0 = t0;
-    p.n_q = n_q;
+    p.chunks = *ch;
     p.max_context = (int32_t)rt->g.max_context;
     p.scratch_rows = (int32_t)rt->g.rows;
     p.stop_after_scoring = (dev_flags & HISA_DEV_SCORING_ONLY) != 0;
@@ -336,8 +335,8 @@ static int prefill_chunk(hisa_runtime *rt, const hisa_prefill *req, uint32_t dev
     return HISA_OK;
 }
 
-/* Chunks run one launch chain after another on the stream, each reusing the scratch (a batched
- * single launch is the prefill performance issue's). */
+/* All chunks of a call in one launch chain, HISA_K_CHUNKS_MAX at a time (the chunk table is
+ * passed by value); launches run one after another on the stream, each reusing the scratch. */
 static int cuda_prefill(hisa_runtime *rt, const hisa_prefill *req, uint32_t dev_flags) {
     const int32_t n_chunks = hisa__prefill_chunks(req);
     const void *q = req->q;
@@ -355,12 +354,20 @@ static int cuda_prefill(hisa_runtime *rt, const hisa_prefill *req, uint32_t dev_
         int err = stage_in(rt, (int32_t)total, req->q_format, &q, &w, &out);
         if (err) return err;
     }
-    for (int32_t c = 0, row = 0; c < n_chunks; c++) {
-        hisa__prefill_chunk(req, c, &seq, &t0, &n_q);
-        int err = prefill_chunk(rt, req, dev_flags, seq, t0, n_q, row, q, w, out);
+    hisa_k_chunks ch;
+    int64_t row = 0;
+    for (int32_t c0 = 0; c0 < n_chunks; c0 += HISA_K_CHUNKS_MAX) {
+        ch.n = n_chunks - c0 < HISA_K_CHUNKS_MAX ? n_chunks - c0 : HISA_K_CHUNKS_MAX;
+        ch.row0[0] = 0;
+        for (int32_t i = 0; i < ch.n; i++) {
+            hisa__prefill_chunk(req, c0 + i, &ch.seq[i], &ch.t0[i], &n_q);
+            ch.row0[i + 1] = ch.row0[i] + n_q;
+        }
+        int err = prefill_launch(rt, req, dev_flags, &ch, row, q, w, out);
         if (err) return err;
-        row += n_q;
+        row += ch.row0[ch.n];
     }
+    assert(row == total);
     return host_io ? stage_out(rt, (int32_t)total, req->out) : HISA_OK;
 }
 

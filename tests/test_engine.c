@@ -1308,68 +1308,111 @@ static void gj_chunk(hisa_test_ctx *ctx, gpair *p, int32_t seq, int32_t t0, int3
     free(blocks);
 }
 
-/* Chunks of 3 sequences in one GPU call: each chunk alone is judged against the CPU; each row of
- * the batch must be the same set as the row alone, or agree with the CPU on the CPU's blocks. */
-HISA_GPU_TEST(engine_gpu_batched_prefill_matches_cpu) {
-    const int32_t H = 32, B = 64, m = 8, k = 256, n_chunks = 5;
-    const int32_t lens[3] = {700, 2500, 4000}, which[5] = {0, 2, 1, 2, 0};
-    const int32_t t0s[5] = {600, 3000, 100, 10, 300}, n_qs[5] = {50, 120, 30, 20, 40};
-    hisa_config cfg = hisa_tconfig(H, B, m, k, HISA_KEY_FP8, 4096, 3);
-    cfg.max_prefill_queries = 512;
-    gpair pp, *p = &pp;
-    GPAIR_OPEN(p, cfg);
-    int32_t s[3], seqs[5], total = 0;
-    int ok = 1;
-    for (int i = 0; i < 3 && ok; i++) ok = !gp_open(ctx, p, &s[i]) && !gp_grow(ctx, p, s[i], lens[i], 70 + (uint64_t)i, 0);
-    for (int32_t c = 0; c < n_chunks; c++) {
-        seqs[c] = s[which[c]];
-        total += n_qs[c];
-    }
+/* Rows [0, rows) of a and b hold the same sets of k entries each (selections are sets). */
+static int same_row_sets(const int32_t *a, const int32_t *b, int32_t k, int32_t *sa, int32_t *sb) {
+    memcpy(sa, a, sizeof(int32_t) * (size_t)k);
+    memcpy(sb, b, sizeof(int32_t) * (size_t)k);
+    qsort(sa, (size_t)k, sizeof(int32_t), sort_i32);
+    qsort(sb, (size_t)k, sizeof(int32_t), sort_i32);
+    return memcmp(sa, sb, sizeof(int32_t) * (size_t)k) == 0;
+}
+
+/* The chunks of one GPU call in format qf and mode: each chunk alone is judged against the CPU
+ * (positions); the batched call, as positions, must give each row the set the row got alone or
+ * agree with the CPU on the CPU's blocks; as slots, the set the chunk alone got as slots (a
+ * row's scores do not depend on the rows beside it, so the two are the same selection). */
+static void gj_batch(hisa_test_ctx *ctx, gpair *p, int32_t n_chunks, const int32_t *seqs, const int32_t *t0s,
+                     const int32_t *n_qs, int32_t qf, hisa_mode mode, const char *tag) {
+    const int32_t H = (int32_t)p->cpu->g.n_heads, k = (int32_t)p->cpu->g.topk, m = (int32_t)p->cpu->g.top_blocks;
+    int32_t total = 0;
+    for (int32_t c = 0; c < n_chunks; c++) total += n_qs[c];
     int64_t *near = malloc(sizeof(int64_t) * (size_t)total);
     for (int32_t c = 0, r = 0; c < n_chunks; c++)
         for (int32_t i = 0; i < n_qs[c]; i++, r++) near[r] = r % 5 == 4 ? -1 : ((t0s[c] + i) * 131ll) % (t0s[c] + i + 1);
     int32_t *single = malloc(sizeof(int32_t) * (size_t)total * k), *batch = malloc(sizeof(int32_t) * (size_t)total * k);
-    int32_t *cpu_ref = malloc(sizeof(int32_t) * (size_t)k), *sa = malloc(sizeof(int32_t) * (size_t)k), *sb = malloc(sizeof(int32_t) * (size_t)k);
-    for (int32_t qf = 0; qf < 3 && ok; qf++) {
-        const hisa_mode mode = qf == HISA_Q_BF16 ? HISA_MODE_FLAT : HISA_MODE_HISA;
-        eng_qset qs;
-        qset_make(&qs, H, total, 200 + (uint64_t)qf, near);
-        char what[64];
-        for (int32_t c = 0, row = 0; c < n_chunks; row += n_qs[c++]) {
-            snprintf(what, sizeof what, "%s chunk %d alone", qf_name(qf), c);
-            gj_chunk(ctx, p, seqs[c], t0s[c], n_qs[c], &qs, row, qf, mode, single + (int64_t)row * k, what);
-        }
-        poison(batch, (int64_t)total * k);
-        hisa_prefill req = {.mode = mode, .q = qset_q(&qs, qf, 0), .w = qset_w(&qs, qf, 0), .out = batch, .flags = HISA_HOST_IO,
+    int32_t *cpu_ref = malloc(sizeof(int32_t) * (size_t)k), *sa = malloc(sizeof(int32_t) * (size_t)k),
+            *sb = malloc(sizeof(int32_t) * (size_t)k);
+    eng_qset qs;
+    qset_make(&qs, H, total, 200 + (uint64_t)qf, near);
+    char what[96];
+    for (int32_t c = 0, row = 0; c < n_chunks; row += n_qs[c++]) {
+        snprintf(what, sizeof what, "%s %s chunk %d alone", tag, qf_name(qf), c);
+        gj_chunk(ctx, p, seqs[c], t0s[c], n_qs[c], &qs, row, qf, mode, single + (int64_t)row * k, what);
+    }
+    for (int slots = 0; slots < 2; slots++) {
+        const uint32_t flags = HISA_HOST_IO | (slots ? HISA_SLOTS : 0u);
+        hisa_prefill req = {.mode = mode, .q = qset_q(&qs, qf, 0), .w = qset_w(&qs, qf, 0), .out = batch, .flags = flags,
                             .q_format = qf, .n_chunks = n_chunks, .seqs = seqs, .t0s = t0s, .n_qs = n_qs};
+        poison(batch, (int64_t)total * k);
         int err = gp_poison(ctx, p, total);
         if (!err) err = hisa_select_prefill(p->gpu, &req);
-        CHECKF(err == HISA_OK, "%s: batched prefill: %s (%s)", qf_name(qf), hisa_strerror(err), hisa_error_detail(p->gpu));
-        for (int32_t c = 0, row = 0; c < n_chunks && !err; row += n_qs[c++])
+        CHECKF(err == HISA_OK, "%s %s slots %d: batched prefill: %s (%s)", tag, qf_name(qf), slots, hisa_strerror(err),
+               hisa_error_detail(p->gpu));
+        for (int32_t c = 0, row = 0; c < n_chunks && !err; row += n_qs[c++]) {
+            if (slots) { /* the chunk alone, as slots */
+                hisa_prefill one = {.mode = mode, .seq = seqs[c], .t0 = t0s[c], .n_q = n_qs[c], .q = qset_q(&qs, qf, row),
+                                    .w = qset_w(&qs, qf, row), .out = single + (int64_t)row * k, .flags = flags, .q_format = qf};
+                CHECK(hisa_select_prefill(p->gpu, &one) == HISA_OK);
+            }
             for (int32_t i = 0; i < n_qs[c]; i++) {
-                int64_t r = row + i;
-                memcpy(sa, batch + r * k, sizeof(int32_t) * (size_t)k);
-                memcpy(sb, single + r * k, sizeof(int32_t) * (size_t)k);
-                qsort(sa, (size_t)k, sizeof(int32_t), sort_i32);
-                qsort(sb, (size_t)k, sizeof(int32_t), sort_i32);
-                if (!memcmp(sa, sb, sizeof(int32_t) * (size_t)k)) continue;
-                int32_t t = t0s[c] + i; /* differs from the row alone: judge on the CPU's kept blocks */
+                const int64_t r = row + i;
+                const int32_t t = t0s[c] + i;
+                CHECKF(count_poison(batch + r * k, k) == 0, "%s %s slots %d: chunk %d row %d: entries never written", tag,
+                       qf_name(qf), slots, c, i);
+                if (same_row_sets(batch + r * k, single + r * k, k, sa, sb)) continue;
+                snprintf(what, sizeof what, "%s %s batched chunk %d row %d (seq %d, t %d)", tag, qf_name(qf), c, i, seqs[c], t);
+                CHECKF(!slots, "%s: slots differ from the chunk alone", what);
+                if (slots) continue;
+                /* positions differ from the row alone: judge on the CPU's kept blocks */
                 CHECK(hisa__cpu_select_one(p->cpu, 0, mode, seqs[c], t, qset_q(&qs, qf, (int32_t)r), qf,
                                            qset_w(&qs, qf, (int32_t)r), 0, cpu_ref) == HISA_OK);
                 int32_t cpu_blocks[HISA_MAX_TOP_BLOCKS];
                 memcpy(cpu_blocks, p->cpu->r.cpu_blocks, sizeof(int32_t) * (size_t)m);
-                snprintf(what, sizeof what, "%s batched chunk %d row %d", qf_name(qf), c, i);
                 gj_row(ctx, p->cpu, seqs[c], t, qset_q(&qs, qf, (int32_t)r), qf, qset_w(&qs, qf, (int32_t)r), mode,
                        batch + r * k, gj_hisa_row(p->cpu, mode, t) ? cpu_blocks : NULL, what);
             }
-        qset_free(&qs);
+        }
     }
+    qset_free(&qs);
     free(near);
     free(single);
     free(batch);
     free(cpu_ref);
     free(sa);
     free(sb);
+}
+
+/* Chunks of 3 sequences in one GPU call (5 chunks), and 71 chunks in one call (more than one
+ * launch holds, HISA_K_CHUNKS_MAX): chunks of 1-6 queries all over the three sequences and one
+ * of 400 whose rows are short (t < k), flat (nb <= m) and HISA; every query format, both modes
+ * (gj_batch). */
+HISA_GPU_TEST(engine_gpu_batched_prefill_matches_cpu) {
+    const int32_t H = 32, B = 64, m = 8, k = 256, lens[3] = {700, 2500, 4000};
+    const int32_t which5[5] = {0, 2, 1, 2, 0}, t0s5[5] = {600, 3000, 100, 10, 300}, n_qs5[5] = {50, 120, 30, 20, 40};
+    hisa_config cfg = hisa_tconfig(H, B, m, k, HISA_KEY_FP8, 4096, 3);
+    cfg.max_prefill_queries = 1024;
+    gpair pp, *p = &pp;
+    GPAIR_OPEN(p, cfg);
+    int32_t s[3], seqs5[5], seqs[71], t0s[71], n_qs[71], cursor[3] = {0, 600, 100};
+    int ok = 1;
+    for (int i = 0; i < 3 && ok; i++) ok = !gp_open(ctx, p, &s[i]) && !gp_grow(ctx, p, s[i], lens[i], 70 + (uint64_t)i, 0);
+    for (int32_t c = 0; c < 5; c++) seqs5[c] = s[which5[c]];
+    for (int32_t c = 0; c < 70; c++) { /* disjoint in each sequence: a cursor per sequence, gaps between */
+        const int32_t j = c % 3;
+        seqs[c] = s[j];
+        t0s[c] = cursor[j];
+        n_qs[c] = 1 + (c * 7) % 6;
+        cursor[j] += n_qs[c] + (c * 37) % 29;
+        CHECK(cursor[j] <= lens[j]);
+    }
+    seqs[70] = s[1]; /* sequence 1's chunks above start at 600 */
+    t0s[70] = 200;
+    n_qs[70] = 400;
+    for (int32_t qf = 0; qf < 3 && ok; qf++) {
+        const hisa_mode mode = qf == HISA_Q_BF16 ? HISA_MODE_FLAT : HISA_MODE_HISA;
+        gj_batch(ctx, p, 5, seqs5, t0s5, n_qs5, qf, mode, "5 chunks");
+        gj_batch(ctx, p, 71, seqs, t0s, n_qs, qf, (hisa_mode)(qf % 2), "71 chunks");
+    }
     gpair_close(p);
 }
 

@@ -17,9 +17,12 @@
  * ranked block (1..last-1) plus per candidate token ((m-1)*B + t%B + 1), divided by the
  * scoring-only time.
  *
+ * Batched chunks (--chunks N): the queries as N chunks of one call, which the runtime runs in one
+ * launch chain, beside the same chunks as N calls in turn (what a caller without batching pays).
+ *
  * Output: a table; with --json FILE an array of records (device, date, mode, queries, context,
  * key_format, q_format, fp8_mma, kernels, median_us, scoring_us, tflops, gemm_tflops, pct_of_gemm,
- * speedup_vs_flat). */
+ * speedup_vs_flat, chunks, one_by_one_us). */
 #include "bench_prefill.h"
 
 #include <assert.h>
@@ -40,6 +43,7 @@ void hisa_bench_prefill_help(FILE *f) {
             "usage: hisa bench prefill [--json FILE] [--reps N] [--queries N] [--context N]\n"
             "                          [--key-format fp8|bf16] [--variant 0|1] [--query-format F]\n"
             "                          [--fp8-mma exact|native] [--kernels auto|portable|hopper]\n"
+            "                          [--chunks N]\n"
             "  Times a prefill chunk of --queries (1..1024, default 1024) queries at the end of\n"
             "  contexts 8K, 16K, 32K, 64K, 128K (or --context N only, at least --queries), H=64,\n"
             "  D=128, B=128, m=64, k=2048, flat and HISA: the whole selection and the scoring\n"
@@ -53,12 +57,15 @@ void hisa_bench_prefill_help(FILE *f) {
             "  --fp8-mma exact|native: hisa_config.fp8_mma (default exact); native multiplies fp8\n"
             "  queries by fp8 keys on the e4m3 tensor cores (hisa.h: outside SPEC's agreement rule).\n"
             "  --kernels auto|portable|hopper: hisa_config.kernels (default auto); portable runs the\n"
-            "  chunk on the decode kernels, one row per query (the path of GPUs other than Hopper).\n");
+            "  chunk on the decode kernels, one row per query (the path of GPUs other than Hopper).\n"
+            "  --chunks N: the --queries queries as N chunks (1..64, dividing --queries) of one call,\n"
+            "  chunk c the last queries before position L * (c + 1) / N of context L, timed as one\n"
+            "  call (hisa_prefill.n_chunks) and as N calls one after another (one_by_one_us).\n");
 }
 
 typedef struct pb_opts {
     const char *json, *fmt_name, *q_format_name, *fp8_mma_name, *kernels_name;
-    int32_t reps, n_q, one_context, variant;
+    int32_t reps, n_q, one_context, variant, chunks;
     int32_t kernels;  /* HISA_KERNELS_* of kernels_name (NULL: auto) */
     int32_t fp8_mma;  /* HISA_FP8_MMA_* of fp8_mma_name (NULL: exact) */
     int32_t fmt;      /* HISA_KEY_* of fmt_name */
@@ -68,7 +75,7 @@ typedef struct pb_opts {
 /* Options into o. Returns tool_parse_opts's codes (-1: --help) or TOOL_EXIT_USAGE. */
 static int pb_parse(int argc, char **argv, pb_opts *o) {
     assert(argc >= 1 && o);
-    *o = (pb_opts){.fmt_name = "fp8", .reps = 20, .n_q = 1024};
+    *o = (pb_opts){.fmt_name = "fp8", .reps = 20, .n_q = 1024, .chunks = 1};
     tool_opt opts[] = {
         {"json", TOOL_OPT_STR, &o->json, 0, 0, NULL},
         {"reps", TOOL_OPT_INT, &o->reps, 5, INT32_MAX, "timed calls per point"},
@@ -78,8 +85,9 @@ static int pb_parse(int argc, char **argv, pb_opts *o) {
         {"variant", TOOL_OPT_INT, &o->variant, 0, 1, "0: fp16 MMA operands, 1: bf16"},
         {"query-format", TOOL_OPT_STR, &o->q_format_name, 0, 0, NULL},
         {"fp8-mma", TOOL_OPT_STR, &o->fp8_mma_name, 0, 0, NULL},
-        {"kernels", TOOL_OPT_STR, &o->kernels_name, 0, 0, NULL}};
-    int perr = tool_parse_opts("bench prefill", argc, argv, opts, 9);
+        {"kernels", TOOL_OPT_STR, &o->kernels_name, 0, 0, NULL},
+        {"chunks", TOOL_OPT_INT, &o->chunks, 1, PB_CHUNKS_MAX, "chunks of the call"}};
+    int perr = tool_parse_opts("bench prefill", argc, argv, opts, 10);
     if (perr) return perr;
     if (tool_parse_q_format("bench prefill", o->q_format_name, &o->q_format)) return TOOL_EXIT_USAGE;
     if (tool_parse_choice("bench prefill", "key-format", o->fmt_name, tool_key_formats, TOOL_N_CHOICES(tool_key_formats),
@@ -92,6 +100,11 @@ static int pb_parse(int argc, char **argv, pb_opts *o) {
     if (o->variant && o->kernels == HISA_KERNELS_PORTABLE) {
         fprintf(stderr, "hisa bench prefill: --variant 1 with --kernels portable: the portable prefill has one exact "
                         "arithmetic, no operand variants\n");
+        return TOOL_EXIT_USAGE;
+    }
+    if (o->n_q % o->chunks) {
+        fprintf(stderr, "hisa bench prefill: --chunks %d: expected a divisor of --queries %d (chunks of equal size)\n",
+                o->chunks, o->n_q);
         return TOOL_EXIT_USAGE;
     }
     if (o->one_context && o->one_context < o->n_q) {
@@ -112,8 +125,9 @@ static int pb_parse(int argc, char **argv, pb_opts *o) {
 
 typedef struct pb_rec {
     const char *mode;
-    int32_t queries, context;
+    int32_t queries, context, chunks;
     double median_us, scoring_us, flops, tflops, speedup;
+    double one_by_one_us; /* chunks > 1: the same chunks as one call each, in turn */
 } pb_rec;
 
 static int cmp_double(const void *a, const void *b) {
@@ -214,10 +228,11 @@ out:
 
 /* --- one point ------------------------------------------------------------------------------ */
 
-/* Median microseconds of `reps` calls of req after 3 warm-ups. */
-static int pb_time(hisa_runtime *rt, cudaStream_t st, const hisa_prefill *req, uint32_t dev_flags, int reps,
+/* Median microseconds of `reps` rounds after 3 warm-ups, a round being the n_reqs calls of reqs in
+ * turn. */
+static int pb_time(hisa_runtime *rt, cudaStream_t st, const hisa_prefill *reqs, int n_reqs, uint32_t dev_flags, int reps,
                    double *median_us) {
-    assert(rt && req && median_us);
+    assert(rt && reqs && median_us && n_reqs >= 1);
     assert(reps >= 5);
     cudaEvent_t e0, e1;
     PB_CUDA(cudaEventCreate(&e0));
@@ -227,7 +242,8 @@ static int pb_time(hisa_runtime *rt, cudaStream_t st, const hisa_prefill *req, u
     for (int i = 0; i < reps + 3 && !err; i++) {
         float ms = 0;
         if (cudaEventRecord(e0, st)) err = 1;
-        int e = hisa_dev_prefill(rt, req, dev_flags);
+        int e = 0;
+        for (int j = 0; j < n_reqs && !e; j++) e = hisa_dev_prefill(rt, &reqs[j], dev_flags);
         if (e) {
             fprintf(stderr, "hisa bench prefill: prefill: %s (%s)\n", hisa_strerror(e), hisa_error_detail(rt));
             err = 1;
@@ -413,23 +429,45 @@ static int pb_prepare(const pb_opts *o, cudaStream_t st, int32_t max_ctx, hisa_r
     return rc;
 }
 
-/* One mode at one context: the chunk is the last n_q queries of context L. */
+/* One mode at one context: the n_q queries as o->chunks chunks of one call, chunk c the last
+ * n_q / chunks positions before L * (c + 1) / chunks (one chunk: the last n_q of context L); with
+ * several, the same chunks as one call each too. */
 static int pb_point(const pb_opts *o, cudaStream_t st, hisa_runtime *rt, int32_t seq, const pb_bufs *d,
                     int32_t L, int mi, pb_rec *r) {
     assert(o && rt && d && r);
-    assert(L >= o->n_q && (mi == 0 || mi == 1));
+    assert(L >= o->n_q && (mi == 0 || mi == 1) && o->chunks >= 1 && o->chunks <= PB_CHUNKS_MAX);
     hisa_mode mode = mi == 0 ? HISA_MODE_FLAT : HISA_MODE_HISA;
-    int32_t t0 = L - o->n_q;
+    const int32_t n_c = o->chunks, per = o->n_q / n_c;
+    int32_t seqs[PB_CHUNKS_MAX], t0s[PB_CHUNKS_MAX], n_qs[PB_CHUNKS_MAX];
+    hisa_prefill one[PB_CHUNKS_MAX];
     r->mode = mi == 0 ? "flat" : "hisa";
     r->queries = o->n_q;
     r->context = L;
-    hisa_prefill req = {.layer = 0, .mode = mode, .seq = seq, .t0 = t0, .n_q = o->n_q, .q = d->q, .w = d->w,
-                        .out = d->out, .q_format = o->q_format};
+    r->chunks = n_c;
+    r->flops = 0;
+    for (int32_t c = 0; c < n_c; c++) { /* chunk c ends at L * (c + 1) / n_c >= (c + 1) * per: disjoint */
+        seqs[c] = seq;
+        n_qs[c] = per;
+        t0s[c] = (int32_t)((int64_t)L * (c + 1) / n_c) - per;
+        one[c] = (hisa_prefill){.layer = 0, .mode = mode, .seq = seq, .t0 = t0s[c], .n_q = per,
+                                .q = (const uint8_t *)d->q + (size_t)c * per * PB_H * 128 * tool_q_format_bytes(o->q_format),
+                                .w = d->w + (size_t)c * per * PB_H, .out = d->out + (size_t)c * per * PB_K,
+                                .q_format = o->q_format};
+        r->flops += pb_flops(mode, t0s[c], per, PB_H, PB_B, PB_M, PB_K);
+    }
+    hisa_prefill req = one[0];
+    if (n_c > 1) { /* one call of every chunk */
+        req.n_chunks = n_c;
+        req.seqs = seqs;
+        req.t0s = t0s;
+        req.n_qs = n_qs;
+    }
     uint32_t vf = o->variant ? HISA_DEV_VARIANT_ALT : 0u;
-    int err = pb_time(rt, st, &req, vf, o->reps, &r->median_us);
-    if (!err) err = pb_time(rt, st, &req, vf | HISA_DEV_SCORING_ONLY, o->reps, &r->scoring_us);
+    int err = pb_time(rt, st, &req, 1, vf, o->reps, &r->median_us);
+    if (!err) err = pb_time(rt, st, &req, 1, vf | HISA_DEV_SCORING_ONLY, o->reps, &r->scoring_us);
+    r->one_by_one_us = 0;
+    if (!err && n_c > 1) err = pb_time(rt, st, one, n_c, vf, o->reps, &r->one_by_one_us);
     if (err) return err;
-    r->flops = pb_flops(mode, t0, o->n_q, PB_H, PB_B, PB_M, PB_K);
     r->tflops = r->flops / (r->scoring_us * 1e-6) / 1e12;
     return 0;
 }
@@ -442,8 +480,11 @@ static int pb_run(const pb_opts *o, const pb_env *e, hisa_runtime *rt, int32_t s
     int err = 0;
     printf("keys %s, queries %s, fp8_mma %s, variant %d, kernels %s\n", o->fmt_name, tool_q_format_name(o->q_format),
            tool_fp8_mma_name(o->fp8_mma), o->variant, tool_choice_name(tool_kernels, TOOL_N_CHOICES(tool_kernels), o->kernels));
-    printf("%-5s %7s %8s %11s %11s %8s %8s %8s\n", "mode", "queries", "context", "median_us", "scoring_us", "tflops",
-           "of_gemm", "speedup");
+    if (o->chunks > 1)
+        printf("%d chunks of %d queries in one call; one_by_one_us: the same chunks as %d calls in turn\n", o->chunks,
+               o->n_q / o->chunks, o->chunks);
+    printf("%-5s %7s %8s %11s %11s %8s %8s %8s%s\n", "mode", "queries", "context", "median_us", "scoring_us", "tflops",
+           "of_gemm", "speedup", o->chunks > 1 ? "  one_by_one_us" : "");
     for (int ci = 0; ci < n_ctx && !err; ci++) {
         for (int mi = 0; mi < 2 && !err; mi++) {
             pb_rec *r = &recs[*n_recs];
@@ -452,8 +493,10 @@ static int pb_run(const pb_opts *o, const pb_env *e, hisa_runtime *rt, int32_t s
             r->speedup = mi == 1 ? recs[*n_recs - 1].median_us / r->median_us : 1.0;
             printf("%-5s %7d %8d %11.1f %11.1f %8.1f %7.1f%% ", r->mode, r->queries, r->context, r->median_us,
                    r->scoring_us, r->tflops, e->gemm > 0 ? 100.0 * r->tflops / e->gemm : 0.0);
-            if (mi == 1) printf("%7.2fx\n", r->speedup);
-            else printf("%8s\n", "-");
+            if (mi == 1) printf("%7.2fx", r->speedup);
+            else printf("%8s", "-");
+            if (o->chunks > 1) printf(" %14.1f (%.2fx)", r->one_by_one_us, r->one_by_one_us / r->median_us);
+            printf("\n");
             (*n_recs)++;
         }
     }
@@ -484,6 +527,8 @@ static int pb_write_json(const pb_opts *o, const pb_env *e, const pb_rec *recs, 
                 tool_q_format_name(o->q_format), tool_fp8_mma_name(o->fp8_mma),
                 tool_choice_name(tool_kernels, TOOL_N_CHOICES(tool_kernels), o->kernels));
         if (strcmp(r->mode, "hisa") == 0) fprintf(f, ", \"speedup_vs_flat\": %.3f", r->speedup);
+        fprintf(f, ", \"chunks\": %d", r->chunks);
+        if (r->chunks > 1) fprintf(f, ", \"one_by_one_us\": %.2f", r->one_by_one_us);
         fprintf(f, "}%s\n", i + 1 < n_recs ? "," : "");
     }
     fprintf(f, "]\n");

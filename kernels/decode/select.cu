@@ -33,8 +33,9 @@
  * mma.sync one below (PORTABLE, the default while it measures faster) and score_wg (HOPPER:
  * warpgroup MMA fed by bulk copies, fp8 keys; also, whichever path was picked unless PORTABLE was
  * asked for, fp8 queries with fp8_native); all are tested against the CPU twin.
- * Prefill on the portable path: the same pipeline with a chunk's queries as rows (p.chunk, row r
- * at t0 + r), so GPUs without the Hopper image select prefill chunks with these kernels.
+ * Prefill on the portable path: the same pipeline with prefill chunks' queries as rows (p.chunk:
+ * call row r is query r - row0[c] of the chunk c holding it), so GPUs without the Hopper image
+ * select prefill chunks with these kernels, all chunks of a launch in one chain.
  * Kernels after the first use programmatic dependent launch: their prologue (plan, query
  * fragments) overlaps the previous kernel, and they wait where they first read its results.
  *
@@ -126,9 +127,10 @@ __device__ __forceinline__ row_desc describe(const sel_args &a, int r) {
         return d;
     }
     const int B = p.cache.block_size, m = p.top_blocks, k = p.topk;
-    if (p.chunk) { /* a prefill chunk: row r is the query at t0 + r, host-known */
-        d.seq = p.seq_ids[0];
-        d.n = p.t0 + d.crow + 1;
+    if (p.chunk) { /* prefill chunks: call row r is a query of the chunk holding it, host-known */
+        const int ci = hisa__k_last_le(p.chunks.row0, p.chunks.n, d.crow);
+        d.seq = p.chunks.seq[ci];
+        d.n = p.chunks.t0[ci] + (d.crow - p.chunks.row0[ci]) + 1;
     } else {
         const int j = p.next_n == 1 ? 0 : d.crow % p.next_n; /* the common case divides nothing */
         d.seq = p.seq_ids[p.next_n == 1 ? d.crow : d.crow / p.next_n];
@@ -1460,13 +1462,17 @@ extern "C" int hisa_k_select(void *stream, const hisa_k_select_params *p) {
     if (p->next_n < 1 || p->next_n > HISA_K_NEXT_N_MAX || p->q_format < HISA_K_Q_F32 || p->q_format > HISA_K_Q_FP8)
         return HISA_K_EINVAL;
     if (p->n_rows < 1 || p->n_rows % p->next_n || p->n_rows > p->scratch_rows) return HISA_K_ELIMIT;
-    if (p->chunk ? (p->next_n != 1 || p->t0 < 0 || p->n_rows > HISA_PREFILL_MAX ||
-                    (int64_t)p->t0 + p->n_rows > p->max_context)
-                 : p->n_rows / p->next_n > HISA_BATCH_MAX)
-        return HISA_K_ELIMIT;
-    for (int i = 0; i < (p->chunk ? 1 : p->n_rows / p->next_n); i++)
-        if (p->seq_ids[i] < 0 || p->seq_ids[i] >= c.max_seqs) return HISA_K_EINVAL;
     if (p->max_context < 1 || p->max_context > HISA_CONTEXT_MAX) return HISA_K_ELIMIT;
+    if (p->chunk) {
+        if (p->next_n != 1 || p->chunks.n < 1 || p->chunks.n > HISA_K_CHUNKS_MAX || p->chunks.row0[p->chunks.n] != p->n_rows)
+            return HISA_K_EINVAL;
+        const int err = hisa__k_chunks_check(p->chunks, c, p->max_context, p->scratch_rows);
+        if (err) return err;
+    } else {
+        if (p->n_rows / p->next_n > HISA_BATCH_MAX) return HISA_K_ELIMIT;
+        for (int i = 0; i < p->n_rows / p->next_n; i++)
+            if (p->seq_ids[i] < 0 || p->seq_ids[i] >= c.max_seqs) return HISA_K_EINVAL;
+    }
     if ((int64_t)p->scratch_rows * hisa_k_work_row_words(p->max_context) > p->scratch.work_words) return HISA_K_EINVAL;
     if (p->mode != HISA_K_MODE_HISA && p->mode != HISA_K_MODE_FLAT) return HISA_K_EINVAL;
     if (p->dev.sm_count < 1) return HISA_K_EINVAL; /* hisa_k_init not run */

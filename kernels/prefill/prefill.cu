@@ -1,6 +1,6 @@
-/* prefill.cu: chunked causal selection for many queries of one sequence (a prefill chunk), on
- * Hopper tensor cores. The twin is hisa__cpu_select_one (runtime/cpu_backend.c) applied to each
- * query t0 .. t0+n_q-1.
+/* prefill.cu: chunked causal selection for many queries: prefill chunks, up to HISA_K_CHUNKS_MAX
+ * of them (of one or several sequences) in one launch chain, on Hopper tensor cores. The twin is
+ * hisa__cpu_select_one (runtime/cpu_backend.c) applied to each query t0 .. t0+n_q-1 of each chunk.
  *
  * Why this shape. A chunk of n_q queries against n keys is a GEMM: [n x 128] keys times
  * [128 x n_q*H] queries, fp32 accumulation. We put the keys (tokens, block means or a query's
@@ -17,7 +17,8 @@
  * The K order of A and B is permuted the same way (dot products do not care) so that a thread
  * loads 32 contiguous bytes of each of its two rows.
  *
- * Pipeline for a chunk (rows partitioned on the host by t, all monotone in the row):
+ * Pipeline (each chunk's rows partitioned on the host by t, all monotone in the row; each kernel
+ * takes one class of rows of every chunk, pf_args):
  *   short rows (n <= k)                      top-k kernel writes 0..n-1, -1 padded
  *   flat rows (FLAT, or HISA with nb <= m)    score<TOK> over tokens 0..t, causal mask
  *   HISA rows (nb > m)                       score<MEAN> over blocks 0..last-1, keep (top m-2 of
@@ -36,12 +37,15 @@
  * page ids staged in shared memory, one accumulator per warpgroup (two CTAs per SM beat a
  * two-accumulator pipeline at one CTA per SM), fp16 operands for fp8 keys.
  *
- * Invariants: grids are sized on the host from t0 and n_q (prefill lengths are host-known);
+ * Invariants: grids are sized on the host from the chunks' t0 and n_q (host-known); a CTA's
+ * queries are of one chunk;
  * a CTA reads only pages of positions <= its queries' largest t (valid page-table entries);
  * rows with n > k select exactly k (HISA candidates: (m-1)*B + t%B + 1 >= k); nothing here
  * touches scratch.work, allocates or synchronizes. */
 #include <assert.h>
 #include <string.h>
+
+#include <algorithm>
 
 #include "../common.cuh"
 #include "../topk.cuh"
@@ -59,17 +63,51 @@ constexpr int kCandCap = 10240; /* flat rows: threshold-bin entries gathered int
 constexpr int kCandCapSmall = 4096; /* HISA rows and kept blocks: 4 CTAs per SM */
 constexpr int kRankMax = 128;   /* at most this many left: rank by comparison, not radix */
 
+/* A launch serves one class of rows of every chunk (p.chunks): chunk c's rows (chunk-local, by
+ * t) are short [0, fb[c]) (n <= k), flat [fb[c], hb[c]) and HISA [hb[c], n_q). A kernel's grid
+ * walks the class's rows in units of unit_rows rows (a score CTA's NQ queries, or one row), chunk
+ * c's units from unit0[c] on, so the rows of all chunks fill one grid and no unit straddles two
+ * chunks (two sequences). */
+enum { CLS_SHORT_FLAT = 0, CLS_FLAT = 1, CLS_HISA = 2 };
 struct pf_args {
     hisa_k_prefill_params p;
-    int row_begin, row_end; /* query rows [row_begin, row_end) of this launch */
-    int span;               /* matrix rows per CTA step */
+    int32_t fb[HISA_K_CHUNKS_MAX], hb[HISA_K_CHUNKS_MAX]; /* [p.chunks.n] the rows' partition */
+    int32_t unit0[HISA_K_CHUNKS_MAX + 1];                 /* [p.chunks.n + 1] this launch's units */
+    int cls, unit_rows;
+    int span; /* matrix rows per CTA step */
 };
+static_assert(sizeof(pf_args) <= 4096, "kernel parameters by value");
 
-/* rows of the score matrix query row i sees (TOK: tokens 0..t, MEAN: blocks 0..last-1, so also
- * last itself, CAND: its candidates); the kernels and the launchers' bounds both use it */
+/* Chunk c's rows of class cls: chunk-local rows [*lo, *hi). */
+__host__ __device__ __forceinline__ void class_rows(const pf_args &a, int cls, int c, int *lo, int *hi) {
+    const int n_q = a.p.chunks.row0[c + 1] - a.p.chunks.row0[c];
+    *lo = cls == CLS_HISA ? a.hb[c] : cls == CLS_FLAT ? a.fb[c] : 0;
+    *hi = cls == CLS_HISA ? n_q : a.hb[c];
+}
+
+/* The rows of unit u of the launch: call rows row .. row + n - 1 (of q, w, out and the scratch),
+ * the queries at positions t .. t + n - 1 of sequence seq. */
+struct pf_rows {
+    int seq, row, t, n;
+};
+__device__ __forceinline__ pf_rows rows_of(const pf_args &a, int u) {
+    const hisa_k_chunks &ch = a.p.chunks;
+    const int c = hisa__k_last_le(a.unit0, ch.n, u);
+    int lo, hi;
+    class_rows(a, a.cls, c, &lo, &hi);
+    const int first = lo + (u - a.unit0[c]) * a.unit_rows;
+    pf_rows r = {ch.seq[c], ch.row0[c] + first, ch.t0[c] + first, min(a.unit_rows, hi - first)};
+    /* r.n >= 1: the grids have exactly unit0[n] units (set_class; no device assert here, as the
+     * 32-register rows_kernel spills with one) */
+    return r;
+}
+
+/* rows of the score matrix the query at position t sees (TOK: tokens 0..t, MEAN: blocks
+ * 0..last-1, so also last itself, CAND: its candidates); the kernels and the launchers' bounds
+ * both use it */
 template <int SRC>
-__host__ __device__ __forceinline__ int row_limit(const hisa_k_prefill_params &p, int i) {
-    int t = p.t0 + i, B = p.cache.block_size;
+__host__ __device__ __forceinline__ int row_limit(const hisa_k_prefill_params &p, int t) {
+    const int B = p.cache.block_size;
     if (SRC == SRC_TOK) return t + 1;
     if (SRC == SRC_MEAN) return t / B;
     return (p.top_blocks - 1) * B + t % B + 1;
@@ -158,14 +196,14 @@ __device__ void load_q8(const hisa_k_prefill_params &p, int q_first, int nq, uin
     }
 }
 
-/* The CTA's shared inputs, staged once before its tiles: the Q tile in the operand form of OP
+/* The CTA's shared inputs (queries q_first .. of sequence seq), staged once before its tiles: the Q tile in the operand form of OP
  * (qs; qinv for F16), the weights ws[N] (times qinv for F16), and the page ids pg of the rows
  * r_begin .. r_end - 1, so the tile loads need no dependent global read: TOK: blocks of the span
  * (r_begin is a multiple of B); MEAN: the blocks themselves; CAND: the kept blocks (candidate r
  * is token r % B of kept block r / B). Ends with a barrier. */
 template <int N, int HP, int SRC, int OP>
-__device__ __forceinline__ void stage_cta(const hisa_k_prefill_params &p, int q_first, int nq, int r_begin, int r_end,
-                                          uint8_t *qs, float *ws, float *qinv, int *pg) {
+__device__ __forceinline__ void stage_cta(const hisa_k_prefill_params &p, int seq, int q_first, int nq, int r_begin,
+                                          int r_end, uint8_t *qs, float *ws, float *qinv, int *pg) {
     constexpr bool F16 = OP == HISA_WG_F16;
     const hisa_k_cache &c = p.cache;
     const int B = c.block_size, H = c.n_heads, tid = threadIdx.x;
@@ -179,7 +217,7 @@ __device__ __forceinline__ void stage_cta(const hisa_k_prefill_params &p, int q_
         float wv = (qi < nq && h < H) ? __ldg(p.w + (int64_t)(q_first + qi) * H + h) : 0.0f;
         ws[n] = F16 ? wv * qinv[n] : wv;
     }
-    const int32_t *pt = c.page_table + (int64_t)p.seq * c.pages_per_seq;
+    const int32_t *pt = c.page_table + (int64_t)seq * c.pages_per_seq;
     if (SRC == SRC_TOK)
         for (int i = tid; i < (r_end - r_begin + B - 1) / B; i += kScoreThreads) pg[i] = pt[r_begin / B + i];
     else if (SRC == SRC_MEAN)
@@ -325,10 +363,11 @@ __global__ void __launch_bounds__(kScoreThreads, N >= 128 ? 1 : 2) score_kernel(
     const hisa_k_prefill_params &p = a.p;
     const hisa_k_cache &c = p.cache;
     const int B = c.block_size;
-    const int q_first = a.row_begin + blockIdx.y * NQ;
-    if (q_first >= a.row_end) return;
-    const int nq = min(NQ, a.row_end - q_first);
-    const int lim_max = row_limit<SRC>(p, q_first + nq - 1); /* monotone in the row */
+    /* (no device asserts: a call in the kernel costs its main loop ~5% in registers and
+     * scheduling, measured; launch_score checks unit_rows == NQ on the host) */
+    const pf_rows u = rows_of(a, blockIdx.y);
+    const int q_first = u.row, nq = u.n;
+    const int lim_max = row_limit<SRC>(p, u.t + nq - 1); /* monotone in the row */
     const int r_begin = blockIdx.x * a.span;
     if (r_begin >= lim_max) return;
 
@@ -341,14 +380,14 @@ __global__ void __launch_bounds__(kScoreThreads, N >= 128 ? 1 : 2) score_kernel(
     int *pg = reinterpret_cast<int *>(sm + L::pg);         /* [<= 1024] pages of the CTA's rows */
     const int tid = threadIdx.x;
     const int r_end = min(r_begin + a.span, lim_max);
-    stage_cta<N, HP, SRC, OP>(p, q_first, nq, r_begin, r_end, qs, ws, qinv, pg);
+    stage_cta<N, HP, SRC, OP>(p, u.seq, q_first, nq, r_begin, r_end, qs, ws, qinv, pg);
 
     const int wg = tid >> 7, lane = tid & 31;
     T t{p, pg, ws, (uint32_t)__cvta_generic_to_shared(qs), q_first, r_begin, lim_max, B, __ffs(B) - 1,
         (tid >> 5) & 3, lane >> 2, lane & 3, (int64_t)p.layer * c.n_pages};
     int lims[NQ];
 #pragma unroll
-    for (int qi = 0; qi < NQ; qi++) lims[qi] = qi < nq ? row_limit<SRC>(p, q_first + qi) : 0;
+    for (int qi = 0; qi < NQ; qi++) lims[qi] = qi < nq ? row_limit<SRC>(p, u.t + qi) : 0;
 
     uint4 raw[2][T::RAW];
     float sc[2];
@@ -380,7 +419,15 @@ struct topk_smem {
     uint32_t sel_above;
     int n_out, n_cand, sel_bin;
     int kept[HISA_TOP_BLOCKS_MAX];
+    int row, seq; /* the CTA's (rows_of), read back by the emits: see pf_reload */
 };
+
+/* The one-row kernels run at their register caps (topk_kernel 64, rows_kernel<false> 32), and
+ * their emits need the CTA's call row (and sequence) only after the selection's barriers. Held in
+ * registers across the selection they spill (the chunk lookup that made them cannot be redone
+ * cheaply, unlike blockIdx arithmetic), so thread 0 parks them in shared memory and the emits
+ * read them back with a volatile load, which the compiler can neither hoist nor keep. */
+__device__ __forceinline__ int pf_reload(const int &x) { return *reinterpret_cast<const volatile int *>(&x); }
 
 /* The k largest of row[0..n) (n > k) by (order key desc, index asc); emit(index, slot) once for
  * each, slots 0..k-1. Radix select over the unique 64-bit composite key << 32 | ~index, 12 bits
@@ -471,9 +518,9 @@ __device__ void row_topk(const float *row, int n, int k, topk_smem<CAP> &s, Emit
     }
 }
 
-__device__ __forceinline__ int to_slot(const hisa_k_prefill_params &p, int pos) {
+__device__ __forceinline__ int to_slot(const hisa_k_prefill_params &p, int seq, int pos) {
     const int B = p.cache.block_size;
-    return p.out_slots ? (int)hisa__slot(p.cache.page_table[(int64_t)p.seq * p.cache.pages_per_seq + pos / B], B, pos % B)
+    return p.out_slots ? (int)hisa__slot(p.cache.page_table[(int64_t)seq * p.cache.pages_per_seq + pos / B], B, pos % B)
                        : pos;
 }
 
@@ -482,9 +529,8 @@ __global__ void __launch_bounds__(kTopkThreads) keep_kernel(const pf_args a) {
     const hisa_k_prefill_params &p = a.p;
     extern __shared__ uint8_t smem_raw[];
     topk_smem<kCandCapSmall> &s = *reinterpret_cast<topk_smem<kCandCapSmall> *>(smem_raw);
-    const int i = a.row_begin + blockIdx.x;
-    if (i >= a.row_end) return;
-    const int last = row_limit<SRC_MEAN>(p, i), m = p.top_blocks;
+    const pf_rows u = rows_of(a, blockIdx.x);
+    const int i = u.row, last = row_limit<SRC_MEAN>(p, u.t), m = p.top_blocks;
     const float *row = p.scratch.block_scores + (int64_t)i * p.cache.pages_per_seq + 1; /* J of blocks 1.. */
     if (m > 2) row_topk(row, last - 1, m - 2, s, [&](int idx, int slot) { s.kept[slot] = idx + 1; });
     __syncthreads();
@@ -507,6 +553,7 @@ template <bool KEEP>
 struct rowsel_smem {
     hisa__k_rowsel_smem<rows_shape<KEEP>::threads> sel;
     int32_t aux[HISA_TOP_BLOCKS_MAX]; /* keep: kept ids by slot; tokens: output value of candidate j * B */
+    int row, last;                    /* the CTA's call row; keep: its last block (pf_reload) */
 };
 
 template <int NT, class Put>
@@ -522,47 +569,63 @@ __global__ void __launch_bounds__(rows_shape<KEEP>::threads, 2048 / rows_shape<K
     constexpr int NT = rows_shape<KEEP>::threads;
     __shared__ rowsel_smem<KEEP> f;
     const hisa_k_prefill_params &p = a.p;
-    const int i = a.row_begin + blockIdx.x, t = p.t0 + i, B = p.cache.block_size, m = p.top_blocks;
-    int32_t *kept = p.scratch.blocks + (int64_t)i * m;
+    const pf_rows u = rows_of(a, blockIdx.x);
+    const int i = u.row, t = u.t, B = p.cache.block_size, m = p.top_blocks;
     if (KEEP) {
-        const int last = row_limit<SRC_MEAN>(p, i);
+        const int last = row_limit<SRC_MEAN>(p, t);
         const float *row = p.scratch.block_scores + (int64_t)i * p.cache.pages_per_seq + 1;
+        if (threadIdx.x == 0) {
+            f.row = i;
+            f.last = last;
+        }
+        __syncthreads(); /* (m = 2 selects nothing: no barrier in rowsel) */
         if (m > 2) rowsel(row, last - 1, m - 2, f.sel, [&](uint32_t slot, int idx) { f.aux[slot] = idx + 1; });
         __syncthreads();
-        hisa__k_write_kept(f.aux, m, last, kept);
+        hisa__k_write_kept(f.aux, m, pf_reload(f.last), p.scratch.blocks + (int64_t)pf_reload(f.row) * m);
         return;
     }
     const int lb = __ffs(B) - 1; /* B is a power of two */
-    for (int j = threadIdx.x; j < m; j += NT) f.aux[j] = to_slot(p, kept[j] << lb);
-    int32_t *out = p.out + (int64_t)i * p.topk;
-    /* output value = its block start's + the offset; aux is read only after rowsel's barriers */
+    const int32_t *kept = p.scratch.blocks + (int64_t)i * m;
+    for (int j = threadIdx.x; j < m; j += NT) f.aux[j] = to_slot(p, u.seq, kept[j] << lb);
+    if (threadIdx.x == 0) f.row = i;
+    /* output value = its block start's + the offset; aux and row are read only after rowsel's
+     * barriers */
     rowsel(p.scratch.scores + (int64_t)i * p.max_context, (m - 1) * B + t % B + 1, p.topk, f.sel,
-           [&](uint32_t slot, int idx) { out[slot] = f.aux[idx >> lb] + (idx & (B - 1)); });
+           [&](uint32_t slot, int idx) {
+               p.out[(int64_t)pf_reload(f.row) * p.topk + slot] = f.aux[idx >> lb] + (idx & (B - 1));
+           });
 }
 
-/* rows [row_begin, row_end): flat-scored rows (and n <= k rows) with CAP = kCandCap; HISA rows
+/* CLS_SHORT_FLAT rows: flat-scored rows (and n <= k rows) with CAP = kCandCap; CLS_HISA rows
  * that rows_kernel cannot take (m * B > 8192 candidates) with the small CAP, more rows at once */
 template <int CAP>
-__global__ void __launch_bounds__(kTopkThreads) topk_kernel(const pf_args a, int hisa_begin) {
+__global__ void __launch_bounds__(kTopkThreads, 2) topk_kernel(const pf_args a) {
     const hisa_k_prefill_params &p = a.p;
     extern __shared__ uint8_t smem_raw[];
     topk_smem<CAP> &s = *reinterpret_cast<topk_smem<CAP> *>(smem_raw);
-    const int i = a.row_begin + blockIdx.x, t = p.t0 + i, n = t + 1, k = p.topk, B = p.cache.block_size;
+    const pf_rows u = rows_of(a, blockIdx.x);
+    const int i = u.row, t = u.t, n = t + 1, k = p.topk, B = p.cache.block_size;
     int32_t *out = p.out + (int64_t)i * k;
     if (n <= k) {
-        for (int j = threadIdx.x; j < k; j += kTopkThreads) out[j] = j < n ? to_slot(p, j) : -1;
+        for (int j = threadIdx.x; j < k; j += kTopkThreads) out[j] = j < n ? to_slot(p, u.seq, j) : -1;
         return;
     }
     const float *row = p.scratch.scores + (int64_t)i * p.max_context;
-    if (i < hisa_begin) {
-        row_topk(row, n, k, s, [&](int idx, int slot) { out[slot] = to_slot(p, idx); });
+    if (threadIdx.x == 0) { /* read by the emits after row_topk's barriers */
+        s.row = i;
+        s.seq = u.seq;
+    }
+    /* the emit's output row and sequence come back from shared memory (pf_reload) */
+    auto out_at = [&](int slot) -> int32_t & { return p.out[(int64_t)pf_reload(s.row) * k + slot]; };
+    if (a.cls != CLS_HISA) {
+        row_topk(row, n, k, s, [&](int idx, int slot) { out_at(slot) = to_slot(p, pf_reload(s.seq), idx); });
     } else {
         const int m = p.top_blocks;
         const int32_t *kb = p.scratch.blocks + (int64_t)i * m;
         for (int j = threadIdx.x; j < m; j += kTopkThreads) s.kept[j] = kb[j];
         __syncthreads();
-        row_topk(row, row_limit<SRC_CAND>(p, i), k, s,
-                 [&](int idx, int slot) { out[slot] = to_slot(p, s.kept[idx / B] * B + idx % B); });
+        row_topk(row, row_limit<SRC_CAND>(p, t), k, s,
+                 [&](int idx, int slot) { out_at(slot) = to_slot(p, pf_reload(s.seq), s.kept[idx / B] * B + idx % B); });
     }
 }
 
@@ -576,9 +639,9 @@ int set_smem(K kernel, size_t bytes) {
 }
 
 template <int N, int HP, int SRC, bool FP8, int OP = HISA_WG_BF16>
-int launch_score(cudaStream_t s, const pf_args &a, int lim_max) {
-    constexpr int NQ = N / HP;
-    dim3 grid((unsigned)((lim_max + a.span - 1) / a.span), (unsigned)((a.row_end - a.row_begin + NQ - 1) / NQ));
+int launch_score(cudaStream_t s, const pf_args &a, int lim_max, int units) {
+    assert(a.unit_rows == N / HP && units >= 1);
+    dim3 grid((unsigned)((lim_max + a.span - 1) / a.span), (unsigned)units);
     score_kernel<N, HP, SRC, FP8, OP><<<grid, kScoreThreads, score_layout<N>::bytes, s>>>(a);
     return hisa__k_launch_status();
 }
@@ -587,61 +650,91 @@ int launch_score(cudaStream_t s, const pf_args &a, int lim_max) {
  * fp8 keys exactly in fp16 (variant 1: bf16), or, fp8 queries with fp8_native set (hisa.h's
  * HISA_FP8_MMA_NATIVE), as e4m3 codes with the fp8 tensor cores' own accumulation. */
 template <int N, int HP, int SRC>
-int launch_tokens(cudaStream_t s, const pf_args &a, int lim_max) {
+int launch_tokens(cudaStream_t s, const pf_args &a, int lim_max, int units) {
     const hisa_k_prefill_params &p = a.p;
-    if (p.cache.key_format != HISA__FMT_FP8) return launch_score<N, HP, SRC, false>(s, a, lim_max);
-    if (p.q_format == HISA_K_Q_FP8 && p.fp8_native) return launch_score<N, HP, SRC, true, HISA_WG_E4M3>(s, a, lim_max);
-    if (p.variant == 0) return launch_score<N, HP, SRC, true, HISA_WG_F16>(s, a, lim_max);
-    return launch_score<N, HP, SRC, true, HISA_WG_BF16>(s, a, lim_max);
+    if (p.cache.key_format != HISA__FMT_FP8) return launch_score<N, HP, SRC, false>(s, a, lim_max, units);
+    if (p.q_format == HISA_K_Q_FP8 && p.fp8_native)
+        return launch_score<N, HP, SRC, true, HISA_WG_E4M3>(s, a, lim_max, units);
+    if (p.variant == 0) return launch_score<N, HP, SRC, true, HISA_WG_F16>(s, a, lim_max, units);
+    return launch_score<N, HP, SRC, true, HISA_WG_BF16>(s, a, lim_max, units);
 }
 
+/* Points the launch at the rows of class cls in units of unit_rows: fills unit0, returns the
+ * units, and *t_max, the largest position among the rows (rows are monotone in t per chunk). */
+static int set_class(pf_args &a, int cls, int unit_rows, int *t_max) {
+    const hisa_k_chunks &ch = a.p.chunks;
+    assert(unit_rows >= 1 && ch.n >= 1 && ch.n <= HISA_K_CHUNKS_MAX);
+    int units = 0, lo, hi;
+    *t_max = -1;
+    for (int c = 0; c < ch.n; c++) {
+        class_rows(a, cls, c, &lo, &hi);
+        a.unit0[c] = units;
+        units += (hi - lo + unit_rows - 1) / unit_rows;
+        if (hi > lo) *t_max = std::max(*t_max, ch.t0[c] + hi - 1);
+    }
+    a.unit0[ch.n] = units;
+    a.cls = cls;
+    a.unit_rows = unit_rows;
+    return units;
+}
+
+/* Flat rows: spans of about 8 waves of CTAs (one CTA per SM), long enough to amortize the Q
+ * tile; a multiple of 256 (>= B: spans start on block boundaries), at most 1024 blocks. */
 template <int HP>
-int launch_all(cudaStream_t s, const hisa_k_prefill_params &p, int flat_begin, int hisa_begin) {
-    const int B = p.cache.block_size, n_q = p.n_q;
+int launch_flat(cudaStream_t s, pf_args &a) {
+    int t_max;
+    const int units = set_class(a, CLS_FLAT, 256 / HP, &t_max);
+    if (!units) return HISA_K_OK;
+    const int lim = row_limit<SRC_TOK>(a.p, t_max);
+    const int64_t want = (8 * (int64_t)a.p.dev.sm_count + units - 1) / units;
+    int64_t span = ((lim + want - 1) / want + 255) / 256 * 256;
+    span = span < 2048 ? 2048 : span;
+    span = span > 1024 * a.p.cache.block_size ? 1024 * a.p.cache.block_size : span;
+    a.span = (int)span;
+    return launch_tokens<256, HP, SRC_TOK>(s, a, lim, units);
+}
+
+/* HISA rows: block means, kept blocks, their tokens. */
+template <int HP>
+int launch_hisa(cudaStream_t s, pf_args &a) {
+    int t_max, err;
+    const int units = set_class(a, CLS_HISA, 256 / HP, &t_max);
+    if (!units) return HISA_K_OK;
+    const int last_max = row_limit<SRC_MEAN>(a.p, t_max);
+    a.span = 512;
+    if ((err = launch_score<256, HP, SRC_MEAN, false>(s, a, last_max, units))) return err;
+    const int rows = set_class(a, CLS_HISA, 1, &t_max);
+    if (last_max - 1 <= rows_shape<true>::cap) rows_kernel<true><<<rows, rows_shape<true>::threads, 0, s>>>(a);
+    else keep_kernel<<<rows, kTopkThreads, sizeof(topk_smem<kCandCapSmall>), s>>>(a);
+    if ((err = hisa__k_launch_status())) return err;
+    a.span = a.p.top_blocks * a.p.cache.block_size; /* one CTA per query: its Q tile is loaded once */
+    return launch_tokens<HP, HP, SRC_CAND>(s, a, a.span, rows);
+}
+
+/* The chain for every chunk of p at once, each kernel over one class of rows of all chunks. */
+template <int HP>
+int launch_all(cudaStream_t s, const hisa_k_prefill_params &p) {
+    const int64_t k = p.topk, mB = (int64_t)p.top_blocks * p.cache.block_size;
     pf_args a;
+    memset(&a, 0, sizeof a);
     a.p = p;
-    int err = HISA_K_OK;
-    if (flat_begin < hisa_begin) {
-        a.row_begin = flat_begin;
-        a.row_end = hisa_begin;
-        int lim = row_limit<SRC_TOK>(p, hisa_begin - 1); /* the last flat row's */
-        /* spans: about 8 waves of CTAs (one CTA per SM), long enough to amortize the Q tile;
-         * a multiple of 256 (>= B: spans start on block boundaries), at most 1024 blocks */
-        int64_t groups = (hisa_begin - flat_begin + 255 / HP) / (256 / HP);
-        int64_t want = (8 * (int64_t)p.dev.sm_count + groups - 1) / groups;
-        int64_t span = ((lim + want - 1) / want + 255) / 256 * 256;
-        span = span < 2048 ? 2048 : span;
-        span = span > 1024 * B ? 1024 * B : span;
-        a.span = (int)span;
-        if ((err = launch_tokens<256, HP, SRC_TOK>(s, a, lim))) return err;
+    for (int c = 0; c < p.chunks.n; c++) { /* rows partition by t = t0 + i: short (t + 1 <= k), flat, HISA (t + 1 > m * B) */
+        const int64_t t0 = p.chunks.t0[c], n_q = p.chunks.row0[c + 1] - p.chunks.row0[c];
+        const int64_t fb = std::min(std::max(k - t0, (int64_t)0), n_q);
+        const int64_t hb = p.mode == HISA_K_MODE_HISA ? std::min(std::max(mB - t0, fb), n_q) : n_q;
+        a.fb[c] = (int32_t)fb;
+        a.hb[c] = (int32_t)hb;
     }
-    if (hisa_begin < n_q) {
-        a.row_begin = hisa_begin;
-        a.row_end = n_q;
-        a.span = 512;
-        const int last_max = row_limit<SRC_MEAN>(p, n_q - 1); /* rows are monotone in t */
-        if ((err = launch_score<256, HP, SRC_MEAN, false>(s, a, last_max))) return err;
-        if (last_max - 1 <= rows_shape<true>::cap)
-            rows_kernel<true><<<n_q - hisa_begin, rows_shape<true>::threads, 0, s>>>(a);
-        else keep_kernel<<<n_q - hisa_begin, kTopkThreads, sizeof(topk_smem<kCandCapSmall>), s>>>(a);
-        if ((err = hisa__k_launch_status())) return err;
-        int lim = p.top_blocks * B;
-        a.span = lim; /* one CTA per query: its Q tile is loaded once */
-        if ((err = launch_tokens<HP, HP, SRC_CAND>(s, a, lim))) return err;
-    }
-    if (p.stop_after_scoring) return HISA_K_OK;
-    if (hisa_begin > 0) {
-        a.row_begin = 0;
-        a.row_end = hisa_begin;
-        topk_kernel<kCandCap><<<hisa_begin, kTopkThreads, sizeof(topk_smem<kCandCap>), s>>>(a, hisa_begin);
+    int err = launch_flat<HP>(s, a), t_max, rows;
+    if (!err) err = launch_hisa<HP>(s, a);
+    if (err || p.stop_after_scoring) return err;
+    if ((rows = set_class(a, CLS_SHORT_FLAT, 1, &t_max))) {
+        topk_kernel<kCandCap><<<rows, kTopkThreads, sizeof(topk_smem<kCandCap>), s>>>(a);
         if ((err = hisa__k_launch_status())) return err;
     }
-    if (hisa_begin < n_q) {
-        a.row_begin = hisa_begin;
-        a.row_end = n_q;
-        if (p.top_blocks * B <= rows_shape<false>::cap)
-            rows_kernel<false><<<n_q - hisa_begin, rows_shape<false>::threads, 0, s>>>(a);
-        else topk_kernel<kCandCapSmall><<<n_q - hisa_begin, kTopkThreads, sizeof(topk_smem<kCandCapSmall>), s>>>(a, hisa_begin);
+    if ((rows = set_class(a, CLS_HISA, 1, &t_max))) {
+        if (mB <= rows_shape<false>::cap) rows_kernel<false><<<rows, rows_shape<false>::threads, 0, s>>>(a);
+        else topk_kernel<kCandCapSmall><<<rows, kTopkThreads, sizeof(topk_smem<kCandCapSmall>), s>>>(a);
         if ((err = hisa__k_launch_status())) return err;
     }
     return HISA_K_OK;
@@ -684,26 +777,18 @@ extern "C" int hisa_k_prefill(void *stream, const hisa_k_prefill_params *p) {
         !p->scratch.block_scores || !p->scratch.blocks)
         return HISA_K_EINVAL;
     const hisa_k_cache &c = p->cache;
-    if (!hisa__k_select_shape_ok(c, p->layer, p->top_blocks, p->topk) || p->seq < 0 || p->seq >= c.max_seqs)
-        return HISA_K_EINVAL;
+    if (!hisa__k_select_shape_ok(c, p->layer, p->top_blocks, p->topk)) return HISA_K_EINVAL;
     if (p->mode != HISA_K_MODE_HISA && p->mode != HISA_K_MODE_FLAT) return HISA_K_EINVAL;
     if (p->dev.sm_count < 1) return HISA_K_EINVAL; /* hisa_k_init not run */
     if (!p->dev.hopper) return HISA_K_EUNSUPPORTED;  /* the scorer is wgmma code */
     if (p->q_format < HISA_K_Q_F32 || p->q_format > HISA_K_Q_FP8) return HISA_K_EINVAL;
-    if (p->n_q < 1 || p->n_q > HISA_PREFILL_MAX || p->n_q > p->scratch_rows) return HISA_K_ELIMIT;
-    if (p->t0 < 0 || p->max_context < 1 || p->max_context > HISA_CONTEXT_MAX ||
-        (int64_t)p->t0 + p->n_q > p->max_context ||
-        (int64_t)p->t0 + p->n_q > (int64_t)c.pages_per_seq * c.block_size)
-        return HISA_K_ELIMIT;
-    /* rows partition by t = t0 + i: short (t + 1 <= k), flat, HISA (t + 1 > m * B) */
-    const int64_t k = p->topk, mB = (int64_t)p->top_blocks * c.block_size;
-    int64_t fb = k - p->t0, hb = p->mode == HISA_K_MODE_HISA ? mB - p->t0 : p->n_q;
-    fb = fb < 0 ? 0 : (fb > p->n_q ? p->n_q : fb);
-    hb = hb < fb ? fb : (hb > p->n_q ? p->n_q : hb);
+    if (p->max_context < 1 || p->max_context > HISA_CONTEXT_MAX) return HISA_K_ELIMIT;
+    const int err = hisa__k_chunks_check(p->chunks, c, p->max_context, p->scratch_rows);
+    if (err) return err;
     cudaStream_t s = (cudaStream_t)stream;
     const int H = c.n_heads;
-    if (H <= 16) return launch_all<16>(s, *p, (int)fb, (int)hb);
-    if (H <= 32) return launch_all<32>(s, *p, (int)fb, (int)hb);
-    if (H <= 64) return launch_all<64>(s, *p, (int)fb, (int)hb);
-    return launch_all<128>(s, *p, (int)fb, (int)hb);
+    if (H <= 16) return launch_all<16>(s, *p);
+    if (H <= 32) return launch_all<32>(s, *p);
+    if (H <= 64) return launch_all<64>(s, *p);
+    return launch_all<128>(s, *p);
 }
