@@ -373,7 +373,10 @@ __global__ void __launch_bounds__(kScoreThreads, N >= 128 ? 1 : 2) score_kernel(
 
     using L = score_layout<N>;
     extern __shared__ uint8_t smem_raw[];
-    uint8_t *sm = reinterpret_cast<uint8_t *>((reinterpret_cast<uintptr_t>(smem_raw) + 1023) & ~(uintptr_t)1023);
+    /* aligned by an offset, not through an integer, so the compiler still knows it points to
+     * shared memory: the epilogue's weight reads and the tile loads' page ids are LDS, not
+     * generic loads */
+    uint8_t *sm = smem_raw + ((1024 - (reinterpret_cast<uintptr_t>(smem_raw) & 1023)) & 1023);
     uint8_t *qs = sm;
     float *ws = reinterpret_cast<float *>(sm + L::ws);     /* [N] */
     float *qinv = reinterpret_cast<float *>(sm + L::qinv); /* [N] */
