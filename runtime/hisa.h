@@ -261,7 +261,8 @@ int hisa_select_decode(hisa_runtime *rt, const hisa_decode *req);
 /* Prefill: chunks of queries, each causal. One chunk: n_q queries at t0 .. t0+n_q-1 of seq
  * (n_chunks 0). Several: n_chunks > 0 and the host arrays seqs / t0s / n_qs describe them (the
  * seq / t0 / n_q fields are then ignored); their queries are concatenated in chunk order, their
- * total is at most max_prefill_queries, and the chunks of one sequence must not overlap. */
+ * total is at most max_prefill_queries, and the chunks of one sequence must not overlap. On CUDA
+ * the chunks of a call share one launch chain (kernels.h: HISA_K_CHUNKS_MAX chunks a launch). */
 typedef struct hisa_prefill {
     int32_t layer;
     hisa_mode mode;
