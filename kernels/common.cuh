@@ -40,6 +40,10 @@ int hisa__k_select_init(hisa_k_device *dev);
 int hisa__k_hopper_image(void); /* 1: the loaded decode kernels are sm_90 code (select.cu) */
 int hisa__k_prefill_init(void);
 
+/* Kernel parameters are passed by value (graph-replayable launches); the classic limit, which
+ * every target of the build has, bounds the argument structs (static asserts at each). */
+#define HISA_K_PARAM_BYTES_MAX 4096
+
 /* A launch error (bad configuration) is reported by the launcher; it never syncs. */
 static inline int hisa__k_launch_status(void) {
     cudaError_t e = cudaGetLastError();

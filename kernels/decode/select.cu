@@ -100,6 +100,7 @@ struct sel_args {
     int hist;                         /* 1: the scorer fills the rows' histograms in work (the split
                                          top-k reads them); 0: the rows go to select_smem_kernel */
 };
+static_assert(sizeof(sel_args) <= HISA_K_PARAM_BYTES_MAX, "kernel parameters by value");
 
 struct row_desc {
     int active, trivial;

@@ -76,7 +76,7 @@ struct pf_args {
     int cls, unit_rows;
     int span; /* matrix rows per CTA step */
 };
-static_assert(sizeof(pf_args) <= 4096, "kernel parameters by value");
+static_assert(sizeof(pf_args) <= HISA_K_PARAM_BYTES_MAX, "kernel parameters by value");
 
 /* Chunk c's rows of class cls: chunk-local rows [*lo, *hi). */
 __host__ __device__ __forceinline__ void class_rows(const pf_args &a, int cls, int c, int *lo, int *hi) {
