@@ -354,7 +354,7 @@ static int cuda_prefill(hisa_runtime *rt, const hisa_prefill *req, uint32_t dev_
         int err = stage_in(rt, (int32_t)total, req->q_format, &q, &w, &out);
         if (err) return err;
     }
-    hisa_k_chunks ch;
+    hisa_k_chunks ch = {0};
     int64_t row = 0;
     for (int32_t c0 = 0; c0 < n_chunks; c0 += HISA_K_CHUNKS_MAX) {
         ch.n = n_chunks - c0 < HISA_K_CHUNKS_MAX ? n_chunks - c0 : HISA_K_CHUNKS_MAX;

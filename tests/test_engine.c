@@ -1308,7 +1308,7 @@ static void gj_chunk(hisa_test_ctx *ctx, gpair *p, int32_t seq, int32_t t0, int3
     free(blocks);
 }
 
-/* Rows [0, rows) of a and b hold the same sets of k entries each (selections are sets). */
+/* Rows a and b (k entries each) hold the same set (selections are sets); sa, sb: room for k. */
 static int same_row_sets(const int32_t *a, const int32_t *b, int32_t k, int32_t *sa, int32_t *sb) {
     memcpy(sa, a, sizeof(int32_t) * (size_t)k);
     memcpy(sb, b, sizeof(int32_t) * (size_t)k);
@@ -1382,10 +1382,10 @@ static void gj_batch(hisa_test_ctx *ctx, gpair *p, int32_t n_chunks, const int32
     free(sb);
 }
 
-/* Chunks of 3 sequences in one GPU call (5 chunks), and 71 chunks in one call (more than one
- * launch holds, HISA_K_CHUNKS_MAX): chunks of 1-6 queries all over the three sequences and one
- * of 400 whose rows are short (t < k), flat (nb <= m) and HISA; every query format, both modes
- * (gj_batch). */
+/* Chunks of 3 sequences in one GPU call (5 chunks), and HISA_K_CHUNKS_MAX + 7 chunks in one call
+ * (more than one launch holds): chunks of 1-6 queries all over the three sequences and one of 400
+ * whose rows are short (t < k), flat (nb <= m) and HISA; every query format (gj_batch). */
+enum { MANY_CHUNKS = HISA_K_CHUNKS_MAX + 7 };
 HISA_GPU_TEST(engine_gpu_batched_prefill_matches_cpu) {
     const int32_t H = 32, B = 64, m = 8, k = 256, lens[3] = {700, 2500, 4000};
     const int32_t which5[5] = {0, 2, 1, 2, 0}, t0s5[5] = {600, 3000, 100, 10, 300}, n_qs5[5] = {50, 120, 30, 20, 40};
@@ -1393,11 +1393,12 @@ HISA_GPU_TEST(engine_gpu_batched_prefill_matches_cpu) {
     cfg.max_prefill_queries = 1024;
     gpair pp, *p = &pp;
     GPAIR_OPEN(p, cfg);
-    int32_t s[3], seqs5[5], seqs[71], t0s[71], n_qs[71], cursor[3] = {0, 600, 100};
+    int32_t s[3], seqs5[5], seqs[MANY_CHUNKS], t0s[MANY_CHUNKS], n_qs[MANY_CHUNKS], cursor[3] = {0, 600, 100};
     int ok = 1;
     for (int i = 0; i < 3 && ok; i++) ok = !gp_open(ctx, p, &s[i]) && !gp_grow(ctx, p, s[i], lens[i], 70 + (uint64_t)i, 0);
+    CHECKF(ok, "opening and writing the sequences failed");
     for (int32_t c = 0; c < 5; c++) seqs5[c] = s[which5[c]];
-    for (int32_t c = 0; c < 70; c++) { /* disjoint in each sequence: a cursor per sequence, gaps between */
+    for (int32_t c = 0; c < MANY_CHUNKS - 1; c++) { /* disjoint in each sequence: a cursor per sequence, gaps between */
         const int32_t j = c % 3;
         seqs[c] = s[j];
         t0s[c] = cursor[j];
@@ -1405,14 +1406,35 @@ HISA_GPU_TEST(engine_gpu_batched_prefill_matches_cpu) {
         cursor[j] += n_qs[c] + (c * 37) % 29;
         CHECK(cursor[j] <= lens[j]);
     }
-    seqs[70] = s[1]; /* sequence 1's chunks above start at 600 */
-    t0s[70] = 200;
-    n_qs[70] = 400;
+    seqs[MANY_CHUNKS - 1] = s[1]; /* sequence 1's chunks above start at 600 */
+    t0s[MANY_CHUNKS - 1] = 200;
+    n_qs[MANY_CHUNKS - 1] = 400;
     for (int32_t qf = 0; qf < 3 && ok; qf++) {
         const hisa_mode mode = qf == HISA_Q_BF16 ? HISA_MODE_FLAT : HISA_MODE_HISA;
         gj_batch(ctx, p, 5, seqs5, t0s5, n_qs5, qf, mode, "5 chunks");
-        gj_batch(ctx, p, 71, seqs, t0s, n_qs, qf, (hisa_mode)(qf % 2), "71 chunks");
+        gj_batch(ctx, p, MANY_CHUNKS, seqs, t0s, n_qs, qf, mode, "many chunks");
     }
+    gpair_close(p);
+}
+
+/* Batched chunks on the long-row kernels: m * B = 9600 candidates (more than the one-CTA top-k
+ * holds: topk_kernel takes the HISA token rows) and 2157 blocks at t = 69004 (keep_kernel takes
+ * the kept blocks of every chunk's HISA rows); chunks with short, flat and HISA rows, two of them
+ * straddling a class boundary. */
+HISA_GPU_TEST(engine_gpu_batched_prefill_long_rows) {
+    const int32_t H = 8, B = 32, m = 300, k = 256, lens[2] = {70000, 20000};
+    const int32_t which[6] = {0, 1, 0, 0, 1, 0}, t0s[6] = {69000, 15000, 100, 5000, 250, 9590}, n_qs[6] = {5, 6, 4, 3, 10, 20};
+    hisa_config cfg = hisa_tconfig(H, B, m, k, HISA_KEY_FP8, 70016, 2);
+    cfg.max_prefill_queries = 256;
+    gpair pp, *p = &pp;
+    GPAIR_OPEN(p, cfg);
+    int32_t s[2], seqs[6];
+    int ok = 1;
+    for (int i = 0; i < 2 && ok; i++) ok = !gp_open(ctx, p, &s[i]) && !gp_grow(ctx, p, s[i], lens[i], 90 + (uint64_t)i, 0);
+    CHECKF(ok, "opening and writing the sequences failed");
+    for (int32_t c = 0; c < 6; c++) seqs[c] = s[which[c]];
+    for (int32_t qf = 0; qf < 3 && ok; qf++)
+        gj_batch(ctx, p, 6, seqs, t0s, n_qs, qf, qf == HISA_Q_BF16 ? HISA_MODE_FLAT : HISA_MODE_HISA, "long rows");
     gpair_close(p);
 }
 

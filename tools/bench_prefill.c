@@ -58,7 +58,7 @@ void hisa_bench_prefill_help(FILE *f) {
             "  queries by fp8 keys on the e4m3 tensor cores (hisa.h: outside SPEC's agreement rule).\n"
             "  --kernels auto|portable|hopper: hisa_config.kernels (default auto); portable runs the\n"
             "  chunk on the decode kernels, one row per query (the path of GPUs other than Hopper).\n"
-            "  --chunks N: the --queries queries as N chunks (1..64, dividing --queries) of one call,\n"
+            "  --chunks N: the --queries queries as N chunks (dividing --queries) of one call,\n"
             "  chunk c the last queries before position L * (c + 1) / N of context L, timed as one\n"
             "  call (hisa_prefill.n_chunks) and as N calls one after another (one_by_one_us).\n");
 }
@@ -86,7 +86,7 @@ static int pb_parse(int argc, char **argv, pb_opts *o) {
         {"query-format", TOOL_OPT_STR, &o->q_format_name, 0, 0, NULL},
         {"fp8-mma", TOOL_OPT_STR, &o->fp8_mma_name, 0, 0, NULL},
         {"kernels", TOOL_OPT_STR, &o->kernels_name, 0, 0, NULL},
-        {"chunks", TOOL_OPT_INT, &o->chunks, 1, PB_CHUNKS_MAX, "chunks of the call"}};
+        {"chunks", TOOL_OPT_INT, &o->chunks, 1, 1024, "chunks of the call, at most --queries"}};
     int perr = tool_parse_opts("bench prefill", argc, argv, opts, 10);
     if (perr) return perr;
     if (tool_parse_q_format("bench prefill", o->q_format_name, &o->q_format)) return TOOL_EXIT_USAGE;
@@ -435,11 +435,17 @@ static int pb_prepare(const pb_opts *o, cudaStream_t st, int32_t max_ctx, hisa_r
 static int pb_point(const pb_opts *o, cudaStream_t st, hisa_runtime *rt, int32_t seq, const pb_bufs *d,
                     int32_t L, int mi, pb_rec *r) {
     assert(o && rt && d && r);
-    assert(L >= o->n_q && (mi == 0 || mi == 1) && o->chunks >= 1 && o->chunks <= PB_CHUNKS_MAX);
+    assert(L >= o->n_q && (mi == 0 || mi == 1) && o->chunks >= 1 && o->chunks <= o->n_q);
     hisa_mode mode = mi == 0 ? HISA_MODE_FLAT : HISA_MODE_HISA;
     const int32_t n_c = o->chunks, per = o->n_q / n_c;
-    int32_t seqs[PB_CHUNKS_MAX], t0s[PB_CHUNKS_MAX], n_qs[PB_CHUNKS_MAX];
-    hisa_prefill one[PB_CHUNKS_MAX];
+    int32_t *seqs = malloc(sizeof(int32_t) * 3 * (size_t)n_c), *t0s = seqs + n_c, *n_qs = t0s + n_c;
+    hisa_prefill *one = malloc(sizeof(hisa_prefill) * (size_t)n_c);
+    if (!seqs || !one) {
+        free(seqs);
+        free(one);
+        fprintf(stderr, "hisa bench prefill: out of memory\n");
+        return TOOL_EXIT_FAIL;
+    }
     r->mode = mi == 0 ? "flat" : "hisa";
     r->queries = o->n_q;
     r->context = L;
@@ -467,6 +473,8 @@ static int pb_point(const pb_opts *o, cudaStream_t st, hisa_runtime *rt, int32_t
     if (!err) err = pb_time(rt, st, &req, 1, vf | HISA_DEV_SCORING_ONLY, o->reps, &r->scoring_us);
     r->one_by_one_us = 0;
     if (!err && n_c > 1) err = pb_time(rt, st, one, n_c, vf, o->reps, &r->one_by_one_us);
+    free(seqs);
+    free(one);
     if (err) return err;
     r->tflops = r->flops / (r->scoring_us * 1e-6) / 1e12;
     return 0;

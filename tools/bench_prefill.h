@@ -7,7 +7,7 @@
 
 /* The benchmark's setting (the paper's): H, B, m, k, and the synthetic generator's seed of its
  * keys and queries; bench/sharing.c measures the same chunk on the CPU reference. */
-enum { PB_H = 64, PB_B = 128, PB_M = 64, PB_K = 2048, PB_SEED = 4, PB_CHUNKS_MAX = 64 };
+enum { PB_H = 64, PB_B = 128, PB_M = 64, PB_K = 2048, PB_SEED = 4 };
 
 int hisa_cmd_bench_prefill(int argc, char **argv);
 /* Its --help text (hisa bench --help prints both benchmarks'). */

@@ -1465,10 +1465,9 @@ extern "C" int hisa_k_select(void *stream, const hisa_k_select_params *p) {
     if (p->n_rows < 1 || p->n_rows % p->next_n || p->n_rows > p->scratch_rows) return HISA_K_ELIMIT;
     if (p->max_context < 1 || p->max_context > HISA_CONTEXT_MAX) return HISA_K_ELIMIT;
     if (p->chunk) {
-        if (p->next_n != 1 || p->chunks.n < 1 || p->chunks.n > HISA_K_CHUNKS_MAX || p->chunks.row0[p->chunks.n] != p->n_rows)
-            return HISA_K_EINVAL;
-        const int err = hisa__k_chunks_check(p->chunks, c, p->max_context, p->scratch_rows);
+        const int err = hisa__k_chunks_check(p->chunks, c, p->max_context, p->scratch_rows); /* checks n first */
         if (err) return err;
+        if (p->next_n != 1 || p->chunks.row0[p->chunks.n] != p->n_rows) return HISA_K_EINVAL;
     } else {
         if (p->n_rows / p->next_n > HISA_BATCH_MAX) return HISA_K_ELIMIT;
         for (int i = 0; i < p->n_rows / p->next_n; i++)

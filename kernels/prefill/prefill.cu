@@ -581,9 +581,8 @@ __global__ void __launch_bounds__(rows_shape<KEEP>::threads, 2048 / rows_shape<K
             f.row = i;
             f.last = last;
         }
-        __syncthreads(); /* (m = 2 selects nothing: no barrier in rowsel) */
         if (m > 2) rowsel(row, last - 1, m - 2, f.sel, [&](uint32_t slot, int idx) { f.aux[slot] = idx + 1; });
-        __syncthreads();
+        __syncthreads(); /* aux, row and last */
         hisa__k_write_kept(f.aux, m, pf_reload(f.last), p.scratch.blocks + (int64_t)pf_reload(f.row) * m);
         return;
     }
