@@ -71,7 +71,7 @@ static int decode_parse(int argc, char **argv, decode_opts *o) {
     int perr = tool_parse_opts("bench decode", argc, argv, opts, 8);
     if (perr) return perr;
     if (tool_parse_fp8_mma("bench decode", o->fp8_mma, &o->fp8_mma_v)) return TOOL_EXIT_USAGE;
-    if (tool_parse_choice("bench decode", "kernels", o->kernels, tool_kernels, TOOL_N_CHOICES(tool_kernels), &o->kernels_v))
+    if (tool_parse_kernels("bench decode", o->kernels, &o->kernels_v))
         return TOOL_EXIT_USAGE;
     if (o->json) return tool_check_output("bench decode", "json", o->json);
     return 0;
@@ -632,7 +632,7 @@ static int decode_write_json(const char *json, const bench_env *e, const bench_r
                    "\"fp8_mma\": \"%s\"",
                 e->date, r->mode, r->batch, r->context, tool_q_format_name(r->q_format), r->next_n, r->median_us,
                 r->floor_us, e->copy_gbps, e->read_gbps, r->bytes,
-                tool_choice_name(tool_kernels, TOOL_N_CHOICES(tool_kernels), g_kernels), tool_fp8_mma_name(g_fp8_mma));
+                tool_kernels_name(g_kernels), tool_fp8_mma_name(g_fp8_mma));
         if (strcmp(r->mode, "hisa") == 0) fprintf(f, ", \"speedup_vs_flat\": %.3f", r->speedup);
         fprintf(f, "},\n");
     }

@@ -90,13 +90,9 @@ static int pb_parse(int argc, char **argv, pb_opts *o) {
     int perr = tool_parse_opts("bench prefill", argc, argv, opts, 10);
     if (perr) return perr;
     if (tool_parse_q_format("bench prefill", o->q_format_name, &o->q_format)) return TOOL_EXIT_USAGE;
-    if (tool_parse_choice("bench prefill", "key-format", o->fmt_name, tool_key_formats, TOOL_N_CHOICES(tool_key_formats),
-                          &o->fmt))
-        return TOOL_EXIT_USAGE;
+    if (tool_parse_key_format("bench prefill", o->fmt_name, &o->fmt)) return TOOL_EXIT_USAGE;
     if (tool_parse_fp8_mma("bench prefill", o->fp8_mma_name, &o->fp8_mma)) return TOOL_EXIT_USAGE;
-    if (tool_parse_choice("bench prefill", "kernels", o->kernels_name, tool_kernels,
-                          TOOL_N_CHOICES(tool_kernels), &o->kernels))
-        return TOOL_EXIT_USAGE;
+    if (tool_parse_kernels("bench prefill", o->kernels_name, &o->kernels)) return TOOL_EXIT_USAGE;
     if (o->variant && o->kernels == HISA_KERNELS_PORTABLE) {
         fprintf(stderr, "hisa bench prefill: --variant 1 with --kernels portable: the portable prefill has one exact "
                         "arithmetic, no operand variants\n");
@@ -487,7 +483,7 @@ static int pb_run(const pb_opts *o, const pb_env *e, hisa_runtime *rt, int32_t s
     assert(n_ctx >= 1 && 2 * n_ctx <= 16);
     int err = 0;
     printf("keys %s, queries %s, fp8_mma %s, variant %d, kernels %s\n", o->fmt_name, tool_q_format_name(o->q_format),
-           tool_fp8_mma_name(o->fp8_mma), o->variant, tool_choice_name(tool_kernels, TOOL_N_CHOICES(tool_kernels), o->kernels));
+           tool_fp8_mma_name(o->fp8_mma), o->variant, tool_kernels_name(o->kernels));
     if (o->chunks > 1)
         printf("%d chunks of %d queries in one call; one_by_one_us: the same chunks as %d calls in turn\n", o->chunks,
                o->n_q / o->chunks, o->chunks);
@@ -533,7 +529,7 @@ static int pb_write_json(const pb_opts *o, const pb_env *e, const pb_rec *recs, 
                 r->scoring_us, r->flops, r->tflops, e->gemm, e->gemm_lib,
                 e->gemm > 0 ? 100.0 * r->tflops / e->gemm : 0.0, e->rtv, e->drv, o->variant,
                 tool_q_format_name(o->q_format), tool_fp8_mma_name(o->fp8_mma),
-                tool_choice_name(tool_kernels, TOOL_N_CHOICES(tool_kernels), o->kernels));
+                tool_kernels_name(o->kernels));
         if (strcmp(r->mode, "hisa") == 0) fprintf(f, ", \"speedup_vs_flat\": %.3f", r->speedup);
         fprintf(f, ", \"chunks\": %d", r->chunks);
         if (r->chunks > 1) fprintf(f, ", \"one_by_one_us\": %.2f", r->one_by_one_us);

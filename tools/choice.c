@@ -28,15 +28,22 @@ const char *tool_choice_name(const tool_choice *c, int n, int32_t value) {
     return c[0].name;
 }
 
-const tool_choice tool_key_formats[2] = {
+static const tool_choice k_key_formats[2] = {
     {"fp8", "e4m3 codes with a per-token scale, 132 bytes a key: the default", HISA_KEY_FP8},
     {"bf16", "256 bytes a key", HISA_KEY_BF16}};
 
-const tool_choice tool_kernels[3] = {
+static const tool_choice k_kernels[3] = {
     {"auto", "the scorer measured fastest on this device: the default", HISA_KERNELS_AUTO},
     {"portable", "mma.sync", HISA_KERNELS_PORTABLE},
     {"hopper", "warpgroup MMA fed by bulk copies", HISA_KERNELS_HOPPER}};
 
-const char *tool_key_format_name(int32_t key_format) {
-    return tool_choice_name(tool_key_formats, TOOL_N_CHOICES(tool_key_formats), key_format);
+int tool_parse_key_format(const char *cmd, const char *s, int32_t *out) {
+    return tool_parse_choice(cmd, "key-format", s, k_key_formats, TOOL_N_CHOICES(k_key_formats), out);
 }
+const char *tool_key_format_name(int32_t key_format) {
+    return tool_choice_name(k_key_formats, TOOL_N_CHOICES(k_key_formats), key_format);
+}
+int tool_parse_kernels(const char *cmd, const char *s, int32_t *out) {
+    return tool_parse_choice(cmd, "kernels", s, k_kernels, TOOL_N_CHOICES(k_kernels), out);
+}
+const char *tool_kernels_name(int32_t kernels) { return tool_choice_name(k_kernels, TOOL_N_CHOICES(k_kernels), kernels); }

@@ -214,7 +214,7 @@ void tool_cfg_opts_add(tool_opt *opts, int *n, tool_cfg_opts *c) {
 }
 
 int tool_cfg_apply(const char *cmd, const tool_cfg_opts *c, hisa_config *cfg) {
-    if (c->key_format && tool_parse_choice(cmd, "key-format", c->key_format, tool_key_formats, TOOL_N_CHOICES(tool_key_formats), &cfg->key_format))
+    if (c->key_format && tool_parse_key_format(cmd, c->key_format, &cfg->key_format))
         return TOOL_EXIT_USAGE;
     /* The options' ranges were checked when they were parsed: 0 here means "not given". */
     assert(c->heads >= 0 && c->block_size >= 0 && c->top_blocks >= 0 && c->topk >= 0);

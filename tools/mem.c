@@ -59,7 +59,7 @@ static void print_config_json(const hisa_config *c, const char *dev) {
            dev, c->n_layers, c->n_heads, c->head_dim, c->block_size, c->top_blocks, c->topk,
            tool_key_format_name(c->key_format), c->payload_bytes, c->max_seqs, c->max_context,
            c->n_pages, c->max_batch, c->max_prefill_queries,
-           tool_choice_name(tool_kernels, TOOL_N_CHOICES(tool_kernels), c->kernels), tool_fp8_mma_name(c->fp8_mma));
+           tool_kernels_name(c->kernels), tool_fp8_mma_name(c->fp8_mma));
 }
 
 /* The --gpu-mem answer: how many sequences fit, their plan, and the configuration rule that

@@ -93,12 +93,12 @@ typedef struct tool_choice {
 int tool_parse_choice(const char *cmd, const char *opt, const char *s, const tool_choice *c, int n, int32_t *out);
 /* The name of value in c (the first's where none matches). */
 const char *tool_choice_name(const tool_choice *c, int n, int32_t value);
-/* --key-format fp8|bf16: HISA_KEY_* */
-extern const tool_choice tool_key_formats[2];
-/* "fp8" / "bf16". */
-const char *tool_key_format_name(int32_t key_format);
-/* hisa_config.kernels (bench decode / bench prefill --kernels): HISA_KERNELS_* */
-extern const tool_choice tool_kernels[3];
+/* --key-format fp8|bf16 into HISA_KEY_* (NULL: fp8), and its name. tool_parse_choice's codes. */
+int tool_parse_key_format(const char *cmd, const char *s, int32_t *out);
+const char *tool_key_format_name(int32_t key_format); /* "fp8" / "bf16" */
+/* --kernels auto|portable|hopper into hisa_config.kernels (NULL: auto), and its name. */
+int tool_parse_kernels(const char *cmd, const char *s, int32_t *out);
+const char *tool_kernels_name(int32_t kernels); /* "auto" / "portable" / "hopper" */
 
 /* --- the configuration options every command shares -------------------------------------- */
 typedef struct tool_cfg_opts {
