@@ -191,24 +191,6 @@ double hisa_t_score(const float *q, const float *w, int32_t H, const float *key)
     return total;
 }
 
-static double score_of(const float *key, int32_t H, const float *q, const float *w) {
-    double total = 0.0;
-    for (int32_t h = 0; h < H; h++) {
-        double dot = 0.0;
-        for (int d = 0; d < 128; d++) {
-            /* q rounded to bf16 as the SPEC says: truncate-free RNE done via float bits */
-            float x = q[h * 128 + d];
-            uint32_t u;
-            memcpy(&u, &x, 4);
-            u = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
-            memcpy(&x, &u, 4);
-            dot += (double)x * key[d];
-        }
-        total += w[h] * (dot > 0 ? dot : 0);
-    }
-    return total;
-}
-
 /* Brute-force top-k over (score, id) with ties to lower id: selection by repeated scan is too
  * slow, so sort a copy. */
 typedef struct { double s; int32_t id; } scored;
@@ -225,13 +207,15 @@ void hisa_brute_select(const float *deq, const float *means, int32_t n, int32_t 
     int32_t nb = (n + B - 1) / B, last = nb - 1;
     scored *c = malloc(sizeof(scored) * (size_t)(n > nb ? n : nb));
     uint8_t *cand = calloc((size_t)n, 1);
-    for (int32_t s = 0; s < n; s++) I[s] = (float)score_of(deq + (int64_t)s * 128, H, q, w);
-    for (int32_t b = 0; b < nb; b++) J[b] = (float)score_of(means + (int64_t)b * 128, H, q, w);
+    float *qr = malloc(sizeof(float) * (size_t)H * 128); /* q rounded to bf16, as the SPEC says */
+    for (int32_t i = 0; i < H * 128; i++) qr[i] = hisa__bf16_to_f32(hisa__bf16_from_f32(q[i]));
+    for (int32_t s = 0; s < n; s++) I[s] = (float)hisa_t_score(qr, w, H, deq + (int64_t)s * 128);
+    for (int32_t b = 0; b < nb; b++) J[b] = (float)hisa_t_score(qr, w, H, means + (int64_t)b * 128);
     if (flat || nb <= m || n <= k) {
         memset(cand, 1, (size_t)n);
     } else {
         int32_t nc = 0;
-        for (int32_t b = 1; b < last; b++) c[nc++] = (scored){score_of(means + (int64_t)b * 128, H, q, w), b};
+        for (int32_t b = 1; b < last; b++) c[nc++] = (scored){hisa_t_score(qr, w, H, means + (int64_t)b * 128), b};
         qsort(c, (size_t)nc, sizeof *c, cmp_scored);
         for (int32_t i = 0; i < m - 2; i++)
             for (int32_t s = c[i].id * B; s < c[i].id * B + B; s++) cand[s] = 1;
@@ -240,12 +224,13 @@ void hisa_brute_select(const float *deq, const float *means, int32_t n, int32_t 
     }
     int32_t nc = 0;
     for (int32_t s = 0; s < n; s++)
-        if (cand[s]) c[nc++] = (scored){score_of(deq + (int64_t)s * 128, H, q, w), s};
+        if (cand[s]) c[nc++] = (scored){hisa_t_score(qr, w, H, deq + (int64_t)s * 128), s};
     qsort(c, (size_t)nc, sizeof *c, cmp_scored);
     int32_t n_out = nc < k ? nc : k;
     for (int32_t i = 0; i < n_out; i++) out[i] = c[i].id;
     qsort(out, (size_t)n_out, sizeof *out, cmp_int);
     for (int32_t i = n_out; i < k; i++) out[i] = -1;
+    free(qr);
     free(c);
     free(cand);
 }

@@ -71,8 +71,7 @@ static int decode_parse(int argc, char **argv, decode_opts *o) {
     int perr = tool_parse_opts("bench decode", argc, argv, opts, 8);
     if (perr) return perr;
     if (tool_parse_fp8_mma("bench decode", o->fp8_mma, &o->fp8_mma_v)) return TOOL_EXIT_USAGE;
-    if (tool_parse_kernels("bench decode", o->kernels, &o->kernels_v))
-        return TOOL_EXIT_USAGE;
+    if (tool_parse_kernels("bench decode", o->kernels, &o->kernels_v)) return TOOL_EXIT_USAGE;
     if (o->json) return tool_check_output("bench decode", "json", o->json);
     return 0;
 }
