@@ -52,6 +52,12 @@ static hisa_k_scratch scratch_of(const hisa_runtime *rt) {
     sc.blocks = rt->r.sel_blocks;
     sc.work = rt->r.sel_work;
     sc.work_words = hisa__sel_work_words(&rt->g);
+    const hisa_k_scratch_sizes sz =
+        hisa_k_scratch_bytes(rt->g.rows, rt->g.max_context, rt->g.pages_per_seq, rt->g.top_blocks, rt->g.n_heads);
+    sc.share_count = (uint32_t *)rt->r.sel_share;
+    sc.share_blocks = (int32_t *)(rt->r.sel_share + sz.share_blocks_off);
+    sc.share_img = rt->r.sel_share + sz.share_img_off;
+    sc.share_tiles = rt->r.sel_share + sz.share_tiles_off;
     return sc;
 }
 
@@ -326,6 +332,7 @@ static int prefill_launch(hisa_runtime *rt, const hisa_prefill *req, uint32_t de
     p.stop_after_scoring = (dev_flags & HISA_DEV_SCORING_ONLY) != 0;
     p.dev = rt->dev;
     p.variant = (dev_flags & HISA_DEV_VARIANT_ALT) != 0;
+    p.per_query = (dev_flags & HISA_DEV_PER_QUERY) != 0;
     p.fp8_native = rt->plan.config.fp8_mma == HISA_FP8_MMA_NATIVE;
     p.q_format = req->q_format;
     p.q = q;
@@ -431,6 +438,16 @@ const hisa__backend hisa__cuda_backend = {
     .name = "cuda", .mem = &cuda_mem, .kv_ops = &cuda_kv_ops, .probe = cuda_probe, .start = cuda_start,
     .sync = cuda_sync, .write = cuda_write, .decode = cuda_decode, .prefill = cuda_prefill};
 
+int hisa_dev_share_tiles(hisa_runtime *rt, uint32_t *tiles) {
+    HISA__CHECK(rt && tiles, HISA_EINVAL);
+    HISA__CHECK(!rt->poisoned, HISA_EPOISONED);
+    HISA__CHECK(hisa__is_cuda(rt), HISA_ENODEVICE);
+    HISA_CUDA_TRY(rt, cudaMemcpyAsync(tiles, rt->r.sel_share, sizeof(uint32_t), cudaMemcpyDeviceToHost, rt->stream));
+    HISA_CUDA_TRY(rt, cudaMemsetAsync(rt->r.sel_share, 0, sizeof(uint32_t), rt->stream));
+    HISA_CUDA_TRY(rt, cudaStreamSynchronize(rt->stream));
+    return HISA_OK;
+}
+
 #else /* !HISA_CUDA */
 
 static int cuda_probe(int32_t device, hisa_k_device *dev, char *detail, size_t detail_bytes) {
@@ -453,6 +470,10 @@ int hisa_dev_topk(hisa_runtime *rt, const float *scores, int64_t stride, int32_t
 }
 int hisa_dev_read_probe(hisa_runtime *rt, const void *buf, uint64_t bytes, uint64_t *sum_device) {
     (void)rt, (void)buf, (void)bytes, (void)sum_device;
+    return HISA_ENODEVICE;
+}
+int hisa_dev_share_tiles(hisa_runtime *rt, uint32_t *tiles) {
+    (void)rt, (void)tiles;
     return HISA_ENODEVICE;
 }
 

@@ -1384,10 +1384,11 @@ static void gj_batch(hisa_test_ctx *ctx, gpair *p, int32_t n_chunks, const int32
 
 /* Chunks of 3 sequences in one GPU call (5 chunks), and HISA_K_CHUNKS_MAX + 7 chunks in one call
  * (more than one launch holds): chunks of 1-6 queries all over the three sequences and one of 400
- * whose rows are short (t < k), flat (nb <= m) and HISA; every query format (gj_batch). */
+ * whose rows are short (t < k), flat (nb <= m) and HISA; every query format (gj_batch). B = 64
+ * refines HISA rows one query per CTA, B = 128 in tiles shared by the rows of each chunk. */
 enum { MANY_CHUNKS = HISA_K_CHUNKS_MAX + 7 };
-HISA_GPU_TEST(engine_gpu_batched_prefill_matches_cpu) {
-    const int32_t H = 32, B = 64, m = 8, k = 256, lens[3] = {700, 2500, 4000};
+static void batched_prefill_case(hisa_test_ctx *ctx, int32_t B, int32_t m) {
+    const int32_t H = 32, k = 256, lens[3] = {700, 2500, 4000};
     const int32_t which5[5] = {0, 2, 1, 2, 0}, t0s5[5] = {600, 3000, 100, 10, 300}, n_qs5[5] = {50, 120, 30, 20, 40};
     hisa_config cfg = hisa_tconfig(H, B, m, k, HISA_KEY_FP8, 4096, 3);
     cfg.max_prefill_queries = 1024;
@@ -1415,6 +1416,10 @@ HISA_GPU_TEST(engine_gpu_batched_prefill_matches_cpu) {
         gj_batch(ctx, p, MANY_CHUNKS, seqs, t0s, n_qs, qf, mode, "many chunks");
     }
     gpair_close(p);
+}
+HISA_GPU_TEST(engine_gpu_batched_prefill_matches_cpu) {
+    batched_prefill_case(ctx, 64, 8);
+    if (!ctx->skipped) batched_prefill_case(ctx, 128, 4); /* HISA rows from t = 512 on, in most chunks */
 }
 
 /* Batched chunks on the long-row kernels: m * B = 9600 candidates (more than the one-CTA top-k
