@@ -167,55 +167,25 @@ static inline int64_t hisa_k_work_row_words(int64_t max_context) {
     return 2 * HISA_K_HIST_BINS + HISA_K_WORK_HDR_WORDS + 2 * hisa_k_cand_cap(max_context);
 }
 
-/* Shared kept blocks (the Hopper prefill's HISA rows, kernels/prefill/prefill.cu): each row's
- * query tile in the refine's operand form, staged once (HISA_K_SHARE_IMG_BYTES per row: two
- * swizzle atoms of HP rows of 128 bytes, then HP weights; HP = the heads padded to a power of two
- * >= 16), and a list of tiles, each one kept block and up to G = 256 / HP of the rows that keep
- * it (HISA_K_SHARE_REC_BYTES each: page, count, G packed entries; at most one tile per kept
- * block of a row, so rows * top_blocks records). An entry packs the row (< HISA_PREFILL_MAX), the
- * block's rank among the row's kept blocks (< HISA_TOP_BLOCKS_MAX) and its token count - 1
- * (< HISA_BLOCK_MAX) into 32 bits. share_count is the launch's tile count; share_blocks holds per
- * chunk of a launch and block its rows' count, its first tile and a fill cursor. */
-#define HISA_K_SHARE_IMG_BYTES(hp) ((int64_t)(hp) * (2 * HISA_D + 4))
-#define HISA_K_SHARE_BLOCKS_MAX 8192 /* blocks a chunk may span to share (counters per chunk) */
-#define HISA_K_CHUNKS_MAX 64 /* prefill chunks per launch (hisa_k_chunks, below) */
-#define HISA_K_SHARE_REC_BYTES(g) ((8 + 4 * (int64_t)(g) + 15) / 16 * 16)
-static inline int64_t hisa_k_heads_padded(int64_t n_heads) {
-    int64_t hp = 16;
-    while (hp < n_heads) hp *= 2;
-    return hp;
-}
-
 typedef struct hisa_k_scratch {
     float *scores;         /* [rows, max_context]  token scores (flat) or candidate scores (hisa) */
     float *block_scores;   /* [rows, pages_per_seq] */
     int32_t *blocks;       /* [rows, top_blocks] kept block indices, ascending */
     uint32_t *work;        /* [rows, hisa_k_work_row_words(max_context)], zero between calls */
     int64_t work_words;
-    uint32_t *share_count; /* [1] tiles of the last launch that shared kept blocks */
-    int32_t *share_blocks; /* [HISA_K_CHUNKS_MAX, 3, HISA_K_SHARE_BLOCKS_MAX] count, first tile, cursor */
-    uint8_t *share_img;    /* [rows, HISA_K_SHARE_IMG_BYTES(HP)] */
-    uint8_t *share_tiles;  /* [rows * top_blocks, HISA_K_SHARE_REC_BYTES(256 / HP)] */
 } hisa_k_scratch;
 
 typedef struct hisa_k_scratch_sizes {
     uint64_t scores_bytes, block_scores_bytes, blocks_bytes, work_bytes;
-    uint64_t share_blocks_off, share_img_off, share_tiles_off, share_bytes; /* share: the count, the
-                                                                                 counters, the images, the tiles */
 } hisa_k_scratch_sizes;
 
-static inline hisa_k_scratch_sizes hisa_k_scratch_bytes(int64_t rows, int64_t max_context, int64_t pages_per_seq,
-                                                        int64_t top_blocks, int64_t n_heads) {
+static inline hisa_k_scratch_sizes hisa_k_scratch_bytes(int64_t rows, int64_t max_context,
+                                                        int64_t pages_per_seq, int64_t top_blocks) {
     hisa_k_scratch_sizes s;
-    const int64_t hp = hisa_k_heads_padded(n_heads);
     s.scores_bytes = (uint64_t)(rows * max_context * 4);
     s.block_scores_bytes = (uint64_t)(rows * pages_per_seq * 4);
     s.blocks_bytes = (uint64_t)(rows * top_blocks * 4);
     s.work_bytes = (uint64_t)(rows * hisa_k_work_row_words(max_context) * 4);
-    s.share_blocks_off = 256; /* the count, alone in the first 256 bytes */
-    s.share_img_off = s.share_blocks_off + (uint64_t)HISA_K_CHUNKS_MAX * 3 * HISA_K_SHARE_BLOCKS_MAX * 4;
-    s.share_tiles_off = s.share_img_off + (uint64_t)(rows * HISA_K_SHARE_IMG_BYTES(hp));
-    s.share_bytes = s.share_tiles_off + (uint64_t)(rows * top_blocks * HISA_K_SHARE_REC_BYTES(256 / hp));
     return s;
 }
 
@@ -231,6 +201,7 @@ int hisa_k_init(hisa_k_device *dev);
  * (row0[0] = 0: the chunks' queries concatenated in chunk order). Kernel parameters are passed by
  * value, so a launch holds at most HISA_K_CHUNKS_MAX chunks; a call with more runs as several
  * launches (runtime/cuda_backend.c). The launchers check every field. */
+#define HISA_K_CHUNKS_MAX 64
 typedef struct hisa_k_chunks {
     int32_t n;                           /* 1..HISA_K_CHUNKS_MAX */
     int32_t seq[HISA_K_CHUNKS_MAX];      /* [n] */
@@ -311,8 +282,7 @@ int hisa_k_read_probe(void *stream, const hisa_k_read_probe_params *p);
  * tokens (or blocks, or candidates) as M, query-heads as N and the 128 dims as K; top-k per row.
  * Rows of one class (flat, HISA, ...) of every chunk share each kernel's grid.
  * Scratch used: scores [rows, stride max_context], block_scores [rows, pages_per_seq],
- * blocks [rows, top_blocks], and share_* where HISA rows share their kept blocks' tiles; work is
- * not touched. Up to 8 launches and a 4-byte memset, no allocation, no sync.
+ * blocks [rows, top_blocks]; work is not touched. Up to 6 launches, no allocation, no sync.
  * Requires the Hopper image (dev.hopper; else HISA_K_EUNSUPPORTED; hisa_k_select's chunk rows are
  * the portable prefill). stop_after_scoring (benchmarks, tests) skips the final top-k: out
  * untouched, scores and blocks left in scratch. */
@@ -335,8 +305,6 @@ typedef struct hisa_k_prefill_params {
     hisa_k_device dev;                /* read once at open (hisa_k_init) */
     int32_t fp8_native;               /* fp8 queries and keys: 1 e4m3 x e4m3 (HISA_FP8_MMA_NATIVE) */
     int32_t variant;                  /* fp8 keys scored exactly: 0 fp16 operands (default), 1 bf16 */
-    int32_t per_query;                /* 1: HISA rows refined one query per CTA, kept blocks not shared
-                                         (tests, benchmarks; the same scores) */
 } hisa_k_prefill_params;
 int hisa_k_prefill(void *stream, const hisa_k_prefill_params *p);
 

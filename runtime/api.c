@@ -389,7 +389,7 @@ int hisa_dev_prefill(hisa_runtime *rt, const hisa_prefill *req, uint32_t dev_fla
     HISA__LIVE(rt);
     HISA__CHECK(hisa__is_cuda(rt), HISA_ENODEVICE);
     HISA__CHECK(req && (req->flags & HISA_HOST_IO) == 0, HISA_EINVAL);
-    HISA__CHECK((dev_flags & ~(HISA_DEV_SCORING_ONLY | HISA_DEV_VARIANT_ALT | HISA_DEV_PER_QUERY)) == 0, HISA_EINVAL);
+    HISA__CHECK((dev_flags & ~(HISA_DEV_SCORING_ONLY | HISA_DEV_VARIANT_ALT)) == 0, HISA_EINVAL);
     /* the portable prefill (the decode kernels) has one exact arithmetic, no operand variants */
     HISA__CHECK(!(dev_flags & HISA_DEV_VARIANT_ALT) || !rt->dev.all_portable, HISA_EINVAL);
     return prefill_run(rt, req, dev_flags);

@@ -52,12 +52,6 @@ static hisa_k_scratch scratch_of(const hisa_runtime *rt) {
     sc.blocks = rt->r.sel_blocks;
     sc.work = rt->r.sel_work;
     sc.work_words = hisa__sel_work_words(&rt->g);
-    const hisa_k_scratch_sizes sz =
-        hisa_k_scratch_bytes(rt->g.rows, rt->g.max_context, rt->g.pages_per_seq, rt->g.top_blocks, rt->g.n_heads);
-    sc.share_count = (uint32_t *)rt->r.sel_share;
-    sc.share_blocks = (int32_t *)(rt->r.sel_share + sz.share_blocks_off);
-    sc.share_img = rt->r.sel_share + sz.share_img_off;
-    sc.share_tiles = rt->r.sel_share + sz.share_tiles_off;
     return sc;
 }
 
@@ -332,7 +326,6 @@ static int prefill_launch(hisa_runtime *rt, const hisa_prefill *req, uint32_t de
     p.stop_after_scoring = (dev_flags & HISA_DEV_SCORING_ONLY) != 0;
     p.dev = rt->dev;
     p.variant = (dev_flags & HISA_DEV_VARIANT_ALT) != 0;
-    p.per_query = (dev_flags & HISA_DEV_PER_QUERY) != 0;
     p.fp8_native = rt->plan.config.fp8_mma == HISA_FP8_MMA_NATIVE;
     p.q_format = req->q_format;
     p.q = q;
@@ -438,12 +431,13 @@ const hisa__backend hisa__cuda_backend = {
     .name = "cuda", .mem = &cuda_mem, .kv_ops = &cuda_kv_ops, .probe = cuda_probe, .start = cuda_start,
     .sync = cuda_sync, .write = cuda_write, .decode = cuda_decode, .prefill = cuda_prefill};
 
-int hisa_dev_share_tiles(hisa_runtime *rt, uint32_t *tiles) {
-    HISA__CHECK(rt && tiles, HISA_EINVAL);
+int hisa_dev_kept_blocks(hisa_runtime *rt, int32_t n_rows, int32_t *blocks) {
+    HISA__CHECK(rt && blocks, HISA_EINVAL);
     HISA__CHECK(!rt->poisoned, HISA_EPOISONED);
     HISA__CHECK(hisa__is_cuda(rt), HISA_ENODEVICE);
-    HISA_CUDA_TRY(rt, cudaMemcpyAsync(tiles, rt->r.sel_share, sizeof(uint32_t), cudaMemcpyDeviceToHost, rt->stream));
-    HISA_CUDA_TRY(rt, cudaMemsetAsync(rt->r.sel_share, 0, sizeof(uint32_t), rt->stream));
+    HISA__CHECK(n_rows >= 1 && n_rows <= rt->g.rows, HISA_EINVAL);
+    const size_t bytes = sizeof(int32_t) * (size_t)n_rows * (size_t)rt->g.top_blocks;
+    HISA_CUDA_TRY(rt, cudaMemcpyAsync(blocks, rt->r.sel_blocks, bytes, cudaMemcpyDeviceToHost, rt->stream));
     HISA_CUDA_TRY(rt, cudaStreamSynchronize(rt->stream));
     return HISA_OK;
 }
@@ -472,8 +466,8 @@ int hisa_dev_read_probe(hisa_runtime *rt, const void *buf, uint64_t bytes, uint6
     (void)rt, (void)buf, (void)bytes, (void)sum_device;
     return HISA_ENODEVICE;
 }
-int hisa_dev_share_tiles(hisa_runtime *rt, uint32_t *tiles) {
-    (void)rt, (void)tiles;
+int hisa_dev_kept_blocks(hisa_runtime *rt, int32_t n_rows, int32_t *blocks) {
+    (void)rt, (void)n_rows, (void)blocks;
     return HISA_ENODEVICE;
 }
 

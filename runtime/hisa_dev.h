@@ -24,8 +24,6 @@ extern "C" {
 #define HISA_DEV_VARIANT_ALT 2u  /* fp8 keys scored with the other exact operands: bf16 instead of
                                   * fp16 (not the e4m3 path of fp8_mma native, which it leaves);
                                   * HISA_EINVAL where the portable prefill runs (one arithmetic) */
-#define HISA_DEV_PER_QUERY 4u    /* HISA rows refined one query per CTA, their kept blocks not
-                                  * shared (the same scores; ignored by the portable prefill) */
 
 /* hisa_select_prefill (device pointers, no HISA_HOST_IO) with the stage switches above. */
 int hisa_dev_prefill(hisa_runtime *rt, const hisa_prefill *req, uint32_t dev_flags);
@@ -44,13 +42,12 @@ int hisa_dev_topk(hisa_runtime *rt, const float *scores, int64_t stride, int32_t
  * the wrapping sum of its 32-bit words. Graph-capturable. */
 int hisa_dev_read_probe(hisa_runtime *rt, const void *buf, uint64_t bytes, uint64_t *sum_device);
 
-/* The tile count of the last prefill launch whose HISA rows shared their kept blocks' tiles
- * (kernels/prefill/prefill.cu, share_kernel: B a multiple of 128; not the per-query refine, not
- * the portable prefill) since the last call of this, into *tiles (0: none), then cleared; waits
- * for the runtime's stream. HISA rows x top_blocks /
- * tiles is the measured sharing factor: query-blocks scored per tile, at most 256 / the heads
- * padded to a power of two >= 16. */
-int hisa_dev_share_tiles(hisa_runtime *rt, uint32_t *tiles);
+/* The kept blocks the last HISA selection on rt left in its scratch (hisa_select_prefill's rows
+ * of its last launch of up to 64 chunks, or a decode call's rows): rows 0 .. n_rows - 1, top_blocks
+ * each, ascending, into host memory blocks [n_rows, top_blocks]; waits for the runtime's stream.
+ * Only HISA rows (t + 1 > top_blocks * block_size) hold kept blocks; the other rows' entries are
+ * whatever the scratch held. n_rows in 1 .. max(max_batch * 4, max_prefill_queries). */
+int hisa_dev_kept_blocks(hisa_runtime *rt, int32_t n_rows, int32_t *blocks);
 
 #ifdef __cplusplus
 }

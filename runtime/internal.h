@@ -74,7 +74,6 @@ struct hisa_runtime;
     X(sel_block_scores, float,  DEVICE, g->cuda * g->rows * g->pages_per_seq)                    \
     X(sel_blocks,     int32_t,  DEVICE, g->cuda * g->rows * g->top_blocks)                       \
     X(sel_work,       uint32_t, DEVICE, g->cuda * hisa__sel_work_words(g))                       \
-    X(sel_share,      uint8_t,  DEVICE, g->cuda * hisa__sel_share_bytes(g))                      \
     X(io_q,           float,    DEVICE, g->cuda * g->rows * g->n_heads * HISA_D)                 \
     X(io_w,           float,    DEVICE, g->cuda * g->rows * g->n_heads)                          \
     X(io_out,         int32_t,  DEVICE, g->cuda * g->rows * g->topk)                             \
@@ -140,7 +139,6 @@ struct hisa_runtime {
 int hisa__config_check(const hisa_config *in, hisa_config *out, const char **field, const char **rule);
 void hisa__geom_from_config(const hisa_config *resolved, hisa__geom *g);
 int64_t hisa__sel_work_words(const hisa__geom *g);
-int64_t hisa__sel_share_bytes(const hisa__geom *g);
 int hisa__plan_build(const hisa_config *resolved, hisa_plan *plan);
 
 /* Record a failed device call and poison the runtime; returns HISA_EDEVICE. */

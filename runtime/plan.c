@@ -105,13 +105,8 @@ void hisa__geom_from_config(const hisa_config *c, hisa__geom *g) {
 }
 
 int64_t hisa__sel_work_words(const hisa__geom *g) {
-    hisa_k_scratch_sizes s = hisa_k_scratch_bytes(g->rows, g->max_context, g->pages_per_seq, g->top_blocks, g->n_heads);
+    hisa_k_scratch_sizes s = hisa_k_scratch_bytes(g->rows, g->max_context, g->pages_per_seq, g->top_blocks);
     return (int64_t)((s.work_bytes + 3) / 4);
-}
-
-int64_t hisa__sel_share_bytes(const hisa__geom *g) {
-    hisa_k_scratch_sizes s = hisa_k_scratch_bytes(g->rows, g->max_context, g->pages_per_seq, g->top_blocks, g->n_heads);
-    return (int64_t)s.share_bytes;
 }
 
 int hisa__plan_build(const hisa_config *resolved, hisa_plan *plan) {

@@ -100,14 +100,11 @@ static int pf_truncate(hisa_test_ctx *ctx, pf_pair *p, int32_t len) {
 #define PF_ALT (1u << 29)
 #define PF_Q8 (1u << 28)
 #define PF_SCORES (1u << 27) /* the scoring kernels alone (HISA_DEV_SCORING_ONLY) */
-#define PF_PERQ (1u << 26)   /* HISA rows refined one query per CTA (HISA_DEV_PER_QUERY) */
 static int pf_call(hisa_runtime *g, hisa_mode mode, int32_t seq, int32_t t0, int32_t n_q, const void *q,
                    const float *w, int32_t *out, uint32_t flags) {
     hisa_prefill req = {.layer = 0, .mode = mode, .seq = seq, .t0 = t0, .n_q = n_q, .q = q, .w = w, .out = out,
-                        .flags = flags & ~(PF_ALT | PF_Q8 | PF_SCORES | PF_PERQ),
-                        .q_format = (flags & PF_Q8) ? HISA_Q_FP8 : HISA_Q_F32};
-    return g->be->prefill(g, &req, ((flags & PF_ALT) ? HISA_DEV_VARIANT_ALT : 0) | ((flags & PF_SCORES) ? HISA_DEV_SCORING_ONLY : 0) |
-                                       ((flags & PF_PERQ) ? HISA_DEV_PER_QUERY : 0));
+                        .flags = flags & ~(PF_ALT | PF_Q8 | PF_SCORES), .q_format = (flags & PF_Q8) ? HISA_Q_FP8 : HISA_Q_F32};
+    return g->be->prefill(g, &req, ((flags & PF_ALT) ? HISA_DEV_VARIANT_ALT : 0) | ((flags & PF_SCORES) ? HISA_DEV_SCORING_ONLY : 0));
 }
 
 /* The CPU runtime's cache bytes and page table into the GPU runtime's device arena. */
@@ -700,92 +697,43 @@ HISA_TEST(gpu_prefill_native_fp8) {
     pf_close(&p);
 }
 
-/* One scoring-only HISA call (scratch poisoned; the shared tiles' count poisoned too): the
- * candidate scores [n_q, max_context], the kept blocks [n_q, m] and the tile count back. */
-static int pf_refine_scores(hisa_test_ctx *ctx, pf_pair *p, int32_t t0, int32_t n_q, const void *q, const float *w,
-                            uint32_t flags, float *scores, int32_t *blocks, uint32_t *tiles) {
-    hisa_runtime *g = p->gpu;
-    const int64_t mc = g->g.max_context, m = g->g.top_blocks;
-    int ok = cudaMemset(g->r.sel_scores, 0xff, sizeof(float) * (size_t)(g->g.rows * mc)) == cudaSuccess;
-    ok = ok && cudaMemset(g->r.sel_blocks, 0xff, sizeof(int32_t) * (size_t)(g->g.rows * m)) == cudaSuccess;
-    ok = ok && cudaMemset(g->r.sel_share, 0xff, sizeof(uint32_t)) == cudaSuccess;
-    int32_t *out = malloc(sizeof(int32_t) * (size_t)n_q * (size_t)p->cfg.topk);
-    int err = ok ? pf_call(g, HISA_MODE_HISA, p->seq, t0, n_q, q, w, out, flags | HISA_HOST_IO | PF_SCORES) : HISA_EDEVICE;
-    free(out);
-    CHECKF(err == HISA_OK, "scoring: %s (%s)", hisa_strerror(err), hisa_error_detail(g));
-    ok = ok && !err && hisa_sync(g) == HISA_OK;
-    ok = ok && cudaMemcpy(scores, g->r.sel_scores, sizeof(float) * (size_t)(n_q * mc), cudaMemcpyDeviceToHost) == cudaSuccess;
-    ok = ok && cudaMemcpy(blocks, g->r.sel_blocks, sizeof(int32_t) * (size_t)(n_q * m), cudaMemcpyDeviceToHost) == cudaSuccess;
-    ok = ok && cudaMemcpy(tiles, g->r.sel_share, sizeof(uint32_t), cudaMemcpyDeviceToHost) == cudaSuccess;
-    CHECK(ok);
-    return ok ? 0 : -1;
-}
-
-/* Shared kept blocks (prefill.cu share_kernel, B a multiple of 128) against the refine of one
- * query per CTA: the same kept blocks and the same candidate scores bit for bit (a column's dot
- * does not depend on its neighbours in a tile), every candidate written (poisoned scratch), for
- * tiles of G = 16, 8, 4 and 2 rows (H 16, 20, 64, 128), B = 128 and 256, fp8 and bf16 keys, f32
- * and fp8 queries; the tile count within its bounds (n_q * m / G .. n_q * m) and, per query,
- * untouched; then the shared run's selections judged against the CPU (pf_chunk). */
-HISA_GPU_TEST(gpu_prefill_shared_blocks) {
-    static const struct {
-        int32_t H, B, m, k, fmt;
-    } cases[] = {{16, 128, 8, 256, HISA_KEY_FP8},  {20, 128, 6, 256, HISA_KEY_BF16}, {64, 128, 8, 512, HISA_KEY_FP8},
-                 {128, 128, 6, 256, HISA_KEY_FP8}, {64, 256, 6, 512, HISA_KEY_FP8},  {32, 256, 4, 256, HISA_KEY_BF16}};
-    const int32_t len = 6000, n_q = 300, t0 = len - n_q;
-    for (int c = 0; c < (int)(sizeof cases / sizeof cases[0]) && ctx->failures < 10; c++) {
-        const int32_t H = cases[c].H, B = cases[c].B, m = cases[c].m;
-        pf_pair p;
-        PF_OPEN(&p, pf_config(H, B, m, cases[c].k, cases[c].fmt, 8192));
-        if (pf_append(ctx, &p, len, 1300 + (uint64_t)c) || pf_sync_bytes(ctx, &p)) {
-            pf_close(&p);
-            return;
-        }
-        const int64_t mc = p.gpu->g.max_context, G = 256 / hisa_k_heads_padded(H);
-        float *q = malloc(sizeof(float) * (size_t)n_q * H * 128), *w = malloc(sizeof(float) * (size_t)n_q * H);
-        float *sa = malloc(sizeof(float) * (size_t)(n_q * mc)), *sb = malloc(sizeof(float) * (size_t)(n_q * mc));
-        int32_t *ba = malloc(sizeof(int32_t) * (size_t)n_q * m), *bb = malloc(sizeof(int32_t) * (size_t)n_q * m);
-        uint8_t *codes = malloc((size_t)n_q * H * 128);
-        for (int q8 = 0; q8 <= 1; q8++) {
-            for (int32_t i = 0; i < n_q; i++) {
-                float *qi = q + (int64_t)i * H * 128, *wi = w + (int64_t)i * H;
-                hisa_tgen_query_keys(p.key_seed, 1310 + (uint64_t)i, H, i % 3 ? (int64_t)(t0 + i) * 37 % t0 : -1, qi, wi);
-                if (q8) hisa_tquant_query(qi, wi, H, codes + (int64_t)i * H * 128, qi, wi);
-            }
-            const void *gq = q8 ? (const void *)codes : (const void *)q;
-            const uint32_t qf = q8 ? PF_Q8 : 0u;
-            uint32_t ta = 0, tb = 0;
-            if (pf_refine_scores(ctx, &p, t0, n_q, gq, w, qf, sa, ba, &ta) ||
-                pf_refine_scores(ctx, &p, t0, n_q, gq, w, qf | PF_PERQ, sb, bb, &tb))
-                break;
-            if (!p.gpu->dev.all_portable) {
-                CHECKF(ta >= (uint32_t)((n_q * m + G - 1) / G) && ta <= (uint32_t)(n_q * m),
-                       "H %d B %d: %u shared tiles for %d rows x %d kept blocks, G %d", H, B, ta, n_q, m, (int)G);
-                CHECKF(tb == 0xffffffffu, "H %d B %d: the per-query refine touched the tile count (%u)", H, B, tb);
-            }
-            int64_t unwritten = 0, differ = 0, blocks_differ = 0;
-            for (int32_t i = 0; i < n_q; i++) {
-                const int32_t t = t0 + i, lim = (m - 1) * B + t % B + 1;
-                blocks_differ += memcmp(ba + (int64_t)i * m, bb + (int64_t)i * m, sizeof(int32_t) * (size_t)m) != 0;
-                for (int32_t j = 0; j < lim; j++) {
-                    uint32_t ua, ub;
-                    memcpy(&ua, sa + (int64_t)i * mc + j, 4);
-                    memcpy(&ub, sb + (int64_t)i * mc + j, 4);
-                    unwritten += ua == 0xffffffffu;
-                    differ += ua != ub;
-                }
-            }
-            CHECKF(!blocks_differ && !unwritten && !differ,
-                   "H %d B %d fmt %d q8 %d: %lld rows' kept blocks differ, %lld candidate scores unwritten, %lld differ "
-                   "from the per-query refine's", H, B, cases[c].fmt, q8, (long long)blocks_differ, (long long)unwritten,
-                   (long long)differ);
-            char what[96];
-            snprintf(what, sizeof what, "shared blocks H %d B %d fmt %d q8 %d", H, B, cases[c].fmt, q8);
-            pf_chunk(ctx, &p, HISA_MODE_HISA, t0, n_q, qf | (q8 ? HISA_SLOTS : 0u), q8, 0, 1320 + (uint64_t)c, what);
-        }
-        free(q), free(w), free(sa), free(sb), free(ba), free(bb), free(codes);
+/* hisa_dev_kept_blocks (hisa_dev.h, what `hisa bench prefill` measures sharing from): after a
+ * HISA chunk, the scratch's kept blocks (read here directly) for the rows asked, each HISA row's
+ * ascending from block 0 to its own; refused on a CPU runtime, for rows out of range or a null
+ * buffer, with the buffer untouched. */
+HISA_TEST(gpu_dev_kept_blocks) {
+    const int32_t B = 128, m = 8, n_q = 200, t0 = 3000;
+    hisa_config cfg = pf_config(16, B, m, 256, HISA_KEY_FP8, 4096);
+    hisa_runtime *cpu = NULL;
+    int32_t got[4] = {-7, -7, -7, -7};
+    REQUIRE(hisa_open(&cpu, &cfg, NULL) == HISA_OK);
+    CHECK_EQ_INT(hisa_dev_kept_blocks(cpu, 1, got), HISA_ENODEVICE);
+    hisa_close(cpu);
+    pf_pair p;
+    PF_OPEN(&p, cfg);
+    if (pf_append(ctx, &p, t0 + n_q, 1400) || pf_sync_bytes(ctx, &p)) {
         pf_close(&p);
+        return;
     }
+    pf_chunk(ctx, &p, HISA_MODE_HISA, t0, n_q, 0, 1, 0, 1410, "kept blocks");
+    int32_t *hook = malloc(sizeof(int32_t) * n_q * m), *direct = malloc(sizeof(int32_t) * n_q * m);
+    CHECK_EQ_INT(hisa_dev_kept_blocks(p.gpu, n_q, hook), HISA_OK);
+    REQUIRE(cudaMemcpy(direct, p.gpu->r.sel_blocks, sizeof(int32_t) * n_q * m, cudaMemcpyDeviceToHost) == cudaSuccess);
+    CHECK(memcmp(hook, direct, sizeof(int32_t) * n_q * m) == 0);
+    int bad = 0;
+    for (int32_t i = 0; i < n_q; i++) {
+        const int32_t *k = hook + (int64_t)i * m;
+        bad += k[0] != 0 || k[m - 1] != (t0 + i) / B;
+        for (int32_t j = 1; j < m; j++) bad += k[j] <= k[j - 1];
+    }
+    CHECKF(!bad, "%d kept-block rows out of order or without block 0 and their own", bad);
+    CHECK_EQ_INT(hisa_dev_kept_blocks(p.gpu, 0, got), HISA_EINVAL);
+    CHECK_EQ_INT(hisa_dev_kept_blocks(p.gpu, (int32_t)p.gpu->g.rows + 1, got), HISA_EINVAL);
+    CHECK_EQ_INT(hisa_dev_kept_blocks(p.gpu, 1, NULL), HISA_EINVAL);
+    CHECK(got[0] == -7 && got[3] == -7);
+    free(hook);
+    free(direct);
+    pf_close(&p);
 }
 
 /* A decode step at t (the CUDA decode path) and a one-query chunk at t agree. */
@@ -843,6 +791,17 @@ HISA_TEST(gpu_prefill_decode_agree) {
 }
 
 #else /* !HISA_CUDA */
+
+HISA_TEST(gpu_dev_kept_blocks) {
+    hisa_config cfg = hisa_tconfig(16, 128, 8, 256, HISA_KEY_FP8, 4096, 1);
+    hisa_runtime *cpu = NULL;
+    int32_t got[1] = {-7};
+    REQUIRE(hisa_open(&cpu, &cfg, NULL) == HISA_OK);
+    CHECK_EQ_INT(hisa_dev_kept_blocks(cpu, 1, got), HISA_ENODEVICE);
+    CHECK(got[0] == -7);
+    hisa_close(cpu);
+    SKIP("no CUDA device");
+}
 
 HISA_TEST(gpu_prefill_short) {
     hisa_runtime *rt = NULL;

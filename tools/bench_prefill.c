@@ -22,7 +22,8 @@
  *
  * Output: a table; with --json FILE an array of records (device, date, mode, queries, context,
  * key_format, q_format, fp8_mma, kernels, median_us, scoring_us, tflops, gemm_tflops, pct_of_gemm,
- * speedup_vs_flat, chunks, one_by_one_us). */
+ * speedup_vs_flat, chunks, one_by_one_us; one-chunk HISA records: the sharing factor of the
+ * chunk's kept blocks, pb_sharing). */
 #include "bench_prefill.h"
 
 #include <assert.h>
@@ -43,7 +44,7 @@ void hisa_bench_prefill_help(FILE *f) {
             "usage: hisa bench prefill [--json FILE] [--reps N] [--queries N] [--context N]\n"
             "                          [--key-format fp8|bf16] [--variant 0|1] [--query-format F]\n"
             "                          [--fp8-mma exact|native] [--kernels auto|portable|hopper]\n"
-            "                          [--chunks N] [--refine shared|per-query]\n"
+            "                          [--chunks N]\n"
             "  Times a prefill chunk of --queries (1..1024, default 1024) queries at the end of\n"
             "  contexts 8K, 16K, 32K, 64K, 128K (or --context N only, at least --queries), H=64,\n"
             "  D=128, B=128, m=64, k=2048, flat and HISA: the whole selection and the scoring\n"
@@ -61,16 +62,14 @@ void hisa_bench_prefill_help(FILE *f) {
             "  --chunks N: the --queries queries as N chunks (dividing --queries) of one call,\n"
             "  chunk c the last queries before position L * (c + 1) / N of context L, timed as one\n"
             "  call (hisa_prefill.n_chunks) and as N calls one after another (one_by_one_us).\n"
-            "  --refine shared|per-query: HISA rows' kept tokens scored in tiles of one block shared\n"
-            "  by the rows that keep it (default, where B is a multiple of 128), or one query per\n"
-            "  CTA (HISA_DEV_PER_QUERY); one-chunk HISA records carry the measured sharing factor\n"
-            "  (query-blocks per tile, hisa_dev_share_tiles).\n");
+            "  One-chunk HISA rows report how many of the chunk's rows keep the same blocks: kept\n"
+            "  query-blocks per tile of 4 rows, grouped per block over the chunk (sharing) and in\n"
+            "  groups of 4 consecutive rows.\n");
 }
 
 typedef struct pb_opts {
-    const char *json, *fmt_name, *q_format_name, *fp8_mma_name, *kernels_name, *refine_name;
+    const char *json, *fmt_name, *q_format_name, *fp8_mma_name, *kernels_name;
     int32_t reps, n_q, one_context, variant, chunks;
-    int32_t per_query; /* --refine per-query */
     int32_t kernels;  /* HISA_KERNELS_* of kernels_name (NULL: auto) */
     int32_t fp8_mma;  /* HISA_FP8_MMA_* of fp8_mma_name (NULL: exact) */
     int32_t fmt;      /* HISA_KEY_* of fmt_name */
@@ -80,7 +79,7 @@ typedef struct pb_opts {
 /* Options into o. Returns tool_parse_opts's codes (-1: --help) or TOOL_EXIT_USAGE. */
 static int pb_parse(int argc, char **argv, pb_opts *o) {
     assert(argc >= 1 && o);
-    *o = (pb_opts){.fmt_name = "fp8", .refine_name = "shared", .reps = 20, .n_q = 1024, .chunks = 1};
+    *o = (pb_opts){.fmt_name = "fp8", .reps = 20, .n_q = 1024, .chunks = 1};
     tool_opt opts[] = {
         {"json", TOOL_OPT_STR, &o->json, 0, 0, NULL},
         {"reps", TOOL_OPT_INT, &o->reps, 5, INT32_MAX, "timed calls per point"},
@@ -91,9 +90,8 @@ static int pb_parse(int argc, char **argv, pb_opts *o) {
         {"query-format", TOOL_OPT_STR, &o->q_format_name, 0, 0, NULL},
         {"fp8-mma", TOOL_OPT_STR, &o->fp8_mma_name, 0, 0, NULL},
         {"kernels", TOOL_OPT_STR, &o->kernels_name, 0, 0, NULL},
-        {"chunks", TOOL_OPT_INT, &o->chunks, 1, 1024, "chunks of the call, at most --queries"},
-        {"refine", TOOL_OPT_STR, &o->refine_name, 0, 0, NULL}};
-    int perr = tool_parse_opts("bench prefill", argc, argv, opts, 11);
+        {"chunks", TOOL_OPT_INT, &o->chunks, 1, 1024, "chunks of the call, at most --queries"}};
+    int perr = tool_parse_opts("bench prefill", argc, argv, opts, 10);
     if (perr) return perr;
     if (tool_parse_q_format("bench prefill", o->q_format_name, &o->q_format)) return TOOL_EXIT_USAGE;
     if (tool_parse_key_format("bench prefill", o->fmt_name, &o->fmt)) return TOOL_EXIT_USAGE;
@@ -102,11 +100,6 @@ static int pb_parse(int argc, char **argv, pb_opts *o) {
     if (o->variant && o->kernels == HISA_KERNELS_PORTABLE) {
         fprintf(stderr, "hisa bench prefill: --variant 1 with --kernels portable: the portable prefill has one exact "
                         "arithmetic, no operand variants\n");
-        return TOOL_EXIT_USAGE;
-    }
-    o->per_query = strcmp(o->refine_name, "per-query") == 0;
-    if (!o->per_query && strcmp(o->refine_name, "shared") != 0) {
-        fprintf(stderr, "hisa bench prefill: --refine %s: expected shared or per-query\n", o->refine_name);
         return TOOL_EXIT_USAGE;
     }
     if (o->n_q % o->chunks) {
@@ -135,8 +128,7 @@ typedef struct pb_rec {
     int32_t queries, context, chunks;
     double median_us, scoring_us, flops, tflops, speedup;
     double one_by_one_us; /* chunks > 1: the same chunks as one call each, in turn */
-    int64_t share_pairs;  /* one-chunk HISA: HISA rows x m, and the tiles that scored them */
-    uint32_t share_tiles; /* (0: not shared) */
+    double sharing, sharing_consecutive; /* one-chunk HISA: query-blocks per tile (0: not measured) */
 } pb_rec;
 
 static int cmp_double(const void *a, const void *b) {
@@ -280,6 +272,44 @@ static double pb_flops(hisa_mode mode, int32_t t0, int32_t n_q, int32_t H, int32
         else f += 2.0 * H * 128 * (double)((last - 1) + (int64_t)(m - 1) * B + t % B + 1);
     }
     return f;
+}
+
+/* --- the sharing factor of kept blocks ------------------------------------------------------ */
+
+/* Rows per tile of a refine that scored a kept block once for several of the rows keeping it: 4
+ * rows of 64 heads make the flat scorer's N = 256 query-heads (bench/NOTES-prefill.md). */
+enum { PB_SHARE_G = 4 };
+
+/* From the kept blocks the chunk's HISA rows (t + 1 > m * B) left in the scratch: query-blocks per
+ * tile when each block's rows are grouped PB_SHARE_G at a time over the whole chunk (an inverted
+ * list block -> rows), and when groups are PB_SHARE_G consecutive rows (distinct blocks each). */
+static int pb_sharing(hisa_runtime *rt, int32_t t0, int32_t n_q, double *inverted, double *consecutive) {
+    assert(rt && inverted && consecutive && n_q >= 1);
+    const int32_t nb = (t0 + n_q - 1) / PB_B + 1, first = t0 + 1 > PB_M * PB_B ? 0 : PB_M * PB_B - t0;
+    *inverted = *consecutive = 0.0;
+    if (first >= n_q) return 0; /* no HISA rows */
+    int32_t *kept = malloc(sizeof(int32_t) * (size_t)n_q * PB_M), *cnt = calloc((size_t)nb, sizeof(int32_t));
+    int32_t *seen = calloc((size_t)nb, sizeof(int32_t)); /* the group that last saw the block, + 1 */
+    int err = kept && cnt && seen ? hisa_dev_kept_blocks(rt, n_q, kept) : HISA_ENOMEM;
+    int64_t pairs = 0, tiles = 0, distinct = 0;
+    for (int32_t i = first; i < n_q && !err; i++)
+        for (int32_t j = 0; j < PB_M; j++) {
+            const int32_t b = kept[(int64_t)i * PB_M + j], g = (i - first) / PB_SHARE_G + 1;
+            if (b < 0 || b >= nb) {
+                err = HISA_EINVAL;
+                break;
+            }
+            pairs++;
+            cnt[b]++;
+            distinct += seen[b] != g;
+            seen[b] = g;
+        }
+    for (int32_t b = 0; b < nb && !err; b++) tiles += (cnt[b] + PB_SHARE_G - 1) / PB_SHARE_G;
+    free(kept), free(cnt), free(seen);
+    if (err) return tool_lib_error("bench prefill", "hisa_dev_kept_blocks", err, NULL);
+    *inverted = (double)pairs / (double)tiles;
+    *consecutive = (double)pairs / (double)distinct;
+    return 0;
 }
 
 /* --- hisa bench prefill --------------------------------------------------------------------- */
@@ -477,19 +507,14 @@ static int pb_point(const pb_opts *o, cudaStream_t st, hisa_runtime *rt, int32_t
         req.t0s = t0s;
         req.n_qs = n_qs;
     }
-    uint32_t vf = (o->variant ? HISA_DEV_VARIANT_ALT : 0u) | (o->per_query ? HISA_DEV_PER_QUERY : 0u);
-    uint32_t tiles = 0;
-    int err = hisa_dev_share_tiles(rt, &tiles); /* cleared: what the calls below share */
-    if (!err) err = pb_time(rt, st, &req, 1, vf, o->reps, &r->median_us);
+    uint32_t vf = o->variant ? HISA_DEV_VARIANT_ALT : 0u;
+    int err = pb_time(rt, st, &req, 1, vf, o->reps, &r->median_us);
     if (!err) err = pb_time(rt, st, &req, 1, vf | HISA_DEV_SCORING_ONLY, o->reps, &r->scoring_us);
     r->one_by_one_us = 0;
-    r->share_tiles = 0;
-    r->share_pairs = 0;
-    if (!err && n_c == 1 && mode == HISA_MODE_HISA) { /* HISA rows: t + 1 > m * B */
-        err = hisa_dev_share_tiles(rt, &r->share_tiles);
-        for (int32_t i = 0; i < per; i++) r->share_pairs += (int64_t)(t0s[0] + i + 1 > PB_M * PB_B) * PB_M;
-    }
     if (!err && n_c > 1) err = pb_time(rt, st, one, n_c, vf, o->reps, &r->one_by_one_us);
+    r->sharing = r->sharing_consecutive = 0.0;
+    if (!err && n_c == 1 && mode == HISA_MODE_HISA) /* the scoring call above left the kept blocks */
+        err = pb_sharing(rt, t0s[0], per, &r->sharing, &r->sharing_consecutive);
     free(seqs);
     free(one);
     if (err) return err;
@@ -503,9 +528,8 @@ static int pb_run(const pb_opts *o, const pb_env *e, hisa_runtime *rt, int32_t s
     assert(o && e && rt && d && recs && n_recs);
     assert(n_ctx >= 1 && 2 * n_ctx <= 16);
     int err = 0;
-    printf("keys %s, queries %s, fp8_mma %s, variant %d, kernels %s, refine %s\n", o->fmt_name,
-           tool_q_format_name(o->q_format), tool_fp8_mma_name(o->fp8_mma), o->variant, tool_kernels_name(o->kernels),
-           o->refine_name);
+    printf("keys %s, queries %s, fp8_mma %s, variant %d, kernels %s\n", o->fmt_name, tool_q_format_name(o->q_format),
+           tool_fp8_mma_name(o->fp8_mma), o->variant, tool_kernels_name(o->kernels));
     if (o->chunks > 1)
         printf("%d chunks of %d queries in one call; one_by_one_us: the same chunks as %d calls in turn\n", o->chunks,
                o->n_q / o->chunks, o->chunks);
@@ -522,9 +546,9 @@ static int pb_run(const pb_opts *o, const pb_env *e, hisa_runtime *rt, int32_t s
             if (mi == 1) printf("%7.2fx", r->speedup);
             else printf("%8s", "-");
             if (o->chunks > 1) printf(" %14.1f (%.2fx)", r->one_by_one_us, r->one_by_one_us / r->median_us);
-            if (r->share_tiles)
-                printf("  sharing %.2f (%lld query-blocks in %u tiles)", (double)r->share_pairs / r->share_tiles,
-                       (long long)r->share_pairs, r->share_tiles);
+            if (r->sharing > 0)
+                printf("  sharing %.2f (%d rows a tile; %.2f in groups of %d consecutive rows)", r->sharing, PB_SHARE_G,
+                       r->sharing_consecutive, PB_SHARE_G);
             printf("\n");
             (*n_recs)++;
         }
@@ -558,10 +582,9 @@ static int pb_write_json(const pb_opts *o, const pb_env *e, const pb_rec *recs, 
         if (strcmp(r->mode, "hisa") == 0) fprintf(f, ", \"speedup_vs_flat\": %.3f", r->speedup);
         fprintf(f, ", \"chunks\": %d", r->chunks);
         if (r->chunks > 1) fprintf(f, ", \"one_by_one_us\": %.2f", r->one_by_one_us);
-        fprintf(f, ", \"refine\": \"%s\"", o->refine_name);
-        if (r->share_tiles)
-            fprintf(f, ", \"share_query_blocks\": %lld, \"share_tiles\": %u, \"sharing_factor\": %.3f",
-                    (long long)r->share_pairs, r->share_tiles, (double)r->share_pairs / r->share_tiles);
+        if (r->sharing > 0)
+            fprintf(f, ", \"share_rows_per_tile\": %d, \"sharing_factor\": %.3f, \"sharing_factor_consecutive\": %.3f",
+                    PB_SHARE_G, r->sharing, r->sharing_consecutive);
         fprintf(f, "}%s\n", i + 1 < n_recs ? "," : "");
     }
     fprintf(f, "]\n");

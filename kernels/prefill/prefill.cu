@@ -201,29 +201,22 @@ __device__ void load_q8(const hisa_k_prefill_params &p, int q_first, int nq, uin
  * r_begin .. r_end - 1, so the tile loads need no dependent global read: TOK: blocks of the span
  * (r_begin is a multiple of B); MEAN: the blocks themselves; CAND: the kept blocks (candidate r
  * is token r % B of kept block r / B). Ends with a barrier. */
-template <int N, int HP, int OP>
-__device__ __forceinline__ void stage_q(const hisa_k_prefill_params &p, int q_first, int nq, uint8_t *qs, float *ws,
-                                        float *qinv) {
+template <int N, int HP, int SRC, int OP>
+__device__ __forceinline__ void stage_cta(const hisa_k_prefill_params &p, int seq, int q_first, int nq, int r_begin,
+                                          int r_end, uint8_t *qs, float *ws, float *qinv, int *pg) {
     constexpr bool F16 = OP == HISA_WG_F16;
-    const int H = p.cache.n_heads;
+    const hisa_k_cache &c = p.cache;
+    const int B = c.block_size, H = c.n_heads, tid = threadIdx.x;
     if constexpr (OP == HISA_WG_E4M3) load_q8<N, HP>(p, q_first, nq, qs);
     else if (p.q_format == HISA_K_Q_F32) load_q16<N, HP, F16, HISA_K_Q_F32>(p, q_first, nq, qs, qinv);
     else if (p.q_format == HISA_K_Q_BF16) load_q16<N, HP, F16, HISA_K_Q_BF16>(p, q_first, nq, qs, qinv);
     else load_q16<N, HP, F16, HISA_K_Q_FP8>(p, q_first, nq, qs, qinv);
     if (F16) __syncthreads(); /* qinv */
-    for (int n = threadIdx.x; n < N; n += kScoreThreads) {
+    for (int n = tid; n < N; n += kScoreThreads) {
         int qi = n / HP, h = n % HP;
         float wv = (qi < nq && h < H) ? __ldg(p.w + (int64_t)(q_first + qi) * H + h) : 0.0f;
         ws[n] = F16 ? wv * qinv[n] : wv;
     }
-}
-
-template <int N, int HP, int SRC, int OP>
-__device__ __forceinline__ void stage_cta(const hisa_k_prefill_params &p, int seq, int q_first, int nq, int r_begin,
-                                          int r_end, uint8_t *qs, float *ws, float *qinv, int *pg) {
-    const hisa_k_cache &c = p.cache;
-    const int B = c.block_size, tid = threadIdx.x;
-    stage_q<N, HP, OP>(p, q_first, nq, qs, ws, qinv);
     const int32_t *pt = c.page_table + (int64_t)seq * c.pages_per_seq;
     if (SRC == SRC_TOK)
         for (int i = tid; i < (r_end - r_begin + B - 1) / B; i += kScoreThreads) pg[i] = pt[r_begin / B + i];
@@ -317,16 +310,10 @@ struct pf_tiles {
         hisa__wgmma_wait<0>();
         hisa__wg_settle(acc, af);
     }
-    /* where query qi's scores go (score r at dst[r]) in the per-query kernels */
-    __device__ __forceinline__ float *dst_of(int qi) const {
-        return SRC == SRC_MEAN ? p.scratch.block_scores + (int64_t)(q_first + qi) * p.cache.pages_per_seq
-                               : p.scratch.scores + (int64_t)(q_first + qi) * p.max_context;
-    }
     /* per query, sum over its heads of w * ReLU, rows g and g+8, times the row's scale; rows from
-     * each query's limit lims[qi] on are not written; query qi's row r goes to dst(qi)[r] */
-    template <class Dst>
+     * each query's limit lims[qi] on are not written */
     __device__ __forceinline__ void epilogue(const float (&acc)[N / 2], const float (&scl)[2], int cur,
-                                             const int (&lims)[NQ], Dst dst) const {
+                                             const int (&lims)[NQ]) const {
         float part[NQ][2];
 #pragma unroll
         for (int qi = 0; qi < NQ; qi++) part[qi][0] = part[qi][1] = 0.0f;
@@ -347,7 +334,12 @@ struct pf_tiles {
                 v += __shfl_xor_sync(0xffffffffu, v, 1);
                 v += __shfl_xor_sync(0xffffffffu, v, 2);
                 int r = cur + 16 * warp4 + g + 8 * hr;
-                if (t4 == ((qi * 2 + hr) & 3) && r < lims[qi]) dst(qi)[r] = v * scl[hr];
+                if (t4 == ((qi * 2 + hr) & 3) && r < lims[qi]) {
+                    float *dst = SRC == SRC_MEAN
+                                     ? p.scratch.block_scores + (int64_t)(q_first + qi) * p.cache.pages_per_seq
+                                     : p.scratch.scores + (int64_t)(q_first + qi) * p.max_context;
+                    dst[r] = v * scl[hr];
+                }
             }
     }
 };
@@ -413,233 +405,10 @@ __global__ void __launch_bounds__(kScoreThreads, N >= 128 ? 1 : 2) score_kernel(
         float scl[2] = {sc[0], sc[1]};
         if (cur + step < r_end) t.load(cur + step, raw, sc); /* prefetch the next tile */
         t.mma(acc, af);
-        t.epilogue(acc, scl, cur, lims, [&](int qi) { return t.dst_of(qi); });
+        t.epilogue(acc, scl, cur, lims);
     }
 #else
     __trap(); /* never launched without Hopper code (hisa_k_device.hopper) */
-#endif
-}
-
-/* --- shared kept blocks -------------------------------------------------------------------- *
- * Why: the per-query refine (score_kernel<CAND>, N = one query's heads) is bound by the issue of
- * the work a 64-row tile costs whatever N (addresses, loads, conversion, scales), and its MMA is
- * a quarter of an N = 256 one. The queries of a chunk keep many of the same blocks (block 0,
- * their own and the blocks just before, popular topics), so each kept block's tokens are scored
- * once for up to G = 256 / HP of the rows that keep it (an inverted list block -> rows), at the
- * flat scorer's N. Four launches after the kept blocks, and two memsets:
- *   share_q_kernel     per HISA row: its Q tile and weights in the refine's operand form (what
- *                      stage_q puts in shared memory) into scratch.share_img, and one count per
- *                      kept block (share_blocks[chunk][0][block], global atomics);
- *   share_scan_kernel  per chunk: the blocks' first tiles (up to G rows a tile), its tiles
- *                      appended to the launch's list (share_count, an atomic);
- *   share_fill_kernel  per HISA row: its entry in each kept block's tiles (a cursor per block),
- *                      the first entry of a tile writing its page and count;
- *   share_kernel       one CTA per SM walks a contiguous range of the list (see there).
- * A column's dot does not depend on its neighbours, so the scores are the same bits as the
- * per-query kernel's; the order of a block's rows in its tiles (atomics) does not matter.
- * Used when B is a multiple of 128 (each warpgroup takes whole 64-row tiles of every block) and
- * no chunk spans more than HISA_K_SHARE_BLOCKS_MAX blocks (the counters). */
-constexpr int kShareRowThreads = 128, kScanThreads = 1024;
-static_assert(HISA_PREFILL_MAX <= (1 << 14) && HISA_TOP_BLOCKS_MAX <= (1 << 10) && HISA_BLOCK_MAX <= (1 << 8),
-              "a share entry packs row, rank and token count - 1 into 14 + 10 + 8 bits");
-__host__ __device__ __forceinline__ uint32_t share_pack(int row, int j, int lim) {
-    return (uint32_t)row << 18 | (uint32_t)j << 8 | (uint32_t)(lim - 1);
-}
-template <int G>
-struct share_rec {
-    int32_t page, n;  /* the block's page; entries 1..G */
-    uint32_t ent[G];  /* share_pack(row, rank, tokens) */
-};
-/* chunk c's counters: [0] rows keeping each block, [1] its first tile, [2] the fill cursor */
-__device__ __forceinline__ int32_t *share_counters(const hisa_k_prefill_params &p, int c, int which) {
-    return p.scratch.share_blocks + ((int64_t)c * 3 + which) * HISA_K_SHARE_BLOCKS_MAX;
-}
-
-template <int HP, int OP>
-__global__ void __launch_bounds__(kScoreThreads) share_q_kernel(const pf_args a) {
-#if HISA_K_SM90A
-    __shared__ float qinv[HP];
-    const hisa_k_prefill_params &p = a.p;
-    const int row = rows_of(a, blockIdx.x).row, m = p.top_blocks;
-    int32_t *cnt = share_counters(p, hisa__k_last_le(a.unit0, p.chunks.n, blockIdx.x), 0);
-    for (int j = threadIdx.x; j < m; j += kScoreThreads) atomicAdd(&cnt[p.scratch.blocks[(int64_t)row * m + j]], 1);
-    uint8_t *img = p.scratch.share_img + (int64_t)row * HISA_K_SHARE_IMG_BYTES(HP);
-    stage_q<HP, HP, OP>(p, row, 1, img, reinterpret_cast<float *>(img + 2 * HP * 128), qinv);
-#else
-    __trap();
-#endif
-}
-
-/* Chunk blockIdx.x: first tile of each of its blocks, the chunk's tiles taken from the list. */
-template <int G>
-__global__ void __launch_bounds__(kScanThreads) share_scan_kernel(const pf_args a) {
-    __shared__ uint32_t tot[kScanThreads / 32];
-    __shared__ uint32_t first;
-    const hisa_k_prefill_params &p = a.p;
-    const int c = blockIdx.x, tid = threadIdx.x, n_q = p.chunks.row0[c + 1] - p.chunks.row0[c];
-    if (a.hb[c] >= n_q) return; /* no HISA rows */
-    const int nb = (p.chunks.t0[c] + n_q - 1) / p.cache.block_size + 1;
-    const int32_t *cnt = share_counters(p, c, 0);
-    int32_t *base = share_counters(p, c, 1);
-    const int per = (nb + kScanThreads - 1) / kScanThreads, b0 = min(tid * per, nb), b1 = min(b0 + per, nb);
-    uint32_t mine = 0;
-    for (int b = b0; b < b1; b++) mine += (uint32_t)(cnt[b] + G - 1) / G;
-    uint32_t at = hisa__k_exclusive_sum<kScanThreads>(mine, tot);
-    if (tid == kScanThreads - 1) first = atomicAdd(p.scratch.share_count, at + mine);
-    __syncthreads();
-    at += first;
-    for (int b = b0; b < b1; b++) {
-        base[b] = (int)at;
-        at += (uint32_t)(cnt[b] + G - 1) / G;
-    }
-}
-
-/* HISA row blockIdx.x: its entry in the tiles of each of its kept blocks. */
-template <int G>
-__global__ void __launch_bounds__(kShareRowThreads) share_fill_kernel(const pf_args a) {
-    const hisa_k_prefill_params &p = a.p;
-    const pf_rows u = rows_of(a, blockIdx.x);
-    const int c = hisa__k_last_le(a.unit0, p.chunks.n, blockIdx.x), m = p.top_blocks, B = p.cache.block_size;
-    const int32_t *cnt = share_counters(p, c, 0), *base = share_counters(p, c, 1);
-    int32_t *cur = share_counters(p, c, 2);
-    const int32_t *pt = p.cache.page_table + (int64_t)u.seq * p.cache.pages_per_seq;
-    for (int j = threadIdx.x; j < m; j += kShareRowThreads) {
-        const int b = p.scratch.blocks[(int64_t)u.row * m + j], k = atomicAdd(&cur[b], 1);
-        share_rec<G> *r = reinterpret_cast<share_rec<G> *>(p.scratch.share_tiles +
-                                                            (int64_t)(base[b] + k / G) * HISA_K_SHARE_REC_BYTES(G));
-        r->ent[k % G] = share_pack(u.row, j, j == m - 1 ? u.t % B + 1 : B);
-        if (k % G == 0) {
-            r->page = pt[b];
-            r->n = min(G, cnt[b] - k);
-        }
-    }
-}
-
-/* share_kernel's shared memory from a 1024-byte aligned base: QS stages of a tile's Q (the
- * per-query kernel's Q tile for N = G * HP rows), its weights and its record, and a full and an
- * empty mbarrier per stage. */
-constexpr int kShareStages = 3;
-template <int N, int OP>
-struct share_layout {
-    static constexpr int QB = (OP == HISA_WG_E4M3 ? 1 : 2) * N * 128;
-    static constexpr int ws = kShareStages * QB, rec = ws + kShareStages * 4 * N, rec_bytes = 128;
-    static constexpr int bar = rec + kShareStages * rec_bytes;
-    static constexpr size_t bytes = 1024 + (size_t)bar + 8 * 2 * kShareStages;
-};
-
-/* The stages: warp 0 (its lanes) fills stage j % QS for the CTA's tile j: the record's words into
- * the stage's slot, then lane 0 arms full with the Q bytes and lanes < n bulk-copy entry lane's Q
- * tile and weights. The consumer warps each arrive on empty once done with a tile. */
-template <int N, int HP, int OP>
-struct share_pipe {
-    static constexpr int G = N / HP, ATOMS = OP == HISA_WG_E4M3 ? 1 : 2, QS = kShareStages;
-    static constexpr int RW = (int)HISA_K_SHARE_REC_BYTES(G) / 4; /* record words, <= 32 */
-    using L = share_layout<N, OP>;
-    static_assert(RW * 4 <= L::rec_bytes && RW <= 32, "a record fits its slot and a warp");
-    uint8_t *sm;
-    const uint8_t *recs, *imgs;
-    int t0;
-    __device__ __forceinline__ uint64_t *full(int j) const { return reinterpret_cast<uint64_t *>(sm + L::bar) + j % QS; }
-    __device__ __forceinline__ uint64_t *empty(int j) const { return reinterpret_cast<uint64_t *>(sm + L::bar) + QS + j % QS; }
-    __device__ __forceinline__ share_rec<G> *rec(int j) const {
-        return reinterpret_cast<share_rec<G> *>(sm + L::rec + (j % QS) * L::rec_bytes);
-    }
-    __device__ __forceinline__ uint8_t *qbuf(int j) const { return sm + (j % QS) * L::QB; }
-    __device__ __forceinline__ float *wbuf(int j) const { return reinterpret_cast<float *>(sm + L::ws) + (j % QS) * N; }
-    __device__ __forceinline__ uint32_t word(int j, int lane) const { /* lane's word of tile j's record */
-        return lane < RW ? __ldg(reinterpret_cast<const uint32_t *>(recs + (int64_t)(t0 + j) * (RW * 4)) + lane) : 0u;
-    }
-    __device__ __forceinline__ void fill(int j, uint32_t w, int lane) const {
-        if (lane < RW) reinterpret_cast<uint32_t *>(rec(j))[lane] = w;
-        const int n = __shfl_sync(0xffffffffu, (int)w, 1);
-        const uint32_t e = __shfl_sync(0xffffffffu, w, 2 + min(lane, G - 1));
-        __syncwarp(); /* the record's words before the arrive that publishes them */
-        if (lane == 0) hisa__mbar_expect_tx(full(j), (uint32_t)(n * (ATOMS * HP * 128 + HP * 4)));
-        __syncwarp();
-        if (lane < n) {
-            const uint8_t *img = imgs + (int64_t)(e >> 18) * HISA_K_SHARE_IMG_BYTES(HP);
-            for (int at = 0; at < ATOMS; at++)
-                hisa__bulk_copy(qbuf(j) + at * N * 128 + lane * HP * 128, img + at * HP * 128, HP * 128, full(j));
-            hisa__bulk_copy(wbuf(j) + lane * HP, img + 2 * HP * 128, HP * 4, full(j));
-        }
-    }
-    __device__ __forceinline__ void wait_full(int j) const { hisa__mbar_wait(full(j), (uint32_t)(j / QS) & 1u); }
-};
-
-/* One CTA per SM over the tiles [t0, t0 + cnt) of the list, both warpgroups on every tile (64-row
- * tiles of its block in turn). Tile j's Q comes QS - 1 tiles ahead: warp 0 fills stage j + 2 when
- * it is done with tile j and every warp has released tile j - 1, so the warpgroups may drift a
- * tile apart without a CTA barrier. Keys are prefetched into registers a tile ahead as in
- * score_kernel. */
-template <int N, int HP, bool FP8, int OP>
-__global__ void __launch_bounds__(kScoreThreads, N >= 256 ? 1 : 2) share_kernel(const pf_args a) {
-#if HISA_K_SM90A
-    using T = pf_tiles<N, HP, SRC_CAND, FP8, OP>;
-    using P = share_pipe<N, HP, OP>;
-    constexpr int G = P::G, QS = P::QS;
-    const hisa_k_prefill_params &p = a.p;
-    const int tid = threadIdx.x, warp = tid >> 5, wg = tid >> 7, lane = tid & 31, B = p.cache.block_size;
-    const int64_t n_tiles = *reinterpret_cast<const volatile uint32_t *>(p.scratch.share_count);
-    const int t0 = (int)(n_tiles * blockIdx.x / gridDim.x), cnt = (int)(n_tiles * (blockIdx.x + 1) / gridDim.x) - t0;
-    if (cnt <= 0) return;
-    extern __shared__ uint8_t smem_raw[];
-    const P pp{smem_raw + ((1024 - (reinterpret_cast<uintptr_t>(smem_raw) & 1023)) & 1023), p.scratch.share_tiles,
-               p.scratch.share_img, t0};
-    if (tid == 0) {
-        for (int i = 0; i < QS; i++) {
-            hisa__mbar_init(pp.full(i), 1);
-            hisa__mbar_init(pp.empty(i), kScoreThreads / 32);
-        }
-        hisa__mbar_init_fence();
-    }
-    __syncthreads();
-    uint32_t w_next = 0; /* warp 0: the record words of the next tile to fill */
-    if (warp == 0) {
-        for (int j = 0; j < min(cnt, QS - 1); j++) pp.fill(j, pp.word(j, lane), lane);
-        if (cnt > QS - 1) w_next = pp.word(QS - 1, lane);
-    }
-    pp.wait_full(0);
-    T t{p, &pp.rec(0)->page, pp.wbuf(0), 0u, 0, 0, B, B, __ffs(B) - 1, warp & 3, lane >> 2, lane & 3, (int64_t)p.layer * p.cache.n_pages};
-    uint4 raw[2][T::RAW];
-    float sc[2];
-    uint32_t af[T::KS][4];
-    float acc[N / 2];
-    t.load(wg * kTile, raw, sc);
-    for (int j = 0; j < cnt; j++) {
-        pp.wait_full(j);
-        const share_rec<G> &r = *pp.rec(j);
-        int lims[G];
-#pragma unroll
-        for (int qi = 0; qi < G; qi++) lims[qi] = qi < r.n ? (int)(r.ent[qi] & 255u) + 1 : 0;
-        t.ws = pp.wbuf(j);
-        t.qs_addr = hisa__smem_u32(pp.qbuf(j));
-        auto dst = [&](int qi) {
-            const uint32_t e = r.ent[qi];
-            return p.scratch.scores + (int64_t)(e >> 18) * p.max_context + (int64_t)((e >> 8) & 1023u) * B;
-        };
-        for (int cur = wg * kTile; cur < B; cur += 2 * kTile) {
-            T::convert(raw, af);
-            float scl[2] = {sc[0], sc[1]};
-            if (cur + 2 * kTile < B) {
-                t.load(cur + 2 * kTile, raw, sc);
-            } else if (j + 1 < cnt) { /* the next tile's first rows, once its stage is filled */
-                pp.wait_full(j + 1);
-                t.pg = &pp.rec(j + 1)->page;
-                t.load(wg * kTile, raw, sc); /* t.pg now tile j + 1's, for its other rows */
-            }
-            t.mma(acc, af);
-            t.epilogue(acc, scl, cur, lims, dst);
-        }
-        __syncwarp();
-        if (lane == 0) hisa__mbar_arrive(pp.empty(j));
-        if (warp == 0 && j + QS - 1 < cnt) { /* stage of tile j - 1, once every warp is done with it */
-            if (j >= 1) hisa__mbar_wait(pp.empty(j - 1), (uint32_t)((j - 1) / QS) & 1u);
-            pp.fill(j + QS - 1, w_next, lane);
-            if (j + QS < cnt) w_next = pp.word(j + QS, lane);
-        }
-    }
-#else
-    __trap();
 #endif
 }
 
@@ -927,53 +696,6 @@ int launch_flat(cudaStream_t s, pf_args &a) {
     return launch_tokens<256, HP, SRC_TOK>(s, a, lim, units);
 }
 
-/* Whether the HISA rows of this launch share their kept blocks' tiles (share_kernel). */
-static bool share_fits(const pf_args &a) {
-    const hisa_k_prefill_params &p = a.p;
-    const hisa_k_chunks &ch = p.chunks;
-    const hisa_k_scratch &sc = p.scratch;
-    const int B = p.cache.block_size;
-    if (p.per_query || B % (2 * kTile) || !sc.share_count || !sc.share_blocks || !sc.share_img || !sc.share_tiles)
-        return false;
-    for (int c = 0; c < ch.n; c++) /* blocks 0 .. the last row's */
-        if ((ch.t0[c] + ch.row0[c + 1] - ch.row0[c] - 1) / B + 1 > HISA_K_SHARE_BLOCKS_MAX) return false;
-    return true;
-}
-
-/* share_kernel's tile width: the flat scorer's N = 256 (G = 256 / HP rows a tile). N = 128 (two
- * CTAs per SM, G = 2 at H = 64) was slower: 646 vs 541 us at 32K, it spills at 128 registers. */
-template <int HP>
-constexpr int share_n() {
-    return 256;
-}
-
-template <int HP, bool FP8, int OP>
-int launch_share(cudaStream_t s, const pf_args &a, int rows) {
-    constexpr int N = share_n<HP>(), G = N / HP;
-    const hisa_k_scratch &sc = a.p.scratch;
-    assert(a.cls == CLS_HISA && a.unit_rows == 1 && rows >= 1);
-    if (cudaMemsetAsync(sc.share_count, 0, sizeof(uint32_t), s) != cudaSuccess ||
-        cudaMemsetAsync(sc.share_blocks, 0, sizeof(int32_t) * 3 * HISA_K_SHARE_BLOCKS_MAX * (size_t)a.p.chunks.n, s) != cudaSuccess)
-        return HISA_K_EDEVICE;
-    share_q_kernel<HP, OP><<<rows, kScoreThreads, 0, s>>>(a);
-    share_scan_kernel<G><<<a.p.chunks.n, kScanThreads, 0, s>>>(a);
-    share_fill_kernel<G><<<rows, kShareRowThreads, 0, s>>>(a);
-    share_kernel<N, HP, FP8, OP><<<a.p.dev.sm_count * (N >= 256 ? 1 : 2), kScoreThreads, share_layout<N, OP>::bytes, s>>>(a);
-    return hisa__k_launch_status();
-}
-
-/* The HISA rows' kept tokens (a.span = m * B, one row per unit): shared tiles where they fit,
- * else one CTA per query; the operands as launch_tokens chooses them. */
-template <int HP>
-int launch_refine(cudaStream_t s, const pf_args &a, int rows) {
-    const hisa_k_prefill_params &p = a.p;
-    if (!share_fits(a)) return launch_tokens<HP, HP, SRC_CAND>(s, a, a.span, rows);
-    if (p.cache.key_format != HISA__FMT_FP8) return launch_share<HP, false, HISA_WG_BF16>(s, a, rows);
-    if (p.q_format == HISA_K_Q_FP8 && p.fp8_native) return launch_share<HP, true, HISA_WG_E4M3>(s, a, rows);
-    if (p.variant == 0) return launch_share<HP, true, HISA_WG_F16>(s, a, rows);
-    return launch_share<HP, true, HISA_WG_BF16>(s, a, rows);
-}
-
 /* HISA rows: block means, kept blocks, their tokens. */
 template <int HP>
 int launch_hisa(cudaStream_t s, pf_args &a) {
@@ -987,8 +709,8 @@ int launch_hisa(cudaStream_t s, pf_args &a) {
     if (last_max - 1 <= rows_shape<true>::cap) rows_kernel<true><<<rows, rows_shape<true>::threads, 0, s>>>(a);
     else keep_kernel<<<rows, kTopkThreads, sizeof(topk_smem<kCandCapSmall>), s>>>(a);
     if ((err = hisa__k_launch_status())) return err;
-    a.span = a.p.top_blocks * a.p.cache.block_size; /* per query: one CTA, its Q tile loaded once */
-    return launch_refine<HP>(s, a, rows);
+    a.span = a.p.top_blocks * a.p.cache.block_size; /* one CTA per query: its Q tile is loaded once */
+    return launch_tokens<HP, HP, SRC_CAND>(s, a, a.span, rows);
 }
 
 /* The chain for every chunk of p at once, each kernel over one class of rows of all chunks. */
@@ -1030,18 +752,8 @@ int init_tokens() {
     return err;
 }
 template <int HP>
-int init_share() {
-    constexpr int N = share_n<HP>();
-    int err = set_smem(share_kernel<N, HP, false, HISA_WG_BF16>, share_layout<N, HISA_WG_BF16>::bytes);
-    if (!err) err = set_smem(share_kernel<N, HP, true, HISA_WG_E4M3>, share_layout<N, HISA_WG_E4M3>::bytes);
-    if (!err) err = set_smem(share_kernel<N, HP, true, HISA_WG_F16>, share_layout<N, HISA_WG_F16>::bytes);
-    if (!err) err = set_smem(share_kernel<N, HP, true, HISA_WG_BF16>, share_layout<N, HISA_WG_BF16>::bytes);
-    return err;
-}
-template <int HP>
 int init_heads() {
     int err = init_tokens<256, HP, SRC_TOK>();
-    if (!err) err = init_share<HP>();
     if (!err) err = init_tokens<HP, HP, SRC_CAND>();
     if (!err) err = set_smem(score_kernel<256, HP, SRC_MEAN, false, HISA_WG_BF16>, score_layout<256>::bytes);
     return err;
