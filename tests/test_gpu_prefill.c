@@ -248,6 +248,19 @@ static void pf_check_row(hisa_test_ctx *ctx, pf_pair *p, hisa_mode mode, int32_t
     free(ref);
 }
 
+/* pf_append then pf_sync_bytes; on a failure (reported) the pair is closed and -1 returned. */
+static int pf_fill(hisa_test_ctx *ctx, pf_pair *p, int32_t n, uint64_t seed) {
+    if (!pf_append(ctx, p, n, seed) && !pf_sync_bytes(ctx, p)) return 0;
+    pf_close(p);
+    return -1;
+}
+/* PF_OPEN, then n keys (seed) written and copied to the device; returns from the test on failure. */
+#define PF_OPEN_FILLED(p, cfg, n, seed)                  \
+    do {                                                 \
+        PF_OPEN(p, cfg);                                 \
+        if (pf_fill(ctx, (p), (n), (seed))) return;      \
+    } while (0)
+
 /* One chunk on the GPU (outputs and scratch poisoned first), then rows judged: every row when
  * the reference is cheap, else `sample` rows (first, last and spread). device_io: q/w/out in
  * device memory instead of HISA_HOST_IO. */
@@ -350,11 +363,7 @@ out:
 HISA_GPU_TEST(gpu_prefill_short) {
     for (int fmt = HISA_KEY_FP8; fmt <= HISA_KEY_BF16; fmt++) {
         pf_pair p;
-        PF_OPEN(&p, pf_config(16, 32, 8, 64, fmt, 4096));
-        if (pf_append(ctx, &p, 2048, 11) || pf_sync_bytes(ctx, &p)) {
-            pf_close(&p);
-            return;
-        }
+        PF_OPEN_FILLED(&p, pf_config(16, 32, 8, 64, fmt, 4096), 2048, 11);
         char what[96];
         for (int mode = 0; mode <= 1; mode++) {
             snprintf(what, sizeof what, "fmt %d mode %d chunk 0+1024", fmt, mode);
@@ -407,11 +416,7 @@ HISA_GPU_TEST(gpu_prefill_truncate) {
  * under that name; the Hopper path runs it. */
 HISA_GPU_TEST(gpu_dev_prefill_variant_where_it_exists) {
     pf_pair p;
-    PF_OPEN(&p, pf_config(16, 32, 8, 64, HISA_KEY_FP8, 4096));
-    if (pf_append(ctx, &p, 300, 51) || pf_sync_bytes(ctx, &p)) {
-        pf_close(&p);
-        return;
-    }
+    PF_OPEN_FILLED(&p, pf_config(16, 32, 8, 64, HISA_KEY_FP8, 4096), 300, 51);
     const int32_t n_q = 4, H = 16, k = 64;
     float hq[4 * 16 * 128], hw[4 * 16];
     uint64_t rs = 52;
@@ -448,11 +453,7 @@ HISA_GPU_TEST(gpu_prefill_heads) {
     for (int hi = 0; hi < 3; hi++)
         for (int fmt = HISA_KEY_FP8; fmt <= HISA_KEY_BF16; fmt++) {
             pf_pair p;
-            PF_OPEN(&p, pf_config(heads[hi], 64, 6, 128, fmt, 4096));
-            if (pf_append(ctx, &p, 3000, 31) || pf_sync_bytes(ctx, &p)) {
-                pf_close(&p);
-                return;
-            }
+            PF_OPEN_FILLED(&p, pf_config(heads[hi], 64, 6, 128, fmt, 4096), 3000, 31);
             int32_t n_q = heads[hi] == 128 ? 7 : 128;
             for (int mode = 0; mode <= 1; mode++) {
                 char what[96];
@@ -480,11 +481,7 @@ HISA_GPU_TEST(gpu_prefill_long) {
     const int portable = hisa_t_kernels == HISA_KERNELS_PORTABLE;
     for (int fmt = HISA_KEY_FP8; fmt <= HISA_KEY_BF16; fmt++) {
         pf_pair p;
-        PF_OPEN(&p, pf_config(64, 128, 64, 2048, fmt, 131072));
-        if (pf_append(ctx, &p, 32768, 41) || pf_sync_bytes(ctx, &p)) {
-            pf_close(&p);
-            return;
-        }
+        PF_OPEN_FILLED(&p, pf_config(64, 128, 64, 2048, fmt, 131072), 32768, 41);
         char what[96];
         snprintf(what, sizeof what, "32K fmt %d hisa", fmt);
         pf_chunk(ctx, &p, HISA_MODE_HISA, 32768 - 1024, 1024, 0, 1, 12, 900, what);
@@ -500,10 +497,7 @@ HISA_GPU_TEST(gpu_prefill_long) {
             pf_close(&p);
             continue;
         }
-        if (pf_append(ctx, &p, 131072 - 32768, 41) || pf_sync_bytes(ctx, &p)) {
-            pf_close(&p);
-            return;
-        }
+        if (pf_fill(ctx, &p, 131072 - 32768, 41)) return;
         snprintf(what, sizeof what, "128K fmt %d hisa", fmt);
         pf_chunk(ctx, &p, HISA_MODE_HISA, 131072 - 1024, 1024, HISA_SLOTS, 1, 12, 902, what);
         snprintf(what, sizeof what, "128K fmt %d flat", fmt);
@@ -539,11 +533,7 @@ HISA_GPU_TEST(gpu_prefill_row_lengths) {
         pf_pair p;
         hisa_config cfg = hisa_tconfig(16, 32, cases[c].m, cases[c].k, HISA_KEY_FP8, (cases[c].len + 1023) / 1024 * 1024, 1);
         cfg.max_prefill_queries = 64;
-        PF_OPEN(&p, cfg);
-        if (pf_append(ctx, &p, cases[c].len, 61 + (uint64_t)c) || pf_sync_bytes(ctx, &p)) {
-            pf_close(&p);
-            return;
-        }
+        PF_OPEN_FILLED(&p, cfg, cases[c].len, 61 + (uint64_t)c);
         char what[128];
         snprintf(what, sizeof what, "%s, f32 queries", cases[c].what);
         pf_chunk(ctx, &p, HISA_MODE_HISA, cases[c].len - 8, 8, 0, 0, 0, 1200 + 10 * (uint64_t)c, what);
@@ -622,11 +612,7 @@ HISA_GPU_TEST(gpu_prefill_scores_of_fp8_queries) {
             hisa_config cfg = pf_config(H, 128, 8, 256, HISA_KEY_FP8, 4096);
             cfg.fp8_mma = native ? HISA_FP8_MMA_NATIVE : HISA_FP8_MMA_EXACT;
             pf_pair p;
-            PF_OPEN(&p, cfg);
-            if (pf_append(ctx, &p, t0 + n_q, 71) || pf_sync_bytes(ctx, &p)) {
-                pf_close(&p);
-                return;
-            }
+            PF_OPEN_FILLED(&p, cfg, t0 + n_q, 71);
             float *q = malloc(sizeof(float) * (size_t)n_q * H * 128), *w = malloc(sizeof(float) * (size_t)n_q * H);
             float *got = malloc(sizeof(float) * (size_t)n_q * (size_t)p.gpu->g.max_context);
             uint8_t *codes = malloc((size_t)n_q * H * 128);
@@ -654,11 +640,7 @@ HISA_TEST(gpu_prefill_native_fp8) {
     hisa_config cfg = pf_config(16, 32, 8, 64, HISA_KEY_FP8, 4096);
     cfg.fp8_mma = HISA_FP8_MMA_NATIVE;
     pf_pair p;
-    PF_OPEN(&p, cfg);
-    if (pf_append(ctx, &p, 2048, 11) || pf_sync_bytes(ctx, &p)) {
-        pf_close(&p);
-        return;
-    }
+    PF_OPEN_FILLED(&p, cfg, 2048, 11);
     char what[96];
     for (int mode = 0; mode <= 1; mode++) {
         snprintf(what, sizeof what, "native mode %d chunk 0+1024", mode);
@@ -673,11 +655,7 @@ HISA_TEST(gpu_prefill_native_fp8) {
     for (int hi = 0; hi < 2; hi++) {
         cfg = pf_config(heads[hi], 64, 6, 128, HISA_KEY_FP8, 4096);
         cfg.fp8_mma = HISA_FP8_MMA_NATIVE;
-        PF_OPEN(&p, cfg);
-        if (pf_append(ctx, &p, 3000, 31) || pf_sync_bytes(ctx, &p)) {
-            pf_close(&p);
-            return;
-        }
+        PF_OPEN_FILLED(&p, cfg, 3000, 31);
         int32_t n_q = heads[hi] == 128 ? 7 : 128;
         for (int mode = 0; mode <= 1; mode++) {
             snprintf(what, sizeof what, "native H %d mode %d chunk %d+%d", heads[hi], mode, 3000 - n_q, n_q);
@@ -687,11 +665,7 @@ HISA_TEST(gpu_prefill_native_fp8) {
     }
     cfg = pf_config(64, 128, 64, 2048, HISA_KEY_FP8, 32768);
     cfg.fp8_mma = HISA_FP8_MMA_NATIVE;
-    PF_OPEN(&p, cfg);
-    if (pf_append(ctx, &p, 32768, 41) || pf_sync_bytes(ctx, &p)) {
-        pf_close(&p);
-        return;
-    }
+    PF_OPEN_FILLED(&p, cfg, 32768, 41);
     pf_chunk(ctx, &p, HISA_MODE_HISA, 32768 - 1024, 1024, PF_Q8, 1, 12, 1140, "native 32K hisa");
     pf_chunk(ctx, &p, HISA_MODE_FLAT, 32768 - 128, 128, PF_Q8, 0, 4, 1150, "native 32K flat");
     pf_close(&p);
@@ -710,11 +684,7 @@ HISA_TEST(gpu_dev_kept_blocks) {
     CHECK_EQ_INT(hisa_dev_kept_blocks(cpu, 1, got), HISA_ENODEVICE);
     hisa_close(cpu);
     pf_pair p;
-    PF_OPEN(&p, cfg);
-    if (pf_append(ctx, &p, t0 + n_q, 1400) || pf_sync_bytes(ctx, &p)) {
-        pf_close(&p);
-        return;
-    }
+    PF_OPEN_FILLED(&p, cfg, t0 + n_q, 1400);
     pf_chunk(ctx, &p, HISA_MODE_HISA, t0, n_q, 0, 1, 0, 1410, "kept blocks");
     int32_t *hook = malloc(sizeof(int32_t) * n_q * m), *direct = malloc(sizeof(int32_t) * n_q * m);
     CHECK_EQ_INT(hisa_dev_kept_blocks(p.gpu, n_q, hook), HISA_OK);
@@ -740,11 +710,7 @@ HISA_TEST(gpu_dev_kept_blocks) {
 HISA_TEST(gpu_prefill_decode_agree) {
     for (int fmt = HISA_KEY_FP8; fmt <= HISA_KEY_BF16; fmt++) {
         pf_pair p;
-        PF_OPEN(&p, pf_config(64, 64, 8, 256, fmt, 8192));
-        if (pf_append(ctx, &p, 5000, 51) || pf_sync_bytes(ctx, &p)) {
-            pf_close(&p);
-            return;
-        }
+        PF_OPEN_FILLED(&p, pf_config(64, 64, 8, 256, fmt, 8192), 5000, 51);
         const int32_t H = 64, k = 256, t = 4999;
         float *q = malloc(sizeof(float) * H * 128), w[64];
         int32_t *dec = malloc(sizeof(int32_t) * k), *pre = malloc(sizeof(int32_t) * k);
