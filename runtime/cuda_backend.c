@@ -437,8 +437,8 @@ int hisa_dev_kept_blocks(hisa_runtime *rt, int32_t n_rows, int32_t *blocks) {
     HISA__CHECK(hisa__is_cuda(rt), HISA_ENODEVICE);
     HISA__CHECK(n_rows >= 1 && n_rows <= rt->g.rows, HISA_EINVAL);
     const size_t bytes = sizeof(int32_t) * (size_t)n_rows * (size_t)rt->g.top_blocks;
-    HISA_CUDA_TRY(rt, cudaMemcpyAsync(blocks, rt->r.sel_blocks, bytes, cudaMemcpyDeviceToHost, rt->stream));
-    HISA_CUDA_TRY(rt, cudaStreamSynchronize(rt->stream));
+    HISA_CUDA_TRY(rt, cudaMemcpyAsync(blocks, rt->r.sel_blocks, bytes, cudaMemcpyDeviceToHost, stream_of(rt)));
+    HISA_CUDA_TRY(rt, cudaStreamSynchronize(stream_of(rt)));
     return HISA_OK;
 }
 

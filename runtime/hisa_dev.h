@@ -46,7 +46,8 @@ int hisa_dev_read_probe(hisa_runtime *rt, const void *buf, uint64_t bytes, uint6
  * of its last launch of up to 64 chunks, or a decode call's rows): rows 0 .. n_rows - 1, top_blocks
  * each, ascending, into host memory blocks [n_rows, top_blocks]; waits for the runtime's stream.
  * Only HISA rows (t + 1 > top_blocks * block_size) hold kept blocks; the other rows' entries are
- * whatever the scratch held. n_rows in 1 .. max(max_batch * 4, max_prefill_queries). */
+ * whatever the scratch held. n_rows in 1 .. max(max_batch * 4, max_prefill_queries). Not
+ * graph-capturable (it waits for the stream). */
 int hisa_dev_kept_blocks(hisa_runtime *rt, int32_t n_rows, int32_t *blocks);
 
 #ifdef __cplusplus

@@ -1384,8 +1384,9 @@ static void gj_batch(hisa_test_ctx *ctx, gpair *p, int32_t n_chunks, const int32
 
 /* Chunks of 3 sequences in one GPU call (5 chunks), and HISA_K_CHUNKS_MAX + 7 chunks in one call
  * (more than one launch holds): chunks of 1-6 queries all over the three sequences and one of 400
- * whose rows are short (t < k), flat (nb <= m) and HISA; every query format (gj_batch). B = 64
- * refines HISA rows one query per CTA, B = 128 in tiles shared by the rows of each chunk. */
+ * whose rows are short (t < k), flat (nb <= m) and HISA; every query format (gj_batch). Twice:
+ * B = 64, m = 8, and B = 128, m = 4 (the bench's block size; HISA rows from t = 512 on, in most
+ * chunks). */
 enum { MANY_CHUNKS = HISA_K_CHUNKS_MAX + 7 };
 static void batched_prefill_case(hisa_test_ctx *ctx, int32_t B, int32_t m) {
     const int32_t H = 32, k = 256, lens[3] = {700, 2500, 4000};
@@ -1419,7 +1420,7 @@ static void batched_prefill_case(hisa_test_ctx *ctx, int32_t B, int32_t m) {
 }
 HISA_GPU_TEST(engine_gpu_batched_prefill_matches_cpu) {
     batched_prefill_case(ctx, 64, 8);
-    if (!ctx->skipped) batched_prefill_case(ctx, 128, 4); /* HISA rows from t = 512 on, in most chunks */
+    if (!ctx->skipped) batched_prefill_case(ctx, 128, 4);
 }
 
 /* Batched chunks on the long-row kernels: m * B = 9600 candidates (more than the one-CTA top-k

@@ -674,12 +674,12 @@ HISA_TEST(gpu_prefill_native_fp8) {
 /* hisa_dev_kept_blocks (hisa_dev.h, what `hisa bench prefill` measures sharing from): after a
  * HISA chunk, the scratch's kept blocks (read here directly) for the rows asked, each HISA row's
  * ascending from block 0 to its own; refused on a CPU runtime, for rows out of range or a null
- * buffer, with the buffer untouched. */
-HISA_TEST(gpu_dev_kept_blocks) {
+ * buffer, with the buffer and the runtime untouched. Both paths (their kept blocks). */
+HISA_GPU_TEST(gpu_dev_kept_blocks) {
     const int32_t B = 128, m = 8, n_q = 200, t0 = 3000;
     hisa_config cfg = pf_config(16, B, m, 256, HISA_KEY_FP8, 4096);
     hisa_runtime *cpu = NULL;
-    int32_t got[4] = {-7, -7, -7, -7};
+    int32_t got[8] = {-7, -7, -7, -7, -7, -7, -7, -7}; /* one row of m */
     REQUIRE(hisa_open(&cpu, &cfg, NULL) == HISA_OK);
     CHECK_EQ_INT(hisa_dev_kept_blocks(cpu, 1, got), HISA_ENODEVICE);
     hisa_close(cpu);
@@ -688,8 +688,9 @@ HISA_TEST(gpu_dev_kept_blocks) {
     pf_chunk(ctx, &p, HISA_MODE_HISA, t0, n_q, 0, 1, 0, 1410, "kept blocks");
     int32_t *hook = malloc(sizeof(int32_t) * n_q * m), *direct = malloc(sizeof(int32_t) * n_q * m);
     CHECK_EQ_INT(hisa_dev_kept_blocks(p.gpu, n_q, hook), HISA_OK);
-    REQUIRE(cudaMemcpy(direct, p.gpu->r.sel_blocks, sizeof(int32_t) * n_q * m, cudaMemcpyDeviceToHost) == cudaSuccess);
-    CHECK(memcmp(hook, direct, sizeof(int32_t) * n_q * m) == 0);
+    const int copied =
+        cudaMemcpy(direct, p.gpu->r.sel_blocks, sizeof(int32_t) * n_q * m, cudaMemcpyDeviceToHost) == cudaSuccess;
+    CHECK(copied && memcmp(hook, direct, sizeof(int32_t) * n_q * m) == 0);
     int bad = 0;
     for (int32_t i = 0; i < n_q; i++) {
         const int32_t *k = hook + (int64_t)i * m;
@@ -700,7 +701,10 @@ HISA_TEST(gpu_dev_kept_blocks) {
     CHECK_EQ_INT(hisa_dev_kept_blocks(p.gpu, 0, got), HISA_EINVAL);
     CHECK_EQ_INT(hisa_dev_kept_blocks(p.gpu, (int32_t)p.gpu->g.rows + 1, got), HISA_EINVAL);
     CHECK_EQ_INT(hisa_dev_kept_blocks(p.gpu, 1, NULL), HISA_EINVAL);
-    CHECK(got[0] == -7 && got[3] == -7);
+    CHECK(got[0] == -7 && got[m - 1] == -7);
+    CHECK(!p.gpu->poisoned); /* refused calls leave the runtime as it was: the next one works */
+    CHECK_EQ_INT(hisa_dev_kept_blocks(p.gpu, 1, got), HISA_OK);
+    CHECK(got[0] == 0 && got[m - 1] == t0 / B);
     free(hook);
     free(direct);
     pf_close(&p);

@@ -22,8 +22,8 @@
  *
  * Output: a table; with --json FILE an array of records (device, date, mode, queries, context,
  * key_format, q_format, fp8_mma, kernels, median_us, scoring_us, tflops, gemm_tflops, pct_of_gemm,
- * speedup_vs_flat, chunks, one_by_one_us; one-chunk HISA records: the sharing factor of the
- * chunk's kept blocks, pb_sharing). */
+ * speedup_vs_flat, chunks, one_by_one_us; one-chunk HISA records: share_rows_per_tile,
+ * sharing_factor, sharing_factor_consecutive, from the chunk's kept blocks, pb_sharing). */
 #include "bench_prefill.h"
 
 #include <assert.h>
@@ -290,13 +290,18 @@ static int pb_sharing(hisa_runtime *rt, int32_t t0, int32_t n_q, double *inverte
     if (first >= n_q) return 0; /* no HISA rows */
     int32_t *kept = malloc(sizeof(int32_t) * (size_t)n_q * PB_M), *cnt = calloc((size_t)nb, sizeof(int32_t));
     int32_t *seen = calloc((size_t)nb, sizeof(int32_t)); /* the group that last saw the block, + 1 */
-    int err = kept && cnt && seen ? hisa_dev_kept_blocks(rt, n_q, kept) : HISA_ENOMEM;
+    int rc = 0, err = kept && cnt && seen ? hisa_dev_kept_blocks(rt, n_q, kept) : HISA_ENOMEM;
+    if (err == HISA_ENOMEM) fprintf(stderr, "hisa bench prefill: out of memory\n");
+    else if (err) fprintf(stderr, "hisa bench prefill: hisa_dev_kept_blocks: %s (%s)\n", hisa_strerror(err), hisa_error_detail(rt));
+    rc = err ? TOOL_EXIT_FAIL : 0;
     int64_t pairs = 0, tiles = 0, distinct = 0;
-    for (int32_t i = first; i < n_q && !err; i++)
-        for (int32_t j = 0; j < PB_M; j++) {
+    for (int32_t i = first; i < n_q && !rc; i++)
+        for (int32_t j = 0; j < PB_M && !rc; j++) {
             const int32_t b = kept[(int64_t)i * PB_M + j], g = (i - first) / PB_SHARE_G + 1;
             if (b < 0 || b >= nb) {
-                err = HISA_EINVAL;
+                fprintf(stderr, "hisa bench prefill: kept block %d of row %d (t = %d) outside blocks 0..%d\n", b, i,
+                        t0 + i, nb - 1);
+                rc = TOOL_EXIT_FAIL;
                 break;
             }
             pairs++;
@@ -304,9 +309,9 @@ static int pb_sharing(hisa_runtime *rt, int32_t t0, int32_t n_q, double *inverte
             distinct += seen[b] != g;
             seen[b] = g;
         }
-    for (int32_t b = 0; b < nb && !err; b++) tiles += (cnt[b] + PB_SHARE_G - 1) / PB_SHARE_G;
+    for (int32_t b = 0; b < nb && !rc; b++) tiles += (cnt[b] + PB_SHARE_G - 1) / PB_SHARE_G;
     free(kept), free(cnt), free(seen);
-    if (err) return tool_lib_error("bench prefill", "hisa_dev_kept_blocks", err, NULL);
+    if (rc) return rc;
     *inverted = (double)pairs / (double)tiles;
     *consecutive = (double)pairs / (double)distinct;
     return 0;
