@@ -22,8 +22,8 @@
  *
  * Output: a table; with --json FILE an array of records (device, date, mode, queries, context,
  * key_format, q_format, fp8_mma, kernels, median_us, scoring_us, tflops, gemm_tflops, pct_of_gemm,
- * speedup_vs_flat, chunks, one_by_one_us; one-chunk HISA records: share_rows_per_tile,
- * sharing_factor, sharing_factor_consecutive, from the chunk's kept blocks, pb_sharing). */
+ * speedup_vs_flat, chunks, one_by_one_us; one-chunk HISA records: share_rows_per_tile and
+ * sharing_factor, from the chunk's kept blocks, pb_sharing). */
 #include "bench_prefill.h"
 
 #include <assert.h>
@@ -63,8 +63,7 @@ void hisa_bench_prefill_help(FILE *f) {
             "  chunk c the last queries before position L * (c + 1) / N of context L, timed as one\n"
             "  call (hisa_prefill.n_chunks) and as N calls one after another (one_by_one_us).\n"
             "  One-chunk HISA rows report how many of the chunk's rows keep the same blocks: kept\n"
-            "  query-blocks per tile of 4 rows, grouped per block over the chunk (sharing) and in\n"
-            "  groups of 4 consecutive rows.\n");
+            "  query-blocks per tile of 4 rows, grouped per block over the chunk (sharing).\n");
 }
 
 typedef struct pb_opts {
@@ -128,7 +127,7 @@ typedef struct pb_rec {
     int32_t queries, context, chunks;
     double median_us, scoring_us, flops, tflops, speedup;
     double one_by_one_us; /* chunks > 1: the same chunks as one call each, in turn */
-    double sharing, sharing_consecutive; /* one-chunk HISA: query-blocks per tile (0: not measured) */
+    double sharing; /* one-chunk HISA: query-blocks per tile (0: not measured) */
 } pb_rec;
 
 static int cmp_double(const void *a, const void *b) {
@@ -282,38 +281,32 @@ enum { PB_SHARE_G = 4 };
 
 /* From the kept blocks the chunk's HISA rows (t + 1 > m * B) left in the scratch: query-blocks per
  * tile when each block's rows are grouped PB_SHARE_G at a time over the whole chunk (an inverted
- * list block -> rows), and when groups are PB_SHARE_G consecutive rows (distinct blocks each). */
-static int pb_sharing(hisa_runtime *rt, int32_t t0, int32_t n_q, double *inverted, double *consecutive) {
-    assert(rt && inverted && consecutive && n_q >= 1);
+ * list block -> rows). Groups of consecutive rows are `make sharing`'s (bench/sharing.c). */
+static int pb_sharing(hisa_runtime *rt, int32_t t0, int32_t n_q, double *sharing) {
+    assert(rt && sharing && n_q >= 1);
     const int32_t nb = (t0 + n_q - 1) / PB_B + 1, first = t0 + 1 > PB_M * PB_B ? 0 : PB_M * PB_B - t0;
-    *inverted = *consecutive = 0.0;
+    *sharing = 0.0;
     if (first >= n_q) return 0; /* no HISA rows */
     int32_t *kept = malloc(sizeof(int32_t) * (size_t)n_q * PB_M), *cnt = calloc((size_t)nb, sizeof(int32_t));
-    int32_t *seen = calloc((size_t)nb, sizeof(int32_t)); /* the group that last saw the block, + 1 */
-    int rc = 0, err = kept && cnt && seen ? hisa_dev_kept_blocks(rt, n_q, kept) : HISA_ENOMEM;
+    int rc = 0, err = kept && cnt ? hisa_dev_kept_blocks(rt, n_q, kept) : HISA_ENOMEM;
     if (err == HISA_ENOMEM) fprintf(stderr, "hisa bench prefill: out of memory\n");
     else if (err) fprintf(stderr, "hisa bench prefill: hisa_dev_kept_blocks: %s (%s)\n", hisa_strerror(err), hisa_error_detail(rt));
     rc = err ? TOOL_EXIT_FAIL : 0;
-    int64_t pairs = 0, tiles = 0, distinct = 0;
-    for (int32_t i = first; i < n_q && !rc; i++)
-        for (int32_t j = 0; j < PB_M && !rc; j++) {
-            const int32_t b = kept[(int64_t)i * PB_M + j], g = (i - first) / PB_SHARE_G + 1;
-            if (b < 0 || b >= nb) {
-                fprintf(stderr, "hisa bench prefill: kept block %d of row %d (t = %d) outside blocks 0..%d\n", b, i,
-                        t0 + i, nb - 1);
-                rc = TOOL_EXIT_FAIL;
-                break;
-            }
-            pairs++;
-            cnt[b]++;
-            distinct += seen[b] != g;
-            seen[b] = g;
+    int64_t tiles = 0;
+    for (int64_t e = (int64_t)first * PB_M; e < (int64_t)n_q * PB_M && !rc; e++) {
+        const int32_t b = kept[e];
+        if (b < 0 || b >= nb) {
+            fprintf(stderr, "hisa bench prefill: kept block %d of row %d (t = %d) outside blocks 0..%d\n", b,
+                    (int32_t)(e / PB_M), t0 + (int32_t)(e / PB_M), nb - 1);
+            rc = TOOL_EXIT_FAIL;
+            break;
         }
+        cnt[b]++;
+    }
     for (int32_t b = 0; b < nb && !rc; b++) tiles += (cnt[b] + PB_SHARE_G - 1) / PB_SHARE_G;
-    free(kept), free(cnt), free(seen);
+    free(kept), free(cnt);
     if (rc) return rc;
-    *inverted = (double)pairs / (double)tiles;
-    *consecutive = (double)pairs / (double)distinct;
+    *sharing = (double)(n_q - first) * PB_M / (double)tiles; /* kept query-blocks per tile */
     return 0;
 }
 
@@ -517,9 +510,9 @@ static int pb_point(const pb_opts *o, cudaStream_t st, hisa_runtime *rt, int32_t
     if (!err) err = pb_time(rt, st, &req, 1, vf | HISA_DEV_SCORING_ONLY, o->reps, &r->scoring_us);
     r->one_by_one_us = 0;
     if (!err && n_c > 1) err = pb_time(rt, st, one, n_c, vf, o->reps, &r->one_by_one_us);
-    r->sharing = r->sharing_consecutive = 0.0;
+    r->sharing = 0.0;
     if (!err && n_c == 1 && mode == HISA_MODE_HISA) /* the scoring call above left the kept blocks */
-        err = pb_sharing(rt, t0s[0], per, &r->sharing, &r->sharing_consecutive);
+        err = pb_sharing(rt, t0s[0], per, &r->sharing);
     free(seqs);
     free(one);
     if (err) return err;
@@ -551,9 +544,7 @@ static int pb_run(const pb_opts *o, const pb_env *e, hisa_runtime *rt, int32_t s
             if (mi == 1) printf("%7.2fx", r->speedup);
             else printf("%8s", "-");
             if (o->chunks > 1) printf(" %14.1f (%.2fx)", r->one_by_one_us, r->one_by_one_us / r->median_us);
-            if (r->sharing > 0)
-                printf("  sharing %.2f (%d rows a tile; %.2f in groups of %d consecutive rows)", r->sharing, PB_SHARE_G,
-                       r->sharing_consecutive, PB_SHARE_G);
+            if (r->sharing > 0) printf("  sharing %.2f (%d rows a tile)", r->sharing, PB_SHARE_G);
             printf("\n");
             (*n_recs)++;
         }
@@ -588,8 +579,7 @@ static int pb_write_json(const pb_opts *o, const pb_env *e, const pb_rec *recs, 
         fprintf(f, ", \"chunks\": %d", r->chunks);
         if (r->chunks > 1) fprintf(f, ", \"one_by_one_us\": %.2f", r->one_by_one_us);
         if (r->sharing > 0)
-            fprintf(f, ", \"share_rows_per_tile\": %d, \"sharing_factor\": %.3f, \"sharing_factor_consecutive\": %.3f",
-                    PB_SHARE_G, r->sharing, r->sharing_consecutive);
+            fprintf(f, ", \"share_rows_per_tile\": %d, \"sharing_factor\": %.3f", PB_SHARE_G, r->sharing);
         fprintf(f, "}%s\n", i + 1 < n_recs ? "," : "");
     }
     fprintf(f, "]\n");

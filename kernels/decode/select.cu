@@ -283,9 +283,11 @@ __device__ __forceinline__ void load_q8(float4 (&v)[8], const void *q, int64_t q
 }
 
 /* A scoring CTA's shared histogram of one row into the row's work words (nonzero bins only),
- * leaving it zero for the next row. */
+ * leaving it zero for the next row; by threads 0 .. NT - 1 (the Hopper scorer's consumer
+ * warpgroup, not its producer warp). */
+template <int NT>
 __device__ __forceinline__ void flush_hist(uint32_t *hist, uint32_t *work) {
-    for (int b = threadIdx.x; b < kHistBins; b += blockDim.x) {
+    for (int b = threadIdx.x; b < kHistBins; b += NT) {
         const uint32_t v = hist[b];
         if (v) {
             atomicAdd(work + b, v);
@@ -400,7 +402,7 @@ __global__ void __launch_bounds__(kScoreThreads, 3) score_kernel(const sel_args 
         const int r = chunk_row(prefix, a.n_rows, chunk);
         __syncthreads(); /* the previous piece is done with pg, qfrag, hist */
         if (r != cur_row) {
-            if (cur_row >= 0 && a.hist) flush_hist(hist, d.work);
+            if (cur_row >= 0 && a.hist) flush_hist<kScoreThreads>(hist, d.work);
             d = describe(a, r);
             cur_row = r;
             /* query fragments for this row: stage q as bf16 (all loads in flight at once), the
@@ -631,7 +633,7 @@ __global__ void __launch_bounds__(kScoreThreads, 3) score_kernel(const sel_args 
         __syncwarp();
     }
     __syncthreads();
-    if (cur_row >= 0 && a.hist) flush_hist(hist, d.work);
+    if (cur_row >= 0 && a.hist) flush_hist<kScoreThreads>(hist, d.work);
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -883,18 +885,6 @@ __device__ __forceinline__ void wg_consume(const sel_args &a, const row_desc &d,
     }
 }
 
-/* flush_hist by the consumer warpgroup alone (its stride is theirs, not the CTA's; flush_hist
- * itself is left as the device-tested score_kernel compiles it). */
-[[maybe_unused]] __device__ __forceinline__ void wg_flush_hist(uint32_t *hist, uint32_t *work) {
-    for (int b = threadIdx.x; b < kHistBins; b += kWgConsumers) {
-        const uint32_t v = hist[b];
-        if (v) {
-            atomicAdd(work + b, v);
-            hist[b] = 0;
-        }
-    }
-}
-
 /* A barrier of the consumer warpgroup alone (named barrier 1; 0 is __syncthreads). */
 [[maybe_unused]] __device__ __forceinline__ void wg_consumers_sync() { asm volatile("bar.sync 1, %0;\n" ::"n"(kWgConsumers) : "memory"); }
 
@@ -944,7 +934,7 @@ __global__ void __launch_bounds__(kWgThreads, N >= 128 ? 1 : 2) score_wg_kernel(
         if (r != cur_row) {
             if (!producer && cur_row >= 0) {
                 wg_consumers_sync(); /* every consumer warp is past its last MMA (qs) and atomic (hist) */
-                if (a.hist) wg_flush_hist(hist, d.work);
+                if (a.hist) flush_hist<kWgConsumers>(hist, d.work);
             }
             d = describe(a, r);
             cur_row = r;
@@ -973,7 +963,7 @@ __global__ void __launch_bounds__(kWgThreads, N >= 128 ? 1 : 2) score_wg_kernel(
     }
     if (!producer && cur_row >= 0 && a.hist) {
         wg_consumers_sync();
-        wg_flush_hist(hist, d.work);
+        flush_hist<kWgConsumers>(hist, d.work);
     }
 #else
     __trap(); /* never launched without Hopper code (hisa_k_device.hopper) */

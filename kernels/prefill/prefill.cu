@@ -696,16 +696,18 @@ int launch_flat(cudaStream_t s, pf_args &a) {
     return launch_tokens<256, HP, SRC_TOK>(s, a, lim, units);
 }
 
-/* HISA rows: block means, kept blocks, their tokens. */
+/* HISA rows: block means, kept blocks, their tokens. Leaves a on the HISA rows one per unit
+ * (*rows of them, 0 when there are none), as their top-k takes them. */
 template <int HP>
-int launch_hisa(cudaStream_t s, pf_args &a) {
+int launch_hisa(cudaStream_t s, pf_args &a, int *rows_out) {
     int t_max, err;
+    *rows_out = 0;
     const int units = set_class(a, CLS_HISA, 256 / HP, &t_max);
     if (!units) return HISA_K_OK;
     const int last_max = row_limit<SRC_MEAN>(a.p, t_max);
     a.span = 512;
     if ((err = launch_score<256, HP, SRC_MEAN, false>(s, a, last_max, units))) return err;
-    const int rows = set_class(a, CLS_HISA, 1, &t_max);
+    const int rows = *rows_out = set_class(a, CLS_HISA, 1, &t_max);
     if (last_max - 1 <= rows_shape<true>::cap) rows_kernel<true><<<rows, rows_shape<true>::threads, 0, s>>>(a);
     else keep_kernel<<<rows, kTopkThreads, sizeof(topk_smem<kCandCapSmall>), s>>>(a);
     if ((err = hisa__k_launch_status())) return err;
@@ -727,16 +729,16 @@ int launch_all(cudaStream_t s, const hisa_k_prefill_params &p) {
         a.fb[c] = (int32_t)fb;
         a.hb[c] = (int32_t)hb;
     }
-    int err = launch_flat<HP>(s, a), t_max, rows;
-    if (!err) err = launch_hisa<HP>(s, a);
+    int err = launch_flat<HP>(s, a), t_max, rows = 0;
+    if (!err) err = launch_hisa<HP>(s, a, &rows);
     if (err || p.stop_after_scoring) return err;
-    if ((rows = set_class(a, CLS_SHORT_FLAT, 1, &t_max))) {
-        topk_kernel<kCandCap><<<rows, kTopkThreads, sizeof(topk_smem<kCandCap>), s>>>(a);
-        if ((err = hisa__k_launch_status())) return err;
-    }
-    if ((rows = set_class(a, CLS_HISA, 1, &t_max))) {
+    if (rows) { /* a is still on the HISA rows, one a unit */
         if (mB <= rows_shape<false>::cap) rows_kernel<false><<<rows, rows_shape<false>::threads, 0, s>>>(a);
         else topk_kernel<kCandCapSmall><<<rows, kTopkThreads, sizeof(topk_smem<kCandCapSmall>), s>>>(a);
+        if ((err = hisa__k_launch_status())) return err;
+    }
+    if ((rows = set_class(a, CLS_SHORT_FLAT, 1, &t_max))) {
+        topk_kernel<kCandCap><<<rows, kTopkThreads, sizeof(topk_smem<kCandCap>), s>>>(a);
         if ((err = hisa__k_launch_status())) return err;
     }
     return HISA_K_OK;
