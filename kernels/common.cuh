@@ -34,6 +34,23 @@
 #define HISA_K_SM90A 1
 #endif
 
+/* Four e4m3 codes (one 32-bit word) to two fp16x2 words (codes 0,1 and 2,3), exactly. On sm_89
+ * and newer one conversion per pair that takes the word's 16-bit halves as they are: the shift
+ * and mask of the intrinsic form cost the decode and prefill scorers ~48 instructions per tile
+ * (SASS, bench/NOTES-prefill.md); elsewhere (sm_80) the intrinsic's software conversion. */
+__device__ __forceinline__ void hisa__k_e4m3x4_to_f16x4(uint32_t v, uint32_t &lo, uint32_t &hi) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+    asm("{\n.reg .b16 l, h;\nmov.b32 {l, h}, %2;\ncvt.rn.f16x2.e4m3x2 %0, l;\ncvt.rn.f16x2.e4m3x2 %1, h;\n}\n"
+        : "=r"(lo), "=r"(hi)
+        : "r"(v));
+#else
+    const __half2_raw l = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(v & 0xffffu), __NV_E4M3);
+    const __half2_raw h = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(v >> 16), __NV_E4M3);
+    lo = (uint32_t)l.x | ((uint32_t)l.y << 16);
+    hi = (uint32_t)h.x | ((uint32_t)h.y << 16);
+#endif
+}
+
 /* The per-device setup of each kernel file (shared-memory limits, occupancy), run by hisa_k_init
  * (device.cu) for every runtime with its device current. */
 int hisa__k_select_init(hisa_k_device *dev);

@@ -113,6 +113,17 @@ __device__ __forceinline__ uint32_t hisa__wg_b_addr(uint32_t qs_addr, int kk) {
     return OP == HISA_WG_E4M3 ? qs_addr + kk * 32 : qs_addr + (kk >> 2) * (N * 128) + (kk & 3) * 32;
 }
 
+/* The descriptor of k-step kk's B slice from the tile's descriptor desc0 = hisa__pf_desc(qs_addr):
+ * the start-address field is bits 0..13 of (address & 0x3FFFF) >> 4 and a tile lies below 256 KB,
+ * so the k-step's byte offset adds into the field without a carry. Why: built from the address
+ * each time, the compiler rematerialized the 1024-byte alignment of the shared base and the
+ * field masks on the uniform datapath, ~6 instructions per wgmma every tile (SASS of prefill's
+ * refine, bench/NOTES-prefill.md). */
+template <int OP, int N>
+__device__ __forceinline__ uint64_t hisa__wg_b_desc(uint64_t desc0, int kk) {
+    return desc0 + (uint64_t)(hisa__wg_b_addr<OP, N>(0u, kk) >> 4);
+}
+
 /* After wgmma_wait<0>: the accumulators and A fragments are the thread's again (the compiler
  * must not have moved their uses across the asynchronous MMA). */
 template <int NA, int KS>

@@ -204,18 +204,6 @@ __device__ __forceinline__ void mma16(float (&c)[4], const uint4 &a, uint32_t b0
                      : "r"(a.x), "r"(a.y), "r"(a.z), "r"(a.w), "r"(b0), "r"(b1));
 #undef HISA__MMA16
 }
-__device__ __forceinline__ uint32_t e4m3x2_to_f16x2(uint32_t two_codes) {
-    __half2_raw h = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)two_codes, __NV_E4M3);
-    return (uint32_t)h.x | ((uint32_t)h.y << 16);
-}
-
-/* Four e4m3 codes (one 32-bit word) to two fp16x2 words, exactly: one conversion per pair.
- * (Hopper scorer only: unreferenced in the portable image.) */
-[[maybe_unused]] __device__ __forceinline__ void e4m3x4_to_f16x4(uint32_t v, uint32_t &lo, uint32_t &hi) {
-    asm("{\n.reg .b16 l, h;\nmov.b32 {l, h}, %2;\ncvt.rn.f16x2.e4m3x2 %0, l;\ncvt.rn.f16x2.e4m3x2 %1, h;\n}\n"
-        : "=r"(lo), "=r"(hi)
-        : "r"(v));
-}
 
 /* The physical dimension of element t (0..3) of k-step j for lane column c: the reduction over
  * K may use any permutation as long as q and keys agree; these make each lane's key loads two
@@ -553,8 +541,7 @@ __global__ void __launch_bounds__(kScoreThreads, 3) score_kernel(const sel_args 
                         for (int u = 0; u < 4; u++) {
                             if (F16) {
                                 uint32_t wd = jj == 0 ? raw[u].x : jj == 1 ? raw[u].y : jj == 2 ? raw[u].z : raw[u].w;
-                                bf[u][0] = e4m3x2_to_f16x2(wd & 0xffffu);
-                                bf[u][1] = e4m3x2_to_f16x2(wd >> 16);
+                                hisa__k_e4m3x4_to_f16x4(wd, bf[u][0], bf[u][1]);
                             } else {
                                 bf[u][0] = jj ? raw[u].z : raw[u].x;
                                 bf[u][1] = jj ? raw[u].w : raw[u].y;
@@ -792,22 +779,22 @@ __device__ __forceinline__ void wg_frags(const uint4 *src, int hr, uint32_t (&af
             af[2 * half][hr] = x.x, af[2 * half][2 + hr] = x.y;
             af[2 * half + 1][hr] = x.z, af[2 * half + 1][2 + hr] = x.w;
         } else {
-            e4m3x4_to_f16x4(x.x, af[4 * half + 0][hr], af[4 * half + 0][2 + hr]);
-            e4m3x4_to_f16x4(x.y, af[4 * half + 1][hr], af[4 * half + 1][2 + hr]);
-            e4m3x4_to_f16x4(x.z, af[4 * half + 2][hr], af[4 * half + 2][2 + hr]);
-            e4m3x4_to_f16x4(x.w, af[4 * half + 3][hr], af[4 * half + 3][2 + hr]);
+            hisa__k_e4m3x4_to_f16x4(x.x, af[4 * half + 0][hr], af[4 * half + 0][2 + hr]);
+            hisa__k_e4m3x4_to_f16x4(x.y, af[4 * half + 1][hr], af[4 * half + 1][2 + hr]);
+            hisa__k_e4m3x4_to_f16x4(x.z, af[4 * half + 2][hr], af[4 * half + 2][2 + hr]);
+            hisa__k_e4m3x4_to_f16x4(x.w, af[4 * half + 3][hr], af[4 * half + 3][2 + hr]);
         }
     }
 }
 
 /* The consumer warpgroup's share of a chunk: tiles t0 .. t0 + nt - 1 of row d (CTA tiles gtile ..),
  * each read from its stage (OP F16: fp8 codes converted exactly to fp16 A fragments; E4M3: the
- * codes as they are), multiplied by the query tile at qs_addr, reduced over heads into d.scores
+ * codes as they are), multiplied by the query tile of descriptor desc0, reduced over heads into d.scores
  * (and hist when a.hist). Software-pipelined with two accumulators: the MMAs of tile i run while
  * the epilogue of tile i - 1 does; af is rewritten only after wait<0>. (Hopper image only.) */
 template <int N, int OP>
 __device__ __forceinline__ void wg_consume(const sel_args &a, const row_desc &d, int t0, int nt, uint32_t gtile,
-                                           const uint8_t *ring, uint64_t *full, uint64_t *empty, uint32_t qs_addr,
+                                           const uint8_t *ring, uint64_t *full, uint64_t *empty, uint64_t desc0,
                                            const float *ws, uint32_t *hist) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t4 = lane & 3;
     /* rows 16 * warp + g (+8) of a tile: 32 code bytes at 32 * t4 (a quarter-warp's rows g, g+1
@@ -833,7 +820,7 @@ __device__ __forceinline__ void wg_consume(const sel_args &a, const row_desc &d,
         hisa__wgmma_fence(); /* kk = 0 overwrites acc (scale_d 0): no zeroing per tile */
 #pragma unroll
         for (int kk = 0; kk < KS; kk++)
-            wgmma_rs<OP, N>::mma(acc, af[kk], hisa__pf_desc(hisa__wg_b_addr<OP, N>(qs_addr, kk)), kk > 0);
+            wgmma_rs<OP, N>::mma(acc, af[kk], hisa__wg_b_desc<OP, N>(desc0, kk), kk > 0);
         hisa__wgmma_commit();
     };
     auto settle = [&](float (&acc)[N / 2]) { hisa__wg_settle(acc, af); }; /* after wait<0> */
@@ -957,7 +944,7 @@ __global__ void __launch_bounds__(kWgThreads, N >= 128 ? 1 : 2) score_wg_kernel(
             __syncwarp();
             wg_produce(p, d, pg, s0, t0, nt, gtile, ring, full, empty);
         } else {
-            wg_consume<N, OP>(a, d, t0, nt, gtile, ring, full, empty, hisa__smem_u32(qs), ws, hist);
+            wg_consume<N, OP>(a, d, t0, nt, gtile, ring, full, empty, hisa__pf_desc(hisa__smem_u32(qs)), ws, hist);
         }
         gtile += (uint32_t)nt;
     }
