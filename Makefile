@@ -128,7 +128,7 @@ $(file >$(FLAGS_FILE),$(FLAGS_NOW))
 endif
 endif
 
-.PHONY: all test run install clean help soak fuzz sharing
+.PHONY: all test run install clean help soak fuzz sharing launch-probe
 all: $(BUILD)/libhisa.a $(BUILD)/libhisa.so $(BUILD)/hisa ## build/libhisa.a, build/libhisa.so (-> .so.0 -> .so.0.1.0), build/hisa
 
 # Only when the stamp is missing although it was written above (make clean all, or deleted).
@@ -248,6 +248,14 @@ $(BUILD)/bench_sharing: bench/sharing.c $(BUILD)/obj/tools/synth.o $(BUILD)/libh
 
 sharing: $(BUILD)/bench_sharing ## kept blocks shared by neighbouring queries of the prefill bench's chunk (CPU reference)
 	./$(BUILD)/bench_sharing --json $(BUILD)/sharing.json
+
+# A measurement for kernel design, on a Hopper GPU: what a stage boundary of the decode chain
+# costs (a PDL launch against a grid barrier), bench/launch_probe.cu.
+$(BUILD)/launch_probe: bench/launch_probe.cu $(FLAGS_FILE)
+	$(NVCC) -std=c++17 -O3 -gencode arch=compute_90a,code=sm_90a -o $@ bench/launch_probe.cu
+
+launch-probe: $(BUILD)/launch_probe ## kernel boundary (PDL) against grid barrier on the GPU (Hopper; bench/launch_probe.cu)
+	./$(BUILD)/launch_probe --json $(BUILD)/launch_probe.json
 
 $(FUZZ_DIR)/fuzz_api: tests/fuzz/fuzz_api.c tests/model.c $(FUZZ_LIB_SRCS) $(HEADERS) Makefile $(FLAGS_FILE)
 	@mkdir -p $(dir $@)
