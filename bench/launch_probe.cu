@@ -104,34 +104,35 @@ static int time_graph(const probe_ctx &c, F capture, float *median_us) {
     return 0;
 }
 
+/* one launch of kernel on s with the attribute `at` when use is set */
+template <typename... Args>
+static cudaError_t launch_one(cudaStream_t s, int grid, int threads, cudaLaunchAttribute at, bool use,
+                              void (*kernel)(Args...), Args... args) {
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3(grid);
+    cfg.blockDim = dim3(threads);
+    cfg.stream = s;
+    cfg.attrs = &at;
+    cfg.numAttrs = use ? 1 : 0;
+    return cudaLaunchKernelEx(&cfg, kernel, args...);
+}
+
 static cudaError_t launch_chain(cudaStream_t s, unsigned *buf, int grid, int threads, int n, bool pdl) {
+    cudaLaunchAttribute at;
+    at.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    at.val.programmaticStreamSerializationAllowed = 1;
     for (int k = 0; k < n; k++) {
-        cudaLaunchConfig_t cfg = {};
-        cfg.gridDim = dim3(grid);
-        cfg.blockDim = dim3(threads);
-        cfg.stream = s;
-        cudaLaunchAttribute at[1];
-        at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-        at[0].val.programmaticStreamSerializationAllowed = 1;
-        cfg.attrs = at;
-        cfg.numAttrs = pdl && k > 0 ? 1 : 0;
-        cudaError_t e = cudaLaunchKernelEx(&cfg, stage_kernel, buf, k);
+        const cudaError_t e = launch_one(s, grid, threads, at, pdl && k > 0, stage_kernel, buf, k);
         if (e != cudaSuccess) return e;
     }
     return cudaSuccess;
 }
 
 static cudaError_t launch_fused(cudaStream_t s, unsigned *buf, unsigned *bar, int grid, int threads, int n_bar) {
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3(grid);
-    cfg.blockDim = dim3(threads);
-    cfg.stream = s;
-    cudaLaunchAttribute at[1];
-    at[0].id = cudaLaunchAttributeCooperative;
-    at[0].val.cooperative = 1;
-    cfg.attrs = at;
-    cfg.numAttrs = 1;
-    return cudaLaunchKernelEx(&cfg, fused_kernel, buf, bar, n_bar);
+    cudaLaunchAttribute at;
+    at.id = cudaLaunchAttributeCooperative;
+    at.val.cooperative = 1;
+    return launch_one(s, grid, threads, at, true, fused_kernel, buf, bar, n_bar);
 }
 
 int main(int argc, char **argv) {
