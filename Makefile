@@ -252,6 +252,7 @@ sharing: $(BUILD)/bench_sharing ## kept blocks shared by neighbouring queries of
 # A measurement for kernel design, on a Hopper GPU: what a stage boundary of the decode chain
 # costs (a PDL launch against a grid barrier), bench/launch_probe.cu.
 $(BUILD)/launch_probe: bench/launch_probe.cu $(FLAGS_FILE)
+	@test "$(CUDA)" = 1 || { echo "make launch-probe: CUDA=$(CUDA): the probe needs nvcc (a CUDA build)"; exit 2; }
 	$(NVCC) -std=c++17 -O3 -gencode arch=compute_90a,code=sm_90a -o $@ bench/launch_probe.cu
 
 launch-probe: $(BUILD)/launch_probe ## kernel boundary (PDL) against grid barrier on the GPU (Hopper; bench/launch_probe.cu)

@@ -118,7 +118,7 @@ static cudaError_t launch_one(cudaStream_t s, int grid, int threads, cudaLaunchA
 }
 
 static cudaError_t launch_chain(cudaStream_t s, unsigned *buf, int grid, int threads, int n, bool pdl) {
-    cudaLaunchAttribute at;
+    cudaLaunchAttribute at = {};
     at.id = cudaLaunchAttributeProgrammaticStreamSerialization;
     at.val.programmaticStreamSerializationAllowed = 1;
     for (int k = 0; k < n; k++) {
@@ -129,10 +129,55 @@ static cudaError_t launch_chain(cudaStream_t s, unsigned *buf, int grid, int thr
 }
 
 static cudaError_t launch_fused(cudaStream_t s, unsigned *buf, unsigned *bar, int grid, int threads, int n_bar) {
-    cudaLaunchAttribute at;
+    cudaLaunchAttribute at = {};
     at.id = cudaLaunchAttributeCooperative;
     at.val.cooperative = 1;
     return launch_one(s, grid, threads, at, true, fused_kernel, buf, bar, n_bar);
+}
+
+/* one grid shape's medians: chains of 1, 2, 4 kernels without and with PDL, fused kernels with 0,
+ * 1, 3 barriers; and the cost of one boundary of each kind, (4 stages - 1 stage) / 3 */
+struct shape_result {
+    int grid, threads;
+    float chain[2][3], fused[3];
+    float launch_b, pdl_b, barrier_b;
+};
+
+static int measure_shape(const probe_ctx &c, int grid, int threads, shape_result *r) {
+    const int ns[3] = {1, 2, 4}, nb[3] = {0, 1, 3};
+    r->grid = grid;
+    r->threads = threads;
+    for (int pdl = 0; pdl < 2; pdl++)
+        for (int i = 0; i < 3; i++)
+            if (time_graph(c, [&](cudaStream_t s) { return launch_chain(s, c.buf, grid, threads, ns[i], pdl); }, &r->chain[pdl][i]))
+                return 1;
+    for (int i = 0; i < 3; i++)
+        if (time_graph(c, [&](cudaStream_t s) { return launch_fused(s, c.buf, c.bar, grid, threads, nb[i]); }, &r->fused[i]))
+            return 1;
+    r->launch_b = (r->chain[0][2] - r->chain[0][0]) / 3;
+    r->pdl_b = (r->chain[1][2] - r->chain[1][0]) / 3;
+    r->barrier_b = (r->fused[2] - r->fused[0]) / 3;
+    return 0;
+}
+
+static int write_json(const char *path, const cudaDeviceProp &prop, const char *date, int reps, const shape_result *res, int n) {
+    FILE *f = fopen(path, "w");
+    if (!f) {
+        fprintf(stderr, "launch_probe: --json %s: cannot open for writing\n", path);
+        return 1;
+    }
+    fprintf(f, "{\"device\": \"%s\", \"sm_count\": %d, \"date\": \"%s\", \"reps\": %d, \"records\": [", prop.name,
+            prop.multiProcessorCount, date, reps);
+    for (int i = 0; i < n; i++) {
+        const shape_result &r = res[i];
+        fprintf(f, "%s\n  {\"grid\": %d, \"threads\": %d, \"chain_us\": [%.2f, %.2f, %.2f], \"chain_pdl_us\": [%.2f, %.2f, %.2f], "
+                   "\"fused_us\": [%.2f, %.2f, %.2f], \"boundary_launch_us\": %.2f, \"boundary_pdl_us\": %.2f, "
+                   "\"boundary_grid_barrier_us\": %.2f}",
+                i ? "," : "", r.grid, r.threads, r.chain[0][0], r.chain[0][1], r.chain[0][2], r.chain[1][0], r.chain[1][1],
+                r.chain[1][2], r.fused[0], r.fused[1], r.fused[2], r.launch_b, r.pdl_b, r.barrier_b);
+    }
+    fprintf(f, "\n]}\n");
+    return fclose(f) == 0 ? 0 : 1;
 }
 
 int main(int argc, char **argv) {
@@ -146,8 +191,9 @@ int main(int argc, char **argv) {
     }
     cudaDeviceProp prop;
     PROBE_TRY(cudaGetDeviceProperties(&prop, 0));
-    if (prop.major < 9) {
-        fprintf(stderr, "launch_probe: device 0 (%s) has compute capability %d.%d; PDL needs 9.0\n", prop.name, prop.major, prop.minor);
+    if (prop.major != 9) { /* the binary is sm_90a code only */
+        fprintf(stderr, "launch_probe: device 0 (%s) has compute capability %d.%d; this probe is built for 9.0 (Hopper)\n",
+                prop.name, prop.major, prop.minor);
         return 1;
     }
     probe_ctx c;
@@ -157,37 +203,20 @@ int main(int argc, char **argv) {
     PROBE_TRY(cudaMalloc(&c.bar, 2 * sizeof(unsigned)));
     PROBE_TRY(cudaMemset(c.buf, 0, 8 * kWords * sizeof(unsigned)));
     PROBE_TRY(cudaMemset(c.bar, 0, 2 * sizeof(unsigned)));
-    FILE *jf = json ? fopen(json, "w") : nullptr;
-    if (json && !jf) {
-        fprintf(stderr, "launch_probe: --json %s: cannot open for writing\n", json);
-        return 1;
-    }
     char date[32];
     const time_t now = time(nullptr);
     strftime(date, sizeof date, "%Y-%m-%dT%H:%M:%SZ", gmtime(&now));
     printf("device %s (%d SMs), %s; median of %d graph replays\n", prop.name, prop.multiProcessorCount, date, c.reps);
     printf("shape              kernels: 1      2      4 (no PDL)  2      4 (PDL)  | fused, barriers: 0      1      3\n");
-    if (jf) fprintf(jf, "{\"device\": \"%s\", \"sm_count\": %d, \"date\": \"%s\", \"reps\": %d, \"records\": [", prop.name, prop.multiProcessorCount, date, c.reps);
     const int shapes[3][2] = {{1, 128}, {3, 128}, {1, 1024}}; /* CTAs per SM, threads */
+    shape_result res[3];
     for (int si = 0; si < 3; si++) {
-        const int grid = shapes[si][0] * prop.multiProcessorCount, threads = shapes[si][1];
-        float chain[2][3], fused[3];
-        const int ns[3] = {1, 2, 4}, nb[3] = {0, 1, 3};
-        for (int pdl = 0; pdl < 2; pdl++)
-            for (int i = 0; i < 3; i++)
-                if (time_graph(c, [&](cudaStream_t s) { return launch_chain(s, c.buf, grid, threads, ns[i], pdl); }, &chain[pdl][i])) return 1;
-        for (int i = 0; i < 3; i++)
-            if (time_graph(c, [&](cudaStream_t s) { return launch_fused(s, c.buf, c.bar, grid, threads, nb[i]); }, &fused[i])) return 1;
-        /* the cost of one boundary: (4 stages - 1 stage) / 3 */
-        const float pdl_b = (chain[1][2] - chain[1][0]) / 3, plain_b = (chain[0][2] - chain[0][0]) / 3, bar_b = (fused[2] - fused[0]) / 3;
+        shape_result &r = res[si];
+        if (measure_shape(c, shapes[si][0] * prop.multiProcessorCount, shapes[si][1], &r)) return 1;
         printf("%4d x %4d threads        %5.2f  %5.2f  %5.2f           %5.2f  %5.2f        |                  %5.2f  %5.2f  %5.2f\n",
-               grid, threads, chain[0][0], chain[0][1], chain[0][2], chain[1][1], chain[1][2], fused[0], fused[1], fused[2]);
-        printf("  per boundary: launch %.2f us, PDL launch %.2f us, grid barrier %.2f us\n", plain_b, pdl_b, bar_b);
-        if (jf)
-            fprintf(jf, "%s\n  {\"grid\": %d, \"threads\": %d, \"chain_us\": [%.2f, %.2f, %.2f], \"chain_pdl_us\": [%.2f, %.2f, %.2f], "
-                        "\"fused_us\": [%.2f, %.2f, %.2f], \"boundary_launch_us\": %.2f, \"boundary_pdl_us\": %.2f, \"boundary_grid_barrier_us\": %.2f}",
-                    si ? "," : "", grid, threads, chain[0][0], chain[0][1], chain[0][2], chain[1][0], chain[1][1], chain[1][2], fused[0], fused[1],
-                    fused[2], plain_b, pdl_b, bar_b);
+               r.grid, r.threads, r.chain[0][0], r.chain[0][1], r.chain[0][2], r.chain[1][1], r.chain[1][2], r.fused[0], r.fused[1],
+               r.fused[2]);
+        printf("  per boundary: launch %.2f us, PDL launch %.2f us, grid barrier %.2f us\n", r.launch_b, r.pdl_b, r.barrier_b);
     }
     unsigned left[2];
     PROBE_TRY(cudaMemcpy(left, c.bar, sizeof left, cudaMemcpyDeviceToHost));
@@ -195,9 +224,5 @@ int main(int argc, char **argv) {
         fprintf(stderr, "launch_probe: the barrier words were not reset (%u, %u)\n", left[0], left[1]);
         return 1;
     }
-    if (jf) {
-        fprintf(jf, "\n]}\n");
-        fclose(jf);
-    }
-    return 0;
+    return json ? write_json(json, prop, date, c.reps, res, 3) : 0;
 }

@@ -105,23 +105,24 @@ enum { HISA_WG_BF16 = 0, HISA_WG_F16 = 1, HISA_WG_E4M3 = 2 };
 template <int OP> /* instructions per 128-dim dot: K is 32 per e4m3 instruction, else 16 */
 constexpr int hisa__wg_ksteps = OP == HISA_WG_E4M3 ? 128 / 32 : 128 / 16;
 
-/* The shared address of k-step kk's B slice in a query tile at qs_addr: e4m3 tiles are one
- * 128-code atom per row (32 bytes a k32 step); 16-bit tiles two atoms of 64 elements [2][N][128
- * bytes] (32 bytes a k16 step, four steps an atom). */
+/* The byte offset of k-step kk's B slice in a query tile: e4m3 tiles are one 128-code atom per
+ * row (32 bytes a k32 step); 16-bit tiles two atoms of 64 elements [2][N][128 bytes] (32 bytes a
+ * k16 step, four steps an atom). */
 template <int OP, int N>
-__device__ __forceinline__ uint32_t hisa__wg_b_addr(uint32_t qs_addr, int kk) {
-    return OP == HISA_WG_E4M3 ? qs_addr + kk * 32 : qs_addr + (kk >> 2) * (N * 128) + (kk & 3) * 32;
+__host__ __device__ constexpr uint32_t hisa__wg_b_off(int kk) {
+    return OP == HISA_WG_E4M3 ? (uint32_t)kk * 32u : (uint32_t)((kk >> 2) * (N * 128) + (kk & 3) * 32);
 }
 
-/* The descriptor of k-step kk's B slice from the tile's descriptor desc0 = hisa__pf_desc(qs_addr):
- * the start-address field is bits 0..13 of (address & 0x3FFFF) >> 4 and a tile lies below 256 KB,
- * so the k-step's byte offset adds into the field without a carry. Why: built from the address
- * each time, the compiler rematerialized the 1024-byte alignment of the shared base and the
- * field masks on the uniform datapath, ~6 instructions per wgmma every tile (SASS of prefill's
- * refine, bench/NOTES-prefill.md). */
+/* The descriptor of k-step kk's B slice from the tile's descriptor desc0 = hisa__pf_desc(tile's
+ * shared address): the start-address field is bits 0..13 of (address & 0x3FFFF) >> 4 and every
+ * slice ends below 256 KB (the tiles sit at the start of a block's dynamic shared memory, at most
+ * 227 KB), so the offset adds into the field without a carry. Why: built from the address each
+ * time, the compiler rematerialized the 1024-byte alignment of the shared base and the field
+ * masks on the uniform datapath, ~6 instructions per wgmma every tile (SASS of prefill's refine,
+ * bench/NOTES-prefill.md). */
 template <int OP, int N>
 __device__ __forceinline__ uint64_t hisa__wg_b_desc(uint64_t desc0, int kk) {
-    return desc0 + (uint64_t)(hisa__wg_b_addr<OP, N>(0u, kk) >> 4);
+    return desc0 + (uint64_t)(hisa__wg_b_off<OP, N>(kk) >> 4);
 }
 
 /* After wgmma_wait<0>: the accumulators and A fragments are the thread's again (the compiler

@@ -247,10 +247,11 @@ struct pf_tiles {
     int64_t layer_pages;
 
     /* raw A data of one tile (B is a power of two: shifts). A thread's rows r0 and r0 + 8 lie in
-     * one aligned 16-row group, so in one block (B >= 32): one page id and page address per tile.
+     * one aligned 16-row group, so in one block (B >= 16): one page id and page address per tile.
      * Rows at or past lim_max read row lim_max - 1 instead (a staged page; the epilogue never
      * writes them, and an MMA row depends only on its own A row), so the loads take no branch and
      * no zeroing. */
+    static_assert(HISA_BLOCK_MIN >= 16, "a thread's two rows of a tile share a block");
     __device__ __forceinline__ void load(int tile_r0, uint4 (&raw)[2][RAW], float (&sc)[2]) const {
         const hisa_k_cache &c = p.cache;
         const int r0 = tile_r0 + 16 * warp4 + g;
@@ -314,8 +315,6 @@ struct pf_tiles {
         hisa__wgmma_wait<0>();
         hisa__wg_settle(acc, af);
     }
-    /* per query, sum over its heads of w * ReLU, rows g and g+8, times the row's scale; rows from
-     * each query's limit lims[qi] on are not written */
     /* the weights of this thread's accumulator columns (2 * t4 + 8 * j, + 1) in registers for
      * the refine's 16-bit tiles (N <= 64: 16 registers), so its epilogue reads no shared memory
      * (HISA 32K 369 -> 353 us). Not for e4m3 tiles (measured 302 -> 313 us there) nor wider
@@ -326,6 +325,8 @@ struct pf_tiles {
 #pragma unroll
             for (int j = 0; j < N / 8; j++) wr[j] = *reinterpret_cast<const float2 *>(ws + 8 * j + 2 * t4);
     }
+    /* per query, sum over its heads of w * ReLU, rows g and g+8, times the row's scale; rows from
+     * each query's limit lims[qi] on are not written */
     __device__ __forceinline__ void epilogue(const float (&acc)[N / 2], const float (&scl)[2], int cur,
                                              const int (&lims)[NQ], const float2 (&wr)[N / 8]) const {
         float part[NQ][2];
@@ -334,7 +335,9 @@ struct pf_tiles {
 #pragma unroll
         for (int j = 0; j < N / 8; j++) {
             const int qi = (8 * j) / HP;
-            const float2 wv = kWeightRegs ? wr[j] : *reinterpret_cast<const float2 *>(ws + 8 * j + 2 * t4);
+            float2 wv;
+            if constexpr (kWeightRegs) wv = wr[j];
+            else wv = *reinterpret_cast<const float2 *>(ws + 8 * j + 2 * t4);
             part[qi][0] = fmaf(wv.x, fmaxf(acc[4 * j + 0], 0.0f), part[qi][0]);
             part[qi][0] = fmaf(wv.y, fmaxf(acc[4 * j + 1], 0.0f), part[qi][0]);
             part[qi][1] = fmaf(wv.x, fmaxf(acc[4 * j + 2], 0.0f), part[qi][1]);
@@ -413,7 +416,7 @@ __global__ void __launch_bounds__(kScoreThreads, N >= 128 ? 1 : 2) score_kernel(
     int cur = r_begin + wg * kTile;
     if (cur >= r_end) return; /* warpgroup-uniform; no barrier follows */
     t.load(cur, raw, sc);
-    float2 wr[N / 8];
+    float2 wr[N / 8]; /* read only when T::kWeightRegs, which fills it */
     t.weights(wr);
     float acc[N / 2] = {};
     for (; cur < r_end; cur += step) {
@@ -660,6 +663,9 @@ template <int N, int HP, int SRC, bool FP8, int OP = HISA_WG_BF16>
 int launch_score(cudaStream_t s, const pf_args &a, int lim_max, int units) {
     assert(a.unit_rows == N / HP && units >= 1);
     dim3 grid((unsigned)((lim_max + a.span - 1) / a.span), (unsigned)units);
+    /* pf_tiles::load: with several CTAs along the rows, a CTA's tiles end on its span (a multiple
+     * of the 64-row tile) unless it is the last, and spans start on block boundaries */
+    assert(grid.x == 1 || (a.span % kTile == 0 && a.span % a.p.cache.block_size == 0));
     score_kernel<N, HP, SRC, FP8, OP><<<grid, kScoreThreads, score_layout<N>::bytes, s>>>(a);
     return hisa__k_launch_status();
 }
