@@ -329,16 +329,6 @@ __device__ int plan_chunks(const sel_args &a, int cmax, int *prefix, int *s_chun
     return C;
 }
 
-/* The row holding chunk c: the last r with prefix[r] <= c. */
-__device__ __forceinline__ int chunk_row(const int *prefix, int n_rows, int c) {
-    int lo = 0, hi = n_rows - 1;
-    while (lo < hi) {
-        int mid = (lo + hi + 1) >> 1;
-        if (prefix[mid] <= c) lo = mid; else hi = mid - 1;
-    }
-    return lo;
-}
-
 /* NMT: the head tiles (ceil(H / 16)) fixed at compile time, or 0 for any. The production shape
  * (H 64, NMT 4) gets its own instance: with the tile loops resolved the per-unit body loses its
  * predicated MMA groups (each needed a warp-convergence barrier) and their address arithmetic. */
@@ -387,7 +377,7 @@ __global__ void __launch_bounds__(kScoreThreads, 3) score_kernel(const sel_args 
     int chunk = c_begin, off = 0;
     for (int piece = 0; chunk < c_end; piece++) {
         assert(piece <= c_end - c_begin + (c_end - c_begin) * C / CMAX);
-        const int r = chunk_row(prefix, a.n_rows, chunk);
+        const int r = hisa__k_last_le(prefix, a.n_rows, chunk); /* the row holding the chunk */
         __syncthreads(); /* the previous piece is done with pg, qfrag, hist */
         if (r != cur_row) {
             if (cur_row >= 0 && a.hist) flush_hist<kScoreThreads>(hist, d.work);
@@ -917,7 +907,7 @@ __global__ void __launch_bounds__(kWgThreads, N >= 128 ? 1 : 2) score_wg_kernel(
     row_desc d;
     d.work = nullptr;
     for (int chunk = c_begin; chunk < c_end; chunk++) {
-        const int r = chunk_row(prefix, a.n_rows, chunk);
+        const int r = hisa__k_last_le(prefix, a.n_rows, chunk); /* the row holding the chunk */
         if (r != cur_row) {
             if (!producer && cur_row >= 0) {
                 wg_consumers_sync(); /* every consumer warp is past its last MMA (qs) and atomic (hist) */
